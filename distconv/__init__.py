@@ -1,0 +1,33 @@
+"""distconv: convolve, matrix-multiply and element-wise multiply arrays larger than memory.
+
+Arrays are read from Zarr as chunked Dask arrays, computed chunk by chunk by an engine
+(SciPy/NumPy, Numba, TensorFlow, CuPy, Numba CUDA) on a Dask cluster, and written back to Zarr.
+
+>>> import distconv as dc
+>>> y = dc.convolve(dc.open("big.zarr"), dc.load_weights("gaussian:sigma=2", ndim=2))
+>>> dc.save(y, "smooth.zarr")  # doctest: +SKIP
+
+Importing distconv imports none of the optional engines (TensorFlow, CuPy, Numba).
+"""
+
+from distconv._version import __version__
+from distconv import config as _config  # registers the dask.config defaults
+from distconv.clusters import cluster
+from distconv.errors import DistconvError, EngineError, OutputError
+from distconv.io import info, open, save
+from distconv.ops.convolve import convolve, correlate
+from distconv.weights import load_weights
+
+__all__ = [
+    "__version__",
+    "DistconvError",
+    "EngineError",
+    "OutputError",
+    "cluster",
+    "convolve",
+    "correlate",
+    "info",
+    "load_weights",
+    "open",
+    "save",
+]

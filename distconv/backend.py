@@ -1,0 +1,55 @@
+"""Chunk-type dispatch: NumPy or CuPy follows ``type(x._meta)``, as dask-image does.
+
+This is the first of the two dispatch decisions in DESIGN.md (the engine is the second, in
+:mod:`distconv.kernels`). CuPy is registered lazily, so importing distconv never imports it.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import numpy as np
+from dask.utils import Dispatch
+
+array_module = Dispatch("array_module")
+
+
+@array_module.register(np.ndarray)
+def _numpy_module(x) -> ModuleType:
+    return np
+
+
+@array_module.register_lazy("cupy")
+def _register_cupy() -> None:
+    import cupy
+
+    @array_module.register(cupy.ndarray)
+    def _cupy_module(x) -> ModuleType:
+        return cupy
+
+
+def is_gpu_array(x) -> bool:
+    """True for CuPy chunks (or a dask array whose meta is CuPy), without importing CuPy."""
+    meta = getattr(x, "_meta", x)
+    return type(meta).__module__.split(".")[0] == "cupy"
+
+
+def to_numpy(x) -> np.ndarray:
+    """Bring a chunk to host memory (a no-op for NumPy chunks)."""
+    return x.get() if is_gpu_array(x) else np.asarray(x)
+
+
+def cast_output(out, dtype: np.dtype):
+    """Cast a float result to ``dtype``; integers are rounded and clipped, never wrapped."""
+    dtype = np.dtype(dtype)
+    if out.dtype == dtype:
+        return out
+    if dtype.kind in "iu":
+        xp = array_module(out)
+        info = np.iinfo(dtype)
+        # The largest float of out.dtype that still fits: float32(2**31 - 1) rounds up to 2**31.
+        hi = np.array(info.max, dtype=out.dtype)
+        if int(hi) > info.max:
+            hi = np.nextafter(hi, out.dtype.type(0))
+        return xp.clip(xp.rint(out), info.min, hi).astype(dtype)
+    return out.astype(dtype)

@@ -1,0 +1,25 @@
+"""Defaults under dask.config's ``distconv`` namespace.
+
+Dask users set them as they set any dask option: ``dask.config.set({"distconv.engine": "numba"})``,
+a YAML file in ``~/.config/dask/``, or the environment (``DASK_DISTCONV__ENGINE=numba``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask.config
+
+DEFAULTS: dict[str, Any] = {
+    "engine": "auto",      # which library computes a chunk (see `distconv engines`)
+    "method": "auto",      # direct | fft | separable | auto (per-chunk cost model)
+    "cluster": "local",    # embedded LocalCluster; "threads" runs in this process
+    "progress": True,      # progress bar on jobs that last more than a moment
+}
+
+dask.config.update_defaults({"distconv": DEFAULTS})
+
+
+def get_default(key: str) -> Any:
+    """The configured value of ``distconv.<key>`` (environment and YAML included)."""
+    return dask.config.get(f"distconv.{key}", default=DEFAULTS[key])

@@ -1,0 +1,1 @@
+"""One module per operation family; each builds a lazy Dask graph and computes nothing."""

@@ -1,0 +1,348 @@
+"""Choices made before the graph exists: argument normalisation, halo depth, method, dtypes.
+
+Everything here is pure and cheap; :mod:`distconv.ops.convolve` turns a :class:`CorrelationPlan`
+into a Dask graph.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from distconv import kernels
+from distconv.errors import DistconvError, EngineError
+
+# scipy.ndimage mode → numpy.pad mode. For filters the grid-* names mean the same as their plain
+# counterparts (they differ only for interpolation).
+MODES: dict[str, str] = {
+    "reflect": "symmetric",
+    "grid-mirror": "symmetric",
+    "mirror": "reflect",
+    "nearest": "edge",
+    "constant": "constant",
+    "grid-constant": "constant",
+    "wrap": "wrap",
+    "grid-wrap": "wrap",
+}
+CANONICAL_MODE = {"grid-mirror": "reflect", "grid-constant": "constant", "grid-wrap": "wrap"}
+METHODS = ("auto", "direct", "fft", "separable")
+METHOD_OPS = {
+    "direct": "correlate_direct",
+    "fft": "correlate_fft",
+    "separable": "correlate_separable",
+}
+# Relative tolerance for a float32 rank-1 test of the weights (SVD reconstruction error).
+SEPARABLE_RTOL = 1e-6
+
+
+@dataclass(frozen=True)
+class CorrelationPlan:
+    """A correlation fully specified for the per-chunk function.
+
+    ``weights`` is already flipped for a convolution and has the input's ``ndim`` (size 1 on
+    axes that are not filtered); ``origins`` are correlation origins per input axis.
+    """
+
+    weights: np.ndarray
+    origins: tuple[int, ...]
+    mode: str
+    cval: float
+    compute_dtype: np.dtype
+    out_dtype: np.dtype
+    method: str
+    engines: dict[str, str] = field(compare=False)  # method → the engine that runs it
+    factors: tuple[np.ndarray | None, ...] | None = field(default=None, compare=False)
+
+    @property
+    def ndim(self) -> int:
+        return self.weights.ndim
+
+    @property
+    def pad_mode(self) -> str:
+        return MODES[self.mode]
+
+    @property
+    def before(self) -> tuple[int, ...]:
+        """Samples needed before each output sample (the kernel's centre plus origin)."""
+        return tuple(w // 2 + o for w, o in zip(self.weights.shape, self.origins))
+
+    @property
+    def after(self) -> tuple[int, ...]:
+        return tuple(w - 1 - b for w, b in zip(self.weights.shape, self.before))
+
+    @property
+    def depth(self) -> tuple[int, ...]:
+        """Symmetric halo depth per axis (what :func:`dask.array.overlap.overlap` adds)."""
+        return tuple(max(b, a) for b, a in zip(self.before, self.after))
+
+    def method_for(self, out_shape: Sequence[int]) -> str:
+        """The method this plan uses for an output block of ``out_shape`` (resolves "auto")."""
+        if self.method != "auto":
+            return self.method
+        costs = method_costs(self.weights, out_shape, self.engines)
+        return min(costs, key=costs.get)
+
+
+def normalize_mode(mode: str) -> str:
+    """Validate a scipy.ndimage boundary mode and return its canonical name."""
+    if mode not in MODES:
+        raise DistconvError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+    return CANONICAL_MODE.get(mode, mode)
+
+
+def normalize_method(method: str) -> str:
+    if method not in METHODS:
+        raise DistconvError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    return method
+
+
+def compute_dtype_for(dtype: np.dtype) -> np.dtype:
+    """float64 stays float64 (and 64-bit integers need it); everything else computes in float32."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        raise DistconvError(f"complex input ({dtype}) is not supported; filter the real and "
+                            "imaginary parts separately")
+    if dtype.kind not in "biuf":
+        raise DistconvError(f"input dtype {dtype} is not numeric")
+    if dtype == np.float64 or (dtype.kind in "iu" and dtype.itemsize == 8):
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def check_weights(weights) -> np.ndarray:
+    """Return weights as a float64 array, refusing what cannot be a filter kernel."""
+    array = np.asarray(weights)
+    if array.dtype.kind not in "biuf":
+        raise DistconvError(f"weights must be real numbers, got dtype {array.dtype}")
+    if array.size == 0:
+        raise DistconvError(f"weights are empty (shape {array.shape})")
+    if array.ndim == 0:
+        raise DistconvError("weights must have at least one dimension")
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise DistconvError("weights contain NaN or infinity")
+    return array
+
+
+def normalize_axes(axes, weights_ndim: int, input_ndim: int) -> tuple[int, ...]:
+    """The input axes that the weights' axes filter, in the weights' order."""
+    if axes is None:
+        if weights_ndim != input_ndim:
+            raise DistconvError(
+                f"weights have {weights_ndim} dimension(s) but the input has {input_ndim}; "
+                f"pass axes= (--axes) to name the {weights_ndim} input axes to filter"
+            )
+        return tuple(range(input_ndim))
+    if isinstance(axes, (int, np.integer)):
+        axes = (int(axes),)
+    normalized = []
+    for axis in axes:
+        if not -input_ndim <= int(axis) < input_ndim:
+            raise DistconvError(f"axis {axis} is out of range for a {input_ndim}-D input")
+        normalized.append(int(axis) % input_ndim)
+    if len(set(normalized)) != len(normalized):
+        raise DistconvError(f"axes {tuple(axes)} repeat an axis")
+    if len(normalized) != weights_ndim:
+        raise DistconvError(
+            f"axes {tuple(axes)} name {len(normalized)} axis/axes but the weights have "
+            f"{weights_ndim} dimension(s)"
+        )
+    return tuple(normalized)
+
+
+def normalize_origins(origin, shape: Sequence[int]) -> tuple[int, ...]:
+    """Origins per weights axis, checked against scipy.ndimage's allowed range."""
+    if np.ndim(origin) == 0:
+        origins = [origin] * len(shape)
+    else:
+        origins = list(origin)
+        if len(origins) != len(shape):
+            raise DistconvError(
+                f"origin has {len(origins)} value(s) but the weights have {len(shape)} axes"
+            )
+    result = []
+    for value, size in zip(origins, shape):
+        if isinstance(value, (bool, np.bool_)) or float(value) != int(value):
+            raise DistconvError(f"origin {value!r} is not an integer")
+        value = int(value)
+        if not -(size // 2) <= value <= (size - 1) // 2:
+            raise DistconvError(
+                f"invalid origin {value} for a kernel of size {size}: "
+                f"must be between {-(size // 2)} and {(size - 1) // 2}"
+            )
+        result.append(value)
+    return tuple(result)
+
+
+def output_dtype_for(dtype, compute_dtype: np.dtype) -> np.dtype:
+    if dtype is None:
+        return compute_dtype
+    try:
+        out = np.dtype(dtype)
+    except TypeError:
+        raise DistconvError(f"unknown dtype {dtype!r}") from None
+    if out.kind not in "biuf":
+        raise DistconvError(f"output dtype {out} is not supported; use an integer or float type")
+    return out
+
+
+def rank_one_factors(weights: np.ndarray) -> tuple[np.ndarray | None, ...] | None:
+    """Split ``weights`` into one 1-D factor per axis if it is an outer product, else None.
+
+    Each mode unfolding of a rank-1 tensor has rank 1; its leading singular vector is the factor.
+    The factors are accepted only if their outer product reproduces the weights.
+    """
+    filtered = [a for a, size in enumerate(weights.shape) if size > 1]
+    if len(filtered) < 2:
+        return None
+    core = np.squeeze(weights, axis=tuple(a for a in range(weights.ndim) if a not in filtered))
+    vectors = []
+    for axis in range(core.ndim):
+        unfolded = np.moveaxis(core, axis, 0).reshape(core.shape[axis], -1)
+        u, s, _ = np.linalg.svd(unfolded, full_matrices=False)
+        if s[0] == 0 or (len(s) > 1 and s[1] > SEPARABLE_RTOL * s[0]):
+            return None
+        vectors.append(u[:, 0])
+    outer = vectors[0]
+    for v in vectors[1:]:
+        outer = np.multiply.outer(outer, v)
+    scale = np.vdot(outer, core) / np.vdot(outer, outer)
+    if not np.allclose(scale * outer, core, rtol=0, atol=SEPARABLE_RTOL * np.abs(core).max()):
+        return None
+    vectors[0] = vectors[0] * scale
+    factors: list[np.ndarray | None] = [None] * weights.ndim
+    for axis, vector in zip(filtered, vectors):
+        factors[axis] = vector
+    return tuple(factors)
+
+
+def method_costs(weights: np.ndarray, out_shape: Sequence[int],
+                 engines: dict[str, str]) -> dict[str, float]:
+    """Estimated seconds per method for one output block (only the ratios matter).
+
+    ``engines`` maps each candidate method to the engine that would run it; each engine's
+    ``COST`` constants (measured by benchmarks/engines.py) price its own work.
+    """
+    pixels = float(np.prod(out_shape))
+    filtered = [a for a, size in enumerate(weights.shape) if size > 1]
+    estimates: dict[str, float] = {}
+    for method, engine in engines.items():
+        cost = getattr(kernels.get_engine(engine), "COST", None) or {}
+        if method not in cost:
+            cost = kernels.get_engine("scipy").COST
+        if method == "direct":
+            work = np.count_nonzero(weights) * pixels
+        elif method == "separable":
+            work = sum(weights.shape[a] for a in filtered) * pixels
+        else:  # fft: forward and inverse transform of the haloed block
+            padded = float(np.prod([out_shape[a] + weights.shape[a] - 1 for a in filtered] or [1]))
+            rest = pixels / float(np.prod([out_shape[a] for a in filtered] or [1]))
+            work = 2 * rest * padded * max(math.log2(padded), 1.0)
+        estimates[method] = cost[method] * work
+    return estimates
+
+
+def plan_correlation(
+    input_shape: Sequence[int],
+    input_dtype,
+    weights,
+    *,
+    mode: str = "reflect",
+    cval: float = 0.0,
+    origin=0,
+    axes=None,
+    method: str = "auto",
+    engine: str = "auto",
+    dtype=None,
+    convolution: bool = False,
+    gpu_chunks: bool = False,
+) -> CorrelationPlan:
+    """Validate scipy.ndimage-style arguments and resolve them into a :class:`CorrelationPlan`."""
+    ndim = len(input_shape)
+    mode = normalize_mode(mode)
+    method = normalize_method(method)
+    weights = check_weights(weights)
+    if ndim == 0 or 0 in tuple(input_shape):
+        raise DistconvError(f"input is empty (shape {tuple(input_shape)})")
+    compute_dtype = compute_dtype_for(input_dtype)
+    out_dtype = output_dtype_for(dtype, compute_dtype)
+    axes = normalize_axes(axes, weights.ndim, ndim)
+    origins = normalize_origins(origin, weights.shape)
+    try:
+        cval = float(cval)
+    except (TypeError, ValueError):
+        raise DistconvError(f"cval {cval!r} is not a number") from None
+
+    if convolution:
+        # scipy.ndimage.convolve: correlate with the flipped kernel, origin negated and shifted
+        # by one on even-sized axes.
+        weights = weights[(slice(None, None, -1),) * weights.ndim]
+        origins = tuple(-o - (1 - size % 2) for o, size in zip(origins, weights.shape))
+
+    full_shape = [1] * ndim
+    full_origins = [0] * ndim
+    for w_axis, in_axis in enumerate(axes):
+        full_shape[in_axis] = weights.shape[w_axis]
+        full_origins[in_axis] = origins[w_axis]
+    full = np.moveaxis(weights, tuple(range(weights.ndim)), axes).reshape(full_shape)
+    full = np.ascontiguousarray(full, dtype=compute_dtype)
+
+    factors = rank_one_factors(full.astype(np.float64))
+    if factors is not None:
+        factors = tuple(None if f is None else f.astype(compute_dtype) for f in factors)
+    if method == "separable" and factors is None:
+        raise DistconvError("method 'separable' needs rank-1 weights (an outer product of 1-D "
+                            "kernels); these are not: use method 'direct' or 'fft'")
+
+    candidates = [method] if method != "auto" else [
+        m for m in METHOD_OPS if m != "separable" or factors is not None
+    ]
+    engines: dict[str, str] = {}
+    for candidate in candidates:
+        op = METHOD_OPS[candidate]
+        if method == "auto" and engine != "auto" and not kernels.supports(
+            engine, op, ndim, compute_dtype
+        ):
+            continue  # method="auto" only considers what the chosen engine can do
+        engines[candidate] = kernels.resolve_engine(
+            engine, op, ndim, compute_dtype, gpu_chunks=gpu_chunks
+        )
+    if not engines:
+        raise EngineError(f"engine {engine!r} cannot correlate {ndim}-D {compute_dtype}")
+    return CorrelationPlan(
+        weights=full,
+        origins=tuple(full_origins),
+        mode=mode,
+        cval=cval,
+        compute_dtype=compute_dtype,
+        out_dtype=out_dtype,
+        method=method,
+        engines=engines,
+        factors=factors,
+    )
+
+
+def merge_small_chunks(chunks: Sequence[int], depth: int) -> tuple[int, ...]:
+    """Merge neighbouring chunks along one axis until every chunk holds at least ``depth``.
+
+    A halo is taken from the neighbouring chunk, so no chunk may be thinner than the halo.
+    """
+    chunks = tuple(int(c) for c in chunks)
+    if depth == 0 or min(chunks) >= depth or len(chunks) == 1:
+        return chunks
+    merged: list[int] = []
+    current = 0
+    for size in chunks:
+        current += size
+        if current >= depth:
+            merged.append(current)
+            current = 0
+    if current:
+        if merged:
+            merged[-1] += current
+        else:
+            merged.append(current)
+    return tuple(merged)

@@ -1,0 +1,98 @@
+"""Run a graph of per-block tasks with a progress bar, on a Dask client or on local threads."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import dask
+import dask.array as da
+from dask.callbacks import Callback
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import TimeRemainingColumn
+
+from distconv.config import get_default
+
+
+def current_client():
+    """The active ``distributed.Client``, or None when work runs on local threads."""
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def compute_blocks(blocks: da.Array, *, description: str = "computing",
+                   progress: bool | None = None) -> None:
+    """Compute every block of ``blocks`` (one small marker per block), showing progress.
+
+    Each block is its own future on a distributed client, so a failure names its block and the
+    others are cancelled; on local threads a scheduler callback counts finished blocks.
+    """
+    show = get_default("progress") if progress is None else progress
+    pieces = blocks.to_delayed().ravel().tolist()
+    with _bar(description, len(pieces), show) as advance:
+        client = current_client()
+        if client is None:
+            with _BlockCounter(blocks.name, advance):
+                dask.compute(*pieces, scheduler="threads")
+            return
+        from distributed import as_completed
+
+        futures = client.compute(pieces)
+        try:
+            for future in as_completed(futures):
+                future.result()  # raises the task's own exception
+                advance()
+        except BaseException:
+            client.cancel(futures)
+            raise
+
+
+class _bar:
+    """Context manager yielding ``advance()``; draws nothing when quiet or for tiny jobs."""
+
+    def __init__(self, description: str, total: int, show: bool):
+        self.description, self.total, self.show = description, total, show
+        self.progress: Progress | None = None
+
+    def __enter__(self):
+        if not self.show:
+            return lambda: None
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("chunks"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=not sys.stderr.isatty(),
+            redirect_stdout=False,
+        )
+        self.progress.start()
+        task = self.progress.add_task(self.description, total=self.total)
+        return lambda: self.progress.advance(task)
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+        return False
+
+
+class _BlockCounter(Callback):
+    """Counts finished tasks of one layer (the per-block markers) on the local scheduler."""
+
+    def __init__(self, layer_name: str, advance):
+        super().__init__()
+        self.layer_name, self.advance = layer_name, advance
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        name = key[0] if isinstance(key, tuple) else key
+        if name == self.layer_name:
+            self.advance()
+
+
+def timed(function, *args, **kwargs):
+    """Run ``function`` and return (result, seconds)."""
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start

@@ -1,0 +1,103 @@
+"""SciPy/NumPy engine: direct (scipy.ndimage), FFT overlap-save (scipy.fft), separable 1-D passes.
+
+Every function follows the per-chunk contract in :mod:`distconv.kernels`: the block arrives padded
+for its halo and the *valid* part of the correlation is returned.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from threading import Lock
+
+import numpy as np
+import scipy
+import scipy.fft
+from scipy import ndimage
+
+# Relative cost of one unit of work for each method, measured with benchmarks/engines.py on the
+# 2-core CI machine (seconds per tap·pixel, per padded-sample·log2 and per tap·pixel of a 1-D
+# pass); only the ratios matter to the method="auto" choice in distconv.plan.
+COST = {"direct": 1.0e-9, "fft": 1.6e-9, "separable": 1.3e-9}
+
+
+def correlate_direct(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Valid correlation of a padded block with ``scipy.ndimage.correlate``."""
+    full = ndimage.correlate(block, weights, mode="constant")
+    return full[_valid_crop(block.shape, weights.shape)]
+
+
+def correlate_separable(block: np.ndarray, factors: list[np.ndarray | None]) -> np.ndarray:
+    """Valid correlation with a rank-1 kernel given as one 1-D factor per axis."""
+    out = block
+    for axis, factor in enumerate(factors):
+        if factor is None:
+            continue
+        out = ndimage.correlate1d(out, factor, axis=axis, mode="constant")
+        size = factor.shape[0]
+        crop = [slice(None)] * out.ndim
+        crop[axis] = slice(size // 2, size // 2 + out.shape[axis] - size + 1)
+        out = out[tuple(crop)]
+    return np.ascontiguousarray(out)
+
+
+def correlate_fft(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Valid correlation by FFT overlap-save on the haloed block.
+
+    A circular convolution of length ``L >= n`` is exact at indices ``k-1 .. n-1``, so the block
+    only needs padding to a fast length, not to ``n + k - 1``.
+    """
+    axes = tuple(i for i, size in enumerate(weights.shape) if size > 1)
+    if not axes:
+        return block * weights.reshape(())
+    lengths = tuple(scipy.fft.next_fast_len(block.shape[a], real=True) for a in axes)
+    spectrum = scipy.fft.rfftn(block, s=lengths, axes=axes)
+    spectrum *= _weights_spectrum(weights, lengths, axes)
+    full = scipy.fft.irfftn(spectrum, s=lengths, axes=axes)
+    crop = [slice(None)] * block.ndim
+    for a in axes:
+        crop[a] = slice(weights.shape[a] - 1, block.shape[a])
+    return np.ascontiguousarray(full[tuple(crop)], dtype=block.dtype)
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``numpy.matmul`` on one pair of blocks (BLAS)."""
+    return np.matmul(a, b)
+
+
+def multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``numpy.multiply`` on one pair of blocks."""
+    return np.multiply(a, b)
+
+
+def device_info() -> str:
+    """One line for ``distconv engines``."""
+    return f"CPU (scipy {scipy.__version__}, numpy {np.__version__})"
+
+
+def _valid_crop(block_shape, weights_shape) -> tuple[slice, ...]:
+    return tuple(
+        slice(w // 2, w // 2 + b - w + 1) for b, w in zip(block_shape, weights_shape)
+    )
+
+
+# The spectrum of the (flipped) weights is the same for every interior chunk: keep a few per
+# worker process, keyed by the weights' bytes and the FFT lengths.
+_SPECTRA: OrderedDict = OrderedDict()
+_SPECTRA_LOCK = Lock()
+_SPECTRA_MAX = 8
+
+
+def _weights_spectrum(weights: np.ndarray, lengths, axes) -> np.ndarray:
+    key = (weights.tobytes(), weights.shape, weights.dtype.str, lengths, axes)
+    with _SPECTRA_LOCK:
+        if key in _SPECTRA:
+            _SPECTRA.move_to_end(key)
+            return _SPECTRA[key]
+    flipped = weights[tuple(slice(None, None, -1) if a in axes else slice(None)
+                            for a in range(weights.ndim))]
+    spectrum = scipy.fft.rfftn(flipped, s=lengths, axes=axes)
+    with _SPECTRA_LOCK:
+        _SPECTRA[key] = spectrum
+        while len(_SPECTRA) > _SPECTRA_MAX:
+            _SPECTRA.popitem(last=False)
+    return spectrum
