@@ -196,7 +196,7 @@ def rank_one_factors(weights: np.ndarray) -> tuple[np.ndarray | None, ...] | Non
     The factors are accepted only if their outer product reproduces the weights.
     """
     filtered = [a for a, size in enumerate(weights.shape) if size > 1]
-    if len(filtered) < 2:
+    if not filtered:
         return None
     core = np.squeeze(weights, axis=tuple(a for a in range(weights.ndim) if a not in filtered))
     vectors = []
@@ -224,7 +224,8 @@ def method_costs(weights: np.ndarray, out_shape: Sequence[int],
     """Estimated seconds per method for one output block (only the ratios matter).
 
     ``engines`` maps each candidate method to the engine that would run it; each engine's
-    ``COST`` constants (measured by benchmarks/engines.py) price its own work.
+    ``COST[method]`` (measured on this machine, see kernels/scipy.py) is seconds per unit of work
+    or a ``(seconds per output pixel, seconds per unit of work)`` pair.
     """
     pixels = float(np.prod(out_shape))
     filtered = [a for a, size in enumerate(weights.shape) if size > 1]
@@ -241,7 +242,8 @@ def method_costs(weights: np.ndarray, out_shape: Sequence[int],
             padded = float(np.prod([out_shape[a] + weights.shape[a] - 1 for a in filtered] or [1]))
             rest = pixels / float(np.prod([out_shape[a] for a in filtered] or [1]))
             work = 2 * rest * padded * max(math.log2(padded), 1.0)
-        estimates[method] = cost[method] * work
+        per_pixel, per_unit = cost[method] if isinstance(cost[method], tuple) else (0.0, cost[method])
+        estimates[method] = per_pixel * pixels + per_unit * work
     return estimates
 
 
@@ -287,7 +289,9 @@ def plan_correlation(
     for w_axis, in_axis in enumerate(axes):
         full_shape[in_axis] = weights.shape[w_axis]
         full_origins[in_axis] = origins[w_axis]
-    full = np.moveaxis(weights, tuple(range(weights.ndim)), axes).reshape(full_shape)
+    # weights' axis i filters input axis axes[i]: order them as the input's axes, then add the
+    # size-1 axes that are not filtered.
+    full = np.transpose(weights, np.argsort(axes)).reshape(full_shape)
     full = np.ascontiguousarray(full, dtype=compute_dtype)
 
     factors = rank_one_factors(full.astype(np.float64))

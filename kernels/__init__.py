@@ -104,7 +104,10 @@ def get_engine(name: str) -> ModuleType:
             f"engine {name!r} is not installed (pip install 'distconv[{spec.extra}]'); "
             f"installed engines: {', '.join(installed_engines())}"
         )
-    return _import(spec.module)
+    try:
+        return _import(spec.module)
+    except ImportError as exc:
+        raise EngineError(f"engine {name!r} is installed but failed to import: {exc}") from exc
 
 
 def get_op(name: str, op: str):

@@ -102,10 +102,12 @@ def correlate_with_plan(x: da.Array, plan: CorrelationPlan) -> da.Array:
     if chunks != x.chunks:
         x = x.rechunk(chunks)
     periodic = tuple(plan.mode == "wrap" and d > 0 and len(c) > 1 for c, d in zip(chunks, depth))
+    # Only axes with neighbours exchange halos; a single-chunk axis is padded inside the chunk.
+    exchange = {axis: d if len(c) > 1 else 0 for axis, (c, d) in enumerate(zip(chunks, depth))}
     haloed = x
-    if any(depth):
+    if any(exchange.values()):
         boundary = {axis: "periodic" if periodic[axis] else "none" for axis in range(x.ndim)}
-        haloed = da.overlap.overlap(x, depth=dict(enumerate(depth)), boundary=boundary)
+        haloed = da.overlap.overlap(x, depth=exchange, boundary=boundary)
     meta = array_module(x._meta).empty((0,) * x.ndim, dtype=plan.out_dtype)
     return haloed.map_blocks(
         correlate_block, plan=plan, periodic=periodic, chunks=chunks,
