@@ -236,6 +236,19 @@ def engines_command() -> None:
     Console().print(table)
 
 
+def _register_linalg_commands() -> None:
+    """matmul and multiply live in cli_linalg.py (their own module, same conventions)."""
+    try:
+        from distconv.cli_linalg import matmul_command, multiply_command
+    except ImportError:  # the module is being written; the other commands still work
+        return
+    cli.add_command(matmul_command, "matmul")
+    cli.add_command(multiply_command, "multiply")
+
+
+_register_linalg_commands()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: one-line errors, exit 2 for bad input, 130 for Ctrl-C."""
     args = list(sys.argv[1:] if argv is None else argv)
