@@ -56,8 +56,10 @@ def _run_filter(operation: str, input: str, weights: str, output: str | None, mo
                 dtype: str | None, overwrite: bool, cluster_spec: str | None,
                 workers: int | None, threads_per_worker: int | None, quiet: bool) -> None:
     import distconv as dc
+    from distconv.clusters import cluster, parse_spec
     from distconv.io import check_output_path, source_paths
 
+    parse_spec(cluster_spec)  # a bad spec fails before any work
     x = dc.open(input)
     axes_t = _int_list(axes, "--axes")
     origins = _int_list(origin, "--origin")
@@ -69,8 +71,6 @@ def _run_filter(operation: str, input: str, weights: str, output: str | None, mo
     output = output or default_output(input, "convolved" if operation == "convolve"
                                       else "correlated")
     check_output_path(output, source_paths(y), overwrite)  # before any cluster starts
-
-    from distconv.clusters import cluster
 
     with cluster(cluster_spec, workers=workers, threads_per_worker=threads_per_worker,
                  quiet=quiet):

@@ -33,6 +33,7 @@ def compute_blocks(blocks: da.Array, *, description: str = "computing",
     others are cancelled; on local threads a scheduler callback counts finished blocks.
     """
     show = get_default("progress") if progress is None else progress
+    show = show and sys.stderr.isatty()  # a bar in a log file is noise; the summary line stays
     pieces = blocks.to_delayed().ravel().tolist()
     with _bar(description, len(pieces), show) as advance:
         client = current_client()
@@ -65,8 +66,7 @@ class _bar:
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("chunks"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=not sys.stderr.isatty(),
-            redirect_stdout=False,
+            console=Console(stderr=True), redirect_stdout=False,
         )
         self.progress.start()
         task = self.progress.add_task(self.description, total=self.total)
