@@ -6,7 +6,7 @@ for its halo and the *valid* part of the correlation is returned in ``block.dtyp
 One compiled loop does all the correlation work. A C-contiguous block is seen as a set of output
 *rows* along its last axis; every nonzero tap is a fixed offset into the flattened input, so the
 valid correlation of a row segment is ``acc[j] += w[t] * x[base + offset[t] + j]`` summed over the
-taps. The inner loop over ``j`` is contiguous and vectorises (AVX2/AVX-512), the accumulator
+taps. The inner loop over ``j`` is contiguous and vectorises (LLVM emits packed FMAs), the accumulator
 segment stays in L1, and taps are applied four at a time so each pass over ``acc`` does four
 multiply-adds per load/store. The same loop therefore serves any rank, and a separable pass along
 axis ``k`` is the same loop on the ``(before, n, after)`` view with a 1-D kernel.
@@ -28,14 +28,24 @@ import numba
 import numpy as np
 from numba import njit
 
-# Seconds per tap·pixel, measured on the 2-core CI machine (Xeon, AVX-512) with
-# ``python -m distconv.kernels.numba_cpu`` on 1024² float32 blocks (median of 3x3, 5x5 and 9x9
-# for "direct"; 9+9 and 21+21 taps of two 1-D passes for "separable"). Same units as
-# distconv.kernels.scipy.COST; only the ratios matter to the method="auto" choice.
-COST = {"direct": 1.5e-10, "separable": 2.5e-10}
+# Cost model for method="auto" (distconv.plan.method_costs), in the scipy engine's format and
+# scale: (seconds per output pixel, seconds per unit of work), work = nonzero taps x pixels for
+# direct and the sum of 1-D taps x pixels for separable. Fitted with ``python -m
+# distconv.kernels.numba_cpu`` on 1024x1024 float32 blocks (kernels 3..31) on the 2-core CI
+# machine, in the same run as a refit of the scipy engine, and scaled by scipy's constants over
+# that refit (~1.7x) so both engines share one scale. Direct's per-tap cost is ~1e-10 with the
+# float32 accumulator (<= 128 taps) and ~1.9e-10 with float64; 1.6e-10 puts the direct/FFT
+# crossover at ~13x13, where it was measured.
+COST = {"direct": (6.0e-10, 1.6e-10), "separable": (2.6e-9, 1.2e-10)}
 
-# Output samples per inner pass: a float64 accumulator of this length is 16 KiB, which stays in
-# L1 together with the input it reads.
+# float32 blocks accumulate in float32 (twice the SIMD width of float64: ~2x faster) while the
+# worst-case rounding error of a recursive sum, about taps x 2**-24 x sum(|w| |x|), stays under
+# the 1e-5 float32 tolerance distconv promises (128 x 6e-8 = 7.6e-6); kernels with more nonzero
+# taps accumulate in float64 and round once, as scipy.ndimage always does.
+_FLOAT32_ACC_MAX_TAPS = 128
+
+# Output samples per inner pass: a float64 accumulator of this length is 16 KiB and stays in L1
+# while the taps stream over it.
 _SEGMENT = 2048
 
 
@@ -86,8 +96,10 @@ def correlate_direct(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
     Notes
     -----
-    Products are accumulated in float64 for both float32 and float64 blocks, as
-    scipy.ndimage does; the result is rounded to ``block.dtype`` once.
+    float64 blocks accumulate in float64. float32 blocks accumulate in float32 when the kernel
+    has at most 128 nonzero taps (worst-case error about ``taps * 2**-24 * sum(|w| |x|)``, under
+    the 1e-5 float32 tolerance; ~2x faster than a float64 accumulator) and in float64 beyond,
+    rounding once. Each output sample sums its taps in the same order whatever the chunking.
     """
     block = np.ascontiguousarray(block)
     if block.dtype not in (np.float32, np.float64):
@@ -123,7 +135,7 @@ def correlate_separable(block: np.ndarray,
     Notes
     -----
     Each pass rounds to ``block.dtype`` (as the scipy engine does between its ``correlate1d``
-    passes); within a pass products are accumulated in float64.
+    passes); within a pass the accumulator follows :func:`correlate_direct`'s rule.
     """
     out = np.ascontiguousarray(block)
     if out.dtype not in (np.float32, np.float64):
@@ -208,9 +220,12 @@ def _correlate(block: np.ndarray, weights: np.ndarray,
     if out.size == 0:
         return out
     taps = np.nonzero(weights)
-    values = weights[taps].astype(np.float64)
+    ntaps = taps[0].shape[0]
+    acc_dtype = (np.float32 if block.dtype == np.float32 and ntaps <= _FLOAT32_ACC_MAX_TAPS
+                 else np.float64)
+    values = weights[taps].astype(acc_dtype)
     strides = np.array(block.strides, dtype=np.int64) // block.itemsize
-    offsets = np.zeros(values.shape[0], dtype=np.int64)
+    offsets = np.zeros(ntaps, dtype=np.int64)
     for axis, index in enumerate(taps):
         offsets += index.astype(np.int64) * strides[axis]
 
@@ -225,9 +240,12 @@ def _correlate(block: np.ndarray, weights: np.ndarray,
     row_shape = np.array(out_shape[:last], dtype=np.int64)
     row_strides = strides[:last].copy()
     rows = int(np.prod(row_shape, dtype=np.int64))
-    acc = np.empty(min(row, _SEGMENT), dtype=np.float64)
-    _correlate_rows(block.reshape(-1), values, offsets, row_shape, row_strides,
-                    acc, out.reshape(rows, row))
+    acc = np.empty(min(row, _SEGMENT), dtype=acc_dtype)
+    # Always hand Numba a read-only view: writable and read-only arrays are different Numba
+    # types, and one specialisation per dtype is enough (blocks from Zarr may be read-only).
+    flat = block.reshape(-1)
+    flat.flags.writeable = False
+    _correlate_rows(flat, values, offsets, row_shape, row_strides, acc, out.reshape(rows, row))
     return out
 
 
@@ -287,16 +305,16 @@ def _multiply_flat(a, b, out):  # pragma: no cover
         out[i] = a[i] * b[i]
 
 
-def _benchmark(size: int = 1024, repeat: int = 5) -> None:
-    """Print numba vs scipy.ndimage timings on ``size``² blocks and the COST they imply.
+def _benchmark(size: int = 1024, repeat: int = 3) -> None:
+    """Time numba vs scipy.ndimage on ``size``² float32 blocks and fit the COST model.
 
-    The scipy engine's COST was measured the same way, so this engine's constants are scipy's
-    scaled by the measured time ratio (median over the kernel sizes): that keeps the two sets
-    comparable even when this run's machine is busier or quieter than the calibration run.
+    Prints, per kernel, the best-of-``repeat`` time of both engines' per-chunk functions and
+    their ratio, then least-squares fits ``seconds = per_pixel * pixels + per_unit * work``
+    (relative errors, as kernels span two orders of magnitude) for both engines, so this
+    engine's constants can be read against the scipy engine's on the same, possibly busy,
+    machine. Run it with ``python -m distconv.kernels.numba_cpu``.
     """
     import time
-
-    from scipy import ndimage
 
     from distconv.kernels import scipy as scipy_engine
 
@@ -309,32 +327,38 @@ def _benchmark(size: int = 1024, repeat: int = 5) -> None:
             times.append(time.perf_counter() - start)
         return min(times)
 
+    def fit(samples: list[tuple[float, float, float]]) -> tuple[float, float]:
+        pixels, work, seconds = (np.array(column) for column in zip(*samples))
+        design = np.stack([pixels, work], axis=1) / seconds[:, None]
+        (per_pixel, per_unit), *_ = np.linalg.lstsq(design, np.ones_like(seconds), rcond=None)
+        return max(float(per_pixel), 0.0), float(per_unit)
+
     rng = np.random.default_rng(0)
+    pixels = float(size * size)
     print(device_info())
-    print(f"{'float32':>10} {'scipy s':>9} {'numba s':>9} {'speed-up':>8} "
-          f"{'scipy s/tap·px':>15} {'numba s/tap·px':>15}")
-    ratios: dict[str, list[float]] = {"direct": [], "separable": []}
-    for k in (3, 5, 9):
+    print(f"{'float32':>11} {'scipy s':>9} {'numba s':>9} {'speed-up':>8} "
+          f"{'scipy s/unit':>13} {'numba s/unit':>13}")
+    samples: dict[str, dict[str, list]] = {"scipy": {}, "numba": {}}
+    cases = [("direct", k) for k in (3, 5, 7, 9, 11, 15, 21, 31)]
+    cases += [("separable", k) for k in (3, 5, 9, 15, 31)]
+    for method, k in cases:
         block = rng.standard_normal((size + k - 1, size + k - 1)).astype(np.float32)
-        weights = rng.standard_normal((k, k)).astype(np.float32)
-        work = k * k * size * size
-        t_scipy = best(scipy_engine.correlate_direct, block, weights)
-        t_numba = best(correlate_direct, block, weights)
-        ratios["direct"].append(t_numba / t_scipy)
-        print(f"{f'{k}x{k}':>10} {t_scipy:9.4f} {t_numba:9.4f} {t_scipy / t_numba:8.2f} "
-              f"{t_scipy / work:15.2e} {t_numba / work:15.2e}")
-    for k in (5, 9, 21):
-        block = rng.standard_normal((size + k - 1, size + k - 1)).astype(np.float32)
-        factors = [rng.standard_normal(k).astype(np.float32) for _ in range(2)]
-        work = 2 * k * size * size
-        t_scipy = best(scipy_engine.correlate_separable, block, factors)
-        t_numba = best(correlate_separable, block, factors)
-        ratios["separable"].append(t_numba / t_scipy)
-        print(f"{f'sep {k}+{k}':>10} {t_scipy:9.4f} {t_numba:9.4f} {t_scipy / t_numba:8.2f} "
-              f"{t_scipy / work:15.2e} {t_numba / work:15.2e}")
-    implied = {m: scipy_engine.COST[m] * float(np.median(r)) for m, r in ratios.items()}
-    print("implied COST:", {m: float(f"{c:.2g}") for m, c in implied.items()},
-          "(now:", COST, ")")
+        if method == "direct":
+            args: tuple = (block, rng.standard_normal((k, k)).astype(np.float32))
+            work, label = k * k * pixels, f"{k}x{k}"
+        else:
+            args = (block, [rng.standard_normal(k).astype(np.float32) for _ in range(2)])
+            work, label = 2 * k * pixels, f"sep {k}+{k}"
+        t_scipy = best(getattr(scipy_engine, f"correlate_{method}"), *args)
+        t_numba = best(globals()[f"correlate_{method}"], *args)
+        samples["scipy"].setdefault(method, []).append((pixels, work, t_scipy))
+        samples["numba"].setdefault(method, []).append((pixels, work, t_numba))
+        print(f"{label:>11} {t_scipy:9.4f} {t_numba:9.4f} {t_scipy / t_numba:8.2f} "
+              f"{t_scipy / work:13.2e} {t_numba / work:13.2e}")
+    for engine, by_method in samples.items():
+        fitted = {m: tuple(float(f"{c:.2g}") for c in fit(s)) for m, s in by_method.items()}
+        print(f"fitted {engine} COST (per pixel, per unit): {fitted}")
+    print("current: scipy", scipy_engine.COST, "numba", COST)
 
 
 if __name__ == "__main__":
