@@ -71,9 +71,10 @@ ENGINES: dict[str, EngineSpec] = {
 # What ``engine="auto"`` picks on CPU chunks, per operation, best first. The order comes from
 # benchmarks/engines.py (see benchmarks/RESULTS.md); an engine that is not installed is skipped.
 CPU_PREFERENCE: dict[str, tuple[str, ...]] = {
-    "correlate_direct": ("scipy",),
+    # numba: 7-14x scipy.ndimage on 1024² float32 for 3x3..31x31 (see kernels/numba_cpu.py).
+    "correlate_direct": ("numba", "scipy"),
     "correlate_fft": ("scipy",),
-    "correlate_separable": ("scipy",),
+    "correlate_separable": ("numba", "scipy"),
     "matmul": ("scipy",),
     "multiply": ("scipy",),
 }
