@@ -34,6 +34,15 @@ def is_gpu_array(x) -> bool:
     return type(meta).__module__.split(".")[0] == "cupy"
 
 
+def to_device(x):
+    """Move a dask array's chunks to the GPU once (CuPy meta); they stay there until save."""
+    if is_gpu_array(x):
+        return x
+    import cupy
+
+    return x.map_blocks(cupy.asarray, dtype=x.dtype, meta=cupy.empty((0,) * x.ndim, x.dtype))
+
+
 def to_numpy(x) -> np.ndarray:
     """Bring a chunk to host memory (a no-op for NumPy chunks)."""
     return x.get() if is_gpu_array(x) else np.asarray(x)

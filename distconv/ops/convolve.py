@@ -14,7 +14,7 @@ import dask.array as da
 import numpy as np
 
 from distconv import kernels
-from distconv.backend import array_module, cast_output, is_gpu_array
+from distconv.backend import array_module, cast_output, is_gpu_array, to_device
 from distconv.config import get_default
 from distconv.io import as_dask_array, remember_provenance
 from distconv.weights import weights_digest
@@ -76,6 +76,9 @@ def _filter(input, weights, mode, cval, origin, axes, method, engine, dtype,
         method=method or get_default("method"), engine=engine or get_default("engine"),
         dtype=dtype, convolution=convolution, gpu_chunks=is_gpu_array(x),
     )
+    if not is_gpu_array(x) and any(kernels.ENGINES[e].device == "gpu"
+                                   for e in plan.engines.values()):
+        x = to_device(x)  # a GPU engine on host chunks: upload each chunk once, here
     y = correlate_with_plan(x, plan)
     largest = [max(c) for c in y.chunks]
     method_used = plan.method_for(largest)
