@@ -1,0 +1,250 @@
+"""Zarr → Zarr matmul and multiply vs in-memory NumPy and dask.array, side by side in one run.
+
+Defaults: 8192² float32 inputs in 1024² Zarr chunks (Zarr v3, default codecs), the embedded
+LocalCluster (one single-threaded worker per core). Each repeat runs every contender once, in
+turn, on the same data:
+
+* matmul: ``numpy.matmul`` on the arrays already in memory (BLAS on every core; no I/O), then
+  ``distconv.matmul`` Zarr → Zarr, then ``dask.array.matmul`` Zarr → Zarr (``to_zarr``);
+* multiply: ``distconv.multiply`` and ``dask.array`` ``a * b``, both Zarr → Zarr.
+
+Then one ``distconv.matmul`` of ``--peak-size``² (16384² by default) reports the peak memory of
+the whole process tree (client + workers, sampled with psutil) next to the plan's estimate. The
+task stream of one distconv and one dask.array matmul shows where the time goes. Results go to
+benchmarks/RESULTS.md (section "linalg").
+
+    python benchmarks/linalg.py [--size 8192] [--chunk 1024] [--repeats 2] [--peak-size 16384]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import psutil
+import zarr
+from dask.utils import format_bytes
+
+import distconv as dc
+from distconv.ops.linalg import plan_for
+from results import machine, write_section
+
+
+def make_input(path: Path, size: int, chunk: int, seed: int) -> None:
+    """Random float32 in [0.5, 1.5) (seeded, never zeros), written strip by strip."""
+    rng = np.random.default_rng(seed)
+    array = zarr.create_array(str(path), shape=(size, size), chunks=(chunk, chunk),
+                              dtype="float32")
+    for start in range(0, size, chunk):
+        rows = min(chunk, size - start)
+        array[start:start + rows] = rng.random((rows, size), dtype=np.float32) + 0.5
+
+
+class PeakMemory:
+    """Samples the resident memory of this process and all its children (the workers)."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval = interval
+        self.peak_total = 0
+        self.peak_process = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            sizes = []
+            for process in [me, *me.children(recursive=True)]:
+                try:
+                    sizes.append(process.memory_info().rss)
+                except psutil.Error:  # a process that just ended
+                    continue
+            self.peak_total = max(self.peak_total, sum(sizes))
+            self.peak_process = max(self.peak_process, max(sizes, default=0))
+            self._stop.wait(self.interval)
+
+
+def fresh(path: Path) -> str:
+    shutil.rmtree(path, ignore_errors=True)
+    return str(path)
+
+
+def timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def profile(client, function) -> tuple[float, dict[str, float]]:
+    """Wall seconds and the seconds workers spent per task kind (compute and transfer)."""
+    from distributed import get_task_stream
+
+    with get_task_stream(client) as stream:
+        seconds = timed(function)
+    spent: dict[str, float] = collections.Counter()
+    for task in stream.data:
+        kind = task["key"][0] if isinstance(task["key"], tuple) else task["key"]
+        kind = str(kind).rsplit("-", 1)[0]
+        for part in task["startstops"]:
+            action = part["action"]
+            label = kind if action == "compute" else f"({action})"
+            spent[label] += part["stop"] - part["start"]
+    return seconds, dict(spent)
+
+
+def profile_text(name: str, seconds: float, spent: dict[str, float], workers: int) -> str:
+    total = workers * seconds
+    busy = sorted(spent.items(), key=lambda item: -item[1])
+    parts = ", ".join(f"{label} {value:.1f} s" for label, value in busy[:6])
+    idle = max(0.0, total - sum(spent.values()))
+    return (f"- {name}: {seconds:.1f} s wall × {workers} workers = {total:.1f} worker-s: "
+            f"{parts}; idle/overhead {idle:.1f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=8192)
+    parser.add_argument("--chunk", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--peak-size", type=int, default=16384,
+                        help="size of the matmul whose peak memory is reported (0: skip)")
+    parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    args = parser.parse_args()
+    n = args.size
+    flops = 2.0 * n ** 3
+
+    with tempfile.TemporaryDirectory(prefix="distconv-linalg-") as tmp, \
+            dc.cluster("local", quiet=True) as client:
+        tmp = Path(tmp)
+        a_path, b_path = tmp / "a.zarr", tmp / "b.zarr"
+        make_input(a_path, n, args.chunk, seed=1)
+        make_input(b_path, n, args.chunk, seed=2)
+        workers = client.scheduler_info()["workers"]
+        n_workers = len(workers)
+        cluster_text = f"LocalCluster {n_workers} workers × " \
+                       f"{next(iter(workers.values()))['nthreads']} thread(s)"
+        a_mem = zarr.open_array(str(a_path))[:]
+        b_mem = zarr.open_array(str(b_path))[:]
+        plan = plan_for(dc.open(a_path), dc.open(b_path))
+        print(plan.describe(), flush=True)
+
+        def numpy_matmul():
+            np.matmul(a_mem, b_mem)
+
+        def distconv_matmul():
+            dc.save(dc.matmul(dc.open(a_path), dc.open(b_path)), fresh(tmp / "c_dc.zarr"),
+                    progress=False)
+
+        def dask_matmul():
+            da.matmul(da.from_zarr(str(a_path)), da.from_zarr(str(b_path))) \
+                .to_zarr(fresh(tmp / "c_da.zarr"))
+
+        def distconv_multiply():
+            dc.save(dc.multiply(dc.open(a_path), dc.open(b_path)), fresh(tmp / "m_dc.zarr"),
+                    progress=False)
+
+        def dask_multiply():
+            (da.from_zarr(str(a_path)) * da.from_zarr(str(b_path))) \
+                .to_zarr(fresh(tmp / "m_da.zarr"))
+
+        matmuls = {"numpy.matmul, in memory": numpy_matmul,
+                   "distconv.matmul, Zarr → Zarr": distconv_matmul,
+                   "dask.array.matmul, Zarr → Zarr": dask_matmul}
+        multiplies = {"distconv.multiply, Zarr → Zarr": distconv_multiply,
+                      "dask.array a * b, Zarr → Zarr": dask_multiply}
+        times: dict[str, list[float]] = {name: [] for name in (*matmuls, *multiplies)}
+        for repeat in range(args.repeats):
+            for name, function in {**matmuls, **multiplies}.items():
+                times[name].append(timed(function))
+                print(f"repeat {repeat}: {name}: {times[name][-1]:.2f} s", flush=True)
+
+        expected = np.matmul(a_mem.astype(np.float64), b_mem.astype(np.float64))
+        got = zarr.open_array(str(tmp / "c_dc.zarr"))[:]
+        error = float(np.abs(got - expected).max() / np.abs(expected).max())
+        del expected, got, a_mem, b_mem
+
+        profiles = [profile_text(name, *profile(client, function), n_workers)
+                    for name, function in (("distconv.matmul", distconv_matmul),
+                                           ("dask.array.matmul", dask_matmul))]
+        print("\n".join(profiles), flush=True)
+
+        peak_lines = []
+        if args.peak_size:
+            size = args.peak_size
+            a_big, b_big = tmp / "a_big.zarr", tmp / "b_big.zarr"
+            for path in (a_path, b_path, tmp / "c_dc.zarr", tmp / "c_da.zarr",
+                         tmp / "m_dc.zarr", tmp / "m_da.zarr"):
+                shutil.rmtree(path)
+            make_input(a_big, size, args.chunk, seed=3)
+            make_input(b_big, size, args.chunk, seed=4)
+            big_plan = plan_for(dc.open(a_big), dc.open(b_big))
+            with PeakMemory() as peak:
+                seconds = timed(lambda: dc.save(dc.matmul(dc.open(a_big), dc.open(b_big)),
+                                                fresh(tmp / "c_big.zarr"), progress=False))
+            peak_lines = [
+                f"Peak memory of one {size}² float32 matmul (inputs {format_bytes(size * size * 4)}"
+                f" each): process tree {format_bytes(peak.peak_total)}, largest single process "
+                f"{format_bytes(peak.peak_process)}; the plan estimated "
+                f"{format_bytes(big_plan.peak_task_bytes)} per task "
+                f"(blocks n {big_plan.block_n}, k {big_plan.block_k}, m {big_plan.block_m}, "
+                f"{big_plan.matmul_tasks} tasks); {seconds:.1f} s, "
+                f"{2.0 * size ** 3 / seconds / 1e9:.1f} GFLOP/s.",
+            ]
+
+    median = {name: statistics.median(values) for name, values in times.items()}
+    blas = median["numpy.matmul, in memory"]
+    lines = [
+        "## Matmul and multiply, Zarr → Zarr (benchmarks/linalg.py)",
+        "",
+        f"{n}² float32, Zarr v3 chunks {args.chunk}² (default codecs), {cluster_text}. "
+        f"Machine: {machine()}. The machine is shared (2 cores, other jobs were running): "
+        "only ratios measured in the same run mean anything.",
+        f"Command: `python benchmarks/linalg.py --size {n} --chunk {args.chunk} "
+        f"--repeats {args.repeats} --peak-size {args.peak_size}`. Median of {args.repeats} "
+        "run(s), contenders in turn.",
+        "",
+        f"distconv's plan: blocks n {plan.block_n}, k {plan.block_k}, m {plan.block_m} "
+        f"({plan.k_panels} k panel(s)), {plan.matmul_tasks} matmul tasks, "
+        f"{plan.blas_threads} BLAS thread(s) per task, peak {format_bytes(plan.peak_task_bytes)} "
+        f"per task. Max relative error vs float64 NumPy: {error:.1e}.",
+        "",
+        "| matmul | seconds | GFLOP/s | % of in-memory BLAS | runs (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in matmuls:
+        lines.append(f"| {name} | {median[name]:.2f} | {flops / median[name] / 1e9:.1f} | "
+                     f"{100 * blas / median[name]:.0f} % | "
+                     f"{', '.join(f'{t:.2f}' for t in times[name])} |")
+    reference = median["dask.array a * b, Zarr → Zarr"]
+    lines += ["", "| multiply | seconds | × dask.array | runs (s) |", "|---|---|---|---|"]
+    for name in multiplies:
+        lines.append(f"| {name} | {median[name]:.2f} | {median[name] / reference:.2f} | "
+                     f"{', '.join(f'{t:.2f}' for t in times[name])} |")
+    lines += ["", "Where the time goes (task stream of one more run each; worker-seconds):", "",
+              *profiles]
+    if peak_lines:
+        lines += ["", *peak_lines]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section("linalg", text)
+
+
+if __name__ == "__main__":
+    main()

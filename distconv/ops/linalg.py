@@ -1,0 +1,893 @@
+"""Matrix product and element-wise product of chunked arrays, the matrix product planned first.
+
+``matmul`` follows :func:`numpy.matmul` (1-D operands, stacks of matrices with broadcast batch
+axes, NumPy's dtype promotion) and ``multiply`` follows :func:`numpy.multiply` (broadcasting,
+Python scalars promoted weakly as NumPy 2 does). Each block is computed by an engine from
+:mod:`distconv.kernels`.
+
+The matrix product is planned before the graph exists (:class:`MatmulPlan`): from a per-task
+memory budget the planner picks the k panel first -- the whole contraction axis when it fits, so
+each output block is one engine call and no partial sums exist -- then the n, m (and batch) block
+sizes that a small cost model says finish soonest on the cluster's threads. When the k panel
+cannot hold the whole axis, partial products are summed in a tree whose fan-in also fits the
+budget; the sum runs on the chunk type the engine returned (on the device for GPU engines).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from numbers import Number
+from typing import Any, Iterator, Sequence
+
+import dask.array as da
+import dask.system
+import numpy as np
+from dask.array.reductions import reduction
+from dask.utils import format_bytes, parse_bytes
+
+from distconv import kernels
+from distconv.backend import array_module, is_gpu_array
+from distconv.config import get_default
+from distconv.errors import DistconvError
+from distconv.io import as_dask_array, open_zarr_array, remember_provenance
+
+# Share of a worker's memory one task may plan for: the rest covers Dask's own buffers, Zarr
+# codec buffers, the output block waiting to be written and the engine's temporaries.
+SAFETY_FRACTION = 0.5
+# Cost model for choosing block sizes (only the ratios matter): float32 GEMM on one core of the
+# 2-core development machine runs at ~6e10 FLOP/s; moving a panel into a task (Zarr decode, or a
+# copy between worker processes) at ~1e9 B/s; each task costs a few ms of scheduling.
+FLOPS_PER_THREAD = 6e10
+BYTES_PER_SECOND = 1e9
+SECONDS_PER_TASK = 5e-3
+# Blocks smaller than this on a matrix axis waste BLAS; the planner goes below only for arrays
+# that are smaller themselves.
+MIN_BLOCK_EDGE = 128
+# Most partial products one tree-sum task adds (fewer when memory is short).
+MAX_FAN_IN = 8
+
+_MATMUL_OP = "matmul"
+_MULTIPLY_OP = "multiply"
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the planner knows about where the graph will run."""
+
+    parallel_tasks: int  # tasks that run at once (threads over all workers)
+    cores_per_task: int  # the cores one running task may use without oversubscribing
+    memory_budget: int  # bytes one task may use
+    budget_source: str  # how memory_budget was found, for describe()
+
+
+@dataclass(frozen=True)
+class MatmulPlan:
+    """A matrix product fully planned: block sizes, k panels, tree fan-in, threads, dtype.
+
+    Shapes are the operands' own (1-D operands included); the planner works on the matrix view
+    ``(batch..., n, k) @ (batch..., k, m)`` where a 1-D ``a`` is one row and a 1-D ``b`` one
+    column, as :func:`numpy.matmul` defines them.
+    """
+
+    a_shape: tuple[int, ...]
+    b_shape: tuple[int, ...]
+    a_dtype: np.dtype
+    b_dtype: np.dtype
+    dtype: np.dtype  # result dtype, also the dtype each block is computed in
+    engine: str
+    batch_chunks: tuple[int, ...]  # block size along each broadcast batch axis
+    block_n: int
+    block_k: int
+    block_m: int
+    fan_in: int  # partial products added per tree-sum task
+    blas_threads: int  # BLAS threads inside one matmul task
+    resources: Resources
+    panels_from_zarr: tuple[bool, bool] = (False, False)  # panels read straight from the store
+    natural_chunks: tuple[int, int] = (0, 0)  # the inputs' n and m chunk sizes (0: unknown)
+    fits_budget: bool = True
+    estimated_seconds: float = field(default=0.0, compare=False)
+
+    # -- the matrix view --
+    @property
+    def vector_a(self) -> bool:
+        return len(self.a_shape) == 1
+
+    @property
+    def vector_b(self) -> bool:
+        return len(self.b_shape) == 1
+
+    @property
+    def n(self) -> int:
+        return 1 if self.vector_a else self.a_shape[-2]
+
+    @property
+    def k(self) -> int:
+        return self.a_shape[-1]
+
+    @property
+    def m(self) -> int:
+        return 1 if self.vector_b else self.b_shape[-1]
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return np.broadcast_shapes(self.a_shape[:-2], self.b_shape[:-2])
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return matmul_result_shape(self.a_shape, self.b_shape)
+
+    # -- counts --
+    @property
+    def k_panels(self) -> int:
+        return _blocks(self.k, self.block_k)
+
+    @property
+    def batch_blocks(self) -> int:
+        return math.prod(_blocks(s, c) for s, c in zip(self.batch_shape, self.batch_chunks))
+
+    @property
+    def output_blocks(self) -> int:
+        return self.batch_blocks * _blocks(self.n, self.block_n) * _blocks(self.m, self.block_m)
+
+    @property
+    def matmul_tasks(self) -> int:
+        return self.output_blocks * self.k_panels
+
+    @property
+    def sum_tasks(self) -> int:
+        return self.output_blocks * _tree_tasks(self.k_panels, self.fan_in)
+
+    @property
+    def output_chunks(self) -> tuple[int, ...]:
+        """Chunk sizes of the result (and of the Zarr array it is saved to)."""
+        n_chunk = _split_size(self.block_n, self.natural_chunks[0])
+        m_chunk = _split_size(self.block_m, self.natural_chunks[1])
+        return tuple(self.batch_chunks) + (() if self.vector_a else (n_chunk,)) + \
+            (() if self.vector_b else (m_chunk,))
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds counted as two operations: ``2·batch·n·k·m``."""
+        return 2 * math.prod(self.batch_shape) * self.n * self.k * self.m
+
+    # -- bytes --
+    def _a_batch_per_block(self) -> int:
+        return _operand_batch_elements(self.a_shape[:-2], self.batch_shape, self.batch_chunks)
+
+    def _b_batch_per_block(self) -> int:
+        return _operand_batch_elements(self.b_shape[:-2], self.batch_shape, self.batch_chunks)
+
+    @property
+    def a_panel_bytes(self) -> int:
+        return self._a_batch_per_block() * self.block_n * self.block_k * self.a_dtype.itemsize
+
+    @property
+    def b_panel_bytes(self) -> int:
+        return self._b_batch_per_block() * self.block_k * self.block_m * self.b_dtype.itemsize
+
+    @property
+    def out_block_bytes(self) -> int:
+        return math.prod(self.batch_chunks) * self.block_n * self.block_m * self.dtype.itemsize
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes read from the inputs: every panel is read once and shared by its tasks."""
+        return math.prod(self.a_shape) * self.a_dtype.itemsize + \
+            math.prod(self.b_shape) * self.b_dtype.itemsize
+
+    @property
+    def panel_bytes_moved(self) -> int:
+        """Bytes of panels delivered to matmul tasks (a panel used by two tasks counts twice).
+
+        A panel computed on one worker and used on another travels between worker processes,
+        so this, not :attr:`bytes_read`, is the traffic the block sizes are chosen to reduce.
+        """
+        return self.matmul_tasks * (self.a_panel_bytes + self.b_panel_bytes)
+
+    @property
+    def peak_task_bytes(self) -> int:
+        """Largest memory one task holds: a matmul task, a tree-sum task, or a panel copy."""
+        return _peak_task_bytes(self.a_panel_bytes, self.b_panel_bytes, self.out_block_bytes,
+                                self.a_dtype, self.b_dtype, self.dtype, self.k_panels,
+                                self.fan_in, self.panels_from_zarr)
+
+    def describe(self) -> str:
+        """Several lines for ``distconv matmul --dry-run``."""
+        shape = _shape_text
+        k_line = ("one k panel: each output block is one engine call, no partial sums"
+                  if self.k_panels == 1 else
+                  f"{self.k_panels} k panels of {self.block_k}: partial products summed in a "
+                  f"tree of fan-in {self.fan_in}")
+        sources = " and ".join(
+            f"{name} {'read straight from Zarr in panels' if direct else 'rechunked to panels'}"
+            for name, direct in zip("AB", self.panels_from_zarr))
+        lines = [
+            f"matmul plan: {shape(self.a_shape)} {self.a_dtype} @ {shape(self.b_shape)} "
+            f"{self.b_dtype} -> {shape(self.out_shape)} {self.dtype}",
+            f"  engine:            {self.engine}, {self.blas_threads} BLAS thread(s) per task, "
+            f"{self.resources.parallel_tasks} task(s) at once",
+            f"  memory budget:     {format_bytes(self.resources.memory_budget)} per task "
+            f"({self.resources.budget_source})",
+            f"  blocks:            batch {shape(self.batch_chunks)}, n {self.block_n}, "
+            f"k {self.block_k}, m {self.block_m}",
+            f"  contraction:       {k_line}",
+            f"  panels:            A {format_bytes(self.a_panel_bytes)}, "
+            f"B {format_bytes(self.b_panel_bytes)}; {sources}",
+            f"  output chunks:     {self.output_blocks} block(s) computed, written as "
+            f"{_count_chunks(self.out_shape, self.output_chunks)} chunk(s) of "
+            f"{shape(self.output_chunks)}",
+            f"  tasks:             {self.matmul_tasks} matmul + {self.sum_tasks} tree-sum",
+            f"  bytes read:        {format_bytes(self.bytes_read)} from the inputs; "
+            f"{format_bytes(self.panel_bytes_moved)} of panels into tasks",
+            f"  peak memory/task:  {format_bytes(self.peak_task_bytes)}"
+            + ("" if self.fits_budget else "  (OVER the budget: no smaller blocks exist)"),
+            f"  FLOPs:             {self.flops:.3e}",
+            f"  estimated time:    {self.estimated_seconds:.1f} s (cost model, not a measurement)",
+        ]
+        return "\n".join(lines)
+
+    def summary(self) -> dict[str, Any]:
+        """The plan as plain values, for provenance."""
+        return {
+            "batch_chunks": list(self.batch_chunks), "block_n": self.block_n,
+            "block_k": self.block_k, "block_m": self.block_m, "k_panels": self.k_panels,
+            "fan_in": self.fan_in, "blas_threads": self.blas_threads,
+            "memory_budget": self.resources.memory_budget,
+            "peak_task_bytes": self.peak_task_bytes,
+        }
+
+
+def matmul_result_shape(a_shape: Sequence[int], b_shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape :func:`numpy.matmul` returns, or :class:`DistconvError` with NumPy's message."""
+    a_shape, b_shape = tuple(a_shape), tuple(b_shape)
+    if not a_shape or not b_shape:
+        _raise_numpy_error(np.matmul, a_shape, b_shape)
+    a_core = a_shape[-2:] if len(a_shape) > 1 else (1,) + a_shape
+    b_core = b_shape[-2:] if len(b_shape) > 1 else b_shape + (1,)
+    if a_core[1] != b_core[0]:
+        _raise_numpy_error(np.matmul, a_shape, b_shape)
+    try:
+        batch = np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
+    except ValueError:
+        _raise_numpy_error(np.matmul, a_shape, b_shape)
+    return batch + (a_shape[-2:-1] if len(a_shape) > 1 else ()) + \
+        (b_shape[-1:] if len(b_shape) > 1 else ())
+
+
+def plan_matmul(a_shape: Sequence[int], b_shape: Sequence[int], a_dtype, b_dtype, *,
+                engine: str | None = None, memory_budget: int | str | None = None,
+                a_chunks: Sequence[Sequence[int]] | None = None,
+                b_chunks: Sequence[Sequence[int]] | None = None,
+                panels_from_zarr: tuple[bool, bool] = (False, False),
+                gpu_chunks: bool = False, resources: Resources | None = None) -> MatmulPlan:
+    """Choose block sizes, k panels and threads for ``a @ b`` under a per-task memory budget.
+
+    Parameters
+    ----------
+    a_shape, b_shape : sequence of int
+        Operand shapes, as :func:`numpy.matmul` takes them.
+    a_dtype, b_dtype : dtype
+        Operand dtypes; the result (and compute) dtype is :func:`numpy.result_type` of them.
+    engine : str, optional
+        Engine for the blocks; default from config ``distconv.engine`` ("auto").
+    memory_budget : int or str, optional
+        Bytes one task may use ("2GiB" is accepted). Default: the smallest worker's
+        ``memory_limit`` per thread on the current Dask client, else the machine's memory per
+        core, times :data:`SAFETY_FRACTION`.
+    a_chunks, b_chunks : tuple of tuple of int, optional
+        The operands' current chunks: blocks are made multiples of them when possible and the
+        result is written with the inputs' n and m chunk sizes.
+    panels_from_zarr : (bool, bool)
+        Whether each operand's panels will be read straight from its Zarr store (no copy to
+        assemble them), which lowers the peak memory estimate.
+    gpu_chunks : bool
+        The chunks are CuPy arrays ("auto" then picks a GPU engine).
+    resources : Resources, optional
+        Override what is detected about the cluster (tests, what-if planning).
+
+    Returns
+    -------
+    MatmulPlan
+    """
+    out_shape = matmul_result_shape(a_shape, b_shape)
+    dtype = np.result_type(np.dtype(a_dtype), np.dtype(b_dtype))
+    name = kernels.resolve_engine(engine or get_default("engine"), _MATMUL_OP,
+                                  max(len(a_shape), len(b_shape)), dtype, gpu_chunks=gpu_chunks)
+    if resources is None:
+        resources = detect_resources(memory_budget)
+    elif memory_budget is not None:
+        resources = Resources(resources.parallel_tasks, resources.cores_per_task,
+                              _budget_bytes(memory_budget), "given")
+    a_shape, b_shape = tuple(a_shape), tuple(b_shape)
+    n = 1 if len(a_shape) == 1 else a_shape[-2]
+    k = a_shape[-1]
+    m = 1 if len(b_shape) == 1 else b_shape[-1]
+    batch = out_shape[: len(out_shape) - (len(a_shape) > 1) - (len(b_shape) > 1)]
+    hints = _chunk_hints(a_shape, b_shape, a_chunks, b_chunks)
+    search = _BlockSearch(
+        a_batch=a_shape[:-2], b_batch=b_shape[:-2], batch=batch, n=n, k=k, m=m,
+        a_dtype=np.dtype(a_dtype), b_dtype=np.dtype(b_dtype), dtype=dtype,
+        resources=resources, panels_from_zarr=panels_from_zarr,
+    )
+    choice = search.best(hints)
+    return MatmulPlan(
+        a_shape=a_shape, b_shape=b_shape, a_dtype=np.dtype(a_dtype), b_dtype=np.dtype(b_dtype),
+        dtype=dtype, engine=name, batch_chunks=choice.batch_chunks, block_n=choice.bn,
+        block_k=choice.bk, block_m=choice.bm, fan_in=choice.fan_in,
+        blas_threads=search.threads_per_task(choice.tasks), resources=resources,
+        panels_from_zarr=panels_from_zarr, natural_chunks=(hints["n"], hints["m"]),
+        fits_budget=choice.fits, estimated_seconds=choice.seconds,
+    )
+
+
+# --- resources -----------------------------------------------------------------------------
+
+
+def detect_resources(memory_budget: int | str | None = None) -> Resources:
+    """Threads, cores per task and per-task memory of the current client (or this machine)."""
+    client = _current_client()
+    if client is not None:
+        found = _client_resources(client)
+        if found is not None:
+            parallel, cores_per_task, worker_budget, source = found
+            if memory_budget is not None:
+                return Resources(parallel, cores_per_task, _budget_bytes(memory_budget), "given")
+            return Resources(parallel, cores_per_task, worker_budget, source)
+    from distconv.clusters.local import machine_memory
+
+    threads = int(dask.system.CPU_COUNT)  # Dask's threaded scheduler runs this many tasks
+    if memory_budget is not None:
+        return Resources(threads, 1, _budget_bytes(memory_budget), "given")
+    budget = int(machine_memory() / threads * SAFETY_FRACTION)
+    return Resources(threads, 1, budget,
+                     f"{SAFETY_FRACTION} x machine memory / {threads} threads; no Dask client")
+
+
+def _client_resources(client) -> tuple[int, int, int, str] | None:
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    if not workers:
+        return None
+    parallel = sum(int(w["nthreads"]) for w in workers.values())
+    per_thread = [int(w["memory_limit"]) / max(1, int(w["nthreads"]))
+                  for w in workers.values() if w.get("memory_limit")]
+    if per_thread:
+        budget = int(min(per_thread) * SAFETY_FRACTION)
+        source = (f"{SAFETY_FRACTION} x smallest worker memory_limit per thread, "
+                  f"{format_bytes(int(min(per_thread)))}")
+    else:  # workers without a memory limit: fall back to this machine's memory
+        from distconv.clusters.local import machine_memory
+
+        budget = int(machine_memory() / parallel * SAFETY_FRACTION)
+        source = f"{SAFETY_FRACTION} x machine memory / {parallel} threads; workers set no limit"
+    return parallel, _cores_per_thread(client, workers), budget, source
+
+
+def _cores_per_thread(client, workers: dict) -> int:
+    """Cores each worker thread may use: a host's cores over the threads running on it."""
+    try:
+        cores = client.run(os.cpu_count)
+    except Exception:  # a worker that cannot answer: assume one core per thread
+        return 1
+    threads_on_host: dict[str, int] = {}
+    cores_on_host: dict[str, int] = {}
+    for address, info in workers.items():
+        host = info.get("host", address)
+        threads_on_host[host] = threads_on_host.get(host, 0) + int(info["nthreads"])
+        cores_on_host[host] = int(cores.get(address) or 1)
+    return max(1, min(cores_on_host[h] // threads_on_host[h] for h in threads_on_host))
+
+
+def _current_client():
+    from distconv.progress import current_client
+
+    return current_client()
+
+
+def _budget_bytes(value: int | str) -> int:
+    try:
+        budget = parse_bytes(value) if isinstance(value, str) else int(value)
+    except (ValueError, TypeError):
+        raise DistconvError(f"memory budget must be bytes or a size like '2GiB', got {value!r}") \
+            from None
+    if budget <= 0:
+        raise DistconvError(f"memory budget must be positive, got {value!r}")
+    return budget
+
+
+# --- block-size search ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Choice:
+    seconds: float
+    moved: int
+    batch_chunks: tuple[int, ...]
+    bn: int
+    bk: int
+    bm: int
+    fan_in: int
+    tasks: int
+    fits: bool
+
+
+@dataclass(frozen=True)
+class _BlockSearch:
+    """Enumerates candidate block sizes and scores them with the cost model."""
+
+    a_batch: tuple[int, ...]
+    b_batch: tuple[int, ...]
+    batch: tuple[int, ...]
+    n: int
+    k: int
+    m: int
+    a_dtype: np.dtype
+    b_dtype: np.dtype
+    dtype: np.dtype
+    resources: Resources
+    panels_from_zarr: tuple[bool, bool]
+
+    def best(self, hints: dict[str, int]) -> _Choice:
+        """The cheapest blocks with the largest k panel that fits; the smallest if none fits."""
+        n_sizes = _candidate_sizes(self.n, hints["n"])
+        m_sizes = _candidate_sizes(self.m, hints["m"])
+        batch_options = _batch_options(self.batch)
+        for bk in sorted(_candidate_sizes(self.k, hints["k"]), reverse=True):
+            scored = [self._score(batch_chunks, bn, bk, bm)
+                      for batch_chunks in batch_options for bn in n_sizes for bm in m_sizes]
+            fitting = [c for c in scored if c.fits]
+            if fitting:
+                return min(fitting, key=lambda c: (c.seconds, c.moved))
+        smallest = min(_candidate_sizes(self.k, hints["k"]))
+        return self._score(batch_options[0], min(n_sizes), smallest, min(m_sizes))
+
+    def threads_per_task(self, tasks: int) -> int:
+        """A task's BLAS threads: its core share, more when fewer tasks than threads exist."""
+        spare = max(1, self.resources.parallel_tasks // max(1, tasks))
+        return max(1, self.resources.cores_per_task * spare)
+
+    def _score(self, batch_chunks: tuple[int, ...], bn: int, bk: int, bm: int) -> _Choice:
+        a_panel = _operand_batch_elements(self.a_batch, self.batch, batch_chunks) * bn * bk * \
+            self.a_dtype.itemsize
+        b_panel = _operand_batch_elements(self.b_batch, self.batch, batch_chunks) * bk * bm * \
+            self.b_dtype.itemsize
+        out_block = math.prod(batch_chunks) * bn * bm * self.dtype.itemsize
+        k_panels = _blocks(self.k, bk)
+        budget = self.resources.memory_budget
+        fan_in = max(2, min(MAX_FAN_IN, k_panels, budget // max(1, out_block) - 1))
+        peak = _peak_task_bytes(a_panel, b_panel, out_block, self.a_dtype, self.b_dtype,
+                                self.dtype, k_panels, fan_in, self.panels_from_zarr)
+        blocks = math.prod(_blocks(s, c) for s, c in zip(self.batch, batch_chunks)) * \
+            _blocks(self.n, bn) * _blocks(self.m, bm)
+        tasks = blocks * k_panels
+        rounds = math.ceil(tasks / self.resources.parallel_tasks)
+        flops = 2 * math.prod(batch_chunks) * bn * bk * bm
+        rate = FLOPS_PER_THREAD * (4 / max(4, self.dtype.itemsize)) * self.threads_per_task(tasks)
+        per_task = flops / rate + (a_panel + b_panel) / BYTES_PER_SECOND + SECONDS_PER_TASK
+        summing = blocks * _tree_tasks(k_panels, fan_in) * (fan_in + 1) * out_block / \
+            BYTES_PER_SECOND / self.resources.parallel_tasks
+        return _Choice(
+            seconds=rounds * per_task + summing, moved=tasks * (a_panel + b_panel),
+            batch_chunks=batch_chunks, bn=bn, bk=bk, bm=bm, fan_in=fan_in, tasks=tasks,
+            fits=peak <= budget,
+        )
+
+
+def _peak_task_bytes(a_panel: int, b_panel: int, out_block: int, a_dtype: np.dtype,
+                     b_dtype: np.dtype, dtype: np.dtype, k_panels: int, fan_in: int,
+                     panels_from_zarr: tuple[bool, bool]) -> int:
+    # A matmul task holds both panels, their casts to the compute dtype, and its product.
+    cast_a = a_panel * dtype.itemsize // a_dtype.itemsize if a_dtype != dtype else 0
+    cast_b = b_panel * dtype.itemsize // b_dtype.itemsize if b_dtype != dtype else 0
+    matmul_task = a_panel + b_panel + cast_a + cast_b + out_block
+    # A tree-sum task holds its fan-in of partial products and the running total.
+    sum_task = (fan_in + 1) * out_block if k_panels > 1 else 0
+    # Assembling a panel from smaller chunks holds the pieces and the panel at once.
+    assembly = max(0 if panels_from_zarr[0] else 2 * a_panel,
+                   0 if panels_from_zarr[1] else 2 * b_panel)
+    return max(matmul_task, sum_task, assembly)
+
+
+def _candidate_sizes(extent: int, chunk: int) -> list[int]:
+    """Block sizes worth trying on one axis: multiples of the chunk, even splits, powers of 2."""
+    if extent <= 1:
+        return [1]
+    floor = min(extent, MIN_BLOCK_EDGE)
+    sizes = {extent}
+    size = max(1, chunk)
+    while size < extent:
+        sizes.add(size)
+        size *= 2
+    parts = 2
+    while parts <= extent:
+        sizes.add(math.ceil(extent / parts))
+        parts *= 2
+    power = 1
+    while power < extent:
+        sizes.add(power)
+        power *= 2
+    return sorted(s for s in sizes if floor <= s <= extent)
+
+
+def _batch_options(batch: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Batch block shapes holding 1, 2, 4, ... matrices, filled from the last batch axis."""
+    total = math.prod(batch)
+    counts = {total}
+    count = 1
+    while count < total:
+        counts.add(count)
+        count *= 2
+    options = []
+    for count in sorted(counts):
+        chunks = []
+        remaining = count
+        for size in reversed(batch):
+            chunk = max(1, min(size, remaining))
+            chunks.append(chunk)
+            remaining = max(1, remaining // size)
+        options.append(tuple(reversed(chunks)))
+    return sorted(set(options), key=math.prod)
+
+
+def _operand_batch_elements(operand_batch: tuple[int, ...], batch: tuple[int, ...],
+                            batch_chunks: tuple[int, ...]) -> int:
+    """Matrices of one operand inside a batch block (broadcast axes hold one)."""
+    offset = len(batch) - len(operand_batch)
+    return math.prod(1 if size == 1 else batch_chunks[offset + i]
+                     for i, size in enumerate(operand_batch))
+
+
+def _chunk_hints(a_shape, b_shape, a_chunks, b_chunks) -> dict[str, int]:
+    """Representative chunk sizes of the inputs along n, k and m (0 when unknown)."""
+    def first(chunks, axis):
+        return int(chunks[axis][0]) if chunks is not None and chunks[axis] else 0
+
+    n = 0 if len(a_shape) == 1 else first(a_chunks, -2)
+    m = 0 if len(b_shape) == 1 else first(b_chunks, -1)
+    k = max(first(a_chunks, -1), first(b_chunks, -2 if len(b_shape) > 1 else -1))
+    return {"n": n, "k": k, "m": m}
+
+
+def _blocks(extent: int, size: int) -> int:
+    return max(1, math.ceil(extent / max(1, size)))
+
+
+def _tree_tasks(partials: int, fan_in: int) -> int:
+    """Add tasks in a tree that reduces ``partials`` blocks with the given fan-in."""
+    tasks = 0
+    while partials > 1:
+        partials = math.ceil(partials / fan_in)
+        tasks += partials
+    return tasks
+
+
+def _split_size(block: int, natural: int) -> int:
+    """Write a block as the inputs' chunk size when that divides it (cheap slicing), else whole."""
+    return natural if 0 < natural < block and block % natural == 0 else block
+
+
+def _count_chunks(shape: Sequence[int], chunks: Sequence[int]) -> int:
+    return math.prod(_blocks(s, c) for s, c in zip(shape, chunks))
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "×".join(map(str, shape)) if len(shape) else "()"
+
+
+# --- matmul graph --------------------------------------------------------------------------
+
+
+def matmul(a, b, *, engine: str | None = None,
+           memory_budget: int | str | None = None) -> da.Array:
+    """Matrix product with :func:`numpy.matmul` semantics, planned against a memory budget.
+
+    Parameters
+    ----------
+    a, b : str, zarr.Array, dask.array.Array or numpy.ndarray
+        Operands; a path is opened with :func:`distconv.open`. 1-D operands and stacks of
+        matrices (batch axes broadcast) behave as in NumPy.
+    engine : str, optional
+        Engine computing each block product; default from config ``distconv.engine``.
+    memory_budget : int or str, optional
+        Bytes one task may use, e.g. ``"2GiB"``. Default: from the current Dask client's
+        workers (call this inside ``with distconv.cluster():``), else this machine.
+
+    Returns
+    -------
+    dask.array.Array
+        Lazy product in ``numpy.result_type(a, b)``; save it with :func:`distconv.save`.
+
+    Raises
+    ------
+    DistconvError
+        Shapes that NumPy would refuse, with NumPy's message.
+
+    Examples
+    --------
+    >>> import distconv as dc
+    >>> with dc.cluster():                                    # doctest: +SKIP
+    ...     dc.save(dc.matmul("a.zarr", "b.zarr"), "c.zarr")
+    """
+    x, y = as_dask_array(a), as_dask_array(b)
+    plan = plan_for(x, y, engine=engine, memory_budget=memory_budget)
+    result = matmul_with_plan(x, y, plan)
+    return remember_provenance(result, {
+        "operation": "matmul",
+        "parameters": {"engine": engine or get_default("engine"),
+                       "memory_budget": memory_budget},
+        "engine": plan.engine,
+        "method": "one k panel" if plan.k_panels == 1 else f"{plan.k_panels} k panels, tree sum",
+        "plan": plan.summary(),
+        "input_shapes": [list(x.shape), list(y.shape)],
+        "input_dtypes": [str(x.dtype), str(y.dtype)],
+    })
+
+
+def plan_for(a: da.Array, b: da.Array, *, engine: str | None = None,
+             memory_budget: int | str | None = None) -> MatmulPlan:
+    """:func:`plan_matmul` for two dask arrays (their chunks and sources taken into account)."""
+    return plan_matmul(
+        a.shape, b.shape, a.dtype, b.dtype, engine=engine, memory_budget=memory_budget,
+        a_chunks=a.chunks, b_chunks=b.chunks,
+        panels_from_zarr=(_zarr_source(a) is not None, _zarr_source(b) is not None),
+        gpu_chunks=is_gpu_array(a) or is_gpu_array(b),
+    )
+
+
+def matmul_with_plan(a: da.Array, b: da.Array, plan: MatmulPlan) -> da.Array:
+    """Build the graph for a plan: panels, one engine call per block pair, tree sum, chunks."""
+    batch_ndim = len(plan.batch_shape)
+    batch_ind = tuple(f"b{i}" for i in range(batch_ndim))
+    a_ind = batch_ind[batch_ndim - (a.ndim - 2):] + ("n", "k") if a.ndim > 1 else ("k",)
+    b_ind = batch_ind[batch_ndim - (b.ndim - 2):] + ("k", "m") if b.ndim > 1 else ("k",)
+    core_ind = (() if plan.vector_a else ("n",)) + (() if plan.vector_b else ("m",))
+    a_panels = _as_panels(a, _panel_chunks(a, a_ind, plan))
+    b_panels = _as_panels(b, _panel_chunks(b, b_ind, plan))
+    meta = array_module(a._meta).empty((0,) * len(plan.out_shape), dtype=plan.dtype)
+
+    if plan.k_panels == 1:
+        product = da.blockwise(
+            matmul_block, batch_ind + core_ind, a_panels, a_ind, b_panels, b_ind,
+            concatenate=True, dtype=plan.dtype, meta=meta, engine=plan.engine,
+            dtype_=plan.dtype, blas_threads=plan.blas_threads, partial_axis=None,
+        )
+    else:
+        partial_meta = array_module(a._meta).empty((0,) * (len(plan.out_shape) + 1),
+                                                   dtype=plan.dtype)
+        partials = da.blockwise(
+            matmul_block, batch_ind + ("k",) + core_ind, a_panels, a_ind, b_panels, b_ind,
+            adjust_chunks={"k": 1}, dtype=plan.dtype, meta=partial_meta, engine=plan.engine,
+            dtype_=plan.dtype, blas_threads=plan.blas_threads, partial_axis=batch_ndim,
+        )
+        product = reduction(
+            partials, _keep_partial, _add_partials, combine=_add_partials, axis=batch_ndim,
+            dtype=plan.dtype, split_every={batch_ndim: plan.fan_in}, concatenate=False,
+            meta=meta, name="distconv-matmul-sum",
+        )
+    written = tuple(_regular(size, chunk) for size, chunk in zip(plan.out_shape,
+                                                                 plan.output_chunks))
+    return product if product.chunks == written else product.rechunk(written)
+
+
+def _panel_chunks(x: da.Array, index: tuple[str, ...], plan: MatmulPlan) -> tuple:
+    """Chunks one operand needs: the plan's blocks, one chunk on broadcast (size-1) axes."""
+    sizes = {"n": plan.block_n, "k": plan.block_k, "m": plan.block_m}
+    sizes.update({f"b{i}": c for i, c in enumerate(plan.batch_chunks)})
+    return tuple(_regular(extent, 1 if extent == 1 else sizes[name])
+                 for extent, name in zip(x.shape, index))
+
+
+def _as_panels(x: da.Array, chunks: tuple) -> da.Array:
+    """``x`` in panel chunks: read straight from its Zarr store when it is one, else rechunked.
+
+    Reading a panel from the store in one task avoids assembling it from small chunks (a copy,
+    and twice the memory while it happens).
+    """
+    if x.chunks == chunks:
+        return x
+    source = _zarr_source(x)
+    if source is None:
+        return x.rechunk(chunks)
+    panels = da.from_zarr(open_zarr_array(source["path"]), chunks=chunks)
+    _remember_source(panels, source)
+    return panels
+
+
+def _zarr_source(x: da.Array) -> dict[str, Any] | None:
+    """The store record of an array opened by :func:`distconv.open` and not yet transformed."""
+    from distconv import io
+
+    record = io._SOURCES.get(x.name)
+    return record if record and record.get("zarr_format") else None
+
+
+def _remember_source(x: da.Array, record: dict[str, Any]) -> None:
+    # save() finds inputs (provenance, and the refusal to overwrite an input) by layer name.
+    from distconv import io
+
+    io._SOURCES[x.name] = record
+
+
+def _regular(extent: int, size: int) -> tuple[int, ...]:
+    size = max(1, min(size, extent)) if extent else 1
+    if extent == 0:
+        return (0,)
+    return (size,) * (extent // size) + ((extent % size,) if extent % size else ())
+
+
+def matmul_block(a, b, *, engine: str, dtype_: np.dtype, blas_threads: int,
+                 partial_axis: int | None):
+    """Per-block function: cast to the result dtype, run the engine's matmul with BLAS threads
+    limited to this task's share, and add a length-1 axis for a partial product to be summed."""
+    a = a.astype(dtype_, copy=False)
+    b = b.astype(dtype_, copy=False)
+    with limit_blas_threads(blas_threads):
+        out = kernels.get_op(engine, _MATMUL_OP)(a, b)
+    if partial_axis is not None:
+        out = out.reshape(out.shape[:partial_axis] + (1,) + out.shape[partial_axis:])
+    return out
+
+
+def _keep_partial(x, axis=None, keepdims=None):
+    """Reduction's per-chunk step: a partial product is already what the tree adds."""
+    return x
+
+
+def _add_partials(parts, axis=None, keepdims=False, dtype=None):
+    """Sum partial products (length 1 along ``axis``) in place, in their own array type."""
+    if not isinstance(parts, list):
+        parts = [parts]
+    xp = array_module(parts[0])
+    total = parts[0].astype(dtype or parts[0].dtype, copy=True)
+    for part in parts[1:]:
+        xp.add(total, part, out=total)
+    if keepdims:
+        return total
+    (axis,) = axis if isinstance(axis, tuple) else (axis,)
+    return total.reshape(total.shape[:axis] + total.shape[axis + 1:])
+
+
+# --- BLAS threads --------------------------------------------------------------------------
+
+_BLAS_LOCK = threading.Lock()
+_BLAS_STATE: dict[str, Any] = {"users": 0, "limit": None, "controller": None}
+
+
+@contextlib.contextmanager
+def limit_blas_threads(threads: int) -> Iterator[None]:
+    """Limit BLAS (OpenBLAS/MKL/BLIS) to ``threads`` while any task in this process runs.
+
+    BLAS thread pools are process-wide, so concurrent tasks share one limit: the first task in
+    sets it, the last one out restores the previous setting. Inside a Dask worker this keeps
+    ``nthreads`` tasks from each starting a pool of every core.
+    """
+    with _BLAS_LOCK:
+        if _BLAS_STATE["users"] == 0:
+            controller = _BLAS_STATE["controller"]
+            if controller is None:
+                from threadpoolctl import ThreadpoolController
+
+                controller = _BLAS_STATE["controller"] = ThreadpoolController()
+            _BLAS_STATE["limit"] = controller.limit(limits=int(threads), user_api="blas")
+        _BLAS_STATE["users"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_STATE["users"] -= 1
+            if _BLAS_STATE["users"] == 0:
+                _BLAS_STATE["limit"].restore_original_limits()
+                _BLAS_STATE["limit"] = None
+
+
+# --- multiply ------------------------------------------------------------------------------
+
+
+def multiply(a, b, *, engine: str | None = None) -> da.Array:
+    """Element-wise product with :func:`numpy.multiply` semantics, block by block.
+
+    Parameters
+    ----------
+    a, b : str, zarr.Array, dask.array.Array, numpy.ndarray or scalar
+        Operands whose shapes broadcast; a path is opened with :func:`distconv.open`. A Python
+        scalar is promoted weakly, as NumPy 2 does (``float32 array * 0.5`` stays float32).
+    engine : str, optional
+        Engine computing each block; default from config ``distconv.engine``.
+
+    Returns
+    -------
+    dask.array.Array
+        Lazy product chunked like the broadcast inputs, in NumPy's result dtype.
+
+    Raises
+    ------
+    DistconvError
+        Shapes that do not broadcast, or a scalar out of range for the array's integer dtype,
+        with NumPy's message.
+    """
+    if _is_scalar(a) and _is_scalar(b):
+        raise DistconvError("multiply needs at least one array operand")
+    if _is_scalar(a):  # multiplication commutes; keep the array first
+        a, b = b, a
+    x = as_dask_array(a)
+    if _is_scalar(b):
+        dtype = _scalar_result_dtype(x.dtype, b)
+        y = None
+        scalar = _scalar_as(b, dtype)
+        out_shape = x.shape
+    else:
+        y = as_dask_array(b)
+        scalar = None
+        dtype = np.result_type(x.dtype, y.dtype)
+        out_shape = _broadcast_shape(x.shape, y.shape)
+    name = kernels.resolve_engine(engine or get_default("engine"), _MULTIPLY_OP, len(out_shape),
+                                  dtype, gpu_chunks=is_gpu_array(x) or is_gpu_array(y))
+    meta = array_module(x._meta).empty((0,) * len(out_shape), dtype=dtype)
+    if y is None:
+        product = x.map_blocks(multiply_block, b=scalar, dtype=dtype, meta=meta, engine=name,
+                               dtype_=dtype, token="distconv-multiply")
+    else:
+        out_ind = tuple(range(len(out_shape)))
+        product = da.blockwise(
+            multiply_block, out_ind, x, out_ind[len(out_shape) - x.ndim:],
+            y, out_ind[len(out_shape) - y.ndim:], dtype=dtype, meta=meta, engine=name,
+            dtype_=dtype, token="distconv-multiply",
+        )
+    return remember_provenance(product, {
+        "operation": "multiply",
+        "parameters": {"engine": engine or get_default("engine"),
+                       "scalar": None if scalar is None else scalar.item()},
+        "engine": name,
+        "method": "elementwise",
+        "input_shapes": [list(x.shape)] + ([] if y is None else [list(y.shape)]),
+        "input_dtypes": [str(x.dtype)] + ([] if y is None else [str(y.dtype)]),
+    })
+
+
+def multiply_block(a, b, *, engine: str, dtype_: np.dtype):
+    """Per-block function: both operands in the result dtype, then the engine's multiply."""
+    return kernels.get_op(engine, _MULTIPLY_OP)(a.astype(dtype_, copy=False),
+                                                b.astype(dtype_, copy=False))
+
+
+def _is_scalar(value) -> bool:
+    return isinstance(value, (Number, np.generic)) or \
+        (isinstance(value, np.ndarray) and value.ndim == 0)
+
+
+def _scalar_result_dtype(dtype: np.dtype, scalar) -> np.dtype:
+    # Python scalars are "weak" in NumPy 2 (int8 array * 3 stays int8); NumPy scalars are not.
+    value = scalar if isinstance(scalar, np.generic) or not isinstance(scalar, np.ndarray) \
+        else scalar.dtype
+    return np.result_type(dtype, value)
+
+
+def _scalar_as(scalar, dtype: np.dtype) -> np.ndarray:
+    try:
+        return np.asarray(scalar, dtype=dtype)
+    except OverflowError as exc:  # NumPy refuses int8 array * 1000 the same way
+        raise DistconvError(str(exc)) from None
+
+
+def _broadcast_shape(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[int, ...]:
+    try:
+        return np.broadcast_shapes(a_shape, b_shape)
+    except ValueError:
+        _raise_numpy_error(np.multiply, a_shape, b_shape)
+
+
+def _raise_numpy_error(ufunc, a_shape: tuple[int, ...], b_shape: tuple[int, ...]):
+    """Raise NumPy's own message for shapes it refuses (checked on zero-stride stand-ins)."""
+    stand_in = np.empty((), dtype=np.float64)
+    try:
+        ufunc(np.broadcast_to(stand_in, a_shape), np.broadcast_to(stand_in, b_shape))
+    except ValueError as exc:
+        raise DistconvError(str(exc).strip()) from None
+    raise DistconvError(f"{ufunc.__name__}: shapes {a_shape} and {b_shape} are not compatible")

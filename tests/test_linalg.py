@@ -1,0 +1,323 @@
+"""distconv.matmul / distconv.multiply equal numpy.matmul / numpy.multiply (float64 reference).
+
+Parametrised over the installed CPU engines that implement each operation; every case runs the
+real graph (panels, one engine call per block pair, tree sums) on random data with chunks that do
+not line up, and the planner is checked on its own: k panels from the budget, threads, peaks.
+"""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from threadpoolctl import threadpool_info
+
+import distconv as dc
+from distconv import kernels
+from distconv.ops import linalg
+from distconv.ops.linalg import Resources, limit_blas_threads, plan_for, plan_matmul
+from conftest import engines_under_test
+
+
+def engines_for(op: str) -> list[str]:
+    """Installed CPU engines (narrowed by DISTCONV_TEST_ENGINES) that implement ``op``."""
+    return [name for name in engines_under_test()
+            if kernels.ENGINES[name].device == "cpu" and op in kernels.ENGINES[name].ops]
+
+
+MATMUL_ENGINES = engines_for("matmul")
+MULTIPLY_ENGINES = engines_for("multiply")
+TWO_THREADS = Resources(parallel_tasks=2, cores_per_task=1, memory_budget=2**30,
+                        budget_source="test")
+
+
+def random_array(rng: np.random.Generator, shape, dtype=np.float64) -> np.ndarray:
+    """Signed random values, never all zeros; small integers so products stay meaningful."""
+    dtype = np.dtype(dtype)
+    if dtype == bool:
+        return rng.random(shape) < 0.6
+    if dtype.kind in "iu":
+        low = 1 if dtype.kind == "u" else -100
+        return rng.integers(low, 100, size=shape).astype(dtype)
+    return (rng.standard_normal(shape) + 0.25).astype(dtype)
+
+
+def assert_matches(got: np.ndarray, expected: np.ndarray, k: int) -> None:
+    """Exact for integers and bool; float32 ≈ 1e-5 and float64 ≈ 1e-12 of the largest term."""
+    assert got.shape == expected.shape
+    if got.dtype.kind in "biu":
+        np.testing.assert_array_equal(got, expected)
+        return
+    scale = max(float(np.abs(expected).max(initial=0.0)), 1.0) * max(k, 1)
+    atol = scale * (1e-12 if got.dtype == np.float64 else 2e-6)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=atol)
+
+
+def run_matmul(a, b, a_chunks, b_chunks, engine, **kwargs) -> np.ndarray:
+    x = da.from_array(a, chunks=a_chunks)
+    y = da.from_array(b, chunks=b_chunks)
+    return dc.matmul(x, y, engine=engine, **kwargs).compute(scheduler="sync")
+
+
+MATMUL_CASES = [
+    pytest.param((37, 23), (23, 29), (10, 7), (5, 8), id="2d-uneven-k-chunks-differ"),
+    pytest.param((23,), (23, 29), (6,), (9, 8), id="1d@2d"),
+    pytest.param((37, 23), (23,), (10, 7), (4,), id="2d@1d"),
+    pytest.param((23,), (23,), (5,), (7,), id="1d@1d"),
+    pytest.param((4, 1, 13, 11), (3, 11, 9), (3, 1, 5, 4), (2, 3, 4), id="batched-broadcast"),
+    pytest.param((11,), (2, 3, 11, 5), (4,), (1, 2, 5, 2), id="1d@batched"),
+    pytest.param((2, 3, 13, 11), (11,), (1, 2, 5, 3), (6,), id="batched@1d"),
+]
+
+
+@pytest.mark.parametrize("engine", MATMUL_ENGINES)
+@pytest.mark.parametrize("a_shape,b_shape,a_chunks,b_chunks", MATMUL_CASES)
+def test_matmul_matches_numpy(rng, engine, a_shape, b_shape, a_chunks, b_chunks):
+    a, b = random_array(rng, a_shape), random_array(rng, b_shape)
+    got = run_matmul(a, b, a_chunks, b_chunks, engine)
+    assert got.dtype == np.float64
+    assert_matches(got, np.matmul(a, b), a_shape[-1])
+
+
+@pytest.mark.parametrize("engine", MATMUL_ENGINES)
+@pytest.mark.parametrize("a_shape,b_shape", [
+    ((150, 1100), (1100, 140)),
+    ((1100,), (1100, 140)),
+    ((2, 130, 700), (700, 129)),
+], ids=["2d", "1d@2d", "batched"])
+def test_matmul_k_panels_are_summed_in_a_tree(rng, engine, a_shape, b_shape):
+    a, b = random_array(rng, a_shape), random_array(rng, b_shape)
+    x, y = da.from_array(a, chunks=100), da.from_array(b, chunks=(70, 50)[-b.ndim:])
+    plan = plan_for(x, y, engine=engine, memory_budget="600KiB")
+    assert plan.k_panels > 2 and plan.fits_budget
+    assert plan.sum_tasks >= plan.output_blocks  # a tree: at least one add task per block
+    got = dc.matmul(x, y, engine=engine, memory_budget="600KiB").compute(scheduler="sync")
+    assert_matches(got, np.matmul(a, b), a_shape[-1])
+
+
+@pytest.mark.parametrize("engine", MATMUL_ENGINES)
+@pytest.mark.parametrize("a_dtype,b_dtype", [
+    (np.int8, np.int8),        # NumPy wraps int8 products: so must the partial sums
+    (np.int16, np.int32),
+    (np.uint8, np.int64),
+    (np.int32, np.float32),    # → float64, as NumPy promotes
+    (np.float32, np.float32),
+    (np.float32, np.float64),
+    (bool, bool),              # logical or of ands
+])
+def test_matmul_dtypes_promote_as_numpy(rng, engine, a_dtype, b_dtype):
+    if not kernels.supports(engine, "matmul", 2, np.result_type(a_dtype, b_dtype)):
+        pytest.skip(f"{engine} does not run matmul on {np.result_type(a_dtype, b_dtype)}")
+    a, b = random_array(rng, (140, 300), a_dtype), random_array(rng, (300, 131), b_dtype)
+    expected = np.matmul(a, b)
+    for budget in (None, "300KiB"):  # one k panel, then several summed in a tree
+        got = run_matmul(a, b, (50, 70), (40, 60), engine, memory_budget=budget)
+        assert got.dtype == expected.dtype, budget
+        if expected.dtype.kind == "f":
+            expected64 = np.matmul(a.astype(np.float64), b.astype(np.float64))
+            assert_matches(got, expected64.astype(got.dtype), 300)
+        else:
+            assert_matches(got, expected, 300)
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [
+    ((3, 4), (5, 6)),
+    ((4,), (5,)),
+    ((), (3,)),
+    ((2, 3, 4), (5, 4, 3)),
+    ((3, 4), (3,)),
+])
+def test_matmul_shape_errors_are_numpys(a_shape, b_shape):
+    with pytest.raises(ValueError) as numpy_error:
+        np.matmul(np.ones(a_shape), np.ones(b_shape))
+    with pytest.raises(dc.DistconvError) as ours:
+        dc.matmul(da.ones(a_shape), da.ones(b_shape))
+    assert str(ours.value) == str(numpy_error.value).strip()
+    assert "\n" not in str(ours.value)
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+
+def test_plan_uses_one_k_panel_when_it_fits():
+    plan = plan_matmul((8192, 8192), (8192, 8192), np.float32, np.float32,
+                       a_chunks=((1024,) * 8,) * 2, b_chunks=((1024,) * 8,) * 2,
+                       resources=TWO_THREADS)
+    assert plan.k_panels == 1 and plan.sum_tasks == 0
+    assert plan.output_blocks % 2 == 0  # both threads busy, none idle at the end
+    assert plan.output_chunks == (1024, 1024)  # written in the inputs' chunk size
+    assert plan.peak_task_bytes <= TWO_THREADS.memory_budget
+    assert plan.flops == 2 * 8192 ** 3
+
+
+def test_plan_splits_k_only_when_the_budget_requires():
+    budget = 64 * 2**20
+    plan = plan_matmul((4096, 2**20), (2**20, 4096), np.float32, np.float32,
+                       memory_budget=budget, resources=TWO_THREADS)
+    assert plan.k_panels > 1
+    assert plan.peak_task_bytes <= budget and plan.fits_budget
+    assert 2 <= plan.fan_in <= linalg.MAX_FAN_IN
+    roomy = plan_matmul((4096, 2**20), (2**20, 4096), np.float32, np.float32,
+                        memory_budget=64 * budget, resources=TWO_THREADS)
+    assert roomy.k_panels < plan.k_panels
+
+
+def test_plan_reports_an_impossible_budget():
+    plan = plan_matmul((4096, 4096), (4096, 4096), np.float64, np.float64,
+                       memory_budget=1000, resources=TWO_THREADS)
+    assert not plan.fits_budget
+    assert "OVER the budget" in plan.describe()
+
+
+def test_plan_describe_lists_what_dry_run_promises():
+    plan = plan_matmul((3, 500, 300), (300, 200), np.float32, np.int16, resources=TWO_THREADS)
+    text = plan.describe()
+    for needle in ("output chunks", "tasks", "bytes read", "peak memory/task", "FLOPs",
+                   "float32"):
+        assert needle in text
+    assert plan.dtype == np.result_type(np.float32, np.int16)
+
+
+def test_plan_gives_idle_cores_to_fewer_tasks():
+    """A single block gets every thread's core; many blocks get one core each."""
+    four = Resources(parallel_tasks=4, cores_per_task=1, memory_budget=2**30, budget_source="")
+    alone = plan_matmul((1, 64), (64, 1), np.float64, np.float64, resources=four)
+    assert alone.output_blocks == 1 and alone.blas_threads == 4
+    many = plan_matmul((4096, 4096), (4096, 4096), np.float64, np.float64, resources=four,
+                       memory_budget=50 * 2**20)
+    assert many.matmul_tasks >= 4 and many.blas_threads == 1
+
+
+def test_plan_budget_parses_sizes():
+    plan = plan_matmul((10, 10), (10, 10), np.float64, np.float64, memory_budget="2GiB",
+                       resources=TWO_THREADS)
+    assert plan.resources.memory_budget == 2 * 2**30
+    with pytest.raises(dc.DistconvError, match="memory budget"):
+        plan_matmul((10, 10), (10, 10), np.float64, np.float64, memory_budget="lots",
+                    resources=TWO_THREADS)
+
+
+def test_limit_blas_threads_sets_and_restores():
+    before = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    with limit_blas_threads(1):
+        inside = [pool["num_threads"] for pool in threadpool_info()
+                  if pool["user_api"] == "blas"]
+        with limit_blas_threads(1):  # a second task in the same process shares the limit
+            pass
+        assert inside and all(n == 1 for n in inside)
+        again = [pool["num_threads"] for pool in threadpool_info()
+                 if pool["user_api"] == "blas"]
+        assert again == inside
+    after = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert after == before
+
+
+# --- Zarr in, Zarr out ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_matmul_zarr_to_zarr_with_provenance(rng, tmp_path, zarr_format):
+    a, b = random_array(rng, (300, 260), np.float32), random_array(rng, (260, 170), np.float32)
+    for name, data, chunks in (("a", a, (64, 100)), ("b", b, (30, 50))):
+        store = zarr.create_array(str(tmp_path / f"{name}.zarr"), shape=data.shape,
+                                  chunks=chunks, dtype=data.dtype, zarr_format=zarr_format)
+        store[:] = data
+    x, y = dc.open(tmp_path / "a.zarr"), dc.open(tmp_path / "b.zarr")
+    plan = plan_for(x, y)
+    assert plan.panels_from_zarr == (True, True)
+    product = dc.matmul(x, y, memory_budget="200KiB")  # several k panels, mismatched chunks
+    written = dc.save(product, tmp_path / "c.zarr", progress=False)
+    assert written.metadata.zarr_format == zarr_format
+    assert_matches(written[:], np.matmul(a.astype(np.float64), b.astype(np.float64))
+                   .astype(np.float32), 260)
+    record = dict(written.attrs)["distconv"]
+    assert record["complete"] is True
+    assert sorted(record["inputs"]) == sorted(str(tmp_path / n) for n in ("a.zarr", "b.zarr"))
+    step = record["steps"][-1]
+    assert step["operation"] == "matmul" and step["plan"]["k_panels"] > 1
+    assert tuple(written.chunks) == tuple(c[0] for c in product.chunks)
+
+
+def test_matmul_plans_from_the_workers_memory(rng):
+    """On a real LocalCluster the default budget comes from the workers' memory_limit."""
+    a, b = random_array(rng, (200, 150)), random_array(rng, (150, 90))
+    with dc.cluster("local", workers=2, threads_per_worker=1, memory_limit="1GiB", quiet=True):
+        x, y = da.from_array(a, chunks=60), da.from_array(b, chunks=40)
+        plan = plan_for(x, y)
+        assert plan.resources.parallel_tasks == 2
+        assert plan.resources.memory_budget == int(2**30 * linalg.SAFETY_FRACTION)
+        assert "worker" in plan.resources.budget_source
+        got = dc.matmul(x, y).compute()
+    assert_matches(got, np.matmul(a, b), 150)
+
+
+# --- multiply ------------------------------------------------------------------------------
+
+
+MULTIPLY_CASES = [
+    pytest.param((13, 17), (13, 17), (5, 4), (6, 9), id="same-shape-chunks-differ"),
+    pytest.param((13, 1, 7), (5, 1), (4, 1, 3), (2, 1), id="broadcast-both"),
+    pytest.param((4, 6), (6,), (3, 4), (5,), id="broadcast-row"),
+    pytest.param((), (3, 4), (), (2, 2), id="0d-array"),
+]
+
+
+@pytest.mark.parametrize("engine", MULTIPLY_ENGINES)
+@pytest.mark.parametrize("a_shape,b_shape,a_chunks,b_chunks", MULTIPLY_CASES)
+def test_multiply_matches_numpy(rng, engine, a_shape, b_shape, a_chunks, b_chunks):
+    a, b = random_array(rng, a_shape), random_array(rng, b_shape)
+    x, y = da.from_array(a, chunks=a_chunks), da.from_array(b, chunks=b_chunks)
+    got = dc.multiply(x, y, engine=engine).compute(scheduler="sync")
+    np.testing.assert_allclose(got, np.multiply(a, b), rtol=1e-15, atol=0)
+    assert got.shape == np.multiply(a, b).shape
+
+
+@pytest.mark.parametrize("engine", MULTIPLY_ENGINES)
+@pytest.mark.parametrize("a_dtype,b", [
+    (np.int8, 3),                  # weak Python int: stays int8 (and wraps as NumPy does)
+    (np.float32, 0.5),             # weak Python float: stays float32
+    (np.int16, 2.5),               # int array times a float: float64
+    (np.float32, np.float64(2.0)),  # NumPy scalars are strong: float64
+    (np.uint8, np.int8),           # two arrays: uint8·int8 → int16
+    (bool, bool),
+    (np.int32, np.float32),        # → float64
+], ids=["int8*3", "f32*0.5", "i16*2.5", "f32*f64scalar", "u8*i8", "bool*bool", "i32*f32"])
+def test_multiply_dtypes_promote_as_numpy(rng, engine, a_dtype, b):
+    a = random_array(rng, (9, 11), a_dtype)
+    b = random_array(rng, (9, 11), b) if isinstance(b, type) else b
+    expected = np.multiply(a, b)
+    if not kernels.supports(engine, "multiply", 2, expected.dtype):
+        pytest.skip(f"{engine} does not multiply {expected.dtype}")
+    y = da.from_array(b, chunks=(4, 5)) if isinstance(b, np.ndarray) else b
+    got = dc.multiply(da.from_array(a, chunks=(4, 3)), y, engine=engine).compute(
+        scheduler="sync")
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_multiply_scalar_first_and_errors(rng):
+    a = random_array(rng, (5, 6), np.float32)
+    got = dc.multiply(0.5, da.from_array(a, chunks=3)).compute(scheduler="sync")
+    np.testing.assert_array_equal(got, np.multiply(0.5, a))
+    with pytest.raises(dc.DistconvError, match="out of bounds for int8"):
+        dc.multiply(da.ones(3, dtype=np.int8), 1000)
+    with pytest.raises(dc.DistconvError) as ours:
+        dc.multiply(da.ones((2, 3)), da.ones((3, 2)))
+    with pytest.raises(ValueError) as numpy_error:
+        np.multiply(np.ones((2, 3)), np.ones((3, 2)))
+    assert str(ours.value) == str(numpy_error.value).strip()
+    with pytest.raises(dc.DistconvError, match="at least one array"):
+        dc.multiply(2, 3)
+
+
+def test_multiply_zarr_to_zarr_keeps_chunks(rng, tmp_path):
+    a, b = random_array(rng, (40, 30), np.float32), random_array(rng, (30,), np.float32)
+    store = zarr.create_array(str(tmp_path / "a.zarr"), shape=a.shape, chunks=(16, 10),
+                              dtype=a.dtype)
+    store[:] = a
+    written = dc.save(dc.multiply(dc.open(tmp_path / "a.zarr"), b), tmp_path / "m.zarr",
+                      progress=False)
+    np.testing.assert_array_equal(written[:], a * b)
+    assert tuple(written.chunks) == (16, 10)
+    assert dict(written.attrs)["distconv"]["steps"][-1]["operation"] == "multiply"
