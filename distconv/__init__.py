@@ -16,6 +16,7 @@ from distconv.clusters import cluster
 from distconv.errors import DistconvError, EngineError, OutputError
 from distconv.io import info, open, save
 from distconv.ops.convolve import convolve, correlate
+from distconv.ops.linalg import matmul, multiply
 from distconv.weights import load_weights
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "correlate",
     "info",
     "load_weights",
+    "matmul",
+    "multiply",
     "open",
     "save",
 ]
