@@ -238,10 +238,8 @@ def engines_command() -> None:
 
 def _register_linalg_commands() -> None:
     """matmul and multiply live in cli_linalg.py (their own module, same conventions)."""
-    try:
-        from distconv.cli_linalg import matmul_command, multiply_command
-    except ImportError:  # the module is being written; the other commands still work
-        return
+    from distconv.cli_linalg import matmul_command, multiply_command
+
     cli.add_command(matmul_command, "matmul")
     cli.add_command(multiply_command, "multiply")
 
