@@ -219,10 +219,8 @@ def test_limit_blas_threads_sets_and_restores():
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_matmul_zarr_to_zarr_with_provenance(rng, tmp_path, zarr_format):
     a, b = random_array(rng, (300, 260), np.float32), random_array(rng, (260, 170), np.float32)
-    for name, data, chunks in (("a", a, (64, 100)), ("b", b, (30, 50))):
-        store = zarr.create_array(str(tmp_path / f"{name}.zarr"), shape=data.shape,
-                                  chunks=chunks, dtype=data.dtype, zarr_format=zarr_format)
-        store[:] = data
+    write_store(tmp_path / "a.zarr", a, (64, 100), zarr_format)
+    write_store(tmp_path / "b.zarr", b, (30, 50), zarr_format)
     x, y = dc.open(tmp_path / "a.zarr"), dc.open(tmp_path / "b.zarr")
     plan = plan_for(x, y)
     assert plan.panels_from_zarr == (True, True)
@@ -239,6 +237,35 @@ def test_matmul_zarr_to_zarr_with_provenance(rng, tmp_path, zarr_format):
     assert tuple(written.chunks) == tuple(c[0] for c in product.chunks)
 
 
+def write_store(path, data: np.ndarray, chunks, zarr_format: int = 3) -> None:
+    store = zarr.create_array(str(path), shape=data.shape, chunks=chunks, dtype=data.dtype,
+                              zarr_format=zarr_format)
+    store[:] = data
+
+
+@pytest.mark.parametrize("engine", MATMUL_ENGINES)
+@pytest.mark.parametrize("a_shape,b_shape,a_chunks,b_chunks,budget", [
+    *[pytest.param(*case.values, None, id=case.id) for case in MATMUL_CASES],
+    pytest.param((150, 1100), (1100, 140), (100, 100), (70, 50), "600KiB", id="k-panels"),
+    pytest.param((2, 130, 700), (3, 1, 700, 129), (1, 100, 100), (1, 1, 70, 50), "600KiB",
+                 id="batched-k-panels"),
+    pytest.param((40000,), (40000,), (3000,), (7000,), "200KiB", id="dot-k-panels"),
+])
+def test_matmul_tasks_read_their_panels_from_zarr(rng, tmp_path, engine, a_shape, b_shape,
+                                                  a_chunks, b_chunks, budget):
+    a, b = random_array(rng, a_shape), random_array(rng, b_shape)
+    write_store(tmp_path / "a.zarr", a, a_chunks)
+    write_store(tmp_path / "b.zarr", b, b_chunks)
+    x, y = dc.open(tmp_path / "a.zarr"), dc.open(tmp_path / "b.zarr")
+    plan = plan_for(x, y, engine=engine, memory_budget=budget)
+    assert plan.reads_in_tasks
+    assert plan.bytes_read == plan.panel_bytes_moved
+    if budget:
+        assert plan.k_panels > 1
+    got = dc.matmul(x, y, engine=engine, memory_budget=budget).compute(scheduler="sync")
+    assert_matches(got, np.matmul(a, b), a_shape[-1])
+
+
 def test_matmul_plans_from_the_workers_memory(rng):
     """On a real LocalCluster the default budget comes from the workers' memory_limit."""
     a, b = random_array(rng, (200, 150)), random_array(rng, (150, 90))
@@ -250,6 +277,41 @@ def test_matmul_plans_from_the_workers_memory(rng):
         assert "worker" in plan.resources.budget_source
         got = dc.matmul(x, y).compute()
     assert_matches(got, np.matmul(a, b), 150)
+
+
+# --- GPU engines ---------------------------------------------------------------------------
+
+
+def no_gpu_reason() -> str | None:
+    """Why the GPU test cannot run here (None when CuPy sees a CUDA device)."""
+    try:
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # not installed, no driver: ImportError or CUDARuntimeError
+        return f"no CUDA device ({type(error).__name__}: {error})"
+    return None if count else "no CUDA device (getDeviceCount() == 0)"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(no_gpu_reason() is not None, reason=str(no_gpu_reason()))
+@pytest.mark.parametrize("engine", ["cupy", "numba-cuda"])
+def test_gpu_matmul_sums_partials_on_the_device(rng, engine):
+    import cupy
+
+    if not kernels.is_installed(engine):
+        pytest.skip(f"{engine} not installed")
+    a, b = random_array(rng, (150, 1100)), random_array(rng, (1100, 140))
+    x, y = da.from_array(a, chunks=100), da.from_array(b, chunks=(70, 50))
+    host = dc.matmul(x, y, engine=engine, memory_budget="600KiB")
+    assert any(name.startswith("to_numpy") for name in host.dask.layers)  # summed on device
+    assert type(host._meta) is np.ndarray  # host chunks in, host chunks out
+    assert_matches(host.compute(scheduler="sync"), np.matmul(a, b), 1100)
+    on_device = dc.matmul(x.map_blocks(cupy.asarray), y.map_blocks(cupy.asarray),
+                          engine=engine, memory_budget="600KiB")
+    got = on_device.compute(scheduler="sync")
+    assert isinstance(got, cupy.ndarray)
+    assert_matches(cupy.asnumpy(got), np.matmul(a, b), 1100)
 
 
 # --- multiply ------------------------------------------------------------------------------
@@ -313,9 +375,7 @@ def test_multiply_scalar_first_and_errors(rng):
 
 def test_multiply_zarr_to_zarr_keeps_chunks(rng, tmp_path):
     a, b = random_array(rng, (40, 30), np.float32), random_array(rng, (30,), np.float32)
-    store = zarr.create_array(str(tmp_path / "a.zarr"), shape=a.shape, chunks=(16, 10),
-                              dtype=a.dtype)
-    store[:] = a
+    write_store(tmp_path / "a.zarr", a, (16, 10))
     written = dc.save(dc.multiply(dc.open(tmp_path / "a.zarr"), b), tmp_path / "m.zarr",
                       progress=False)
     np.testing.assert_array_equal(written[:], a * b)

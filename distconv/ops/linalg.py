@@ -16,7 +16,6 @@ budget; the sum runs on the chunk type the engine returned (on the device for GP
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import os
 import threading
@@ -28,10 +27,11 @@ import dask.array as da
 import dask.system
 import numpy as np
 from dask.array.reductions import reduction
+from dask.highlevelgraph import HighLevelGraph
 from dask.utils import format_bytes, parse_bytes
 
 from distconv import kernels
-from distconv.backend import array_module, is_gpu_array
+from distconv.backend import array_module, is_gpu_array, to_numpy
 from distconv.config import get_default
 from distconv.errors import DistconvError
 from distconv.io import as_dask_array, open_zarr_array, remember_provenance
@@ -39,11 +39,12 @@ from distconv.io import as_dask_array, open_zarr_array, remember_provenance
 # Share of a worker's memory one task may plan for: the rest covers Dask's own buffers, Zarr
 # codec buffers, the output block waiting to be written and the engine's temporaries.
 SAFETY_FRACTION = 0.5
-# Cost model for choosing block sizes (only the ratios matter): float32 GEMM on one core of the
-# 2-core development machine runs at ~6e10 FLOP/s; moving a panel into a task (Zarr decode, or a
-# copy between worker processes) at ~1e9 B/s; each task costs a few ms of scheduling.
-FLOPS_PER_THREAD = 6e10
-BYTES_PER_SECOND = 1e9
+# Cost model for choosing block sizes (only the ratios matter), measured on the 2-core development
+# machine: float32 GEMM runs at ~1e11 FLOP/s per core (float64 at half that); a panel reaches a
+# task at ~5e8 B/s (Zarr zstd decode ~4e8 B/s, a copy between worker processes ~1e9 B/s); each
+# task costs a few ms of scheduling.
+FLOPS_PER_THREAD = 1e11
+BYTES_PER_SECOND = 5e8
 SECONDS_PER_TASK = 5e-3
 # Blocks smaller than this on a matrix axis waste BLAS; the planner goes below only for arrays
 # that are smaller themselves.
@@ -178,19 +179,28 @@ class MatmulPlan:
         return math.prod(self.batch_chunks) * self.block_n * self.block_m * self.dtype.itemsize
 
     @property
-    def bytes_read(self) -> int:
-        """Bytes read from the inputs: every panel is read once and shared by its tasks."""
-        return math.prod(self.a_shape) * self.a_dtype.itemsize + \
-            math.prod(self.b_shape) * self.b_dtype.itemsize
+    def reads_in_tasks(self) -> bool:
+        """Each matmul task reads its own panels from the two Zarr stores.
+
+        Memory then stays at :attr:`peak_task_bytes` per running task however large the
+        arrays are, and no panel travels between workers; a panel used by several output
+        blocks is read once per block instead (the block sizes are chosen to keep that low).
+        """
+        return all(self.panels_from_zarr)
 
     @property
     def panel_bytes_moved(self) -> int:
-        """Bytes of panels delivered to matmul tasks (a panel used by two tasks counts twice).
-
-        A panel computed on one worker and used on another travels between worker processes,
-        so this, not :attr:`bytes_read`, is the traffic the block sizes are chosen to reduce.
-        """
+        """Bytes of panels delivered to matmul tasks (a panel used by two tasks counts twice)."""
         return self.matmul_tasks * (self.a_panel_bytes + self.b_panel_bytes)
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes read from the inputs (stores or upstream graph)."""
+        if self.reads_in_tasks:
+            return self.panel_bytes_moved
+        # Shared panels: each is read once and copied to the workers that need it.
+        return math.prod(self.a_shape) * self.a_dtype.itemsize + \
+            math.prod(self.b_shape) * self.b_dtype.itemsize
 
     @property
     def peak_task_bytes(self) -> int:
@@ -206,13 +216,16 @@ class MatmulPlan:
                   if self.k_panels == 1 else
                   f"{self.k_panels} k panels of {self.block_k}: partial products summed in a "
                   f"tree of fan-in {self.fan_in}")
-        sources = " and ".join(
-            f"{name} {'read straight from Zarr in panels' if direct else 'rechunked to panels'}"
-            for name, direct in zip("AB", self.panels_from_zarr))
+        if self.reads_in_tasks:
+            sources = "each task reads its panels from the Zarr stores"
+        else:
+            sources = " and ".join(
+                f"{name} {'read from Zarr in panels' if direct else 'rechunked to panels'}"
+                for name, direct in zip("AB", self.panels_from_zarr))
         lines = [
             f"matmul plan: {shape(self.a_shape)} {self.a_dtype} @ {shape(self.b_shape)} "
             f"{self.b_dtype} -> {shape(self.out_shape)} {self.dtype}",
-            f"  engine:            {self.engine}, {self.blas_threads} BLAS thread(s) per task, "
+            f"  engine:            {self.engine}, {self._threads_text()}, "
             f"{self.resources.parallel_tasks} task(s) at once",
             f"  memory budget:     {format_bytes(self.resources.memory_budget)} per task "
             f"({self.resources.budget_source})",
@@ -225,14 +238,22 @@ class MatmulPlan:
             f"{_count_chunks(self.out_shape, self.output_chunks)} chunk(s) of "
             f"{shape(self.output_chunks)}",
             f"  tasks:             {self.matmul_tasks} matmul + {self.sum_tasks} tree-sum",
-            f"  bytes read:        {format_bytes(self.bytes_read)} from the inputs; "
-            f"{format_bytes(self.panel_bytes_moved)} of panels into tasks",
+            f"  bytes read:        {format_bytes(self.bytes_read)} from the inputs"
+            + ("" if self.reads_in_tasks else
+               f"; {format_bytes(self.panel_bytes_moved)} of panels into tasks"),
             f"  peak memory/task:  {format_bytes(self.peak_task_bytes)}"
-            + ("" if self.fits_budget else "  (OVER the budget: no smaller blocks exist)"),
+            + ("" if self.fits_budget else "  (OVER the budget: no smaller blocks exist)")
+            + ("" if self.reads_in_tasks else
+               " (a worker also holds shared panels waiting for their other tasks)"),
             f"  FLOPs:             {self.flops:.3e}",
             f"  estimated time:    {self.estimated_seconds:.1f} s (cost model, not a measurement)",
         ]
         return "\n".join(lines)
+
+    def _threads_text(self) -> str:
+        if self.engine == "tensorflow":  # its pools are fixed when TensorFlow starts
+            return "TensorFlow's intra-op pool sized to the worker's threads"
+        return f"{self.blas_threads} BLAS thread(s) per task"
 
     def summary(self) -> dict[str, Any]:
         """The plan as plain values, for provenance."""
@@ -648,9 +669,12 @@ def matmul_with_plan(a: da.Array, b: da.Array, plan: MatmulPlan) -> da.Array:
     a_ind = batch_ind[batch_ndim - (a.ndim - 2):] + ("n", "k") if a.ndim > 1 else ("k",)
     b_ind = batch_ind[batch_ndim - (b.ndim - 2):] + ("k", "m") if b.ndim > 1 else ("k",)
     core_ind = (() if plan.vector_a else ("n",)) + (() if plan.vector_b else ("m",))
+    meta = array_module(a._meta).empty((0,) * len(plan.out_shape), dtype=plan.dtype)
+    if plan.reads_in_tasks and _zarr_source(a) and _zarr_source(b):
+        product = _product_reading_stores(a, b, plan, meta)
+        return _as_output_chunks(product, plan)
     a_panels = _as_panels(a, _panel_chunks(a, a_ind, plan))
     b_panels = _as_panels(b, _panel_chunks(b, b_ind, plan))
-    meta = array_module(a._meta).empty((0,) * len(plan.out_shape), dtype=plan.dtype)
 
     if plan.k_panels == 1:
         product = da.blockwise(
@@ -659,21 +683,111 @@ def matmul_with_plan(a: da.Array, b: da.Array, plan: MatmulPlan) -> da.Array:
             dtype_=plan.dtype, blas_threads=plan.blas_threads, partial_axis=None,
         )
     else:
-        partial_meta = array_module(a._meta).empty((0,) * (len(plan.out_shape) + 1),
-                                                   dtype=plan.dtype)
+        on_device = _partials_on_device(plan, a)
+        xp = _device_module() if on_device else array_module(a._meta)
         partials = da.blockwise(
             matmul_block, batch_ind + ("k",) + core_ind, a_panels, a_ind, b_panels, b_ind,
-            adjust_chunks={"k": 1}, dtype=plan.dtype, meta=partial_meta, engine=plan.engine,
-            dtype_=plan.dtype, blas_threads=plan.blas_threads, partial_axis=batch_ndim,
+            adjust_chunks={"k": 1}, dtype=plan.dtype,
+            meta=xp.empty((0,) * (len(plan.out_shape) + 1), dtype=plan.dtype),
+            engine=plan.engine, dtype_=plan.dtype, blas_threads=plan.blas_threads,
+            partial_axis=batch_ndim, on_device=on_device,
         )
-        product = reduction(
-            partials, _keep_partial, _add_partials, combine=_add_partials, axis=batch_ndim,
-            dtype=plan.dtype, split_every={batch_ndim: plan.fan_in}, concatenate=False,
-            meta=meta, name="distconv-matmul-sum",
-        )
+        product = _sum_partials(partials, plan,
+                                xp.empty((0,) * len(plan.out_shape), dtype=plan.dtype))
+        if on_device:
+            product = product.map_blocks(to_numpy, dtype=plan.dtype, meta=meta)
+    return _as_output_chunks(product, plan)
+
+
+def _as_output_chunks(product: da.Array, plan: MatmulPlan) -> da.Array:
+    """Split computed blocks into the chunks the result is written with (slicing, no copy)."""
     written = tuple(_regular(size, chunk) for size, chunk in zip(plan.out_shape,
                                                                  plan.output_chunks))
     return product if product.chunks == written else product.rechunk(written)
+
+
+def _sum_partials(partials: da.Array, plan: MatmulPlan, meta) -> da.Array:
+    """Tree-sum the length-1 partial-product axis (just after the batch axes) away."""
+    axis = len(plan.batch_shape)
+    return reduction(
+        partials, _keep_partial, _add_partials, combine=_add_partials, axis=axis,
+        dtype=plan.dtype, split_every={axis: plan.fan_in}, concatenate=False, meta=meta,
+        name="distconv-matmul-sum",
+    )
+
+
+def _product_reading_stores(a: da.Array, b: da.Array, plan: MatmulPlan, meta) -> da.Array:
+    """Blocks (or partial products) whose tasks read their own panels from the Zarr stores.
+
+    No panel is held by the scheduler between tasks or copied between workers, so a worker's
+    memory stays at its running tasks' panels however large the arrays are.
+    """
+    chunks = tuple(_regular(size, chunk) for size, chunk in zip(plan.batch_shape,
+                                                                plan.batch_chunks))
+    partial = plan.k_panels > 1
+    if partial:
+        chunks += ((1,) * plan.k_panels,)
+    chunks += (() if plan.vector_a else (_regular(plan.n, plan.block_n),)) + \
+        (() if plan.vector_b else (_regular(plan.m, plan.block_m),))
+    on_device = partial and _partials_on_device(plan, a)
+    xp = _device_module() if on_device else np
+    product = da.map_blocks(
+        matmul_stores_block, chunks=chunks, dtype=plan.dtype,
+        meta=xp.empty((0,) * len(chunks), dtype=plan.dtype),
+        a_store=open_zarr_array(_zarr_source(a)["path"]),
+        b_store=open_zarr_array(_zarr_source(b)["path"]), plan=plan, on_device=on_device,
+        token="distconv-matmul-read",
+    )
+    # Carry the inputs' layers: save() finds the source stores (provenance, and its refusal to
+    # overwrite an input) by their names; their unused read tasks are culled before computing.
+    graph = HighLevelGraph.merge(product.dask, a.dask, b.dask)
+    product = da.Array(graph, product.name, product.chunks, meta=product._meta)
+    if not partial:
+        return product
+    product = _sum_partials(product, plan, xp.empty((0,) * len(plan.out_shape), plan.dtype))
+    return product.map_blocks(to_numpy, dtype=plan.dtype, meta=meta) if on_device else product
+
+
+def _partials_on_device(plan: MatmulPlan, a: da.Array) -> bool:
+    """A GPU engine's partial products stay on its device through the tree sum; only summed
+    blocks come back to the host (CuPy chunks never leave the device at all)."""
+    return kernels.ENGINES[plan.engine].device == "gpu" and not is_gpu_array(a)
+
+
+def matmul_stores_block(plan: MatmulPlan, a_store, b_store, on_device: bool = False,
+                        block_info=None):
+    """Per-block function of the in-task read path: read both panels, then :func:`matmul_block`.
+
+    ``block_info`` gives the output location; the panels follow from the plan: the same batch
+    range (one matrix on broadcast axes), this block's rows of A and columns of B, and the k
+    range of this partial product (all of k with one panel).
+    """
+    location = [range(start, stop) for start, stop in block_info[None]["array-location"]]
+    batch_ndim = len(plan.batch_shape)
+    batch, rest = location[:batch_ndim], location[batch_ndim:]
+    if plan.k_panels > 1:
+        panel, rest = rest[0].start, rest[1:]
+        k = slice(panel * plan.block_k, min(plan.k, (panel + 1) * plan.block_k))
+    else:
+        k = slice(0, plan.k)
+    rows = None if plan.vector_a else slice(rest[0].start, rest[0].stop)
+    cols = None if plan.vector_b else slice(rest[-1].start, rest[-1].stop)
+    a_region = _operand_batch_region(plan.a_shape[:-2], batch) + \
+        ((k,) if rows is None else (rows, k))
+    b_region = _operand_batch_region(plan.b_shape[:-2], batch) + \
+        ((k,) if cols is None else (k, cols))
+    return matmul_block(a_store[a_region], b_store[b_region], engine=plan.engine,
+                        dtype_=plan.dtype, blas_threads=plan.blas_threads,
+                        partial_axis=batch_ndim if plan.k_panels > 1 else None,
+                        on_device=on_device)
+
+
+def _operand_batch_region(operand_batch: tuple[int, ...], batch: list[range]) -> tuple:
+    """An operand's slices on the (right-aligned) batch axes; broadcast axes keep their one."""
+    offset = len(batch) - len(operand_batch)
+    return tuple(slice(0, 1) if size == 1 else slice(batch[offset + i].start,
+                                                     batch[offset + i].stop)
+                 for i, size in enumerate(operand_batch))
 
 
 def _panel_chunks(x: da.Array, index: tuple[str, ...], plan: MatmulPlan) -> tuple:
@@ -723,9 +837,16 @@ def _regular(extent: int, size: int) -> tuple[int, ...]:
 
 
 def matmul_block(a, b, *, engine: str, dtype_: np.dtype, blas_threads: int,
-                 partial_axis: int | None):
+                 partial_axis: int | None, on_device: bool = False):
     """Per-block function: cast to the result dtype, run the engine's matmul with BLAS threads
-    limited to this task's share, and add a length-1 axis for a partial product to be summed."""
+    limited to this task's share, and add a length-1 axis for a partial product to be summed.
+
+    ``on_device`` moves host blocks to the GPU first, so a GPU engine returns its partial
+    product on the device, where the tree sum adds it.
+    """
+    if on_device:
+        xp = _device_module()
+        a, b = xp.asarray(a), xp.asarray(b)
     a = a.astype(dtype_, copy=False)
     b = b.astype(dtype_, copy=False)
     with limit_blas_threads(blas_threads):
@@ -733,6 +854,13 @@ def matmul_block(a, b, *, engine: str, dtype_: np.dtype, blas_threads: int,
     if partial_axis is not None:
         out = out.reshape(out.shape[:partial_axis] + (1,) + out.shape[partial_axis:])
     return out
+
+
+def _device_module():
+    """CuPy, imported only when a GPU engine runs (``import distconv`` never imports it)."""
+    import cupy
+
+    return cupy
 
 
 def _keep_partial(x, axis=None, keepdims=None):
