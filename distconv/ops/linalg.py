@@ -11,6 +11,11 @@ each output block is one engine call and no partial sums exist -- then the n, m 
 sizes that a small cost model says finish soonest on the cluster's threads. When the k panel
 cannot hold the whole axis, partial products are summed in a tree whose fan-in also fits the
 budget; the sum runs on the chunk type the engine returned (on the device for GPU engines).
+
+When both operands are Zarr arrays opened by :func:`distconv.open`, every matmul task reads its
+own A and B panels from the stores: a worker's memory then stays at its running tasks' panels
+however large the arrays are, and no panel is copied between workers. Other operands (NumPy,
+lazy Dask results) are rechunked into the planned panels and shared through Dask.
 """
 
 from __future__ import annotations
