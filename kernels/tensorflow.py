@@ -89,7 +89,7 @@ def _configure_runtime() -> int:
             for gpu in gpus[:1]:
                 tf.config.experimental.set_memory_growth(gpu, True)
     except RuntimeError:
-        pass
+        pass  # TF's runtime already started in this process: its earlier settings stand
     return threads
 
 
