@@ -17,10 +17,12 @@ from distconv.errors import DistconvError, EngineError, OutputError
 from distconv.io import info, open, save
 from distconv.ops.convolve import convolve, correlate
 from distconv.ops.linalg import matmul, multiply
+from distconv.ops.map_chunks import ChunkError, map_chunks
 from distconv.weights import load_weights
 
 __all__ = [
     "__version__",
+    "ChunkError",
     "DistconvError",
     "EngineError",
     "OutputError",
@@ -29,6 +31,7 @@ __all__ = [
     "correlate",
     "info",
     "load_weights",
+    "map_chunks",
     "matmul",
     "multiply",
     "open",

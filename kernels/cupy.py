@@ -122,6 +122,16 @@ def device_info() -> str:
             f"CUDA runtime {version // 1000}.{version % 1000 // 10})")
 
 
+def map_chunk(fn, kwargs: dict, *blocks):
+    """Run a user's CuPy function (``distconv.map_chunks``) on the blocks' device.
+
+    CuPy blocks are used where they are; NumPy blocks are copied to the current device and the
+    result is copied back, as for every operation of this engine.
+    """
+    with _placement(*blocks) as (*placed, back):
+        return back(cupy.asarray(fn(*placed, **kwargs)))
+
+
 # --------------------------------------------------------------------------------------------
 # Placement and per-device caches
 # --------------------------------------------------------------------------------------------

@@ -531,6 +531,24 @@ def multiply(a, b, *, threads: int | None = None, max_blocks: int = MAX_MULTIPLY
         return result().reshape(a.shape)
 
 
+def map_chunk(fn, kwargs: dict, *blocks):
+    """Run a user's Numba CUDA function (``distconv.map_chunks``) on device arrays.
+
+    ``fn`` receives one Numba device array per block (a zero-copy view of a CuPy block, or a
+    copy of a NumPy block on the current device, which is also what the CUDA simulator runs)
+    and returns a device array (Numba's, CuPy's, anything with ``__cuda_array_interface__``) or
+    a NumPy array. The result comes back in the blocks' kind: CuPy for CuPy blocks, else NumPy.
+    """
+    call = _Call(*blocks)
+    with call.active():
+        out = fn(*(call.to_kernel(call.array(b, b.dtype)) for b in blocks), **kwargs)
+        if call.gpu:
+            return call.xp.asarray(out)  # zero-copy through __cuda_array_interface__
+        if hasattr(out, "copy_to_host"):
+            return out.copy_to_host()
+        return out.get() if _is_cupy(out) else np.asarray(out)
+
+
 def device_info() -> str:
     """One line for ``distconv engines``: the GPUs Numba sees (or why there are none)."""
     implementation = getattr(cuda, "implementation", "numba.cuda")

@@ -443,6 +443,57 @@ def multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(out).astype(dtype, copy=False)
 
 
+# --- user functions (distconv.map_chunks) --------------------------------------------------
+
+def map_chunk(fn: Callable, token: str, kwargs: dict, *blocks: np.ndarray) -> np.ndarray:
+    """Run a user's TensorFlow function on NumPy blocks as a cached ``tf.function``.
+
+    One ``tf.function`` exists per (function token, rank and dtype of every block), with an
+    ``input_signature`` of ``None`` dimensions, so a job over chunks of many shapes traces it once
+    per worker process (counted in :data:`TRACES` under ``("map_chunks", token, signature)``).
+    The blocks become tensors at the call and the result becomes NumPy on return, nowhere else;
+    the call runs on the worker's GPU when TensorFlow sees one.
+
+    Parameters
+    ----------
+    fn : callable
+        Takes one tensor per block (plus ``kwargs``, fixed at trace time), returns one tensor.
+    token : str
+        Identifies ``fn`` and ``kwargs`` across processes (the client computes it once, so a
+        function unpickled anew for every task still finds its traced graph).
+    kwargs : dict
+        Constant keyword arguments for ``fn``.
+    *blocks : numpy.ndarray
+        The chunk(s), already haloed.
+    """
+    signature = tuple((block.ndim, np.dtype(block.dtype).name) for block in blocks)
+    key = ("map_chunks", token, signature)
+    function = _FUNCTIONS.get(key)
+    if function is None:
+        with _FUNCTIONS_LOCK:
+            function = _FUNCTIONS.get(key)
+            if function is None:
+                def body(*tensors):
+                    TRACES[key] += 1
+                    return fn(*tensors, **kwargs)
+
+                specs = [_spec(rank, tf.as_dtype(np.dtype(name))) for rank, name in signature]
+                function = tf.function(body, input_signature=specs)
+                function.get_concrete_function()  # trace now, once, under the lock
+                _FUNCTIONS[key] = function
+    with tf.device(_compute_device()):
+        out = function(*blocks)
+    if not isinstance(out, (tf.Tensor, np.ndarray)):
+        raise TypeError(f"the function returned {type(out).__name__}; map_chunks needs one "
+                        "tensor per chunk")
+    return out.numpy() if isinstance(out, tf.Tensor) else out
+
+
+def _compute_device() -> str:
+    """The worker's own GPU (the only one left visible by :func:`_configure_runtime`) or CPU."""
+    return "/GPU:0" if tf.config.list_logical_devices("GPU") else "/CPU:0"
+
+
 # --- capabilities -----------------------------------------------------------------------------
 
 def supports(op: str, ndim: int, dtype) -> bool:
