@@ -43,7 +43,11 @@ def compute_blocks(blocks: da.Array, *, description: str = "computing",
             return
         from distributed import as_completed
 
-        futures = client.compute(pieces)
+        from distconv.clusters.routing import submit_resources
+
+        # GPU-engine work goes to workers with a GPU resource; given at submission, it
+        # survives graph fusion (see clusters/routing.py).
+        futures = client.compute(pieces, resources=submit_resources(blocks, client))
         try:
             for future in as_completed(futures):
                 future.result()  # raises the task's own exception

@@ -1,0 +1,51 @@
+"""Route GPU-engine work to GPU workers on a cluster that mixes CPU and GPU workers.
+
+Workers that own a GPU declare the resource ``GPU`` (dask-cuda workers started by the ``cuda``
+spec do; elsewhere ``dask worker --resources GPU=1`` or a jobqueue file's
+``worker_extra_args: ["--resources", "GPU=1"]``). A job whose graph runs a GPU engine is
+submitted with ``resources={"GPU": 1}``.
+
+The requirement is given at *submission* (``Client.compute(..., resources=...)``), not with
+``dask.annotate`` while the graph is built: the scheduler applies a submission's resources to
+every task it materialises, after graph optimisation, so fused tasks keep it; per-layer
+annotations are lost when low-level fusion merges layers. The whole job goes to GPU workers
+(reading and writing are fused into the engine tasks anyway, and a chunk then never crosses
+between a CPU and a GPU worker).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+GPU_RESOURCE = "GPU"
+
+
+def gpu_engines(x) -> list[str]:
+    """GPU engines named in the provenance of the layers of ``x`` (a Dask collection)."""
+    from distconv import kernels
+    from distconv.io import _PROVENANCE
+
+    names = []
+    for layer in x.__dask_graph__().layers:
+        engine = _PROVENANCE.get(layer, {}).get("engine")
+        spec = kernels.ENGINES.get(engine) if isinstance(engine, str) else None
+        if spec is not None and spec.device == "gpu" and engine not in names:
+            names.append(engine)
+    return names
+
+
+def gpu_workers(client) -> list[str]:
+    """Addresses of the workers that declare a ``GPU`` resource."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return [address for address, info in workers.items()
+            if float((info.get("resources") or {}).get(GPU_RESOURCE, 0)) > 0]
+
+
+def submit_resources(x, client) -> dict[str, Any] | None:
+    """Resources to submit ``x`` with: ``{"GPU": 1}`` for GPU-engine work when some worker has
+    a GPU resource, else None (no worker declares one: any worker may run it, as before)."""
+    if client is None or not gpu_engines(x):
+        return None
+    if not gpu_workers(client):
+        return None
+    return {GPU_RESOURCE: 1}
