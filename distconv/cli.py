@@ -245,6 +245,7 @@ def _register_linalg_commands() -> None:
 
 
 _register_linalg_commands()
+cli.add_command(__import__("distconv.cli_bench").cli_bench.bench_group, "bench")  # distconv bench
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,201 @@
+"""What every benchmark shares: seeded Zarr inputs, alternating timed runs, peak memory, machine.
+
+The rules the numbers follow (issue 7): data is generated once per run (random, seeded, never
+zeros) and written to Zarr on disk; every contender runs on that same data in the same process,
+the contenders alternating within each repeat (a run right after a heavy one pays for its
+clean-up, so the order is reversed every other repeat); each contender is warmed up once
+(imports, compilation, page cache) and the median of the repeats is reported.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import shutil
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+def make_input(path: str | os.PathLike, size: int | tuple[int, ...], chunk: int,
+               seed: int, dtype="float32") -> None:
+    """Write a random array in [0.5, 1.5) (seeded, never zeros) to a new Zarr v3 array.
+
+    Written strip by strip along the first axis, so a 32768² input never sits in memory.
+    """
+    import zarr
+
+    shape = (size, size) if isinstance(size, int) else tuple(size)
+    rng = np.random.default_rng(seed)
+    array = zarr.create_array(str(path), shape=shape,
+                              chunks=tuple(min(chunk, s) for s in shape), dtype=dtype)
+    for start in range(0, shape[0], chunk):
+        rows = min(chunk, shape[0] - start)
+        array[start:start + rows] = (rng.random((rows, *shape[1:]), dtype=np.float32)
+                                     + 0.5).astype(dtype, copy=False)
+
+
+def fresh(path: str | os.PathLike) -> str:
+    """``path`` as a string, with whatever a previous run left there removed."""
+    shutil.rmtree(path, ignore_errors=True)
+    return str(path)
+
+
+def timed(function: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+@dataclass
+class Contender:
+    """One thing to time. ``skip`` (a reason) keeps it in the table without running it."""
+
+    name: str
+    function: Callable[[], object] | None
+    kind: str = "distconv"  # "distconv" | "floor" | "reference" | "baseline"
+    engine: str = ""
+    method: str = ""
+    skip: str | None = None
+    runs: list[float] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float | None:
+        return statistics.median(self.runs) if self.runs else None
+
+
+def run_alternating(contenders: list[Contender], repeats: int, warmup: bool = True,
+                    log: Callable[[str], None] | None = None) -> None:
+    """Time every contender ``repeats`` times, in turn, after one warm-up run each.
+
+    The order is reversed every other repeat so no contender always follows the same one.
+    """
+    active = [c for c in contenders if c.skip is None and c.function is not None]
+    if warmup:
+        for contender in active:
+            contender.function()
+    for repeat in range(repeats):
+        for contender in active if repeat % 2 == 0 else active[::-1]:
+            contender.runs.append(timed(contender.function))
+            if log:
+                log(f"repeat {repeat + 1}/{repeats}: {contender.name}: "
+                    f"{contender.runs[-1]:.2f} s")
+
+
+class PeakMemory:
+    """Peak resident memory of this process and all its descendants (scheduler, workers).
+
+    A thread samples ``psutil`` every ``interval`` seconds; ``peak_total`` is the largest sum
+    over the process tree, ``peak_process`` the largest single process.
+    """
+
+    def __init__(self, interval: float = 0.05, root: int | None = None):
+        self.interval = interval
+        self.root = root
+        self.peak_total = 0
+        self.peak_process = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        import psutil
+
+        root = psutil.Process(self.root)
+        while not self._stop.is_set():
+            sizes = []
+            for process in [root, *root.children(recursive=True)]:
+                try:
+                    sizes.append(process.memory_info().rss)
+                except psutil.Error:  # a process that just ended
+                    continue
+            self.peak_total = max(self.peak_total, sum(sizes))
+            self.peak_process = max(self.peak_process, max(sizes, default=0))
+            self._stop.wait(self.interval)
+
+
+def machine() -> dict[str, object]:
+    """CPU count, memory, OS, Python and key library versions, GPU, load and date."""
+    import dask
+    import scipy
+    import zarr
+
+    import distconv
+
+    versions = {"distconv": distconv.__version__, "numpy": np.__version__,
+                "scipy": scipy.__version__, "dask": dask.__version__, "zarr": zarr.__version__}
+    for name in ("numba", "tensorflow", "cupy", "dask_image"):
+        version = _installed_version(name)
+        if version:
+            versions[name] = version
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory, 1),
+        "cpu": _cpu_model(),
+        "os": f"{platform.system()} {platform.machine()}",
+        "python": platform.python_version(),
+        "versions": versions,
+        "gpus": gpu_count(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def machine_text(info: dict[str, object]) -> str:
+    """One line of :func:`machine` for tables and RESULTS.md."""
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    gpus = info["gpus"]
+    return (f"{info['cores']} cores ({info['cpu']}), {info['memory_gib']:.0f} GiB, {info['os']}, "
+            f"Python {info['python']}, {versions}; GPU: {gpus or 'none'}; "
+            f"load {info['load_average'][0]:.1f}; {info['date']}")
+
+
+def gpu_count() -> int:
+    """CUDA devices visible through CuPy (0 without CuPy, a driver or a device)."""
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # no cupy, no driver, no device: all mean "no GPU rows"
+        return 0
+
+
+def _installed_version(module: str) -> str | None:
+    from importlib import metadata
+
+    names = {"dask_image": "dask-image", "tensorflow": "tensorflow-cpu"}
+    for name in (names.get(module, module), module):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    if module == "tensorflow":
+        try:
+            return metadata.version("tensorflow")
+        except metadata.PackageNotFoundError:
+            return None
+    return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

@@ -1,0 +1,197 @@
+"""Zarr → Zarr convolution: distconv per engine vs the copy floor and the reference tools.
+
+Per kernel size, on the same seeded input: the Zarr → Zarr copy (``dask.array.from_zarr`` →
+``to_zarr``, the floor no Zarr → Zarr filter can beat), ``distconv.convolve`` with each engine
+(the plan picks the method per chunk), dask-image's ``ndfilters.convolve`` and in-memory
+``scipy.ndimage.convolve`` when installed. Cells the cost model expects to take longer than
+``max_seconds`` are listed as skipped, with the estimate, instead of run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from distconv.bench.common import Contender, fresh, make_input, run_alternating
+from distconv.bench.report import Result, Row
+
+
+def kernel_for(size: int, ndim: int = 2) -> np.ndarray:
+    """A dense random (not separable) kernel, seeded by its size: the general case."""
+    return np.random.default_rng(size).standard_normal((size,) * ndim)
+
+
+def _distconv_estimate(shape, chunk: int, kernel: np.ndarray, engine: str,
+                       workers: int) -> tuple[str, float]:
+    """The method the plan picks for a full chunk and the cost model's wall-seconds."""
+    from distconv.plan import method_costs, plan_correlation
+
+    plan = plan_correlation(shape, np.float32, kernel, engine=engine, convolution=True)
+    block = [min(chunk, s) for s in shape]
+    method = plan.method_for(block)
+    per_chunk = method_costs(plan.weights, block, {method: plan.engines[method]})[method]
+    chunks = math.prod(math.ceil(s / chunk) for s in shape)
+    return f"{method}/{plan.engines[method]}", per_chunk * chunks / max(workers, 1)
+
+
+def _scipy_direct_estimate(pixels: float, kernel: np.ndarray) -> float:
+    """Seconds scipy.ndimage.convolve takes on one core (the scipy engine's direct COST)."""
+    from distconv import kernels
+
+    per_pixel, per_unit = kernels.get_engine("scipy").COST["direct"]
+    return pixels * (per_pixel + per_unit * np.count_nonzero(kernel))
+
+
+def check_window(source: str, output: str, kernel: np.ndarray, chunk: int) -> float:
+    """Max relative error of an output window across a chunk corner vs float64 SciPy."""
+    import zarr
+    from scipy import ndimage
+
+    x, y = zarr.open_array(source), zarr.open_array(output)
+    half = kernel.shape[0] // 2
+    starts = []
+    for size in x.shape:
+        start = min(max(chunk - 64, half), max(size - half - 128, half))
+        stop = min(start + 128, size - half)
+        starts.append((start, stop))
+    region = tuple(slice(a, b) for a, b in starts)
+    padded = tuple(slice(a - half, b + half) for a, b in starts)
+    expected = ndimage.convolve(x[padded].astype(np.float64), kernel, mode="constant")
+    expected = expected[tuple(slice(half, half + b - a) for a, b in starts)]
+    got = y[region].astype(np.float64)
+    return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-30))
+
+
+def bench_convolve(size: int = 8192, kernel_sizes: Sequence[int] = (3, 9, 31, 127),
+                   engines: Sequence[str] = ("scipy",), *, chunk: int = 2048,
+                   repeats: int = 3, workdir: str | os.PathLike, client=None,
+                   references: bool = True, max_seconds: float = 120.0,
+                   log: Callable[[str], None] | None = None) -> Result:
+    """Time a Zarr → Zarr convolve of ``size``² float32 per engine and kernel size.
+
+    Parameters
+    ----------
+    size, chunk : int
+        Image side and Zarr chunk side.
+    kernel_sizes : sequence of int
+        Square random kernels to time.
+    engines : sequence of str
+        distconv engines (each a row per kernel).
+    repeats : int
+        Timed runs per contender after one warm-up; the median is reported.
+    workdir : path
+        Where the input and the outputs are written (a scratch directory).
+    client : distributed.Client, optional
+        The cluster the runs use (None: whatever Dask's default scheduler is).
+    references : bool
+        Include dask-image and in-memory SciPy when installed.
+    max_seconds : float
+        Skip a cell whose estimated run time is longer.
+    """
+    import dask.array as da
+
+    import distconv as dc
+
+    workdir = Path(workdir)
+    source = workdir / "input.zarr"
+    shape = (size, size)
+    make_input(source, shape, chunk, seed=0)
+    workers = len(client.scheduler_info()["workers"]) if client is not None else \
+        (os.cpu_count() or 1)
+    pixels = float(size * size)
+    in_memory = {}
+    result = Result("convolve", unit="Mpx/s", work=pixels / 1e6,
+                    setup={"size": size, "chunk": chunk, "dtype": "float32",
+                           "kernels": list(kernel_sizes), "engines": list(engines),
+                           "repeats": repeats, "workers": workers})
+    for k in kernel_sizes:
+        kernel = kernel_for(k)
+        group = f"{k}×{k}"
+
+        def copy():
+            da.from_zarr(str(source)).to_zarr(fresh(workdir / "copy.zarr"))
+
+        contenders = [Contender("Zarr→Zarr copy", copy, kind="floor")]
+        for engine in engines:
+            how, estimate = _distconv_estimate(shape, chunk, kernel, engine, workers)
+
+            def run(engine=engine):
+                dc.save(dc.convolve(dc.open(source), kernel, engine=engine),
+                        fresh(workdir / f"dc-{engine}.zarr"), progress=False)
+
+            method, resolved = how.split("/")
+            contenders.append(Contender(
+                f"distconv {engine}", run, engine=resolved, method=method,
+                skip=f"skipped (≈{estimate:.0f} s)" if estimate > max_seconds else None))
+        if references:
+            contenders += _references(source, workdir, kernel, pixels, workers, max_seconds,
+                                      in_memory)
+        run_alternating(contenders, repeats, log=(lambda text: log(f"k={k} {text}"))
+                        if log else None)
+        errors = {}
+        for engine in engines:
+            output = workdir / f"dc-{engine}.zarr"
+            if output.exists():
+                errors[f"distconv {engine}"] = check_window(str(source), str(output), kernel,
+                                                            chunk)
+        floor = contenders[0].seconds
+        # dask-image when it ran for this kernel, else SciPy in memory.
+        ran = [c for c in contenders if c.seconds is not None]
+        chosen = next((c for c in ran if c.kind == "reference"), None) or \
+            next((c for c in ran if c.kind == "baseline"), None)
+        reference = chosen.seconds if chosen else None
+        result.references[group] = chosen.name if chosen else None
+        for contender in contenders:
+            result.rows.append(Row.from_contender(
+                group, contender, floor=floor, reference=reference, work=result.work,
+                error=errors.get(contender.name)))
+        for engine in engines:
+            fresh(workdir / f"dc-{engine}.zarr")
+    in_memory.clear()
+    return result
+
+
+def _references(source: Path, workdir: Path, kernel: np.ndarray, pixels: float, workers: int,
+                max_seconds: float, in_memory: dict) -> list[Contender]:
+    """dask-image (Zarr → Zarr, same cluster) and SciPy on the whole array in memory."""
+    import dask.array as da
+    import zarr
+    from scipy import ndimage
+
+    found = []
+    direct = _scipy_direct_estimate(pixels, kernel)
+    try:
+        from dask_image.ndfilters import convolve as dask_image_convolve
+
+        def dask_image():
+            x = da.from_zarr(str(source))
+            dask_image_convolve(x, kernel).to_zarr(fresh(workdir / "dask-image.zarr"))
+
+        estimate = direct / workers
+        found.append(Contender(
+            "dask-image", dask_image, kind="reference",
+            method="direct", engine="scipy.ndimage",
+            skip=f"skipped (≈{estimate:.0f} s)" if estimate > max_seconds else None))
+    except ImportError:
+        pass
+    memory_needed = 3 * pixels * 4  # input, output and scipy's float32 work copy
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4
+    skip = None
+    if direct > max_seconds:
+        skip = f"skipped (≈{direct:.0f} s)"
+    elif memory_needed > available:
+        skip = "skipped (does not fit in a quarter of memory)"
+
+    def scipy_in_memory():
+        if "x" not in in_memory:  # read once, outside the timing of later repeats
+            in_memory["x"] = zarr.open_array(str(source))[:]
+        ndimage.convolve(in_memory["x"], kernel)
+
+    found.append(Contender("scipy.ndimage in memory (1 core)", scipy_in_memory,
+                           kind="baseline", method="direct", engine="scipy.ndimage",
+                           skip=skip))
+    return found

@@ -1,0 +1,178 @@
+"""``distconv bench convolve|matmul|multiply``: time engines against the floor and the references.
+
+Same conventions as :mod:`distconv.cli` (which registers this group): one-line errors (exit 2)
+before anything is generated or written.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from distconv import kernels
+from distconv.errors import DistconvError
+
+_OPS = {"convolve": ("correlate_direct", "correlate_fft", "correlate_separable"),
+        "matmul": ("matmul",), "multiply": ("multiply",)}
+_DEFAULT_ENGINES = {"convolve": "scipy,numba,tensorflow", "matmul": "scipy,tensorflow",
+                    "multiply": "scipy,numba,tensorflow"}
+
+
+def check_engines(benchmark: str, text: str | None) -> list[str]:
+    """The engines to time: named ones must be installed, usable and able to do ``benchmark``.
+
+    Without ``--engines``, every installed engine that can (GPU engines only with a device).
+    """
+    from distconv.bench.common import gpu_count
+
+    if text is None:
+        found = [e for e in _DEFAULT_ENGINES[benchmark].split(",") if kernels.is_installed(e)]
+        if gpu_count():
+            found += [e for e in ("cupy", "numba-cuda") if kernels.is_installed(e)
+                      and any(op in kernels.ENGINES[e].ops for op in _OPS[benchmark])]
+        return found
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise DistconvError("--engines is empty; name at least one engine")
+    for name in names:
+        if name == "auto":  # what distconv picks by itself, per chunk and method
+            continue
+        if name not in kernels.ENGINES:
+            raise DistconvError(f"unknown engine {name!r}; choose from: auto, "
+                                f"{', '.join(kernels.engine_names())}")
+        if not kernels.is_installed(name):
+            extra = kernels.ENGINES[name].extra
+            raise DistconvError(f"engine {name!r} is not installed here (pip install "
+                                f"'distconv[{extra}]')")
+        if not any(op in kernels.ENGINES[name].ops for op in _OPS[benchmark]):
+            raise DistconvError(f"engine {name!r} cannot {benchmark}")
+        if kernels.ENGINES[name].device == "gpu" and not gpu_count():
+            raise DistconvError(f"engine {name!r} needs a CUDA device and none is visible")
+    return list(dict.fromkeys(names))
+
+
+def _kernel_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DistconvError(f"--kernels must be integers separated by commas, got {text!r}") \
+            from None
+    if not sizes or any(k < 1 for k in sizes):
+        raise DistconvError(f"--kernels must be positive integers, got {text!r}")
+    return sizes
+
+
+def _run(benchmark: str, size: int, engines: str | None, chunk: int | None, repeats: int,
+         no_references: bool, output_dir: str, workdir: str | None, cluster_spec: str | None,
+         workers: int | None, threads_per_worker: int | None, quiet: bool,
+         kernels_text: str = "", max_seconds: float = 120.0) -> None:
+    import os
+
+    from distconv.clusters import parse_spec
+
+    # Every check before any data is generated or any file written.
+    engine_list = check_engines(benchmark, engines)
+    if not engine_list:
+        raise DistconvError(f"no engine installed here can {benchmark}")
+    sizes = _kernel_sizes(kernels_text) if benchmark == "convolve" else []
+    if sizes and max(sizes) > size:
+        raise DistconvError(f"kernel {max(sizes)} is larger than the image ({size})")
+    if chunk is not None and sizes and chunk < max(sizes) // 2:
+        raise DistconvError(f"--chunk {chunk} is thinner than the halo of a {max(sizes)} kernel")
+    parse_spec(cluster_spec)
+    if workdir is not None and not os.path.isdir(workdir):
+        raise DistconvError(f"--workdir {workdir}: no such directory")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise DistconvError(f"--output-dir {output_dir} exists and is not a directory")
+
+    from distconv import bench
+
+    result = bench.run(
+        benchmark, size=size, engines=engine_list, kernels=sizes, chunk=chunk,
+        repeats=repeats, cluster=cluster_spec or "local", workers=workers,
+        threads_per_worker=threads_per_worker, workdir=workdir, references=not no_references,
+        max_seconds=max_seconds, log=None if quiet else (lambda line: click.echo(line, err=True)))
+    result.setup["command"] = " ".join(["distconv", "bench", benchmark, *sys.argv[3:]])
+    json_path, png_path = bench.write_outputs(result, output_dir)
+    bench.print_table(result)
+    click.echo(f"wrote {json_path} and {png_path}")
+
+
+def _bench_command(benchmark: str) -> click.Command:
+    options = [
+        click.option("--size", type=click.IntRange(min=8), default=8192, show_default=True,
+                     help="Side of the square float32 input(s)."),
+        click.option("--engines", default=None,
+                     help=f"Comma list [default: installed of {_DEFAULT_ENGINES[benchmark]}]."),
+        click.option("--chunk", type=click.IntRange(min=4), default=None,
+                     help="Zarr chunk side [default: 2048 convolve, 1024 matmul/multiply]."),
+        click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+                     help="Timed runs per contender after one warm-up (median reported)."),
+        click.option("--no-references", is_flag=True,
+                     help="Skip dask-image / dask.array / in-memory SciPy and NumPy."),
+        click.option("--output-dir", default="distconv-bench", show_default=True,
+                     help=f"Where bench-{benchmark}.json and bench-{benchmark}.png go."),
+        click.option("--workdir", default=None,
+                     help="Scratch directory for the generated Zarr data [default: temp]."),
+        click.option("--cluster", "cluster_spec", default=None,
+                     help="local (default) | threads | tcp://HOST:PORT | tls://HOST:PORT."),
+        click.option("--workers", type=click.IntRange(min=1), help="Worker processes (local)."),
+        click.option("--threads-per-worker", type=click.IntRange(min=1),
+                     help="Threads per worker (local)."),
+        click.option("-q", "--quiet", is_flag=True, help="No per-run lines while timing."),
+    ]
+    if benchmark == "convolve":
+        options += [
+            click.option("--kernels", "kernels_text", default="3,9,31,127", show_default=True,
+                         help="Square kernel sizes, comma separated."),
+            click.option("--max-seconds", type=click.FloatRange(min=0), default=120.0,
+                         show_default=True,
+                         help="List a cell as skipped when its estimated time is longer."),
+        ]
+
+    def command(**kwargs) -> None:
+        _run(benchmark, **kwargs)
+
+    for option in reversed(options):
+        command = option(command)
+    command.__doc__ = _DOCS[benchmark]
+    return click.command(benchmark)(command)
+
+
+_DOCS = {
+    "convolve": """Time Zarr → Zarr convolution per engine and kernel size.
+
+    \b
+    Random seeded size² float32 data is written to Zarr once; per kernel, the Zarr → Zarr copy
+    (floor), distconv with each engine, dask-image and in-memory scipy.ndimage run in turn
+    (warm-up, median of --repeats). Prints seconds, Mpx/s, × copy floor, × reference; writes
+    JSON and a PNG chart.
+
+    \b
+    Examples:
+      distconv bench convolve --size 8192 --kernels 3,9,31,127 --engines scipy,numba,tensorflow
+      distconv bench convolve --size 1024 --kernels 3,31 --repeats 1 --output-dir /tmp/b
+    """,
+    "matmul": """Time Zarr → Zarr matmul per engine vs in-memory BLAS and dask.array.
+
+    \b
+    Examples:
+      distconv bench matmul --size 8192 --engines scipy,tensorflow
+    """,
+    "multiply": """Time Zarr → Zarr element-wise multiply per engine vs the copy floor and dask.array.
+
+    \b
+    Examples:
+      distconv bench multiply --size 8192 --engines scipy,numba
+    """,
+}
+
+
+@click.group("bench")
+def bench_group() -> None:
+    """Benchmark engines on this machine: convolve, matmul, multiply (table, JSON, PNG)."""
+
+
+for _name in _DEFAULT_ENGINES:
+    bench_group.add_command(_bench_command(_name))
