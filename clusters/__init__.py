@@ -1,47 +1,97 @@
 """Where the work runs: one spec parser for the CLI and the API.
 
-Forms: ``local`` (embedded LocalCluster, default), ``threads`` (no cluster, this process),
-``tcp://HOST:PORT`` / ``tls://HOST:PORT`` (an existing scheduler). The multi-GPU (``cuda``) and
-job-queue (``*.yaml``) kinds plug in here as they land.
+Forms:
+
+``local``
+    An embedded ``distributed.LocalCluster`` of worker processes sized to this machine's cores
+    and memory, scheduler and dashboard on 127.0.0.1 (the default).
+``threads``
+    No cluster: Dask's threaded scheduler in this process.
+``cuda``
+    dask-cuda's ``LocalCUDACluster``: one worker per visible GPU (:mod:`.cuda`).
+``tcp://HOST:PORT`` / ``tls://HOST:PORT``
+    A scheduler that already runs; TLS from Dask's security config (:mod:`.remote`).
+``PATH.yaml``
+    A dask-jobqueue cluster (SLURM, PBS, SGE, LSF) described by a file (:mod:`.jobqueue`).
+
+Every cluster gets distconv's worker plugins (:mod:`.plugins`): thread pools capped at each
+worker's share of the cores, and TensorFlow/CuPy set up to share a GPU worker's device.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 from distconv.errors import DistconvError
 
-SPEC_FORMS = "local, threads, tcp://HOST:PORT, tls://HOST:PORT"
+SPEC_FORMS = "local, threads, cuda, tcp://HOST:PORT, tls://HOST:PORT, PATH.yaml (dask-jobqueue)"
+KINDS = ("local", "threads", "cuda", "remote", "jobqueue")
 
 
 @dataclass(frozen=True)
 class ClusterSpec:
-    """A parsed ``--cluster`` value."""
+    """A parsed ``--cluster`` value.
 
-    kind: str  # "local" | "threads" | "remote"
+    Attributes
+    ----------
+    kind : str
+        One of :data:`KINDS`.
+    address : str, optional
+        The scheduler address of a ``remote`` spec.
+    path : str, optional
+        The YAML file of a ``jobqueue`` spec.
+    """
+
+    kind: str
     address: str | None = None
+    path: str | None = None
 
 
 def parse_spec(spec: str | None) -> ClusterSpec:
-    """Parse a cluster spec; an unknown one is a one-line error listing the forms."""
+    """Parse a cluster spec; an unknown one is a one-line error listing the forms.
+
+    Parameters
+    ----------
+    spec : str, optional
+        See :data:`SPEC_FORMS`; default from config ``distconv.cluster`` ("local").
+
+    Raises
+    ------
+    DistconvError
+        For anything else, or a ``.yaml`` path that does not exist.
+    """
     if spec is None:
         from distconv.config import get_default
 
         spec = get_default("cluster")
     text = str(spec).strip()
-    if text in ("local", "threads"):
+    if text in ("local", "threads", "cuda"):
         return ClusterSpec(text)
-    if text.startswith(("tcp://", "tls://")) and len(text) > len("tcp://"):
-        return ClusterSpec("remote", text)
+    if text.startswith(("tcp://", "tls://")):
+        host_port = text.split("://", 1)[1]
+        host, _, port = host_port.rpartition(":")
+        if host and port.isdigit():
+            return ClusterSpec("remote", address=text)
+        raise DistconvError(f"cluster address {spec!r} must be tcp://HOST:PORT or "
+                            "tls://HOST:PORT")
+    from distconv.clusters.jobqueue import is_yaml_path
+
+    if is_yaml_path(text):
+        import os
+
+        if not os.path.isfile(text):
+            raise DistconvError(f"cluster file {text}: no such file")
+        return ClusterSpec("jobqueue", path=text)
     raise DistconvError(f"unknown cluster {spec!r}; use one of: {SPEC_FORMS}")
 
 
 @contextlib.contextmanager
 def cluster(spec: str | None = None, *, workers: int | None = None,
             threads_per_worker: int | None = None, memory_limit: str | int | None = None,
-            quiet: bool = False) -> Iterator[object]:
+            rmm_pool_size: str | int | None = None, quiet: bool = False) -> Iterator[Any]:
     """Start (or connect to) the cluster a spec names and yield its ``distributed.Client``.
 
     Parameters
@@ -50,7 +100,9 @@ def cluster(spec: str | None = None, *, workers: int | None = None,
         See :data:`SPEC_FORMS`; default from config ``distconv.cluster`` ("local").
     workers, threads_per_worker, memory_limit
         Sizing for ``local`` (default: one single-threaded worker process per core, memory
-        shared equally).
+        shared equally) and ``cuda`` (default: one single-threaded worker per GPU).
+    rmm_pool_size : str or int, optional
+        ``cuda`` only: an RMM pool of this size on each GPU worker (e.g. ``"24GB"``).
     quiet : bool
         Do not print the dashboard link.
 
@@ -58,28 +110,79 @@ def cluster(spec: str | None = None, *, workers: int | None = None,
     ------
     distributed.Client or None
         None for ``threads``: Dask's threaded scheduler runs in this process.
+
+    Examples
+    --------
+    >>> with dc.cluster("tcp://10.0.0.5:8786") as client:   # doctest: +SKIP
+    ...     dc.save(dc.convolve(dc.open("big.zarr"), w), "out.zarr")
     """
     parsed = parse_spec(spec)
+    if rmm_pool_size is not None and parsed.kind != "cuda":
+        raise DistconvError("--rmm-pool-size applies to --cluster cuda only")
     if parsed.kind == "threads":
         yield None
         return
     from distributed import Client
 
+    from distconv.clusters.plugins import register_plugins
+
     if parsed.kind == "remote":
-        try:
-            client = Client(parsed.address, timeout="10s")
-        except (OSError, TimeoutError) as exc:
-            raise DistconvError(f"cannot reach the scheduler at {parsed.address} ({exc})") \
-                from None
-        with client:
+        from distconv.clusters.remote import connect
+
+        with connect(parsed.address) as client:
+            register_plugins(client)
             yield client
         return
-    from distconv.clusters.local import local_cluster
+    if parsed.kind == "local":
+        from distconv.clusters.local import local_cluster
 
-    with local_cluster(workers=workers, threads_per_worker=threads_per_worker,
-                       memory_limit=memory_limit) as lc, Client(lc) as client:
+        made = local_cluster(workers=workers, threads_per_worker=threads_per_worker,
+                             memory_limit=memory_limit)
+    elif parsed.kind == "cuda":
+        from distconv.clusters.cuda import cuda_cluster
+
+        made = cuda_cluster(workers=workers, threads_per_worker=threads_per_worker,
+                            memory_limit=memory_limit, rmm_pool_size=rmm_pool_size)
+    else:
+        if workers or threads_per_worker or memory_limit:
+            raise DistconvError("--workers/--threads-per-worker do not apply to a cluster file; "
+                                "size it with the file's 'cluster', 'scale' or 'adapt'")
+        from distconv.clusters.jobqueue import jobqueue_cluster
+
+        made = jobqueue_cluster(parsed.path)
+    with made, Client(made) as client:
+        register_plugins(client, rmm=rmm_pool_size is not None)
         if not quiet and client.dashboard_link:
-            import sys
-
             print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
         yield client
+
+
+def describe(client) -> dict[str, Any]:
+    """Scheduler, workers, threads, memory, resources and GPUs of a connected cluster.
+
+    GPU names come from the worker's NVML metrics when distributed reports them (no CUDA
+    context is made for this), else from a ``GPU`` resource.
+    """
+    info = client.scheduler_info(n_workers=-1)
+    workers = []
+    for address, worker in sorted(info["workers"].items()):
+        gpu = worker.get("gpu") or (worker.get("metrics") or {}).get("gpu")
+        gpu_name = gpu.get("name") if isinstance(gpu, dict) else None
+        resources = dict(worker.get("resources") or {})
+        workers.append({
+            "address": address,
+            "name": str(worker.get("name")),
+            "threads": int(worker.get("nthreads", 0)),
+            "memory_limit": int(worker.get("memory_limit") or 0),
+            "resources": resources,
+            "gpu": gpu_name or ("GPU resource" if resources.get("GPU") else None),
+            "gpu_memory": int(gpu.get("memory-total", 0)) if isinstance(gpu, dict) else None,
+        })
+    return {
+        "scheduler": info.get("address"),
+        "dashboard": client.dashboard_link,
+        "workers": workers,
+        "total_threads": sum(w["threads"] for w in workers),
+        "total_memory": sum(w["memory_limit"] for w in workers),
+        "gpus": sum(1 for w in workers if w["gpu"]),
+    }

@@ -54,7 +54,8 @@ class _Context:
 def _run_filter(operation: str, input: str, weights: str, output: str | None, mode: str,
                 cval: float, origin: str, axes: str | None, method: str, engine: str,
                 dtype: str | None, overwrite: bool, cluster_spec: str | None,
-                workers: int | None, threads_per_worker: int | None, quiet: bool) -> None:
+                workers: int | None, threads_per_worker: int | None, quiet: bool,
+                rmm_pool_size: str | None = None) -> None:
     import distconv as dc
     from distconv.clusters import cluster, parse_spec
     from distconv.io import check_output_path, source_paths
@@ -73,6 +74,7 @@ def _run_filter(operation: str, input: str, weights: str, output: str | None, mo
     check_output_path(output, source_paths(y), overwrite)  # before any cluster starts
 
     with cluster(cluster_spec, workers=workers, threads_per_worker=threads_per_worker,
+                 rmm_pool_size=rmm_pool_size,
                  quiet=quiet):
         start = time.perf_counter()
         dc.save(y, output, overwrite=overwrite, progress=not quiet, description=operation,
@@ -121,10 +123,12 @@ def _filter_command(operation: str):
     @click.option("--dtype", help="Output dtype (e.g. float32, uint16) [default: float].")
     @click.option("--overwrite", is_flag=True, help="Replace an existing output store.")
     @click.option("--cluster", "cluster_spec", default=None,
-                  help="local (default) | threads | tcp://HOST:PORT | tls://HOST:PORT.")
+                  help="local (default) | threads | cuda | tcp://HOST:PORT | tls://HOST:PORT "
+                  "| PATH.yaml (dask-jobqueue).")
     @click.option("--workers", type=click.IntRange(min=1), help="Worker processes (local).")
     @click.option("--threads-per-worker", type=click.IntRange(min=1),
                   help="Threads per worker (local).")
+    @click.option("--rmm-pool-size", help="RMM pool per GPU worker (--cluster cuda), e.g. 24GB.")
     @click.option("-q", "--quiet", is_flag=True, help="No progress bar, links or summary.")
     def command(**kwargs):
         _run_filter(operation, **kwargs)
@@ -245,6 +249,7 @@ def _register_linalg_commands() -> None:
 
 
 _register_linalg_commands()
+__import__("distconv.cli_cluster").cli_cluster.register(cli)  # `distconv cluster info`
 cli.add_command(__import__("distconv.cli_bench").cli_bench.bench_group, "bench")  # distconv bench
 
 

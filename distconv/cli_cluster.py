@@ -1,0 +1,94 @@
+"""``distconv cluster info``: what a ``--cluster`` spec gives you (workers, threads, memory, GPUs).
+
+Same conventions as the other commands: user errors are one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+CLUSTER_HELP = ("local (default) | threads | cuda | tcp://HOST:PORT | tls://HOST:PORT | "
+                "PATH.yaml (dask-jobqueue: SLURM, PBS, SGE, LSF).")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+@click.group("cluster")
+def cluster_group() -> None:
+    """Inspect the cluster a --cluster spec names."""
+
+
+@cluster_group.command("info")
+@click.option("--cluster", "cluster_spec", default=None, help=CLUSTER_HELP)
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes (local, cuda).")
+@click.option("--threads-per-worker", type=click.IntRange(min=1),
+              help="Threads per worker (local, cuda).")
+@click.option("--rmm-pool-size", default=None, help="RMM pool per GPU worker (cuda), e.g. 24GB.")
+@click.option("--wait", "wait_workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Wait for this many workers first (a cluster file's jobs start later).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def info_command(cluster_spec: str | None, workers: int | None, threads_per_worker: int | None,
+                 rmm_pool_size: str | None, wait_workers: int, as_json: bool) -> None:
+    """Start or connect to the cluster SPEC names and list its workers: threads, memory,
+    resources and GPUs. For a cluster file, also the job script dask-jobqueue submits.
+
+    \b
+    Examples:
+      distconv cluster info                                  # the default local cluster
+      distconv cluster info --cluster tcp://10.0.0.5:8786
+      distconv cluster info --cluster slurm.yaml             # job script + scaling
+    """
+    from distconv.clusters import cluster, describe, parse_spec
+
+    parsed = parse_spec(cluster_spec)
+    if parsed.kind == "threads":
+        import dask.system
+
+        text = {"kind": "threads", "threads": int(dask.system.CPU_COUNT)}
+        click.echo(json.dumps(text) if as_json else
+                   f"no cluster: Dask's threaded scheduler in this process, "
+                   f"{text['threads']} threads")
+        return
+    with cluster(cluster_spec, workers=workers, threads_per_worker=threads_per_worker,
+                 rmm_pool_size=rmm_pool_size, quiet=True) as client:
+        if wait_workers:
+            client.wait_for_workers(wait_workers)
+        description = {"kind": parsed.kind, **describe(client)}
+        if parsed.kind == "jobqueue":
+            from distconv.clusters.jobqueue import load_spec
+
+            spec = load_spec(parsed.path)
+            description["system"] = spec.system
+            description["bounds"] = spec.bounds
+            description["job_script"] = client.cluster.job_script()
+    if as_json:
+        click.echo(json.dumps(description, indent=2))
+        return
+    click.echo(f"{'kind:':12}{description['kind']}")
+    click.echo(f"{'scheduler:':12}{description['scheduler']}")
+    click.echo(f"{'dashboard:':12}{description['dashboard']}")
+    click.echo(f"{'workers:':12}{len(description['workers'])} "
+               f"({description['total_threads']} threads, "
+               f"{_gib(description['total_memory'])} memory, {description['gpus']} GPUs)")
+    for worker in description["workers"]:
+        resources = ",".join(f"{k}={v:g}" for k, v in worker["resources"].items())
+        gpu = worker["gpu"] or ""
+        if worker["gpu_memory"]:
+            gpu += f" ({_gib(worker['gpu_memory'])})"
+        click.echo(f"  {worker['address']}  {worker['threads']} threads  "
+                   f"{_gib(worker['memory_limit'])}"
+                   + (f"  resources {resources}" if resources else "")
+                   + (f"  gpu {gpu}" if gpu else ""))
+    if parsed.kind == "jobqueue":
+        click.echo(f"{'system:':12}{description['system']} ({description['bounds']})")
+        click.echo("job script:")
+        click.echo(description["job_script"].rstrip())
+
+
+def register(cli: click.Group) -> None:
+    """Add the ``cluster`` command group to the ``distconv`` CLI."""
+    cli.add_command(cluster_group, "cluster")
