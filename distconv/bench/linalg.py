@@ -102,8 +102,8 @@ def bench_linalg(operation: str, size: int = 8192, engines: Sequence[str] = ("sc
     """Time ``matmul`` or ``multiply`` of two size² float32 Zarr arrays per engine.
 
     Parameters are those of :func:`distconv.bench.convolve.bench_convolve`; the result's rate is
-    GFLOP/s (2 n³ for matmul, n² for multiply) and its floor in-memory BLAS (matmul) or the
-    Zarr → Zarr copy (multiply). The distconv outputs are checked against float64 NumPy.
+    GFLOP/s for matmul (2 n³) and million elements per second for multiply, and its floor is
+    in-memory BLAS (matmul) or the Zarr → Zarr copy of one operand (multiply). The distconv outputs are checked against float64 NumPy.
     """
     import zarr
 
@@ -114,8 +114,9 @@ def bench_linalg(operation: str, size: int = 8192, engines: Sequence[str] = ("sc
     memory: dict = {}
     build = matmul_contenders if operation == "matmul" else multiply_contenders
     contenders = build(a_path, b_path, workdir, engines, memory, references)
-    work = (2.0 * size ** 3 if operation == "matmul" else float(size * size)) / 1e9
-    result = Result(operation, unit="GFLOP/s", work=work,
+    # matmul: GFLOP (2 n³); multiply: million elements (n²), its cost is memory, not FLOPs.
+    work = 2.0 * size ** 3 / 1e9 if operation == "matmul" else size * size / 1e6
+    result = Result(operation, unit="GFLOP/s" if operation == "matmul" else "Melem/s", work=work,
                     floor_name="BLAS" if operation == "matmul" else "Zarr→Zarr copy",
                     setup={"size": size, "chunk": chunk, "dtype": "float32",
                            "engines": list(engines), "repeats": repeats, "workers": workers})

@@ -1,0 +1,85 @@
+"""``distconv bench``: the command runs end to end with tiny sizes (table rows, JSON, PNG)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from distconv.bench.common import Contender, run_alternating
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _distconv(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DASK_DISTCONV__PROGRESS": "False"}
+    return subprocess.run([sys.executable, "-m", "distconv.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
+def test_bench_convolve_smoke(tmp_path):
+    out = tmp_path / "results"
+    done = _distconv("bench", "convolve", "--size", "192", "--chunk", "64", "--kernels", "3,9",
+                     "--engines", "scipy", "--repeats", "1", "--workers", "1",
+                     "--output-dir", str(out), "--workdir", str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    data = json.loads((out / "bench-convolve.json").read_text())
+    assert data["benchmark"] == "convolve" and data["setup"]["size"] == 192
+    rows = {(r["group"], r["contender"]): r for r in data["rows"]}
+    for k in ("3×3", "9×9"):
+        floor, ours = rows[(k, "Zarr→Zarr copy")], rows[(k, "distconv scipy")]
+        assert floor["vs_floor"] == 1.0 and len(floor["runs"]) == 1
+        assert ours["seconds"] > 0 and ours["rate"] == pytest.approx(192 * 192 / 1e6 /
+                                                                     ours["seconds"])
+        assert ours["vs_floor"] == pytest.approx(ours["seconds"] / floor["seconds"])
+        assert ours["error"] < 1e-5  # the output really is scipy.ndimage.convolve's
+        assert ours["method"] in ("direct", "fft", "separable") and ours["engine"] == "scipy"
+        assert f"{k}" in done.stdout
+    # The table printed every row of the JSON, with the ratio columns.
+    assert done.stdout.count("distconv scipy") == 2 and "× Zarr→Zarr copy" in done.stdout
+    png = (out / "bench-convolve.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 5000
+    assert not any(p.name.endswith(".zarr") for p in tmp_path.iterdir())  # scratch removed
+
+
+def test_bench_matmul_in_process_threads(tmp_path):
+    from distconv import bench
+
+    result = bench.run("matmul", size=96, engines=["scipy"], chunk=32, repeats=1,
+                       cluster="threads", workdir=tmp_path)
+    names = [row.contender for row in result.rows]
+    assert names == ["numpy.matmul, in memory", "distconv.matmul scipy", "dask.array.matmul"]
+    ours = result.rows[1]
+    assert ours.error < 1e-5 and ours.vs_floor > 0 and ours.vs_reference > 0
+    json_path, png_path = bench.write_outputs(result, tmp_path / "out")
+    assert json.loads(json_path.read_text())["rows"][1]["error"] == ours.error
+    assert png_path.read_bytes().startswith(PNG_MAGIC)
+    assert "| matmul | distconv.matmul scipy |" in bench.markdown(result)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["convolve", "--engines", "numba-foo"], "unknown engine"),
+    (["convolve", "--kernels", "3,x"], "--kernels must be integers"),
+    (["convolve", "--size", "16", "--kernels", "31"], "larger than the image"),
+    (["matmul", "--engines", "numba"], "cannot matmul"),
+])
+def test_bench_bad_arguments_one_line_exit_2_nothing_written(tmp_path, args, message):
+    out = tmp_path / "results"
+    done = _distconv("bench", *args, "--output-dir", str(out), cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_contenders_alternate_after_one_warm_up():
+    calls: list[str] = []
+    contenders = [Contender(name, (lambda name=name: calls.append(name))) for name in "abc"]
+    contenders.append(Contender("skipped", lambda: calls.append("skipped"), skip="too slow"))
+    run_alternating(contenders, repeats=3)
+    assert calls == list("abc") + list("abc") + list("cba") + list("abc")
+    assert all(len(c.runs) == 3 for c in contenders[:3]) and contenders[3].runs == []
+    assert contenders[0].seconds == float(np.median(contenders[0].runs))
