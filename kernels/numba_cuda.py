@@ -531,6 +531,9 @@ def multiply(a, b, *, threads: int | None = None, max_blocks: int = MAX_MULTIPLY
         return result().reshape(a.shape)
 
 
+_SIMULATOR_LOCK = Lock()
+
+
 def map_chunk(fn, kwargs: dict, *blocks):
     """Run a user's Numba CUDA function (``distconv.map_chunks``) on device arrays.
 
@@ -540,7 +543,9 @@ def map_chunk(fn, kwargs: dict, *blocks):
     a NumPy array. The result comes back in the blocks' kind: CuPy for CuPy blocks, else NumPy.
     """
     call = _Call(*blocks)
-    with call.active():
+    # The simulator swaps the kernel module's `cuda` global while a kernel runs, so two threads
+    # calling user code that uses `cuda` at once would see the fake module: one at a time there.
+    with _SIMULATOR_LOCK if SIMULATOR else contextlib.nullcontext(), call.active():
         out = fn(*(call.to_kernel(call.array(b, b.dtype)) for b in blocks), **kwargs)
         if call.gpu:
             return call.xp.asarray(out)  # zero-copy through __cuda_array_interface__
