@@ -1,133 +1,74 @@
-"""Zarr → Zarr convolution vs the copy floor and dask-image, side by side in one run.
+"""Zarr → Zarr convolution vs the copy floor and the reference tools, side by side in one run.
 
-8192² float32 in 2048² Zarr chunks (defaults), kernels 3×3 and 31×31, on the embedded
-LocalCluster (one single-threaded worker per core). Each repeat runs every contender once, in
-turn, on the same data; the table reports medians and ratios to the copy time measured in the
-same run. Results go to benchmarks/RESULTS.md (section "convolve").
+The same benchmark as ``distconv bench convolve`` (distconv.bench.convolve), plus the verdict on
+the targets (k = 3 ≤ 1.3× the copy floor; every k from 5 to 127 ≤ 2×) and the section
+"convolve" of benchmarks/RESULTS.md. JSON and the PNG chart go to --output-dir.
 
-    python benchmarks/convolve.py [--size 8192] [--chunk 2048] [--kernels 3,31] [--repeats 3]
+    python benchmarks/convolve.py [--size 8192] [--chunk 2048] [--kernels 3,9,31,127]
+        [--engines auto,scipy,numba,tensorflow] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
-import statistics
-import tempfile
-import time
-from pathlib import Path
+import sys
 
-import dask.array as da
-import numpy as np
-import zarr
-
-import distconv as dc
-from results import machine, write_section
+from distconv import bench
+from distconv.bench.report import Result
+from results import write_section
 
 
-def make_input(path: Path, size: int, chunk: int) -> None:
-    """Random float32 (seeded, never zeros), written strip by strip to bound memory."""
-    rng = np.random.default_rng(0)
-    array = zarr.create_array(str(path), shape=(size, size), chunks=(chunk, chunk),
-                              dtype="float32")
-    for start in range(0, size, chunk):
-        array[start:start + chunk] = rng.random((min(chunk, size - start), size),
-                                                dtype=np.float32)
+def verdict(result: Result) -> list[str]:
+    """Per kernel: the fastest distconv row against its target multiple of the copy floor."""
+    lines = []
+    for group in result.groups():
+        k = int(group.split("×")[0])
+        target = 1.3 if k <= 3 else 2.0
+        rows = [r for r in result.rows if r.group == group and r.kind == "distconv"
+                and r.vs_floor is not None]
+        if not rows:
+            continue
+        best = min(rows, key=lambda r: r.vs_floor)
+        state = "met" if best.vs_floor <= target else "not met"
+        lines.append(f"- {group}: target ≤ {target}× copy floor {state}: best "
+                     f"{best.contender} ({best.method}/{best.engine}) {best.vs_floor:.2f}×.")
+    return lines
 
 
-def timed(function) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
-
-
-def contenders(source: Path, out: Path, kernel: np.ndarray) -> dict[str, callable]:
-    def fresh(name):
-        target = out / name
-        shutil.rmtree(target, ignore_errors=True)
-        return str(target)
-
-    def copy():
-        da.from_zarr(str(source)).to_zarr(fresh("copy.zarr"))
-
-    def distconv_auto():
-        dc.save(dc.convolve(dc.open(source), kernel), fresh("dc.zarr"), progress=False)
-
-    found = {"Zarr→Zarr copy (floor)": copy, "distconv (auto)": distconv_auto}
-    try:
-        from dask_image.ndfilters import convolve as dask_image_convolve
-
-        def dask_image():
-            x = da.from_zarr(str(source))
-            dask_image_convolve(x, kernel).to_zarr(fresh("di.zarr"))
-
-        found["dask-image ndfilters.convolve"] = dask_image
-    except ImportError:
-        pass
-    return found
-
-
-def main() -> None:
+def main(argv=None) -> Result:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--chunk", type=int, default=2048)
-    parser.add_argument("--kernels", default="3,31")
+    parser.add_argument("--kernels", default="3,9,31,127")
+    parser.add_argument("--engines", default="auto,scipy,numba,tensorflow")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--slow-repeats", type=int, default=1,
-                        help="repeats for dask-image at kernels ≥ 15 (minutes each)")
+    parser.add_argument("--max-seconds", type=float, default=120.0,
+                        help="list a cell as skipped when its estimated time is longer")
+    parser.add_argument("--output-dir", default="distconv-bench")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    from distconv.cli_bench import check_engines
 
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="distconv-bench-") as tmp, \
-            dc.cluster("local", quiet=True) as client:
-        tmp = Path(tmp)
-        source = tmp / "input.zarr"
-        make_input(source, args.size, args.chunk)
-        workers = client.scheduler_info()["workers"]
-        cluster_text = f"LocalCluster {len(workers)} workers × " \
-                       f"{next(iter(workers.values()))['nthreads']} thread(s)"
-        for size in (int(k) for k in args.kernels.split(",")):
-            kernel = np.random.default_rng(size).standard_normal((size, size))
-            runs = contenders(source, tmp, kernel)
-            times: dict[str, list[float]] = {name: [] for name in runs}
-            for name, function in runs.items():  # warm-up: imports, compilation, page cache
-                if not name.startswith("dask-image") or size < 15:
-                    function()
-            for repeat in range(args.repeats):
-                for name, function in runs.items():
-                    if name.startswith("dask-image") and size >= 15 and \
-                            repeat >= args.slow_repeats:
-                        continue
-                    times[name].append(timed(function))
-                    print(f"k={size} {name}: {times[name][-1]:.2f} s", flush=True)
-            method = dc.info(tmp / "dc.zarr")["provenance"]["steps"][0]
-            floor = statistics.median(times["Zarr→Zarr copy (floor)"])
-            for name, values in times.items():
-                median = statistics.median(values)
-                rows.append((size, name, median, median / floor, len(values),
-                             f"{method['method']}/{method['engine']}" if "distconv" in name
-                             else ""))
-
-    mpx = args.size * args.size / 1e6
-    lines = [
-        "## Convolution, Zarr → Zarr (benchmarks/convolve.py)",
-        "",
-        f"{args.size}² float32, Zarr chunks {args.chunk}², {cluster_text}. Machine: {machine()}.",
-        f"Command: `python benchmarks/convolve.py --size {args.size} --chunk {args.chunk} "
-        f"--kernels {args.kernels} --repeats {args.repeats}`. Median of the runs; ratio = time "
-        "/ the copy floor measured in the same run.",
-        "",
-        "| kernel | contender | seconds | Mpx/s | × copy floor | runs | method/engine |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for size, name, median, ratio, runs, how in rows:
-        lines.append(f"| {size}×{size} | {name} | {median:.2f} | {mpx / median:.1f} | "
-                     f"{ratio:.2f} | {runs} | {how} |")
-    text = "\n".join(lines)
-    print(text)
+    engines = check_engines("convolve", args.engines)
+    result = bench.run("convolve", size=args.size, engines=engines,
+                       kernels=[int(k) for k in args.kernels.split(",")], chunk=args.chunk,
+                       repeats=args.repeats, max_seconds=args.max_seconds,
+                       log=lambda line: print(line, file=sys.stderr, flush=True))
+    command = (f"python benchmarks/convolve.py --size {args.size} --chunk {args.chunk} "
+               f"--kernels {args.kernels} --engines {args.engines} --repeats {args.repeats}")
+    result.setup["command"] = command
+    result.notes += ["Targets (fastest distconv engine per kernel):", "", *verdict(result)]
+    bench.write_outputs(result, args.output_dir)
+    bench.print_table(result)
+    text = "\n".join([
+        "## Convolution, Zarr → Zarr (benchmarks/convolve.py, `distconv bench convolve`)", "",
+        f"Command: `{command}`. Ratios: time / the Zarr → Zarr copy measured in the same run "
+        "(× floor) and / dask-image, or in-memory SciPy where dask-image was skipped "
+        "(× reference); max rel. error: a window across a chunk corner vs float64 SciPy.", "",
+        bench.markdown(result)])
     if not args.no_write:
         write_section("convolve", text)
+    return result
 
 
 if __name__ == "__main__":

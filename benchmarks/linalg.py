@@ -19,168 +19,27 @@ benchmarks/RESULTS.md (section "linalg").
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import shutil
 import statistics
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
-import psutil
 import zarr
 from dask.utils import format_bytes
 
 import distconv as dc
+from distconv.bench import cluster_text as describe_cluster
+from distconv.bench.common import PeakMemory, fresh, make_input, timed
+from distconv.bench.linalg import (floor_text, io_floor, io_floor_percent,
+                                   matmul_contenders, multiply_contenders, profile,
+                                   profile_text, task_gemm_rate, verdict_text)
 from distconv.ops.linalg import plan_for
 from results import machine, write_section
 
 
-def make_input(path: Path, size: int, chunk: int, seed: int) -> None:
-    """Random float32 in [0.5, 1.5) (seeded, never zeros), written strip by strip."""
-    rng = np.random.default_rng(seed)
-    array = zarr.create_array(str(path), shape=(size, size), chunks=(chunk, chunk),
-                              dtype="float32")
-    for start in range(0, size, chunk):
-        rows = min(chunk, size - start)
-        array[start:start + rows] = rng.random((rows, size), dtype=np.float32) + 0.5
-
-
-class PeakMemory:
-    """Samples the resident memory of this process and all its children (the workers)."""
-
-    def __init__(self, interval: float = 0.05):
-        self.interval = interval
-        self.peak_total = 0
-        self.peak_process = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def __enter__(self) -> "PeakMemory":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            sizes = []
-            for process in [me, *me.children(recursive=True)]:
-                try:
-                    sizes.append(process.memory_info().rss)
-                except psutil.Error:  # a process that just ended
-                    continue
-            self.peak_total = max(self.peak_total, sum(sizes))
-            self.peak_process = max(self.peak_process, max(sizes, default=0))
-            self._stop.wait(self.interval)
-
-
-def fresh(path: Path) -> str:
-    shutil.rmtree(path, ignore_errors=True)
-    return str(path)
-
-
-def timed(function) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
-
-
-def profile(client, function) -> tuple[float, dict[str, float]]:
-    """Wall seconds and the seconds workers spent per task kind (compute and transfer)."""
-    from distributed import get_task_stream
-
-    with get_task_stream(client) as stream:
-        seconds = timed(function)
-    spent: dict[str, float] = collections.Counter()
-    for task in stream.data:
-        kind = task["key"][0] if isinstance(task["key"], tuple) else task["key"]
-        kind = str(kind).rsplit("-", 1)[0]
-        for part in task["startstops"]:
-            action = part["action"]
-            label = kind if action == "compute" else f"({action})"
-            spent[label] += part["stop"] - part["start"]
-    return seconds, dict(spent)
-
-
-def profile_text(name: str, seconds: float, spent: dict[str, float], workers: int) -> str:
-    total = workers * seconds
-    busy = sorted(spent.items(), key=lambda item: -item[1])
-    parts = ", ".join(f"{label} {value:.1f} s" for label, value in busy[:6])
-    idle = max(0.0, total - sum(spent.values()))
-    return (f"- {name}: {seconds:.1f} s wall × {workers} workers = {total:.1f} worker-s: "
-            f"{parts}; idle/overhead {idle:.1f} s")
-
-
-def io_floor(a_path: Path, b_path: Path, product: np.ndarray, chunks, bytes_read: int,
-             scratch: Path) -> tuple[float, float]:
-    """Core-seconds (all threads of this process) to decode what the plan reads, and to encode
-    and write the product once, with the stores' codecs and the output's chunks."""
-    start = time.process_time()
-    inputs = zarr.open_array(str(a_path))[:].nbytes + zarr.open_array(str(b_path))[:].nbytes
-    decode = (time.process_time() - start) * bytes_read / inputs
-    target = zarr.create_array(fresh(scratch), shape=product.shape, chunks=chunks,
-                               dtype=product.dtype)
-    start = time.process_time()
-    target[:] = product
-    return decode, time.process_time() - start
-
-
-def task_gemm_rate(a: np.ndarray, b: np.ndarray, plan) -> float:
-    """GFLOP/s of one matmul task's GEMM alone (its panels in memory, its BLAS threads)."""
-    from threadpoolctl import threadpool_limits
-
-    a_panel = np.ascontiguousarray(a[:plan.block_n, :plan.block_k])
-    b_panel = np.ascontiguousarray(b[:plan.block_k, :plan.block_m])
-    with threadpool_limits(limits=plan.blas_threads, user_api="blas"):
-        seconds = timed(lambda: np.matmul(a_panel, b_panel))
-    return 2.0 * a_panel.shape[0] * a_panel.shape[1] * b_panel.shape[1] / seconds / 1e9
-
-
-def io_floor_percent(decode: float, encode: float, numpy_seconds: float) -> float:
-    """The best Zarr → Zarr rate, in % of in-memory BLAS, when every core-second that is not
-    GEMM goes to Zarr decode and encode (nothing else, no idle core)."""
-    gemm = numpy_seconds * (os.cpu_count() or 1)
-    return 100 * gemm / (gemm + decode + encode)
-
-
-def floor_text(decode: float, encode: float, numpy_seconds: float) -> str:
-    gemm = numpy_seconds * (os.cpu_count() or 1)
-    return (f"- Zarr I/O alone (measured in this process): decoding the panels distconv's plan "
-            f"reads costs {decode:.1f} core-s and encoding + writing the product "
-            f"{encode:.1f} core-s, next to {gemm:.1f} core-s of GEMM (in-memory numpy.matmul "
-            f"× {os.cpu_count()} cores). With every core busy, Zarr → Zarr can reach at most "
-            f"{io_floor_percent(decode, encode, numpy_seconds):.0f} % of the in-memory rate "
-            "here.")
-
-
-def verdict_text(matmul_percent: float, floor_percent: float, dask_percent: float,
-                 multiply_ratio: float, gemm_percent: float) -> str:
-    """What the numbers say about the targets (≥ 90 % of in-memory BLAS; multiply ≤ 1.05×)."""
-    matmul = (f"Target ≥ 90 % of in-memory BLAS: {'met' if matmul_percent >= 90 else 'not met'}"
-              f" ({matmul_percent:.0f} %; dask.array {dask_percent:.0f} %).")
-    if matmul_percent < 90:
-        matmul += (
-            f" The profile says why: one distconv task's GEMM alone (its panels, its BLAS "
-            f"threads) runs at {gemm_percent:.0f} % of the in-memory per-core rate, but the "
-            f"stores are zstd-compressed and the in-memory run decodes and encodes nothing. On "
-            f"{os.cpu_count()} cores those codec core-seconds cannot hide behind the GEMM, so "
-            f"the Zarr I/O floor above ({floor_percent:.0f} %) bounds any Zarr → Zarr matmul "
-            + (f"here; distconv is {floor_percent - matmul_percent:.0f} points below it (task "
-               "hand-over and the write tail in the task stream, and the other jobs on the "
-               "machine)." if matmul_percent < floor_percent else "here, and distconv reaches it."))
-    multiply = (f"Target multiply ≤ 1.05× dask.array: "
-                f"{'met' if multiply_ratio <= 1.05 else 'not met'} ({multiply_ratio:.2f}×).")
-    return f"{matmul} {multiply}"
-
-
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--chunk", type=int, default=1024)
@@ -188,7 +47,7 @@ def main() -> None:
     parser.add_argument("--peak-size", type=int, default=16384,
                         help="size of the matmul whose peak memory is reported (0: skip)")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     n = args.size
     flops = 2.0 * n ** 3
     load_before = os.getloadavg()
@@ -199,60 +58,48 @@ def main() -> None:
         a_path, b_path = tmp / "a.zarr", tmp / "b.zarr"
         make_input(a_path, n, args.chunk, seed=1)
         make_input(b_path, n, args.chunk, seed=2)
-        workers = client.scheduler_info()["workers"]
-        n_workers = len(workers)
-        cluster_text = f"LocalCluster {n_workers} workers × " \
-                       f"{next(iter(workers.values()))['nthreads']} thread(s)"
+        n_workers = len(client.scheduler_info()["workers"])
+        cluster_text = "LocalCluster " + describe_cluster(client)
         # The in-memory operands, dropped once the error check is done (the 16384² run needs room).
         memory = {"a": zarr.open_array(str(a_path))[:], "b": zarr.open_array(str(b_path))[:]}
         plan = plan_for(dc.open(a_path), dc.open(b_path))
         gemm_rate = task_gemm_rate(memory["a"], memory["b"], plan)
         print(plan.describe(), flush=True)
 
-        def numpy_matmul():
-            np.matmul(memory["a"], memory["b"])
-
-        def distconv_matmul():
-            dc.save(dc.matmul(dc.open(a_path), dc.open(b_path)), fresh(tmp / "c_dc.zarr"),
-                    progress=False)
-
-        def dask_matmul():
-            da.matmul(da.from_zarr(str(a_path)), da.from_zarr(str(b_path))) \
-                .to_zarr(fresh(tmp / "c_da.zarr"))
-
-        def distconv_multiply():
-            dc.save(dc.multiply(dc.open(a_path), dc.open(b_path)), fresh(tmp / "m_dc.zarr"),
-                    progress=False)
-
-        def dask_multiply():
-            (da.from_zarr(str(a_path)) * da.from_zarr(str(b_path))) \
-                .to_zarr(fresh(tmp / "m_da.zarr"))
-
-        matmuls = {"numpy.matmul, in memory": numpy_matmul,
-                   "distconv.matmul, Zarr → Zarr": distconv_matmul,
-                   "dask.array.matmul, Zarr → Zarr": dask_matmul}
-        multiplies = {"distconv.multiply, Zarr → Zarr": distconv_multiply,
-                      "dask.array a * b, Zarr → Zarr": dask_multiply}
-        times: dict[str, list[float]] = {name: [] for name in (*matmuls, *multiplies)}
+        # The same contenders as `distconv bench matmul|multiply` (distconv.bench.linalg), with
+        # distconv's own engine choice; their names here are those RESULTS.md has always used.
+        names = {"numpy.matmul, in memory": "numpy.matmul, in memory",
+                 "distconv.matmul auto": "distconv.matmul, Zarr → Zarr",
+                 "dask.array.matmul": "dask.array.matmul, Zarr → Zarr",
+                 "distconv.multiply auto": "distconv.multiply, Zarr → Zarr",
+                 "dask.array a * b": "dask.array a * b, Zarr → Zarr"}
+        contenders = [c for c in (*matmul_contenders(a_path, b_path, tmp, ["auto"], memory),
+                                  *multiply_contenders(a_path, b_path, tmp, ["auto"], memory))
+                      if c.name in names]
+        functions = {names[c.name]: c.function for c in contenders}
+        matmuls = [names[c.name] for c in contenders if "matmul" in c.name]
+        multiplies = [names[c.name] for c in contenders if "matmul" not in c.name]
+        times: dict[str, list[float]] = {name: [] for name in functions}
         for repeat in range(args.repeats):
             # Alternate the order: a run right after a heavy one pays for its clean-up.
             order = [*matmuls, *multiplies] if repeat % 2 == 0 else \
                 [*reversed(matmuls), *reversed(multiplies)]
             for name in order:
-                function = {**matmuls, **multiplies}[name]
-                times[name].append(timed(function))
+                times[name].append(timed(functions[name]))
                 print(f"repeat {repeat}: {name}: {times[name][-1]:.2f} s", flush=True)
 
         expected = np.matmul(memory["a"].astype(np.float64), memory["b"].astype(np.float64))
-        got = zarr.open_array(str(tmp / "c_dc.zarr"))[:]
+        got = zarr.open_array(str(tmp / "c-auto.zarr"))[:]
         error = float(np.abs(got - expected).max() / np.abs(expected).max())
         del expected, got
         memory.clear()
+        distconv_matmul = functions["distconv.matmul, Zarr → Zarr"]
+        dask_matmul = functions["dask.array.matmul, Zarr → Zarr"]
 
         profiles = [profile_text(name, *profile(client, function), n_workers)
                     for name, function in (("distconv.matmul", distconv_matmul),
                                            ("dask.array.matmul", dask_matmul))]
-        decode, encode = io_floor(a_path, b_path, zarr.open_array(str(tmp / "c_dc.zarr"))[:],
+        decode, encode = io_floor(a_path, b_path, zarr.open_array(str(tmp / "c-auto.zarr"))[:],
                                   plan.output_chunks, plan.bytes_read, tmp / "floor.zarr")
         floor = io_floor_percent(decode, encode, min(times["numpy.matmul, in memory"]))
         profiles.append(floor_text(decode, encode, min(times["numpy.matmul, in memory"])))
@@ -262,9 +109,9 @@ def main() -> None:
         if args.peak_size:
             size = args.peak_size
             a_big, b_big = tmp / "a_big.zarr", tmp / "b_big.zarr"
-            for path in (a_path, b_path, tmp / "c_dc.zarr", tmp / "c_da.zarr",
-                         tmp / "m_dc.zarr", tmp / "m_da.zarr", tmp / "floor.zarr"):
-                shutil.rmtree(path)
+            for path in (a_path, b_path, tmp / "c-auto.zarr", tmp / "c-dask.zarr",
+                         tmp / "m-auto.zarr", tmp / "m-dask.zarr", tmp / "floor.zarr"):
+                shutil.rmtree(path, ignore_errors=True)
             make_input(a_big, size, args.chunk, seed=3)
             make_input(b_big, size, args.chunk, seed=4)
             big_plan = plan_for(dc.open(a_big), dc.open(b_big))
