@@ -30,8 +30,8 @@ from numba import njit
 
 # Cost model for method="auto" (distconv.plan.method_costs), in the scipy engine's format and
 # scale: (seconds per output pixel, seconds per unit of work), work = nonzero taps x pixels for
-# direct and the sum of 1-D taps x pixels for separable. Fitted with ``python -m
-# distconv.kernels.numba_cpu`` on 1024x1024 float32 blocks (kernels 3..31) on the 2-core CI
+# direct and the sum of 1-D taps x pixels for separable. Fitted with ``python
+# benchmarks/engines.py --fit --engines numba`` on 1024x1024 float32 blocks (kernels 3..31) on the 2-core CI
 # machine, in the same run as a refit of the scipy engine, and scaled by scipy's constants over
 # that refit (~1.7x) so both engines share one scale. Direct's per-tap cost is ~1e-10 with the
 # float32 accumulator (<= 128 taps) and ~1.9e-10 with float64; 1.6e-10 puts the direct/FFT
@@ -303,63 +303,3 @@ def _correlate_rows(x, values, offsets, row_shape, row_strides, acc, out):  # pr
 def _multiply_flat(a, b, out):  # pragma: no cover
     for i in range(out.shape[0]):
         out[i] = a[i] * b[i]
-
-
-def _benchmark(size: int = 1024, repeat: int = 3) -> None:
-    """Time numba vs scipy.ndimage on ``size``² float32 blocks and fit the COST model.
-
-    Prints, per kernel, the best-of-``repeat`` time of both engines' per-chunk functions and
-    their ratio, then least-squares fits ``seconds = per_pixel * pixels + per_unit * work``
-    (relative errors, as kernels span two orders of magnitude) for both engines, so this
-    engine's constants can be read against the scipy engine's on the same, possibly busy,
-    machine. Run it with ``python -m distconv.kernels.numba_cpu``.
-    """
-    import time
-
-    from distconv.kernels import scipy as scipy_engine
-
-    def best(function, *args) -> float:
-        function(*args)  # compile / warm up
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            function(*args)
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    def fit(samples: list[tuple[float, float, float]]) -> tuple[float, float]:
-        pixels, work, seconds = (np.array(column) for column in zip(*samples))
-        design = np.stack([pixels, work], axis=1) / seconds[:, None]
-        (per_pixel, per_unit), *_ = np.linalg.lstsq(design, np.ones_like(seconds), rcond=None)
-        return max(float(per_pixel), 0.0), float(per_unit)
-
-    rng = np.random.default_rng(0)
-    pixels = float(size * size)
-    print(device_info())
-    print(f"{'float32':>11} {'scipy s':>9} {'numba s':>9} {'speed-up':>8} "
-          f"{'scipy s/unit':>13} {'numba s/unit':>13}")
-    samples: dict[str, dict[str, list]] = {"scipy": {}, "numba": {}}
-    cases = [("direct", k) for k in (3, 5, 7, 9, 11, 15, 21, 31)]
-    cases += [("separable", k) for k in (3, 5, 9, 15, 31)]
-    for method, k in cases:
-        block = rng.standard_normal((size + k - 1, size + k - 1)).astype(np.float32)
-        if method == "direct":
-            args: tuple = (block, rng.standard_normal((k, k)).astype(np.float32))
-            work, label = k * k * pixels, f"{k}x{k}"
-        else:
-            args = (block, [rng.standard_normal(k).astype(np.float32) for _ in range(2)])
-            work, label = 2 * k * pixels, f"sep {k}+{k}"
-        t_scipy = best(getattr(scipy_engine, f"correlate_{method}"), *args)
-        t_numba = best(globals()[f"correlate_{method}"], *args)
-        samples["scipy"].setdefault(method, []).append((pixels, work, t_scipy))
-        samples["numba"].setdefault(method, []).append((pixels, work, t_numba))
-        print(f"{label:>11} {t_scipy:9.4f} {t_numba:9.4f} {t_scipy / t_numba:8.2f} "
-              f"{t_scipy / work:13.2e} {t_numba / work:13.2e}")
-    for engine, by_method in samples.items():
-        fitted = {m: tuple(float(f"{c:.2g}") for c in fit(s)) for m, s in by_method.items()}
-        print(f"fitted {engine} COST (per pixel, per unit): {fitted}")
-    print("current: scipy", scipy_engine.COST, "numba", COST)
-
-
-if __name__ == "__main__":
-    _benchmark()
