@@ -12,7 +12,7 @@ import importlib.util
 
 from distconv.errors import DistconvError
 
-INSTALL_HINT = "pip install 'distconv[gpu]'"
+INSTALL_HINT = "pip install 'distconv[cuda]'"
 
 
 def gpu_count() -> int:
