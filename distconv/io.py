@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import dask.array as da
 import numpy as np
+from dask.array.core import getter
+from dask.base import tokenize
 import zarr
 
 from distconv._version import __version__
@@ -23,6 +25,16 @@ from distconv.errors import DistconvError, OutputError
 from distconv.progress import compute_blocks
 
 ATTRS_KEY = "distconv"
+
+
+class InputReadError(DistconvError):
+    """A chunk of an input cannot be read (damaged or unreadable); found while computing."""
+
+
+class JobFailed(DistconvError):
+    """The job ran and failed (writing, a lost worker): the output is partial, resumable."""
+
+    exit_code = 1
 
 # Dask array name → where it was read from, and → what produced it. Graph layers keep these
 # names, so save() finds the source and the provenance of anything derived from them.
@@ -61,9 +73,38 @@ def open(path, *, allow_partial: bool = False) -> da.Array:  # noqa: A001 - mirr
             f"{path} is a partial distconv output (not every chunk was written); "
             "finish it with --resume, or open it with allow_partial=True"
         )
-    x = da.from_zarr(array)
+    x = _from_zarr(array, os.path.abspath(path))
     _SOURCES[x.name] = {"path": os.path.abspath(path), "zarr_format": array.metadata.zarr_format}
     return x
+
+
+def _from_zarr(array: zarr.Array, path: str) -> da.Array:
+    """``da.from_zarr`` whose chunk reads name the store and chunk when they fail."""
+    name = "from-zarr-" + tokenize(path, array.shape, array.dtype, array.chunks,
+                                   dict(array.attrs))
+    return da.from_array(array, chunks=array.chunks, name=name, getitem=_ChunkReader(path),
+                         meta=np.empty((0,) * array.ndim, dtype=array.dtype))
+
+
+class _ChunkReader:
+    """Dask ``getitem`` for Zarr inputs: a damaged chunk becomes an :class:`InputReadError`.
+
+    Such damage is only seen when a task reads the chunk, so the error travels back from the
+    worker as this (picklable) type, which the CLI reports as bad input.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __call__(self, array, index, asarray=True, lock=None):
+        try:
+            return getter(array, index, asarray=asarray, lock=lock)
+        except Exception as exc:
+            where = ", ".join(f"{s.start}:{s.stop}" if isinstance(s, slice) else str(s)
+                              for s in (index if isinstance(index, tuple) else (index,)))
+            raise InputReadError(f"{self.path}: the chunk at [{where}] cannot be read "
+                                 f"({type(exc).__name__}: {_one_line(exc)}); the input is "
+                                 "damaged") from None
 
 
 def open_zarr_array(path: str, mode: str = "r") -> zarr.Array:
@@ -151,8 +192,15 @@ def regular_chunks(chunks: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ..
     return tuple(result)
 
 
-def check_output_path(path: str, inputs: Sequence[str], overwrite: bool) -> None:
-    """Refuse an output that would destroy an input or an existing store."""
+def check_output_path(path: str, inputs: Sequence[str], overwrite: bool,
+                      resume: bool = False) -> None:
+    """Refuse an output that would destroy an input or an existing store.
+
+    With ``resume`` an existing output is allowed (it must be a Zarr store; :func:`save`
+    checks its provenance); ``overwrite`` and ``resume`` exclude each other.
+    """
+    if overwrite and resume:
+        raise OutputError("--overwrite starts again and --resume continues: choose one")
     target = Path(path).resolve()
     for source in inputs:
         source_path = Path(source).resolve()
@@ -163,16 +211,17 @@ def check_output_path(path: str, inputs: Sequence[str], overwrite: bool) -> None
         if target in source_path.parents:
             raise OutputError(f"output {path} contains the input {source}; choose another path")
     if os.path.lexists(path):
-        if not overwrite:
+        if not (overwrite or resume):
             raise OutputError(f"output {path} already exists; pass --overwrite (overwrite=True) "
-                              "to replace it")
+                              "to replace it, or --resume (resume=True) to finish it")
         if not _looks_like_zarr(path):
-            raise OutputError(f"output {path} exists and is not a Zarr store; not replacing it")
+            raise OutputError(f"output {path} exists and is not a Zarr store; not "
+                              f"{'resuming' if resume else 'replacing'} it")
 
 
-def save(x, path, *, overwrite: bool = False, zarr_format: int | None = None,
-         attributes: dict[str, Any] | None = None, progress: bool | None = None,
-         description: str = "writing") -> zarr.Array:
+def save(x, path, *, overwrite: bool = False, resume: bool = False,
+         zarr_format: int | None = None, attributes: dict[str, Any] | None = None,
+         progress: bool | None = None, description: str = "writing") -> zarr.Array:
     """Compute ``x`` and write it to a new Zarr array at ``path``, chunk by chunk.
 
     Parameters
@@ -182,6 +231,13 @@ def save(x, path, *, overwrite: bool = False, zarr_format: int | None = None,
     path : str or os.PathLike
         A new directory. An existing one is replaced only with ``overwrite=True``, and only if
         it is a Zarr store; the inputs of ``x`` are never written.
+    overwrite : bool
+        Replace an existing Zarr store at ``path``.
+    resume : bool
+        Finish an interrupted :func:`save` of the same job: the output at ``path`` is reopened,
+        its recorded provenance (inputs, operations and their parameters, weights hash, shape,
+        dtype, chunks; not the engine or method) must match ``x``, and only the chunks not yet
+        written are computed. Without an output at ``path`` this is a plain save.
     zarr_format : {2, 3}, optional
         Default: the format of the Zarr store ``x`` was read from, else 3.
     attributes : dict, optional
@@ -193,11 +249,26 @@ def save(x, path, *, overwrite: bool = False, zarr_format: int | None = None,
     -------
     zarr.Array
         The written array, with ``attrs["distconv"]["complete"] == True``.
+
+    Raises
+    ------
+    OutputError
+        The output is unsafe, cannot be created, or (resume) records a different job.
+    InputReadError
+        A chunk of an input cannot be read; an output created by this call is removed.
+    JobFailed
+        Writing failed (disk full, read-only, a worker lost): the output stays partial, never
+        marked complete, and ``resume=True`` finishes it once the cause is fixed.
+
+    Notes
+    -----
+    Every chunk is one Zarr object written atomically (the local store writes a temporary file
+    and renames it), so a chunk object that exists is complete: resume needs no other record.
     """
     path = os.fspath(path)
     x = as_dask_array(x)
     sources = _graph_records(x, _SOURCES)
-    check_output_path(path, [s["path"] for s in sources], overwrite)
+    check_output_path(path, [s["path"] for s in sources], overwrite, resume)
     if zarr_format is None:
         formats = [s["zarr_format"] for s in sources if s["zarr_format"]]
         zarr_format = formats[0] if formats else 3
@@ -205,38 +276,158 @@ def save(x, path, *, overwrite: bool = False, zarr_format: int | None = None,
     if chunks != x.chunks:
         x = x.rechunk(chunks)
 
-    record = {
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    record = _jsonable({
         "version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": now,
         "inputs": [s["path"] for s in sources],
         "steps": _graph_records(x, _PROVENANCE),
+        "shape": list(x.shape),
+        "dtype": str(x.dtype),
+        "chunks": [c[0] for c in chunks],
         **(attributes or {}),
         "complete": False,
-    }
-    if os.path.lexists(path):
-        shutil.rmtree(path)
-    target = zarr.create_array(
-        store=path, shape=x.shape, chunks=tuple(c[0] for c in chunks), dtype=x.dtype,
-        zarr_format=zarr_format, attributes={ATTRS_KEY: _jsonable(record)},
-    )
+    })
+    created = not (resume and os.path.lexists(path))
+    if created:
+        if os.path.lexists(path):
+            shutil.rmtree(path)
+        target = _create_output(path, x, chunks, zarr_format, record)
+        done: set[tuple[int, ...]] = set()
+    else:
+        target, record, done = _reopen_for_resume(path, x, record)
+        record.setdefault("resumed", []).append(
+            {"at": now, "chunks_already_written": len(done), **(attributes or {})})
+        target.attrs.update({ATTRS_KEY: _jsonable(record)})
+
     # The array object travels with each task: reopening the store per block costs a metadata
     # read (~5 ms) per chunk.
     written = x.map_blocks(
         _write_block, target=target, chunks=(1,) * x.ndim, dtype=bool,
         meta=np.empty((0,) * x.ndim, dtype=bool), token="distconv-write",
     )
-    compute_blocks(written, description=description, progress=progress)
+    try:
+        compute_blocks(written, description=description, progress=progress, skip=done)
+    except InputReadError:
+        if created:  # bad input, not a failed write: leave nothing behind
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    except OSError as exc:
+        raise JobFailed(f"writing {path} failed ({_one_line(exc)}); the output is partial, "
+                        "not marked complete: fix the cause and rerun with --resume "
+                        "(resume=True)") from exc
+    except Exception as exc:
+        if type(exc).__name__ != "KilledWorker":  # distributed's; not imported unless used
+            raise
+        raise JobFailed(f"a Dask worker died while computing {path} ({_one_line(exc)}); the "
+                        "output is partial, not marked complete: rerun with --resume "
+                        "(resume=True), with more memory per worker if it was killed for "
+                        "memory") from exc
     record["complete"] = True
     record["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     target.attrs.update({ATTRS_KEY: _jsonable(record)})
     return target
 
 
+def _create_output(path: str, x: da.Array, chunks, zarr_format: int,
+                   record: dict[str, Any]) -> zarr.Array:
+    try:
+        # write_empty_chunks: every chunk becomes an object, so "chunk object exists" means
+        # "chunk written" for resume and for info's count, even where the result is all zeros.
+        return zarr.create_array(
+            store=path, shape=x.shape, chunks=tuple(c[0] for c in chunks), dtype=x.dtype,
+            zarr_format=zarr_format, attributes={ATTRS_KEY: record},
+            config={"write_empty_chunks": True},
+        )
+    except OSError as exc:
+        shutil.rmtree(path, ignore_errors=True)
+        raise OutputError(f"cannot create output {path} ({_one_line(exc)})") from None
+
+
+# Provenance that may differ between an interrupted run and its resumption: how chunks are
+# computed (engine, method, the plan derived from them) and when or by which command.
+_ENGINE_KEYS = {"engine", "method", "plan"}
+
+
+def _comparable_steps(steps) -> list:
+    result = []
+    for step in steps or []:
+        step = {k: v for k, v in step.items() if k not in _ENGINE_KEYS}
+        if isinstance(step.get("parameters"), dict):
+            step["parameters"] = {k: v for k, v in step["parameters"].items()
+                                  if k not in _ENGINE_KEYS}
+        result.append(step)
+    return result
+
+
+def _reopen_for_resume(path: str, x: da.Array, record: dict[str, Any]):
+    """Open a partial output, check it records the same job, and find its written chunks."""
+    array = open_zarr_array(path, mode="r+").with_config({"write_empty_chunks": True})
+    old = dict(array.attrs).get(ATTRS_KEY)
+    if not isinstance(old, dict):
+        raise OutputError(f"cannot resume {path}: it was not written by distconv")
+    found = {"shape": list(array.shape), "dtype": str(array.dtype),
+             "chunks": list(array.chunks)}
+    for key in ("inputs", "shape", "dtype", "chunks"):
+        recorded = old.get(key, found.get(key))
+        if recorded != record[key]:
+            raise OutputError(f"cannot resume {path}: {key} differ ({recorded} recorded, "
+                              f"{record[key]} now); use --overwrite to start again")
+    old_steps, new_steps = _comparable_steps(old.get("steps")), _comparable_steps(record["steps"])
+    if len(old_steps) != len(new_steps):
+        raise OutputError(f"cannot resume {path}: it records {len(old_steps)} operations, this "
+                          f"job has {len(new_steps)}; use --overwrite to start again")
+    for index, (before, now) in enumerate(zip(old_steps, new_steps)):
+        for key in sorted(set(before) | set(now)):
+            if key == "parameters":
+                for name in sorted(set(before.get(key, {})) | set(now.get(key, {}))):
+                    a, b = before.get(key, {}).get(name), now.get(key, {}).get(name)
+                    if a != b:
+                        raise OutputError(f"cannot resume {path}: {name} differs ({a} recorded, "
+                                          f"{b} now); use --overwrite to start again")
+            elif before.get(key) != now.get(key):
+                what = "weights differ" if key.startswith("weights") else f"{key} differs"
+                raise OutputError(f"cannot resume {path}: {what} ({_short(before.get(key))} "
+                                  f"recorded, {_short(now.get(key))} now); use --overwrite to "
+                                  "start again")
+    _remove_interrupted_writes(path)
+    stored = _stored_keys(path)
+    done = {index for index in np.ndindex(*x.numblocks)
+            if array.metadata.encode_chunk_key(index) in stored}
+    return array, old, done
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text[:16] + "…" if isinstance(value, str) and len(text) == 64 else text
+
+
+def _stored_keys(path: str) -> set[str]:
+    """Relative keys (``/``-separated) of every file under a local store."""
+    keys = set()
+    for root, _, files in os.walk(path):
+        relative = os.path.relpath(root, path)
+        for name in files:
+            key = name if relative == "." else os.path.join(relative, name)
+            keys.add(key.replace(os.sep, "/"))
+    return keys
+
+
+def _remove_interrupted_writes(path: str) -> None:
+    # zarr's local store writes "<key>.<uuid hex>.partial" then renames it; a killed job
+    # leaves these behind, and they are never valid chunks.
+    for root, _, files in os.walk(path):
+        for name in files:
+            stem, _, suffix = name.rpartition(".")
+            if suffix == "partial" and len(stem.rpartition(".")[2]) == 32:
+                os.remove(os.path.join(root, name))
+
+
 def _write_block(block, target: zarr.Array, block_info=None) -> np.ndarray:
     """Write one block into its own Zarr chunk and return a one-element marker.
 
-    Blocks are the Zarr chunks (``regular_chunks``), so each write replaces whole chunk
-    objects and no two tasks touch the same one.
+    Blocks are the Zarr chunks (``regular_chunks``), so each write replaces one whole chunk
+    object and no two tasks touch the same one.
     """
     region = tuple(slice(start, stop) for start, stop in block_info[0]["array-location"])
     target[region] = to_numpy(block)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Collection
 
 import dask
 import dask.array as da
+import numpy as np
 from dask.callbacks import Callback
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -26,21 +28,44 @@ def current_client():
 
 
 def compute_blocks(blocks: da.Array, *, description: str = "computing",
-                   progress: bool | None = None) -> None:
-    """Compute every block of ``blocks`` (one small marker per block), showing progress.
+                   progress: bool | None = None,
+                   skip: Collection[tuple[int, ...]] = ()) -> int:
+    """Compute the blocks of ``blocks`` (one small marker per block), showing progress.
 
     Each block is its own future on a distributed client, so a failure names its block and the
-    others are cancelled; on local threads a scheduler callback counts finished blocks.
+    others are cancelled (as on Ctrl-C); on local threads a scheduler callback counts finished
+    blocks.
+
+    Parameters
+    ----------
+    blocks : dask.array.Array
+        One marker per block; computing a marker does the block's work (e.g. writes it).
+    description : str
+        Label of the progress bar.
+    progress : bool, optional
+        Show a bar on a terminal (default from config ``distconv.progress``).
+    skip : collection of tuple of int
+        Block indices not to compute (already done: a resumed job); only the inputs the other
+        blocks need are read.
+
+    Returns
+    -------
+    int
+        How many blocks were computed.
     """
     show = get_default("progress") if progress is None else progress
     show = show and sys.stderr.isatty()  # a bar in a log file is noise; the summary line stays
-    pieces = blocks.to_delayed().ravel().tolist()
+    grid = blocks.to_delayed()
+    skip = set(skip)
+    pieces = [grid[index] for index in np.ndindex(*grid.shape) if index not in skip]
+    if not pieces:
+        return 0
     with _bar(description, len(pieces), show) as advance:
         client = current_client()
         if client is None:
             with _BlockCounter(blocks.name, advance):
                 dask.compute(*pieces, scheduler="threads")
-            return
+            return len(pieces)
         from distributed import as_completed
 
         from distconv.clusters.routing import submit_resources
@@ -52,9 +77,10 @@ def compute_blocks(blocks: da.Array, *, description: str = "computing",
             for future in as_completed(futures):
                 future.result()  # raises the task's own exception
                 advance()
-        except BaseException:
+        except BaseException:  # a failed block or Ctrl-C: stop the rest on the workers
             client.cancel(futures)
             raise
+        return len(pieces)
 
 
 class _bar:
