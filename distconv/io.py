@@ -112,7 +112,9 @@ def open_zarr_array(path: str, mode: str = "r") -> zarr.Array:
     if not os.path.exists(path):
         raise DistconvError(f"{path}: no such file or directory")
     try:
-        node = zarr.open(path, mode=mode)
+        # Absolute: the array object is pickled into tasks, and a remote worker's working
+        # directory is not ours.
+        node = zarr.open(os.path.abspath(path), mode=mode)
     except Exception as exc:  # zarr raises several types for missing or unreadable metadata
         raise DistconvError(f"{path} is not a readable Zarr array or group ({_one_line(exc)})") \
             from exc
@@ -335,7 +337,8 @@ def _create_output(path: str, x: da.Array, chunks, zarr_format: int,
         # write_empty_chunks: every chunk becomes an object, so "chunk object exists" means
         # "chunk written" for resume and for info's count, even where the result is all zeros.
         return zarr.create_array(
-            store=path, shape=x.shape, chunks=tuple(c[0] for c in chunks), dtype=x.dtype,
+            store=os.path.abspath(path),  # pickled into tasks: remote workers' cwd differs
+            shape=x.shape, chunks=tuple(c[0] for c in chunks), dtype=x.dtype,
             zarr_format=zarr_format, attributes={ATTRS_KEY: record},
             config={"write_empty_chunks": True},
         )
