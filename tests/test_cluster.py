@@ -1,6 +1,17 @@
-"""Where work runs: the spec parser and a real multi-process LocalCluster on 127.0.0.1."""
+"""Where work runs: the spec parser, a real multi-process LocalCluster on 127.0.0.1 with the
+worker plugins, and the ``cuda`` cluster (real on a GPU machine, its errors everywhere).
+
+Remote schedulers, TLS, routing and faults: test_cluster_remote.py; cluster files:
+test_cluster_jobqueue.py.
+"""
 
 from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -8,19 +19,39 @@ import zarr
 from scipy import ndimage
 
 import distconv as dc
-from distconv.clusters import parse_spec
+from distconv.clusters import SPEC_FORMS, describe, parse_spec
+from distconv.clusters.plugins import plugin_report, register_plugins
 
 
-def test_spec_parser():
+def test_spec_parser(tmp_path):
     assert parse_spec("local").kind == "local"
-    assert parse_spec("threads").kind == "threads"
+    assert parse_spec(" threads ").kind == "threads"
+    assert parse_spec("cuda").kind == "cuda"
     assert parse_spec("tcp://127.0.0.1:8786").address == "tcp://127.0.0.1:8786"
-    for bad in ("moon", "tcp://", "", "http://x"):
-        with pytest.raises(dc.DistconvError, match="local, threads"):
+    assert parse_spec("tls://sched.example.org:8786").kind == "remote"
+    assert parse_spec("tcp://[::1]:8786").address == "tcp://[::1]:8786"
+    (tmp_path / "slurm.yml").write_text("system: slurm\n")
+    assert parse_spec(str(tmp_path / "slurm.yml")).path == str(tmp_path / "slurm.yml")
+    assert parse_spec(None).kind == "local"  # config default
+    for bad in ("moon", "", "http://x:1", "gpu", "slurm"):
+        with pytest.raises(dc.DistconvError, match="local, threads, cuda, tcp://HOST:PORT"):
             parse_spec(bad)
+    for bad in ("tcp://", "tcp://host", "tls://host:port"):
+        with pytest.raises(dc.DistconvError, match="must be tcp://HOST:PORT or tls://HOST:PORT"):
+            parse_spec(bad)
+    with pytest.raises(dc.DistconvError, match="no such file"):
+        parse_spec(str(tmp_path / "missing.yaml"))
+    assert "PATH.yaml" in SPEC_FORMS
 
 
-def test_local_cluster_job_equals_scipy(tmp_path):
+def test_spec_from_dask_config():
+    import dask
+
+    with dask.config.set({"distconv.cluster": "threads"}):
+        assert parse_spec(None).kind == "threads"
+
+
+def test_local_cluster_job_equals_scipy_and_plugins_apply(tmp_path):
     rng = np.random.default_rng(5)
     data = rng.random((300, 200), dtype=np.float32)
     source = zarr.create_array(str(tmp_path / "in.zarr"), shape=data.shape, chunks=(64, 64),
@@ -28,10 +59,34 @@ def test_local_cluster_job_equals_scipy(tmp_path):
     source[:] = data
     w = rng.standard_normal((9, 9))
     with dc.cluster("local", workers=2, quiet=True) as client:
-        info = client.scheduler_info()
-        assert len(info["workers"]) == 2
-        assert all(addr.startswith("tcp://127.0.0.1:") for addr in info["workers"])
-        assert info["address"].startswith("tcp://127.0.0.1:")
+        info = describe(client)
+        assert len(info["workers"]) == 2 and info["total_threads"] == 2
+        assert all(w["address"].startswith("tcp://127.0.0.1:") for w in info["workers"])
+        assert info["scheduler"].startswith("tcp://127.0.0.1:")
+        assert info["dashboard"].startswith("http://127.0.0.1:")
+        # Each worker's pools are capped at its share (1 thread) ...
+        reports = client.run(plugin_report)
+        for report in reports.values():
+            assert report["distconv-thread-limits"]["threads"] == 1
+            assert set(report["distconv-thread-limits"]["threadpoolctl"].values()) == {1}
+            assert report["distconv-gpu-setup"] == {"gpu": False}
+
+        # ... and a re-registration with another share replaces the plugin and its limits,
+        # including for libraries imported afterwards (Numba reads NUMBA_NUM_THREADS at import).
+        register_plugins(client, threads=2)
+
+        def pools():
+            import numba
+            from threadpoolctl import threadpool_info
+
+            return ({lib["num_threads"] for lib in threadpool_info()},
+                    numba.config.NUMBA_NUM_THREADS, os.environ["TF_NUM_INTRAOP_THREADS"])
+
+        for blas, numba_threads, tf_threads in client.run(pools).values():
+            assert blas == {2} and numba_threads == 2 and tf_threads == "2"
+        register_plugins(client)  # back to the worker's share for the job
+        for report in client.run(plugin_report).values():
+            assert set(report["distconv-thread-limits"]["threadpoolctl"].values()) == {1}
         dc.save(dc.convolve(dc.open(tmp_path / "in.zarr"), w, mode="wrap"), tmp_path / "o.zarr",
                 progress=False)
     out = zarr.open_array(str(tmp_path / "o.zarr"), mode="r")
@@ -43,3 +98,82 @@ def test_local_cluster_job_equals_scipy(tmp_path):
 def test_threads_spec_needs_no_cluster():
     with dc.cluster("threads") as client:
         assert client is None
+
+
+def test_rmm_pool_needs_the_cuda_cluster():
+    with pytest.raises(dc.DistconvError, match="--cluster cuda only"):
+        with dc.cluster("local", rmm_pool_size="1GB"):
+            pass
+
+
+# --- cuda ---------------------------------------------------------------------------------------
+
+def _gpu_count() -> int:
+    """CUDA devices here, from NVML (no CUDA context); 0 without a driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return int(pynvml.nvmlDeviceGetCount())
+    except Exception:
+        return 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("dask_cuda") is not None and _gpu_count() > 0,
+                    reason="a GPU and dask-cuda are present: the real test runs instead")
+def test_cuda_without_a_gpu_or_dask_cuda_is_one_line():
+    with pytest.raises(dc.DistconvError) as caught:
+        with dc.cluster("cuda", quiet=True):
+            pass
+    message = str(caught.value)
+    assert message.startswith("the cuda cluster") and "\n" not in message
+    assert ("distconv[cuda]" in message) == (importlib.util.find_spec("dask_cuda") is None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpu_count() == 0, reason="no CUDA device (NVML reports none)")
+@pytest.mark.skipif(importlib.util.find_spec("dask_cuda") is None or
+                    importlib.util.find_spec("cupy") is None,
+                    reason="dask-cuda and cupy are needed (pip install 'distconv[cuda]')")
+def test_cuda_cluster_one_worker_per_gpu_no_context_in_client(tmp_path):
+    """A cupy convolve on ``--cluster cuda``: one GPU worker per device, the client process
+    imports no CUDA library, and the output equals SciPy's."""
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, json
+        import numpy as np, zarr
+        import distconv as dc
+        from distconv.clusters import describe
+        from distconv.clusters.plugins import plugin_report
+        if __name__ == "__main__":
+            data = np.random.default_rng(0).random((512, 384)).astype(np.float32)
+            z = zarr.create_array("{tmp_path}/in.zarr", shape=data.shape, chunks=(128, 128),
+                                  dtype=data.dtype)
+            z[:] = data
+            w = np.random.default_rng(1).standard_normal((7, 7))
+            with dc.cluster("cuda", quiet=True) as client:
+                info = describe(client)
+                reports = client.run(plugin_report)
+                dc.save(dc.convolve(dc.open("{tmp_path}/in.zarr"), w, engine="cupy"),
+                        "{tmp_path}/out.zarr", progress=False)
+            cuda_modules = sorted(m for m in ("cupy", "numba.cuda", "tensorflow", "rmm")
+                                  if m in sys.modules)
+            print(json.dumps({{"info": info, "reports": reports, "cuda_modules": cuda_modules}}))
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import json
+
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["cuda_modules"] == []
+    workers = result["info"]["workers"]
+    assert len(workers) == _gpu_count()
+    assert all(w["resources"] == {"GPU": 1} and w["threads"] == 1 for w in workers)
+    for report in result["reports"].values():
+        assert report["distconv-gpu-setup"]["gpu"] is True
+        assert report["distconv-gpu-setup"]["cupy"].startswith("CuPy pool")
+    data = zarr.open_array(str(tmp_path / "in.zarr"))[:].astype(np.float64)
+    w = np.random.default_rng(1).standard_normal((7, 7))
+    np.testing.assert_allclose(zarr.open_array(str(tmp_path / "out.zarr"))[:],
+                               ndimage.convolve(data, w), rtol=1e-4, atol=1e-4)
