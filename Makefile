@@ -28,8 +28,9 @@ demo: $(VENV)/.installed-demo
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
+# The whole benchmark suite (≤ 20 min on 2 cores): rewrites benchmarks/RESULTS.md.
 bench: $(VENV)/.installed-test
-	$(BIN)/python benchmarks/convolve.py
+	$(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) demo-output build dist *.egg-info

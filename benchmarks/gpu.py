@@ -1,0 +1,59 @@
+"""GPU rows: convolve and matmul with the GPU engines, when a CUDA device is visible.
+
+Runs ``distconv bench convolve`` and ``distconv bench matmul`` (distconv.bench) with the GPU
+engines installed here (cupy, numba-cuda) next to the CPU's scipy engine, one worker process per
+GPU. Without a device the section says so and nothing runs. Section "gpu" of
+benchmarks/RESULTS.md.
+
+    python benchmarks/gpu.py [--size 8192] [--kernels 3,9,31,127] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from distconv import bench, kernels
+from distconv.bench.common import gpu_count
+from results import machine, write_section
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=8192)
+    parser.add_argument("--kernels", default="3,9,31,127")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    args = parser.parse_args(argv)
+    devices = gpu_count()
+    engines = [e for e in ("cupy", "numba-cuda") if kernels.is_installed(e)]
+    if not devices or not engines:
+        text = ("## GPU engines (benchmarks/gpu.py)\n\nSkipped on this machine: "
+                + ("no CUDA device is visible" if not devices else
+                   "no GPU engine is installed (pip install 'distconv[gpu]')")
+                + f". Machine: {machine()}.")
+        print(text)
+        if not args.no_write:
+            write_section("gpu", text)
+        return
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    sections = ["## GPU engines (benchmarks/gpu.py)", "",
+                f"Command: `python benchmarks/gpu.py --size {args.size} --kernels {args.kernels} "
+                f"--repeats {args.repeats}`; {devices} GPU(s), one worker process per GPU.", ""]
+    convolve = bench.run("convolve", size=args.size, engines=["scipy", *engines],
+                         kernels=[int(k) for k in args.kernels.split(",")],
+                         repeats=args.repeats, workers=devices, max_seconds=600.0, log=log)
+    matmul_engines = [e for e in engines if "matmul" in kernels.ENGINES[e].ops]
+    matmul = bench.run("matmul", size=args.size, engines=["scipy", *matmul_engines],
+                       repeats=args.repeats, workers=devices, log=log)
+    for result in (convolve, matmul):
+        bench.print_table(result)
+        bench.write_outputs(result, "distconv-bench/gpu")
+        sections += [f"### {result.benchmark}", "", bench.markdown(result), ""]
+    text = "\n".join(sections)
+    if not args.no_write:
+        write_section("gpu", text)
+
+
+if __name__ == "__main__":
+    main()

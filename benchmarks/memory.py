@@ -1,0 +1,111 @@
+"""Peak memory of a Zarr → Zarr convolve at growing image sizes: it must not grow with the image.
+
+For each size (8192², 16384², 32768² float32 by default: 256 MiB, 1 GiB, 4 GiB inputs) a seeded
+random input is written to Zarr, a fresh LocalCluster (one single-threaded worker per core) is
+started, and one ``distconv.convolve`` → ``distconv.save`` runs while a thread samples the
+resident memory of the whole process tree (this client, the nannies and the workers) with
+psutil. Target: peak ≤ 1.5 GiB and independent of the image size. Section "memory" of
+benchmarks/RESULTS.md.
+
+    python benchmarks/memory.py [--sizes 8192,16384,32768] [--kernel 31] [--chunk 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from dask.utils import format_bytes
+
+import distconv as dc
+from distconv.bench import cluster_text
+from distconv.bench.common import PeakMemory, fresh, make_input
+from distconv.bench.convolve import kernel_for
+from results import machine, write_section
+
+TARGET = 1.5 * 2**30
+
+
+def measure(size: int, kernel_size: int, chunk: int, workdir: Path, engine: str) -> dict:
+    """Generate the input, then time and sample one convolve on a fresh cluster."""
+    source = workdir / f"input-{size}.zarr"
+    start = time.perf_counter()
+    make_input(source, size, chunk, seed=size)
+    generated = time.perf_counter() - start
+    gc.collect()
+    kernel = kernel_for(kernel_size)
+    with dc.cluster("local", quiet=True) as client:
+        client.run(gc.collect)
+        time.sleep(1.0)  # let the workers settle before the idle sample
+        with PeakMemory() as idle:
+            time.sleep(0.5)
+        with PeakMemory() as peak:
+            start = time.perf_counter()
+            y = dc.convolve(dc.open(source), kernel, engine=engine)
+            dc.save(y, fresh(workdir / "output.zarr"), progress=False)
+            seconds = time.perf_counter() - start
+        step = dc.info(workdir / "output.zarr")["provenance"]["steps"][0]
+        workers = cluster_text(client)
+    fresh(source)
+    fresh(workdir / "output.zarr")
+    return {"size": size, "input_bytes": size * size * 4, "peak_total": peak.peak_total,
+            "peak_process": peak.peak_process, "idle_total": idle.peak_total,
+            "seconds": seconds, "generate_seconds": generated,
+            "how": f"{step['method']}/{step['engine']}", "cluster": workers}
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="8192,16384,32768")
+    parser.add_argument("--kernel", type=int, default=31)
+    parser.add_argument("--chunk", type=int, default=2048)
+    parser.add_argument("--engine", default="auto")
+    parser.add_argument("--workdir", default=None, help="scratch directory [default: temp]")
+    parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    args = parser.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="distconv-memory-", dir=args.workdir) as tmp:
+        for size in (int(s) for s in args.sizes.split(",")):
+            rows.append(measure(size, args.kernel, args.chunk, Path(tmp), args.engine))
+            row = rows[-1]
+            print(f"{size}²: peak {format_bytes(row['peak_total'])} (tree), "
+                  f"{format_bytes(row['peak_process'])} (largest process), "
+                  f"{row['seconds']:.1f} s", flush=True)
+
+    lines = [
+        "## Peak memory of a convolve (benchmarks/memory.py)", "",
+        f"float32 input, Zarr chunks {args.chunk}², {args.kernel}×{args.kernel} random kernel, "
+        f"engine {args.engine}, LocalCluster {rows[0]['cluster']}, fresh per size. Peak = the "
+        "largest sum of the resident memory of this process and all its descendants (client, "
+        "nannies, workers), sampled every 50 ms with psutil. Machine: " + machine() + ".",
+        f"Command: `python benchmarks/memory.py --sizes {args.sizes} --kernel {args.kernel} "
+        f"--chunk {args.chunk}`.", "",
+        "| image | input | method/engine | peak, process tree | largest process | idle tree "
+        "| seconds | Mpx/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['size']}² | {format_bytes(row['input_bytes'])} | {row['how']} | "
+            f"{format_bytes(row['peak_total'])} | {format_bytes(row['peak_process'])} | "
+            f"{format_bytes(row['idle_total'])} | {row['seconds']:.1f} | "
+            f"{row['size'] ** 2 / row['seconds'] / 1e6:.1f} |")
+    peaks = [row["peak_total"] for row in rows]
+    growth = max(peaks) / min(peaks)
+    state = "met" if max(peaks) <= TARGET else "not met"
+    lines += ["", f"Target ≤ {format_bytes(TARGET)}, independent of the image size: {state} "
+              f"(largest peak {format_bytes(max(peaks))}; largest / smallest peak "
+              f"{growth:.2f} while the input grows {rows[-1]['input_bytes'] / rows[0]['input_bytes']:.0f}×)."]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section("memory", text)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
