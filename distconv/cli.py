@@ -6,9 +6,13 @@ Ctrl-C exits 130.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
 from typing import Any, Sequence
 
@@ -49,13 +53,59 @@ def default_output(input_path: str, operation: str) -> str:
 
 class _Context:
     debug = False
+    # Set while a job writes its output: the command that finishes it after an interruption.
+    resume_command: str | None = None
+    argv: Sequence[str] = ()
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c():
+    """Start worker processes with SIGINT ignored (the disposition survives exec).
+
+    A terminal's Ctrl-C reaches every process of the foreground group: workers would die
+    mid-task with tracebacks of their own. Ignoring it there lets this process cancel the
+    tasks and close the cluster in order. A Ctrl-C during these seconds of start-up is lost.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that finishes an interrupted run: the same one, with --resume.
+
+    ``--overwrite`` is dropped (it would start again); ``--resume`` is added once.
+    """
+    args = [a for a in argv if a not in ("--overwrite", "--resume")]
+    return shlex.join(["distconv", *args, "--resume"])
 
 
 def _run_filter(operation: str, input: str, weights: str, output: str | None, mode: str,
                 cval: float, origin: str, axes: str | None, method: str, engine: str,
-                dtype: str | None, overwrite: bool, cluster_spec: str | None,
+                dtype: str | None, overwrite: bool, resume: bool, cluster_spec: str | None,
                 workers: int | None, threads_per_worker: int | None, quiet: bool,
                 rmm_pool_size: str | None = None) -> None:
+    try:
+        _filter_job(operation, input, weights, output, mode, cval, origin, axes, method, engine,
+                    dtype, overwrite, resume, cluster_spec, workers, threads_per_worker,
+                    rmm_pool_size, quiet)
+    except KeyboardInterrupt:
+        # Raised past click as itself, click would print a blank line and turn it into Abort.
+        raise _Interrupted() from None
+
+
+class _Interrupted(Exception):
+    """Ctrl-C inside a command (reported by :func:`main`, exit 130)."""
+
+
+def _filter_job(operation, input, weights, output, mode, cval, origin, axes, method, engine,
+                dtype, overwrite, resume, cluster_spec, workers, threads_per_worker,
+                rmm_pool_size, quiet) -> None:
     import distconv as dc
     from distconv.clusters import cluster, parse_spec
     from distconv.io import check_output_path, source_paths
@@ -71,17 +121,29 @@ def _run_filter(operation: str, input: str, weights: str, output: str | None, mo
                  engine=engine, dtype=dtype)
     output = output or default_output(input, "convolved" if operation == "convolve"
                                       else "correlated")
-    check_output_path(output, source_paths(y), overwrite)  # before any cluster starts
+    check_output_path(output, source_paths(y), overwrite, resume)  # before any cluster starts
 
-    with cluster(cluster_spec, workers=workers, threads_per_worker=threads_per_worker,
-                 rmm_pool_size=rmm_pool_size,
-                 quiet=quiet):
+    argv = list(_Context.argv)
+    argv = argv[argv.index(operation):] if operation in argv else [operation]
+    with contextlib.ExitStack() as stack:
+        with _workers_ignore_ctrl_c():
+            stack.enter_context(cluster(cluster_spec, workers=workers,
+                                        threads_per_worker=threads_per_worker,
+                                        rmm_pool_size=rmm_pool_size, quiet=quiet))
         start = time.perf_counter()
-        dc.save(y, output, overwrite=overwrite, progress=not quiet, description=operation,
-                attributes={"command": " ".join(["distconv", operation, *sys.argv[2:]])})
+        _Context.resume_command = resume_command(argv)
+        written = dc.save(y, output, overwrite=overwrite, resume=resume, progress=not quiet,
+                          description=operation,
+                          attributes={"command": shlex.join(["distconv", *argv])})
+        _Context.resume_command = None
         seconds = time.perf_counter() - start
     if not quiet:
-        record = dc.info(output)["provenance"]["steps"][-1]
+        produced = written.attrs["distconv"]
+        record = produced["steps"][-1]
+        if produced.get("resumed"):
+            already = produced["resumed"][-1]["chunks_already_written"]
+            click.echo(f"resumed {output}: {already} of {y.npartitions} chunks were already "
+                       f"written, computed the other {y.npartitions - already}")
         pixels = float(x.size)
         click.echo(
             f"wrote {output}: {'×'.join(map(str, y.shape))} {y.dtype}, "
@@ -122,6 +184,9 @@ def _filter_command(operation: str):
                   help="Engine computing each chunk [default: config, auto].")
     @click.option("--dtype", help="Output dtype (e.g. float32, uint16) [default: float].")
     @click.option("--overwrite", is_flag=True, help="Replace an existing output store.")
+    @click.option("--resume", is_flag=True,
+                  help="Finish an interrupted run into the same output: only chunks not yet "
+                       "written are computed (inputs, weights and parameters must match).")
     @click.option("--cluster", "cluster_spec", default=None,
                   help="local (default) | threads | cuda | tcp://HOST:PORT | tls://HOST:PORT "
                   "| PATH.yaml (dask-jobqueue).")
@@ -257,28 +322,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: one-line errors, exit 2 for bad input, 130 for Ctrl-C."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    _Context.argv, _Context.resume_command = args, None
     try:
         cli.main(args=args, prog_name="distconv", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        _fail("interrupted", EXIT_INTERRUPTED)
+    except (click.exceptions.Abort, KeyboardInterrupt, _Interrupted):
+        _interrupted()
     except click.ClickException as exc:
         if debug:
             raise
         _fail(exc.format_message(), EXIT_USAGE)
-    except KeyboardInterrupt:
-        _fail("interrupted; nothing was marked complete", EXIT_INTERRUPTED)
     except DistconvError as exc:
         if debug:
             raise
-        _fail(str(exc), EXIT_USAGE)
+        _fail(str(exc), getattr(exc, "exit_code", EXIT_USAGE))
     except Exception as exc:  # unexpected: still one line unless --debug
         if debug:
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         _fail(f"{type(exc).__name__}: {message} (rerun with --debug for the traceback)",
               EXIT_FAILED)
+
+
+def _interrupted() -> None:
+    """Ctrl-C: the workers' tasks were cancelled on the way out (progress.compute_blocks)."""
+    if _Context.resume_command:
+        _fail(f"interrupted; the output is partial, not marked complete; finish it with: "
+              f"{_Context.resume_command}", EXIT_INTERRUPTED)
+    _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
 
 
 def _fail(message: str, code: int) -> None:
