@@ -21,6 +21,7 @@ lazy Dask results) are rechunked into the planned panels and shared through Dask
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import threading
@@ -98,6 +99,10 @@ class MatmulPlan:
     resources: Resources
     panels_from_zarr: tuple[bool, bool] = (False, False)  # panels read straight from the store
     natural_chunks: tuple[int, int] = (0, 0)  # the inputs' n and m chunk sizes (0: unknown)
+    # The operands' chunk size on each axis (empty: unknown). A task reading its panel from a
+    # store decodes every chunk the panel touches, so these set the bytes really read.
+    a_chunk_sizes: tuple[int, ...] = ()
+    b_chunk_sizes: tuple[int, ...] = ()
     fits_budget: bool = True
     estimated_seconds: float = field(default=0.0, compare=False)
 
@@ -199,13 +204,35 @@ class MatmulPlan:
         return self.matmul_tasks * (self.a_panel_bytes + self.b_panel_bytes)
 
     @property
+    def input_bytes(self) -> tuple[int, int]:
+        """Bytes of A and of B (each input once)."""
+        return (math.prod(self.a_shape) * self.a_dtype.itemsize,
+                math.prod(self.b_shape) * self.b_dtype.itemsize)
+
+    @property
+    def operand_bytes_read(self) -> tuple[int, int]:
+        """Bytes of A and of B decoded from the inputs by the whole graph.
+
+        With in-task reads each task decodes the whole chunks its panels touch, and a panel is
+        read once per output block that needs it: A's once per block along m (and along batch
+        axes A broadcasts on), B's once per block along n. Shared panels read each input once.
+        """
+        if not self.reads_in_tasks:
+            return self.input_bytes
+        return (_decoded_elements(**self._read_pattern("a")) * self.a_dtype.itemsize,
+                _decoded_elements(**self._read_pattern("b")) * self.b_dtype.itemsize)
+
+    @property
     def bytes_read(self) -> int:
-        """Bytes read from the inputs (stores or upstream graph)."""
-        if self.reads_in_tasks:
-            return self.panel_bytes_moved
-        # Shared panels: each is read once and copied to the workers that need it.
-        return math.prod(self.a_shape) * self.a_dtype.itemsize + \
-            math.prod(self.b_shape) * self.b_dtype.itemsize
+        """Bytes read from the inputs (stores or upstream graph), re-reads included."""
+        return sum(self.operand_bytes_read)
+
+    def _read_pattern(self, operand: str) -> dict[str, Any]:
+        """Axes, block sizes, chunk sizes and repeat count of one operand's panel reads."""
+        return _read_pattern(
+            operand, self.a_shape, self.b_shape, self.batch_shape, self.batch_chunks,
+            self.block_n, self.block_k, self.block_m,
+            self.a_chunk_sizes if operand == "a" else self.b_chunk_sizes)
 
     @property
     def peak_task_bytes(self) -> int:
@@ -243,7 +270,8 @@ class MatmulPlan:
             f"{_count_chunks(self.out_shape, self.output_chunks)} chunk(s) of "
             f"{shape(self.output_chunks)}",
             f"  tasks:             {self.matmul_tasks} matmul + {self.sum_tasks} tree-sum",
-            f"  bytes read:        {format_bytes(self.bytes_read)} from the inputs"
+            f"  bytes read:        {format_bytes(self.bytes_read)} from the inputs "
+            f"({self._reads_text()})"
             + ("" if self.reads_in_tasks else
                f"; {format_bytes(self.panel_bytes_moved)} of panels into tasks"),
             f"  peak memory/task:  {format_bytes(self.peak_task_bytes)}"
@@ -254,6 +282,15 @@ class MatmulPlan:
             f"  estimated time:    {self.estimated_seconds:.1f} s (cost model, not a measurement)",
         ]
         return "\n".join(lines)
+
+    def _reads_text(self) -> str:
+        """How often each input is read: re-reads cost decode time, so the plan keeps them few."""
+        parts = []
+        for name, read, size in zip("AB", self.operand_bytes_read, self.input_bytes):
+            parts.append(f"{name} {read / size:.2f}x" if size else f"{name} empty")
+        total = sum(self.input_bytes)
+        ratio = f"{self.bytes_read / total:.2f}x" if total else "-"
+        return f"{ratio} the inputs' {format_bytes(total)}: " + ", ".join(parts)
 
     def _threads_text(self) -> str:
         if self.engine == "tensorflow":  # its pools are fixed when TensorFlow starts
@@ -267,7 +304,7 @@ class MatmulPlan:
             "block_k": self.block_k, "block_m": self.block_m, "k_panels": self.k_panels,
             "fan_in": self.fan_in, "blas_threads": self.blas_threads,
             "memory_budget": self.resources.memory_budget,
-            "peak_task_bytes": self.peak_task_bytes,
+            "peak_task_bytes": self.peak_task_bytes, "bytes_read": self.bytes_read,
         }
 
 
@@ -338,10 +375,12 @@ def plan_matmul(a_shape: Sequence[int], b_shape: Sequence[int], a_dtype, b_dtype
     m = 1 if len(b_shape) == 1 else b_shape[-1]
     batch = out_shape[: len(out_shape) - (len(a_shape) > 1) - (len(b_shape) > 1)]
     hints = _chunk_hints(a_shape, b_shape, a_chunks, b_chunks)
+    a_chunk_sizes, b_chunk_sizes = _chunk_sizes(a_chunks), _chunk_sizes(b_chunks)
     search = _BlockSearch(
-        a_batch=a_shape[:-2], b_batch=b_shape[:-2], batch=batch, n=n, k=k, m=m,
+        a_shape=a_shape, b_shape=b_shape, batch=batch, n=n, k=k, m=m,
         a_dtype=np.dtype(a_dtype), b_dtype=np.dtype(b_dtype), dtype=dtype,
         resources=resources, panels_from_zarr=panels_from_zarr,
+        a_chunk_sizes=a_chunk_sizes, b_chunk_sizes=b_chunk_sizes,
     )
     choice = search.best(hints)
     return MatmulPlan(
@@ -350,7 +389,7 @@ def plan_matmul(a_shape: Sequence[int], b_shape: Sequence[int], a_dtype, b_dtype
         block_k=choice.bk, block_m=choice.bm, fan_in=choice.fan_in,
         blas_threads=search.threads_per_task(choice.tasks), resources=resources,
         panels_from_zarr=panels_from_zarr, natural_chunks=(hints["n"], hints["m"]),
-        fits_budget=choice.fits, estimated_seconds=choice.seconds,
+        a_chunk_sizes=a_chunk_sizes, b_chunk_sizes=b_chunk_sizes, fits_budget=choice.fits, estimated_seconds=choice.seconds,
     )
 
 
@@ -448,8 +487,8 @@ class _Choice:
 class _BlockSearch:
     """Enumerates candidate block sizes and scores them with the cost model."""
 
-    a_batch: tuple[int, ...]
-    b_batch: tuple[int, ...]
+    a_shape: tuple[int, ...]
+    b_shape: tuple[int, ...]
     batch: tuple[int, ...]
     n: int
     k: int
@@ -459,6 +498,16 @@ class _BlockSearch:
     dtype: np.dtype
     resources: Resources
     panels_from_zarr: tuple[bool, bool]
+    a_chunk_sizes: tuple[int, ...] = ()
+    b_chunk_sizes: tuple[int, ...] = ()
+
+    @property
+    def a_batch(self) -> tuple[int, ...]:
+        return self.a_shape[:-2]
+
+    @property
+    def b_batch(self) -> tuple[int, ...]:
+        return self.b_shape[:-2]
 
     def best(self, hints: dict[str, int]) -> _Choice:
         """The cheapest blocks with the largest k panel that fits; the smallest if none fits."""
@@ -470,6 +519,7 @@ class _BlockSearch:
                       for batch_chunks in batch_options for bn in n_sizes for bm in m_sizes]
             fitting = [c for c in scored if c.fits]
             if fitting:
+                # Ties go to the plan that decodes (re-reads) the fewest bytes.
                 return min(fitting, key=lambda c: (c.seconds, c.moved))
         smallest = min(_candidate_sizes(self.k, hints["k"]))
         return self._score(batch_options[0], min(n_sizes), smallest, min(m_sizes))
@@ -496,11 +546,22 @@ class _BlockSearch:
         rounds = math.ceil(tasks / self.resources.parallel_tasks)
         flops = 2 * math.prod(batch_chunks) * bn * bk * bm
         rate = FLOPS_PER_THREAD * (4 / max(4, self.dtype.itemsize)) * self.threads_per_task(tasks)
-        per_task = flops / rate + (a_panel + b_panel) / BYTES_PER_SECOND + SECONDS_PER_TASK
+        if all(self.panels_from_zarr):
+            # Tasks decode whole chunks from the stores, each panel once per block using it:
+            # misaligned blocks and re-reads both cost decode time.
+            moved = sum(
+                _decoded_elements(**_read_pattern(
+                    operand, self.a_shape, self.b_shape, self.batch, batch_chunks, bn, bk, bm,
+                    chunks)) * dtype.itemsize
+                for operand, chunks, dtype in (("a", self.a_chunk_sizes, self.a_dtype),
+                                               ("b", self.b_chunk_sizes, self.b_dtype)))
+        else:
+            moved = tasks * (a_panel + b_panel)
+        per_task = flops / rate + moved / tasks / BYTES_PER_SECOND + SECONDS_PER_TASK
         summing = blocks * _tree_tasks(k_panels, fan_in) * (fan_in + 1) * out_block / \
             BYTES_PER_SECOND / self.resources.parallel_tasks
         return _Choice(
-            seconds=rounds * per_task + summing, moved=tasks * (a_panel + b_panel),
+            seconds=rounds * per_task + summing, moved=moved,
             batch_chunks=batch_chunks, bn=bn, bk=bk, bm=bm, fan_in=fan_in, tasks=tasks,
             fits=peak <= budget,
         )
@@ -579,6 +640,63 @@ def _chunk_hints(a_shape, b_shape, a_chunks, b_chunks) -> dict[str, int]:
     m = 0 if len(b_shape) == 1 else first(b_chunks, -1)
     k = max(first(a_chunks, -1), first(b_chunks, -2 if len(b_shape) > 1 else -1))
     return {"n": n, "k": k, "m": m}
+
+
+def _chunk_sizes(chunks: Sequence[Sequence[int]] | None) -> tuple[int, ...]:
+    """The (regular) chunk size on each axis; () when the chunks are not known."""
+    if chunks is None:
+        return ()
+    return tuple(int(axis[0]) if len(axis) else 0 for axis in chunks)
+
+
+def _read_pattern(operand: str, a_shape: tuple[int, ...], b_shape: tuple[int, ...],
+                  batch: tuple[int, ...], batch_chunks: tuple[int, ...], bn: int, bk: int,
+                  bm: int, chunk_sizes: tuple[int, ...]) -> dict[str, Any]:
+    """How the in-task reads cover one operand: its extents, block and chunk sizes per axis,
+    and how many times each panel is read (once per output block along the axes it lacks)."""
+    shape = a_shape if operand == "a" else b_shape
+    if len(shape) == 1:
+        operand_batch: tuple[int, ...] = ()
+        core_blocks = (bk,)
+    else:
+        operand_batch = shape[:-2]
+        core_blocks = (bn, bk) if operand == "a" else (bk, bm)
+    offset = len(batch) - len(operand_batch)
+    batch_blocks = tuple(1 if size == 1 else batch_chunks[offset + i]
+                         for i, size in enumerate(operand_batch))
+    # Output batch axes this operand lacks or broadcasts on: its panel is read once per block.
+    repeats = math.prod(
+        _blocks(batch[axis], batch_chunks[axis]) for axis in range(len(batch))
+        if axis < offset or operand_batch[axis - offset] == 1)
+    if operand == "a":
+        repeats *= 1 if len(b_shape) == 1 else _blocks(b_shape[-1], bm)
+    else:
+        repeats *= 1 if len(a_shape) == 1 else _blocks(a_shape[-2], bn)
+    chunks = chunk_sizes if len(chunk_sizes) == len(shape) else (0,) * len(shape)
+    return {"extents": shape, "blocks": batch_blocks + core_blocks, "chunks": chunks,
+            "repeats": repeats}
+
+
+def _decoded_elements(extents: Sequence[int], blocks: Sequence[int], chunks: Sequence[int],
+                      repeats: int) -> int:
+    """Elements decoded when a regular grid of blocks is read chunk by chunk, ``repeats`` times.
+
+    A block decodes every chunk it touches; the grid is a product of axes, so the total is the
+    product of the per-axis totals.
+    """
+    return repeats * math.prod(_aligned_total(e, b, c) for e, b, c in zip(extents, blocks, chunks))
+
+
+@functools.lru_cache(maxsize=4096)
+def _aligned_total(extent: int, block: int, chunk: int) -> int:
+    """Elements of whole chunks (size ``chunk``) touched by blocks of ``block`` along one axis."""
+    if chunk <= 1 or block % chunk == 0 or block >= extent:  # aligned: each chunk once
+        return extent
+    total = 0
+    for start in range(0, extent, block):
+        stop = min(extent, start + block)
+        total += min(extent, -(-stop // chunk) * chunk) - (start // chunk) * chunk
+    return total
 
 
 def _blocks(extent: int, size: int) -> int:
