@@ -7,8 +7,9 @@ when the output exists, and the output path checked before any cluster starts.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import sys
+import shlex
 import time
 
 import click
@@ -19,6 +20,8 @@ _COMMON_HELP = {
     "output": "Output Zarr path [default: A.<op>.zarr beside A].",
     "engine": "Engine computing each block [default: config, auto].",
     "overwrite": "Replace an existing output store.",
+    "resume": "Finish an interrupted run into the same output: only chunks not yet written are "
+              "computed (inputs and parameters must match).",
     "cluster": "local (default) | threads | tcp://HOST:PORT | tls://HOST:PORT.",
     "workers": "Worker processes (local).",
     "threads": "Threads per worker (local).",
@@ -33,6 +36,7 @@ def _common_options(command):
         click.option("--engine", type=click.Choice(["auto", *kernels.engine_names()]),
                      default=None, help=_COMMON_HELP["engine"]),
         click.option("--overwrite", is_flag=True, help=_COMMON_HELP["overwrite"]),
+        click.option("--resume", is_flag=True, help=_COMMON_HELP["resume"]),
         click.option("--cluster", "cluster_spec", default=None, help=_COMMON_HELP["cluster"]),
         click.option("--workers", type=click.IntRange(min=1), help=_COMMON_HELP["workers"]),
         click.option("--threads-per-worker", type=click.IntRange(min=1),
@@ -53,7 +57,7 @@ def _common_options(command):
 @click.option("--dry-run", is_flag=True,
               help="Print the plan (blocks, tasks, bytes, peak memory, FLOPs); write nothing.")
 def matmul_command(a: str, b: str, output: str | None, engine: str | None, overwrite: bool,
-                   cluster_spec: str | None, workers: int | None,
+                   resume: bool, cluster_spec: str | None, workers: int | None,
                    threads_per_worker: int | None, quiet: bool, memory_budget: str | None,
                    dry_run: bool) -> None:
     """Matrix product A @ B of two Zarr arrays, as numpy.matmul (stacks and 1-D included).
@@ -68,7 +72,14 @@ def matmul_command(a: str, b: str, output: str | None, engine: str | None, overw
       distconv matmul a.zarr b.zarr --dry-run                 # show the plan only
       distconv matmul a.zarr b.zarr -o c.zarr --engine tensorflow --memory-budget 2GiB
       distconv matmul stack.zarr/raw b.zarr --cluster threads --quiet
+      distconv matmul a.zarr b.zarr -o c.zarr --resume        # finish an interrupted run
     """
+    _interruptible(_matmul_job, a, b, output, engine, overwrite, resume, cluster_spec, workers,
+                   threads_per_worker, quiet, memory_budget, dry_run)
+
+
+def _matmul_job(a, b, output, engine, overwrite, resume, cluster_spec, workers,
+                threads_per_worker, quiet, memory_budget, dry_run) -> None:
     import distconv as dc
     from distconv.ops.linalg import matmul_result_shape, plan_for
 
@@ -76,16 +87,13 @@ def matmul_command(a: str, b: str, output: str | None, engine: str | None, overw
     matmul_result_shape(x.shape, y.shape)  # NumPy's error before any cluster starts
     output = output or _default_output(a, "matmul")
     if not dry_run:
-        _check_output(output, [a, b], overwrite)
-    from distconv.clusters import cluster
-
-    with cluster(cluster_spec, workers=workers, threads_per_worker=threads_per_worker,
-                 quiet=quiet or dry_run):
+        _check_output(output, [a, b], overwrite, resume)
+    with _cluster(cluster_spec, workers, threads_per_worker, quiet or dry_run):
         if dry_run:  # planned where it would run: the workers' memory sets the budget
             click.echo(plan_for(x, y, engine=engine, memory_budget=memory_budget).describe())
             return
         product = dc.matmul(x, y, engine=engine, memory_budget=memory_budget)
-        seconds = _save(product, output, overwrite, quiet, "matmul")
+        seconds = _save(product, output, overwrite, resume, quiet, "matmul")
     if not quiet:
         flops = 2 * int(product.size) * x.shape[-1]  # one multiply-add per k per element
         step = dc.info(output)["provenance"]["steps"][-1]
@@ -99,7 +107,7 @@ def matmul_command(a: str, b: str, output: str | None, engine: str | None, overw
 @click.argument("b", metavar="B")
 @_common_options
 def multiply_command(a: str, b: str, output: str | None, engine: str | None, overwrite: bool,
-                     cluster_spec: str | None, workers: int | None,
+                     resume: bool, cluster_spec: str | None, workers: int | None,
                      threads_per_worker: int | None, quiet: bool) -> None:
     """Element-wise product of a Zarr array A and a Zarr array or number B, as numpy.multiply.
 
@@ -112,7 +120,14 @@ def multiply_command(a: str, b: str, output: str | None, engine: str | None, ove
       distconv multiply a.zarr b.zarr -o m.zarr
       distconv multiply a.zarr 0.5 -o half.zarr
       distconv multiply volume.zarr mask.zarr --cluster threads --quiet
+      distconv multiply a.zarr b.zarr -o m.zarr --resume      # finish an interrupted run
     """
+    _interruptible(_multiply_job, a, b, output, engine, overwrite, resume, cluster_spec, workers,
+                   threads_per_worker, quiet)
+
+
+def _multiply_job(a, b, output, engine, overwrite, resume, cluster_spec, workers,
+                  threads_per_worker, quiet) -> None:
     import distconv as dc
 
     x = dc.open(a)
@@ -121,12 +136,9 @@ def multiply_command(a: str, b: str, output: str | None, engine: str | None, ove
         y = dc.open(b)
     product = dc.multiply(x, y, engine=engine)  # NumPy's broadcasting error, before a cluster
     output = output or _default_output(a, "multiply")
-    _check_output(output, [a] + ([] if isinstance(y, (int, float)) else [b]), overwrite)
-    from distconv.clusters import cluster
-
-    with cluster(cluster_spec, workers=workers, threads_per_worker=threads_per_worker,
-                 quiet=quiet):
-        seconds = _save(product, output, overwrite, quiet, "multiply")
+    _check_output(output, [a] + ([] if isinstance(y, (int, float)) else [b]), overwrite, resume)
+    with _cluster(cluster_spec, workers, threads_per_worker, quiet):
+        seconds = _save(product, output, overwrite, resume, quiet, "multiply")
     if not quiet:
         click.echo(f"wrote {output}: {_shape(product.shape)} {product.dtype}, "
                    f"{product.npartitions} chunks; {seconds:.2f} s, "
@@ -155,19 +167,57 @@ def _default_output(input_path: str, operation: str) -> str:
     return default_output(input_path, operation)
 
 
-def _check_output(output: str, inputs: list[str], overwrite: bool) -> None:
+def _check_output(output: str, inputs: list[str], overwrite: bool, resume: bool) -> None:
     from distconv.io import check_output_path
 
-    check_output_path(output, inputs, overwrite)
+    check_output_path(output, inputs, overwrite, resume)
 
 
-def _save(product, output: str, overwrite: bool, quiet: bool, operation: str) -> float:
+def _interruptible(job, *args) -> None:
+    """Run a command's job; Ctrl-C becomes cli.py's interruption (exit 130, --resume hint)."""
+    from distconv.cli import _Interrupted
+
+    try:
+        job(*args)
+    except KeyboardInterrupt:
+        # Raised past click as itself, click would print a blank line and turn it into Abort.
+        raise _Interrupted() from None
+
+
+@contextlib.contextmanager
+def _cluster(cluster_spec, workers, threads_per_worker, quiet):
+    """The cluster, its workers started with Ctrl-C ignored as cli.py starts them."""
+    from distconv.cli import _workers_ignore_ctrl_c
+    from distconv.clusters import cluster
+
+    with contextlib.ExitStack() as stack:
+        with _workers_ignore_ctrl_c():
+            stack.enter_context(cluster(cluster_spec, workers=workers,
+                                        threads_per_worker=threads_per_worker, quiet=quiet))
+        yield
+
+
+def _save(product, output: str, overwrite: bool, resume: bool, quiet: bool,
+          operation: str) -> float:
+    """Save with provenance; while it runs, an interruption names the command that resumes."""
     import distconv as dc
+    from distconv.cli import _Context, resume_command
 
+    argv = list(_Context.argv)
+    argv = argv[argv.index(operation):] if operation in argv else [operation]
     start = time.perf_counter()
-    dc.save(product, output, overwrite=overwrite, progress=not quiet, description=operation,
-            attributes={"command": " ".join(["distconv", operation, *sys.argv[2:]])})
-    return time.perf_counter() - start
+    _Context.resume_command = resume_command(argv)
+    written = dc.save(product, output, overwrite=overwrite, resume=resume, progress=not quiet,
+                      description=operation,
+                      attributes={"command": shlex.join(["distconv", *argv])})
+    _Context.resume_command = None
+    seconds = time.perf_counter() - start
+    produced = written.attrs["distconv"]
+    if not quiet and produced.get("resumed"):
+        already = produced["resumed"][-1]["chunks_already_written"]
+        click.echo(f"resumed {output}: {already} of {product.npartitions} chunks were already "
+                   f"written, computed the other {product.npartitions - already}")
+    return seconds
 
 
 def _shape(shape) -> str:

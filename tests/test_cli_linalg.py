@@ -181,3 +181,48 @@ def test_matmul_on_the_default_local_cluster(operands):
     assert "dashboard:" in result.stderr  # a LocalCluster really started
     out = zarr.open_array(str(folder / "local.zarr"), mode="r")
     np.testing.assert_allclose(out[:], float64_product(a, b), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("operation", ["matmul", "multiply"])
+def test_resume_computes_only_the_missing_chunks(tmp_path, operation):
+    """An interrupted output (chunks missing, not marked complete) is finished by --resume:
+    missing chunks are computed, written ones are kept as they are; another job is refused."""
+    rng = np.random.default_rng(15)
+    a = (rng.random((64, 48)) + 0.5).astype(np.float32)
+    b = (rng.random((48, 48) if operation == "matmul" else (64, 48)) + 0.5).astype(np.float32)
+    write_store(tmp_path / "a.zarr", a, (16, 24) if operation == "matmul" else (16, 16))
+    write_store(tmp_path / "b.zarr", b, (24, 16) if operation == "matmul" else (16, 16))
+    expected = float64_product(a, b) if operation == "matmul" else np.multiply(a, b)
+    first = distconv(operation, "a.zarr", "b.zarr", "-o", "c.zarr", *THREADS, "-q",
+                     cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    # What an interrupted run leaves: some chunk objects missing, "complete" false.
+    out = zarr.open_array(str(tmp_path / "c.zarr"), mode="r+")
+    assert tuple(out.chunks) == (16, 16) and out.nchunks == 12
+    record = dict(out.attrs["distconv"])
+    out.attrs["distconv"] = {**record, "complete": False}
+    for key in ("c/1/2", "c/3/0"):
+        (tmp_path / "c.zarr" / key).unlink()
+    out[:16, :16] = -1.0  # a chunk already written: resume must keep it, not recompute it
+
+    resumed = distconv(operation, "a.zarr", "b.zarr", "-o", "c.zarr", "--resume", *THREADS,
+                       cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed c.zarr: 10 of 12 chunks were already written" in resumed.stdout
+    out = zarr.open_array(str(tmp_path / "c.zarr"), mode="r")
+    record = out.attrs["distconv"]
+    assert record["complete"] is True and record["resumed"][-1]["chunks_already_written"] == 10
+    got = out[:]
+    np.testing.assert_array_equal(got[:16, :16], -1.0)
+    got[:16, :16] = expected[:16, :16]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+    if operation == "multiply":
+        return  # the refusals below are save()'s, the same for both commands
+    write_store(tmp_path / "b2.zarr", b * 2, (16, 16))
+    other = distconv(operation, "a.zarr", "b2.zarr", "-o", "c.zarr", "--resume", *THREADS,
+                     cwd=tmp_path)
+    assert_one_line_error(other, "cannot resume c.zarr", "inputs differ")
+    both = distconv(operation, "a.zarr", "b.zarr", "-o", "c.zarr", "--resume", "--overwrite",
+                    *THREADS, cwd=tmp_path)
+    assert_one_line_error(both, "--overwrite", "--resume")

@@ -40,7 +40,8 @@ from distconv import kernels
 from distconv.backend import array_module, is_gpu_array, to_numpy
 from distconv.config import get_default
 from distconv.errors import DistconvError
-from distconv.io import as_dask_array, open_zarr_array, remember_provenance
+from distconv.io import (as_dask_array, open_zarr_array, remember_provenance, remember_source,
+                         source_of)
 
 # Share of a worker's memory one task may plan for: the rest covers Dask's own buffers, Zarr
 # codec buffers, the output block waiting to be written and the engine's temporaries.
@@ -764,11 +765,12 @@ def matmul(a, b, *, engine: str | None = None,
     result = matmul_with_plan(x, y, plan)
     return remember_provenance(result, {
         "operation": "matmul",
-        "parameters": {"engine": engine or get_default("engine"),
-                       "memory_budget": memory_budget},
+        "parameters": {"engine": engine or get_default("engine")},
         "engine": plan.engine,
         "method": "one k panel" if plan.k_panels == 1 else f"{plan.k_panels} k panels, tree sum",
-        "plan": plan.summary(),
+        # The budget only changes how blocks are computed (like the engine), so a resumed save
+        # may use another; the chunks written, which must match, are checked by save().
+        "plan": {**plan.summary(), "memory_budget_given": memory_budget},
         "input_shapes": [list(x.shape), list(y.shape)],
         "input_dtypes": [str(x.dtype), str(y.dtype)],
     })
@@ -933,23 +935,14 @@ def _as_panels(x: da.Array, chunks: tuple) -> da.Array:
     if source is None:
         return x.rechunk(chunks)
     panels = da.from_zarr(open_zarr_array(source["path"]), chunks=chunks)
-    _remember_source(panels, source)
-    return panels
+    # save() finds inputs (provenance, and the refusal to overwrite an input) by layer name.
+    return remember_source(panels, source)
 
 
 def _zarr_source(x: da.Array) -> dict[str, Any] | None:
     """The store record of an array opened by :func:`distconv.open` and not yet transformed."""
-    from distconv import io
-
-    record = io._SOURCES.get(x.name)
+    record = source_of(x)
     return record if record and record.get("zarr_format") else None
-
-
-def _remember_source(x: da.Array, record: dict[str, Any]) -> None:
-    # save() finds inputs (provenance, and the refusal to overwrite an input) by layer name.
-    from distconv import io
-
-    io._SOURCES[x.name] = record
 
 
 def _regular(extent: int, size: int) -> tuple[int, ...]:
