@@ -64,6 +64,11 @@ def test_boundary_none_gives_edge_blocks_no_outer_halo(image):
     theirs = da.overlap.overlap(x, depth=1, boundary="none").map_blocks(mark, dtype="f8")
     assert ours.chunks == theirs.chunks == ((17, 18, 18, 3), (11, 12, 12, 8))
     np.testing.assert_array_equal(ours.compute(), theirs.compute())
+    # Trimmed, the outer edges keep what the function computed there, as in dask.
+    trimmed = dc.map_chunks(box3, x, depth=1, boundary="none")
+    expected = da.map_overlap(box3, x, depth=1, boundary="none", dtype="f8")
+    assert trimmed.chunks == x.chunks
+    np.testing.assert_allclose(trimmed.compute(), expected.compute(), atol=1e-12)
 
 
 def test_trim_false_valid_output_and_haloed_output(image):
@@ -157,7 +162,7 @@ def test_error_crosses_a_local_cluster(image):
     _, x = image
     y = dc.map_chunks(failing_function, x[:, :10], depth=1, dtype="f8", chunks=x[:, :10].chunks)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster):
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster):
         with pytest.raises(dc.ChunkError) as info:
             y.compute()
     _check_chunk_error(info.value)
