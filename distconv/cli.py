@@ -128,6 +128,9 @@ def _filter_job(operation, input, weights, output, mode, cval, origin, axes, met
     if dtype is not None and _dtype_kind(dtype) == "b":
         raise DistconvError(f"output dtype {dtype} is not supported; use an integer or float "
                             "type")
+    function = dc.convolve if operation == "convolve" else dc.correlate
+    y = function(x, w, mode=mode, cval=cval, origin=origin_arg, axes=axes_t, method=method,
+                 engine=engine, dtype=dtype)
     filtered = list(axes_t) if axes_t is not None else list(range(x.ndim))
     if w.ndim == len(filtered):
         for axis, size in zip(filtered, w.shape):
@@ -137,9 +140,6 @@ def _filter_job(operation, input, weights, output, mode, cval, origin, axes, met
                 raise DistconvError(f"the weights are larger than the input on axis {axis} "
                                     f"({size} > {x.shape[axis]}); are INPUT and WEIGHTS "
                                     "swapped?")
-    function = dc.convolve if operation == "convolve" else dc.correlate
-    y = function(x, w, mode=mode, cval=cval, origin=origin_arg, axes=axes_t, method=method,
-                 engine=engine, dtype=dtype)
     output = output or default_output(input, "convolved" if operation == "convolve"
                                       else "correlated")
     check_output_path(output, source_paths(y), overwrite, resume)  # before any cluster starts

@@ -1,0 +1,171 @@
+"""Hostile and mistaken input: one line on stderr, exit 2, nothing written, inputs untouched.
+
+Every case of the table runs the command's entry point (``distconv.cli.main``, what the
+``distconv`` script calls) in this process, to stay fast; a few run the real script in a
+subprocess as well. After each case the whole folder (inputs and any output) hashes as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+import distconv as dc
+from distconv.cli import main
+
+DISTCONV = os.path.join(os.path.dirname(sys.executable), "distconv")
+
+
+def tree_digest(path) -> str:
+    """Hash of every file's name and bytes under ``path`` (what exists and what it holds)."""
+    digest = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            digest.update(os.path.relpath(full, path).encode())
+            with open(full, "rb") as handle:
+                digest.update(handle.read())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Inputs for every case, made once (the cases must leave them as they are)."""
+    folder = tmp_path_factory.mktemp("bad")
+    rng = np.random.default_rng(0)
+    data = rng.random((40, 30), dtype=np.float32)
+    zarr.create_array(str(folder / "big.zarr"), shape=data.shape, chunks=(16, 16),
+                      dtype=data.dtype)[:] = data
+    np.save(folder / "kernel.npy", rng.standard_normal((5, 3)))
+    np.save(folder / "nan.npy", np.array([[1.0, np.nan], [0.0, 1.0]]))
+    np.save(folder / "inf.npy", np.array([[1.0, np.inf], [0.0, 1.0]]))
+    np.save(folder / "object.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with open(folder / "pickled.npy", "wb") as handle:
+        pickle.dump({"weights": [1, 2, 3]}, handle)
+    np.save(folder / "k3d.npy", rng.random((3, 3, 3)))
+    np.save(folder / "huge.npy", rng.random((41, 3)))
+    np.save(folder / "empty.npy", np.zeros((0, 3)))
+    np.save(folder / "strings.npy", np.array([["a", "b"]]))
+    np.save(folder / "image_object.npy", np.array([[None, 1]], dtype=object), allow_pickle=True)
+    zarr.create_array(str(folder / "empty.zarr"), shape=(0, 5), chunks=(1, 5), dtype="f4")
+    zarr.create_array(str(folder / "complex.zarr"), shape=(4, 4), chunks=(4, 4), dtype="c8")
+    group = zarr.open_group(str(folder / "group.zarr"), mode="w")
+    group.create_array("raw", shape=(4, 4), dtype="f4")[:] = 1.0
+    corrupt = zarr.create_array(str(folder / "corrupt.zarr"), shape=data.shape, chunks=(16, 16),
+                                dtype=data.dtype)
+    corrupt[:] = data
+    (folder / "corrupt.zarr" / "c" / "1" / "1").write_bytes(b"not a zstd frame at all")
+    os.makedirs(folder / "plain_dir")
+    (folder / "plain_dir" / "notes.txt").write_text("not zarr")
+    os.makedirs(folder / "data")
+    zarr.create_array(str(folder / "data" / "in.zarr"), shape=(8, 8), chunks=(4, 4),
+                      dtype="f4")[:] = 1.0
+    # An interrupted job that a different job must not "resume".
+    dc.save(dc.convolve(dc.open(folder / "big.zarr"), np.ones((3, 3))), folder / "part.zarr",
+            progress=False)
+    produced = zarr.open_array(str(folder / "part.zarr"), mode="r+")
+    produced.attrs.update({"distconv": {**produced.attrs["distconv"], "complete": False}})
+    zarr.create_array(str(folder / "done.zarr"), shape=(2,), dtype="f4")[:] = 1.0
+    return folder
+
+
+# (name, arguments after the command, words expected in the one line)
+CASES = [
+    ("missing input", ["nope.zarr", "kernel.npy"], "no such file"),
+    ("missing weights", ["big.zarr", "nope.npy"], "no such weights file"),
+    ("directory that is not zarr", ["plain_dir", "kernel.npy"], "not a readable zarr"),
+    ("group, not an array", ["group.zarr", "kernel.npy"], "group.zarr/raw"),
+    ("corrupt chunk in the input", ["corrupt.zarr", "kernel.npy"], "[16:32, 16:30] cannot be read"),
+    ("pickled .npy weights", ["big.zarr", "pickled.npy"], "pickled"),
+    ("object-dtype .npy weights", ["big.zarr", "object.npy"], "pickled or object"),
+    ("object-dtype .npy input", ["image_object.npy", "kernel.npy"], "pickled or object"),
+    ("nan weights", ["big.zarr", "nan.npy"], "nan or infinity"),
+    ("inf weights", ["big.zarr", "inf.npy"], "nan or infinity"),
+    ("weights larger than the image", ["big.zarr", "huge.npy"], "larger than the input"),
+    ("empty weights", ["big.zarr", "empty.npy"], "empty"),
+    ("string weights", ["big.zarr", "strings.npy"], "real numbers"),
+    ("zero-size input", ["empty.zarr", "kernel.npy"], "empty"),
+    ("ndim mismatch", ["big.zarr", "k3d.npy"], "pass axes"),
+    ("axes count mismatch", ["big.zarr", "kernel.npy", "--axes", "0"], "name 1 axis"),
+    ("axis out of range", ["big.zarr", "kernel.npy", "--axes", "0,5"], "out of range"),
+    ("complex input", ["complex.zarr", "kernel.npy"], "complex"),
+    ("bool output dtype", ["big.zarr", "kernel.npy", "--dtype", "bool"], "not supported"),
+    ("complex output dtype", ["big.zarr", "kernel.npy", "--dtype", "complex64"],
+     "not supported"),
+    ("unknown output dtype", ["big.zarr", "kernel.npy", "--dtype", "float7"], "dtype"),
+    ("origin out of range", ["big.zarr", "kernel.npy", "--origin", "3"], "invalid origin"),
+    ("origin not integers", ["big.zarr", "kernel.npy", "--origin", "1.5"], "integers"),
+    ("origin count", ["big.zarr", "kernel.npy", "--origin", "0,0,0"], "3 value"),
+    ("negative sigma", ["big.zarr", "gaussian:sigma=-1"], "positive"),
+    ("unknown named kernel", ["big.zarr", "blur:size=3"], "named kernel"),
+    ("code in a named kernel", ["big.zarr", "gaussian:sigma=__import__('os')"], "not a valid"),
+    ("box of size 0", ["big.zarr", "box:size=0"], "at least 1"),
+    ("output is the input", ["big.zarr", "kernel.npy", "-o", "big.zarr"], "is the input"),
+    ("output inside the input", ["big.zarr", "kernel.npy", "-o", "big.zarr/sub"], "inside"),
+    ("output contains the input", ["data/in.zarr", "kernel.npy", "-o", "data"], "contains"),
+    ("output exists", ["big.zarr", "kernel.npy", "-o", "done.zarr"], "already exists"),
+    ("overwrite a non-zarr folder", ["big.zarr", "kernel.npy", "-o", "plain_dir",
+                                     "--overwrite"], "not a zarr store"),
+    ("overwrite and resume", ["big.zarr", "kernel.npy", "-o", "part.zarr", "--overwrite",
+                              "--resume"], "choose one"),
+    ("resume a different job", ["big.zarr", "kernel.npy", "-o", "part.zarr", "--resume"],
+     "weights differ"),
+    ("unknown mode", ["big.zarr", "kernel.npy", "--mode", "bogus"], "reflect"),
+    ("unknown method", ["big.zarr", "kernel.npy", "--method", "bogus"], "fft"),
+    ("unknown engine", ["big.zarr", "kernel.npy", "--engine", "bogus"], "scipy"),
+    ("unknown cluster", ["big.zarr", "kernel.npy", "--cluster", "moon"], "local, threads"),
+    ("separable weights not rank 1", ["big.zarr", "kernel.npy", "--method", "separable"],
+     "rank-1"),
+    ("zero workers", ["big.zarr", "kernel.npy", "--workers", "0"], "--workers"),
+]
+
+
+def _args(name: str, args: list[str]) -> list[str]:
+    extra = [] if "-o" in args else ["-o", f"out-{name.replace(' ', '-')}.zarr"]
+    if "--cluster" not in args:
+        extra += ["--cluster", "threads"]
+    return [*args, *extra]
+
+
+@pytest.mark.parametrize("name, args, words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_one_line_exit_2_nothing_written(folder, monkeypatch, capsys, name, args,
+                                                   words):
+    monkeypatch.chdir(folder)
+    before = tree_digest(folder)
+    with pytest.raises(SystemExit) as exited:
+        main(["convolve", *_args(name, args)])
+    captured = capsys.readouterr()
+    assert exited.value.code == 2, captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("distconv: error: "), lines
+    assert words.lower() in lines[0].lower(), lines[0]
+    assert captured.out == ""
+    assert tree_digest(folder) == before  # no output, no default output, inputs unchanged
+
+
+def test_the_table_has_at_least_20_distinct_cases():
+    assert len({name for name, _, _ in CASES}) == len(CASES) >= 20
+
+
+@pytest.mark.parametrize("name", ["corrupt chunk in the input", "pickled .npy weights",
+                                  "output inside the input", "unknown engine"])
+def test_bad_input_through_the_real_command(folder, name):
+    """The installed script in its own process: same line, same exit code, nothing written."""
+    args = next(a for n, a, _ in CASES if n == name)
+    words = next(w for n, _, w in CASES if n == name)
+    before = tree_digest(folder)
+    result = subprocess.run([DISTCONV, "correlate", *_args(name, args)], cwd=folder,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words.lower() in lines[0].lower(), result.stderr
+    assert tree_digest(folder) == before
