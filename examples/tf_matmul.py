@@ -44,7 +44,7 @@ def main() -> None:
     dc.save(product, os.path.join(out, "ab.zarr"), overwrite=True, progress=False)
     seconds = time.perf_counter() - start
     print(f"A {a.shape} @ B {b.shape} -> {product.shape} in {seconds:.2f} s "
-          f"({2 * n * k * m / seconds / 1e9:.1f} GFLOP/s) -> {out}/ab.zarr")
+          f"({2 * n * k * m / seconds / 1e9:.2f} GFLOP/s) -> {out}/ab.zarr")
 
     # Check against NumPy in float64 (small sizes only: this reads both matrices into memory).
     if n <= 4096:

@@ -185,7 +185,11 @@ def map_chunks(fn: Callable, *arrays, depth=0, boundary="reflect", cval: float =
         out_ndim=out_ndim, out_dtype=dtype,
         chunks=out_chunks, drop_axis=drop or None, new_axis=new or None, dtype=dtype,
         meta=xp.empty((0,) * out_ndim, dtype=dtype),
-        name=f"{name or fn_name.rsplit('.', 1)[-1]}-{token}",
+        # The key names the function *and* everything it is applied to, so two calls with the
+        # same function on different inputs never share keys.
+        name=f"{name or fn_name.rsplit('.', 1)[-1]}-" + tokenize(
+            token, [h.name for h in haloed_all], depths, pad_mode, cval, trim, dtype,
+            out_chunks, drop, new, keep_on_device),
     )
     return remember_provenance(result, {
         "operation": "map_chunks",
