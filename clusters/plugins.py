@@ -175,8 +175,15 @@ def _tensorflow_one_gpu(tf) -> str:
 
 def register_plugins(client, *, threads: int | None = None, rmm: bool = False) -> None:
     """Register :class:`ThreadLimits` and :class:`GPUSetup` on every current and future worker."""
-    client.register_plugin(ThreadLimits(threads), name=ThreadLimits.name)
-    client.register_plugin(GPUSetup(rmm=rmm), name=GPUSetup.name)
+    from distributed.comm import CommClosedError
+
+    for plugin in (ThreadLimits(threads), GPUSetup(rmm=rmm)):
+        try:
+            client.register_plugin(plugin, name=plugin.name)
+        except (CommClosedError, OSError) as exc:
+            # A worker died during the broadcast: the scheduler keeps the plugin and gives it
+            # to the worker that replaces it, so the job can go on.
+            logger.warning("registering %s: a worker was lost (%s)", plugin.name, exc)
 
 
 def plugin_report(dask_worker=None) -> dict[str, Any]:

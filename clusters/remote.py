@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from distconv.errors import DistconvError
 
+# How long to keep retrying an unreachable scheduler; override with dask config
+# ``distconv.connect-timeout`` (env DASK_DISTCONV__CONNECT_TIMEOUT=30s).
 CONNECT_TIMEOUT = "10s"
 
 
@@ -41,11 +43,13 @@ def connect(address: str):
     DistconvError
         When the scheduler cannot be reached or the TLS handshake fails (one line).
     """
+    import dask.config
     from distributed import Client
 
     security = security_for(address)
+    timeout = dask.config.get("distconv.connect-timeout", default=CONNECT_TIMEOUT)
     try:
-        return Client(address, security=security, timeout=CONNECT_TIMEOUT)
+        return Client(address, security=security, timeout=timeout)
     except (OSError, TimeoutError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise DistconvError(f"cannot reach the scheduler at {address} ({reason})") from None

@@ -128,24 +128,29 @@ def test_cli_job_on_a_remote_scheduler(tcp_cluster, tmp_path):
 
 
 def test_cluster_info_lists_the_remote_workers(tcp_cluster):
-    done = run_cli("cluster", "info", "--cluster", tcp_cluster, "--json")
-    assert done.returncode == 0, done.stderr
-    info = json.loads(done.stdout)
+    from click.testing import CliRunner
+
+    from distconv.cli import cli
+
+    done = CliRunner().invoke(cli, ["cluster", "info", "--cluster", tcp_cluster, "--json"])
+    assert done.exit_code == 0, done.output
+    info = json.loads(done.output)
     assert info["kind"] == "remote" and info["scheduler"] == tcp_cluster
     by_name = {w["name"]: w for w in info["workers"]}
     assert set(by_name) == {"gpu", "cpu"}
     assert by_name["gpu"]["resources"] == {"GPU": 1} and by_name["cpu"]["resources"] == {}
     assert info["total_threads"] == 2 and info["gpus"] == 1
     assert by_name["cpu"]["memory_limit"] == 2 * 2**30
-    text = run_cli("cluster", "info", "--cluster", tcp_cluster)
-    assert text.returncode == 0 and "resources GPU=1" in text.stdout
-    assert "2 (2 threads, 4.0 GiB memory, 1 GPUs)" in text.stdout
+    text = CliRunner().invoke(cli, ["cluster", "info", "--cluster", tcp_cluster])
+    assert text.exit_code == 0 and "resources GPU=1" in text.output
+    assert "2 (2 threads, 4.0 GiB memory, 1 GPUs)" in text.output
 
 
 def test_unreachable_scheduler_is_one_line(tmp_path):
     make_input(tmp_path, shape=(32, 32), chunks=(16, 16))
     done = run_cli("convolve", "in.zarr", "box:size=3", "-o", "o.zarr", "--cluster",
-                   f"tcp://127.0.0.1:{free_port()}", "-q", cwd=tmp_path)
+                   f"tcp://127.0.0.1:{free_port()}", "-q", cwd=tmp_path,
+                   env={"DASK_DISTCONV__CONNECT_TIMEOUT": "1s"})
     assert done.returncode == 2
     assert done.stderr.startswith("distconv: error: cannot reach the scheduler at tcp://")
     assert done.stderr.count("\n") == 1
@@ -226,11 +231,11 @@ def test_job_survives_a_killed_worker(tcp_cluster, tmp_path, kill_at):
     """SIGKILL the plain worker once ``kill_at`` of the chunks are written: its tasks are
     recomputed elsewhere (its nanny restarts it), a chunk is at worst written twice with the
     same values, and the output equals SciPy's."""
-    data = make_input(tmp_path, shape=(1024, 1024), chunks=(64, 64), seed=int(kill_at * 10))
-    w = np.random.default_rng(3).standard_normal((9, 9))
+    data = make_input(tmp_path, shape=(512, 512), chunks=(64, 64), seed=int(kill_at * 10))
+    w = np.random.default_rng(3).standard_normal((5, 5))
     y = dc.convolve(dc.open(tmp_path / "in.zarr"), w, mode="nearest", engine="scipy",
                     method="direct")
-    total = 16 * 16
+    total = 8 * 8
     errors: list[BaseException] = []
 
     def job():
@@ -247,8 +252,8 @@ def test_job_survives_a_killed_worker(tcp_cluster, tmp_path, kill_at):
         deadline = time.monotonic() + 60
         while written < kill_at * total and runner.is_alive() and time.monotonic() < deadline:
             time.sleep(0.01)
-            if (tmp_path / "out.zarr").exists():
-                written = zarr.open_array(str(tmp_path / "out.zarr"), mode="r").nchunks_initialized
+            # Chunk objects on disk (Zarr v3 keys c/i/j; empty chunks are written too).
+            written = sum(1 for p in (tmp_path / "out.zarr" / "c").rglob("*") if p.is_file())
         still_running = runner.is_alive()
         os.kill(pid, signal.SIGKILL)
         runner.join(timeout=120)
@@ -313,11 +318,13 @@ def test_cli_job_over_tls(tls_cluster, tmp_path):
                                atol=1e-10)
 
 
-def test_tls_without_config_is_one_line(tls_cluster, tmp_path):
+def test_tls_without_config_is_one_line(tls_cluster, monkeypatch):
     address, _ = tls_cluster
-    make_input(tmp_path, shape=(32, 32), chunks=(16, 16))
-    done = run_cli("convolve", "in.zarr", "box:size=3", "-o", "o.zarr", "--cluster", address,
-                   "-q", cwd=tmp_path)
-    assert done.returncode == 2
-    assert "distributed.comm.tls.ca-file" in done.stderr and done.stderr.count("\n") == 1
-    assert not (tmp_path / "o.zarr").exists()
+    for name in list(os.environ):
+        if name.startswith("DASK_DISTRIBUTED__COMM__TLS"):
+            monkeypatch.delenv(name)
+    with dask.config.set({"distributed.comm.tls.ca-file": None}):
+        with pytest.raises(dc.DistconvError, match="distributed.comm.tls.ca-file") as caught:
+            with dc.cluster(address):
+                pass
+    assert "\n" not in str(caught.value)
