@@ -431,3 +431,16 @@ def test_multiply_zarr_to_zarr_keeps_chunks(rng, tmp_path):
     np.testing.assert_array_equal(written[:], a * b)
     assert tuple(written.chunks) == (16, 10)
     assert dict(written.attrs)["distconv"]["steps"][-1]["operation"] == "multiply"
+
+
+def test_matmul_names_a_damaged_input_chunk(rng, tmp_path):
+    """A chunk that cannot be decoded is bad input (InputReadError naming the store), as for
+    chunks read through distconv.open, not an engine crash."""
+    a, b = random_array(rng, (60, 40)), random_array(rng, (40, 30))
+    write_store(tmp_path / "a.zarr", a, (20, 20))
+    write_store(tmp_path / "b.zarr", b, (20, 15))
+    (tmp_path / "b.zarr" / "c" / "1" / "0").write_bytes(b"not zstd at all")
+    x, y = dc.open(tmp_path / "a.zarr"), dc.open(tmp_path / "b.zarr")
+    assert plan_for(x, y).reads_in_tasks
+    with pytest.raises(dc.io.InputReadError, match=r"b\.zarr: the panel .* the input is damaged"):
+        dc.matmul(x, y).compute(scheduler="sync")

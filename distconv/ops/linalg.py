@@ -40,7 +40,7 @@ from distconv import kernels
 from distconv.backend import array_module, is_gpu_array, to_numpy
 from distconv.config import get_default
 from distconv.errors import DistconvError
-from distconv.io import (as_dask_array, open_zarr_array, remember_provenance, remember_source,
+from distconv.io import (InputReadError, as_dask_array, open_zarr_array, remember_provenance, remember_source,
                          source_of)
 
 # Share of a worker's memory one task may plan for: the rest covers Dask's own buffers, Zarr
@@ -901,10 +901,31 @@ def matmul_stores_block(plan: MatmulPlan, a_store, b_store, on_device: bool = Fa
         ((k,) if rows is None else (rows, k))
     b_region = _operand_batch_region(plan.b_shape[:-2], batch) + \
         ((k,) if cols is None else (k, cols))
-    return matmul_block(a_store[a_region], b_store[b_region], engine=plan.engine,
+    return matmul_block(_read_panel(a_store, a_region), _read_panel(b_store, b_region),
+                        engine=plan.engine,
                         dtype_=plan.dtype, blas_threads=plan.blas_threads,
                         partial_axis=batch_ndim if plan.k_panels > 1 else None,
                         on_device=on_device)
+
+
+def _read_panel(store, region: tuple):
+    """One panel from a Zarr array; a damaged chunk becomes :class:`InputReadError` (bad input,
+    as for chunks read by :func:`distconv.open`), naming the store and the panel."""
+    try:
+        return store[region]
+    except Exception as exc:
+        where = ", ".join(f"{s.start}:{s.stop}" for s in region)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputReadError(f"{_store_name(store)}: the panel [{where}] cannot be read "
+                             f"({type(exc).__name__}: {reason}); the input is damaged") from None
+
+
+def _store_name(store) -> str:
+    """The path of a Zarr array on a local store (the URL-like store path elsewhere)."""
+    root = getattr(store.store_path.store, "root", None)
+    if root is None:
+        return str(store.store_path)
+    return os.path.join(str(root), store.store_path.path) if store.store_path.path else str(root)
 
 
 def _operand_batch_region(operand_batch: tuple[int, ...], batch: list[range]) -> tuple:
