@@ -111,6 +111,9 @@ def test_shapes_and_dtypes_inferred_by_the_probe(rng):
     summed = dc.map_chunks(lambda b: b.sum(axis=2, dtype=np.int32), x, drop_axis=2)
     assert summed.shape == (30, 20) and summed.dtype == np.int32
     np.testing.assert_array_equal(summed.compute(), rgb.sum(axis=2))
+    rows = dc.map_chunks(lambda b: b.max(axis=1), x[..., 1], drop_axis=1)  # 3 chunks: read whole
+    assert rows.chunks == ((8, 8, 8, 6),)
+    np.testing.assert_array_equal(rows.compute(), rgb[..., 1].max(axis=1))
 
     stacked = dc.map_chunks(lambda b: np.stack([b, b], axis=0), x[..., 0], new_axis=0)
     assert stacked.shape == (2, 30, 20)

@@ -139,6 +139,10 @@ def map_chunks(fn: Callable, *arrays, depth=0, boundary="reflect", cval: float =
         raise DistconvError("cannot trim a halo on an axis the function drops; use depth 0 "
                             "on that axis")
 
+    if any(len(first.chunks[a]) > 1 for a in drop):
+        # A dropped axis is reduced by the function, so each task must see all of it.
+        xs = [x.rechunk({a: -1 for a in drop}) for x in xs]
+        first = xs[0]
     on_device = is_gpu_array(first)
     if engine in _GPU_ENGINES and not on_device and importlib.util.find_spec("cupy"):
         xs = [to_device(x) for x in xs]  # upload once, before the halo exchange
@@ -177,7 +181,7 @@ def map_chunks(fn: Callable, *arrays, depth=0, boundary="reflect", cval: float =
     trim_axes = {out_axis: in_axis for out_axis, in_axis in out_axes.items()
                  if trim and depths[in_axis]}
 
-    xp = to_device_module(keep_on_device and on_device)
+    xp = _output_module(keep_on_device and on_device)
     result = da.map_blocks(
         _run_block, *haloed_all, runner=runner, fn=fn, fn_token=token, kwargs=kwargs,
         depths=depths, periodic=periodic, pad_mode=pad_mode, cval=cval, trim_axes=trim_axes,
@@ -206,7 +210,7 @@ def map_chunks(fn: Callable, *arrays, depth=0, boundary="reflect", cval: float =
     })
 
 
-def to_device_module(gpu: bool):
+def _output_module(gpu: bool):
     """The array module of the output's meta: CuPy when the result stays on the GPU."""
     if gpu:
         import cupy
