@@ -169,3 +169,37 @@ def test_bad_input_through_the_real_command(folder, name):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and words.lower() in lines[0].lower(), result.stderr
     assert tree_digest(folder) == before
+
+
+class _Payload:
+    """Unpickling this creates a file: proof that something was unpickled."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_weights_and_inputs_never_unpickle(tmp_path):
+    marker = tmp_path / "unpickled"
+    with open(tmp_path / "evil.npy", "wb") as handle:
+        pickle.dump(_Payload(str(marker)), handle)
+    np.save(tmp_path / "evil_object.npy", np.array([_Payload(str(marker))], dtype=object),
+            allow_pickle=True)
+    np.savez(tmp_path / "evil.npz", w=np.array([_Payload(str(marker))], dtype=object))
+    for name in ("evil.npy", "evil_object.npy", "evil.npz"):
+        with pytest.raises(dc.DistconvError, match="pickle|object"):
+            dc.load_weights(str(tmp_path / name))
+    for name in ("evil.npy", "evil_object.npy"):
+        with pytest.raises(dc.DistconvError, match="pickle|object"):
+            dc.open(tmp_path / name)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("spec", ["gaussian:sigma=__import__('os').getpid()",
+                                  "box:size=1+1", "sobel:axis=exec('1')", "laplace;rm",
+                                  "gaussian:sigma=2,truncate=eval"])
+def test_named_kernels_are_parsed_never_evaluated(spec):
+    with pytest.raises(dc.DistconvError):
+        dc.load_weights(spec, ndim=2)

@@ -297,7 +297,12 @@ def test_a_lost_worker_fails_loudly_and_nothing_is_marked_complete(tmp_path):
                                                                         dtype=float)
     # One death is enough to call the task poisoned: no restarts, a fast test.
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        with dc.cluster("local", workers=1, quiet=True):
+        with dc.cluster("local", workers=1, quiet=True) as client:
+            # Security default: nothing of the embedded cluster listens beyond this machine.
+            info = client.scheduler_info()
+            addresses = [client.scheduler.address, *info["workers"]]
+            assert all(a.startswith("tcp://127.0.0.1:") for a in addresses), addresses
+            assert client.dashboard_link.startswith("http://127.0.0.1:")
             with pytest.raises(JobFailed, match="worker died.*--resume"):
                 dc.save(x, tmp_path / "out.zarr", progress=False)
     assert dc.info(tmp_path / "out.zarr")["complete"] is False
