@@ -371,7 +371,7 @@ def _interrupted() -> None:
     if _Context.resume_command:
         _fail(f"interrupted; the output is partial, not marked complete; finish it with: "
               f"{_Context.resume_command}", EXIT_INTERRUPTED)
-    _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
+    _fail("interrupted; no output was marked complete", EXIT_INTERRUPTED)
 
 
 def _fail(message: str, code: int) -> None:

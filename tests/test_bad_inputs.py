@@ -7,7 +7,6 @@ subprocess as well. After each case the whole folder (inputs and any output) has
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import subprocess
@@ -19,21 +18,9 @@ import zarr
 
 import distconv as dc
 from distconv.cli import main
+from test_cli import tree_digest
 
 DISTCONV = os.path.join(os.path.dirname(sys.executable), "distconv")
-
-
-def tree_digest(path) -> str:
-    """Hash of every file's name and bytes under ``path`` (what exists and what it holds)."""
-    digest = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(path)):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            digest.update(os.path.relpath(full, path).encode())
-            with open(full, "rb") as handle:
-                digest.update(handle.read())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ Bad inputs are in test_bad_inputs.py; resume, Ctrl-C and failures in test_reliab
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -20,6 +21,19 @@ DISTCONV = os.path.join(os.path.dirname(sys.executable), "distconv")
 def distconv(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([DISTCONV, *map(str, args)], capture_output=True, text=True, cwd=cwd,
                           timeout=300)
+
+
+def tree_digest(path) -> str:
+    """Hash of every file's name and bytes under path: proves an input was not touched."""
+    digest = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            digest.update(os.path.relpath(full, path).encode())
+            with open(full, "rb") as handle:
+                digest.update(handle.read())
+    return digest.hexdigest()
 
 
 @pytest.fixture
