@@ -263,7 +263,7 @@ def test_tensorflow_error_names_the_chunk(image):
 
 # --- GPU engines ----------------------------------------------------------------------------------
 
-SIM_SCRIPT = textwrap.dedent("""
+NUMBA_CUDA_SCRIPT = textwrap.dedent("""
     import numpy as np, dask.array as da
     from numba import cuda
     import distconv as dc
@@ -290,14 +290,6 @@ SIM_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_numba_cuda_engine_under_the_simulator():
-    pytest.importorskip("numba")
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    proc = subprocess.run([sys.executable, "-c", SIM_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
-
-
 def _cuda_devices() -> int:
     try:
         import cupy
@@ -305,6 +297,28 @@ def _cuda_devices() -> int:
         return cupy.cuda.runtime.getDeviceCount()
     except Exception:
         return 0
+
+
+def _run_numba_cuda_script(simulator: bool) -> None:
+    pytest.importorskip("numba")
+    env = dict(os.environ)
+    if simulator:
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    else:
+        env.pop("NUMBA_ENABLE_CUDASIM", None)
+    proc = subprocess.run([sys.executable, "-c", NUMBA_CUDA_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_numba_cuda_engine_under_the_simulator():
+    _run_numba_cuda_script(simulator=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_devices() == 0, reason="no CUDA device (CuPy sees 0 GPUs)")
+def test_numba_cuda_engine_on_a_gpu():
+    _run_numba_cuda_script(simulator=False)  # chunks uploaded by CuPy, kernels on the device
 
 
 @pytest.mark.gpu
