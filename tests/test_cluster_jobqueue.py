@@ -133,12 +133,24 @@ def test_bad_cluster_files_are_one_line_errors(tmp_path, text, message):
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_bad_cluster_file_on_the_cli(tmp_path):
+def run_main(*args: str, capsys) -> tuple[int, str, str]:
+    """The ``distconv`` entry point in this process: (exit code, stdout, stderr)."""
+    from distconv.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_bad_cluster_file_on_the_cli(tmp_path, capsys):
     path = write(tmp_path, "bad.yaml", "system: slurm\ncluster: {cores: 1}\nadapt: {max: 2}\n")
-    done = subprocess.run([sys.executable, "-m", "distconv.cli", "cluster", "info", "--cluster",
-                           path], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr == (f"distconv: error: cluster file {path}: unknown adapt key(s) max; "
+    code, _, err = run_main("cluster", "info", "--cluster", path, capsys=capsys)
+    assert code == 2, err
+    assert err == (f"distconv: error: cluster file {path}: unknown adapt key(s) max; "
                            "allowed: minimum_jobs, maximum_jobs, minimum, maximum, minimum_cores, "
                            "maximum_cores, minimum_memory, maximum_memory, interval, wait_count, "
                            "target_duration\n")
@@ -149,12 +161,11 @@ def test_missing_cluster_file(tmp_path):
         parse_spec(str(tmp_path / "nope.yaml"))
 
 
-def test_cluster_info_prints_the_job_script(tmp_path):
+def test_cluster_info_prints_the_job_script(tmp_path, capsys):
     path = write(tmp_path, "pbs.yaml", PBS)
-    done = subprocess.run([sys.executable, "-m", "distconv.cli", "cluster", "info", "--cluster",
-                           path, "--json"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    info = json.loads(done.stdout)
+    code, out, err = run_main("cluster", "info", "--cluster", path, "--json", capsys=capsys)
+    assert code == 0, err
+    info = json.loads(out)
     assert info["kind"] == "jobqueue" and info["system"] == "pbs"
     assert info["bounds"] == "adapt minimum_jobs=0 maximum_jobs=3"
     assert "#PBS -q workq" in info["job_script"] and info["workers"] == []

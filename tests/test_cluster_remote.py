@@ -120,7 +120,7 @@ def test_cli_job_on_a_remote_scheduler(tcp_cluster, tmp_path):
     w = np.random.default_rng(1).standard_normal((5, 7))
     np.save(tmp_path / "k.npy", w)
     done = run_cli("convolve", "in.zarr", "k.npy", "-o", "out.zarr", "--mode", "mirror",
-                   "--cluster", tcp_cluster, "-q", cwd=tmp_path)
+                   "--engine", "scipy", "--cluster", tcp_cluster, "-q", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     out = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")
     np.testing.assert_allclose(out[:], ndimage.convolve(data, w, mode="mirror"), atol=1e-10)
@@ -146,14 +146,18 @@ def test_cluster_info_lists_the_remote_workers(tcp_cluster):
     assert "2 (2 threads, 4.0 GiB memory, 1 GPUs)" in text.output
 
 
-def test_unreachable_scheduler_is_one_line(tmp_path):
+def test_unreachable_scheduler_is_one_line(tmp_path, monkeypatch, capsys):
+    from distconv.cli import main
+
     make_input(tmp_path, shape=(32, 32), chunks=(16, 16))
-    done = run_cli("convolve", "in.zarr", "box:size=3", "-o", "o.zarr", "--cluster",
-                   f"tcp://127.0.0.1:{free_port()}", "-q", cwd=tmp_path,
-                   env={"DASK_DISTCONV__CONNECT_TIMEOUT": "1s"})
-    assert done.returncode == 2
-    assert done.stderr.startswith("distconv: error: cannot reach the scheduler at tcp://")
-    assert done.stderr.count("\n") == 1
+    monkeypatch.chdir(tmp_path)
+    with dask.config.set({"distconv.connect-timeout": "1s"}), pytest.raises(SystemExit) as code:
+        main(["convolve", "in.zarr", "box:size=3", "-o", "o.zarr", "--cluster",
+              f"tcp://127.0.0.1:{free_port()}", "-q"])
+    err = capsys.readouterr().err
+    assert code.value.code == 2
+    assert err.startswith("distconv: error: cannot reach the scheduler at tcp://")
+    assert err.count("\n") == 1
     assert not (tmp_path / "o.zarr").exists()
 
 
@@ -310,7 +314,7 @@ def test_cli_job_over_tls(tls_cluster, tmp_path):
     address, env = tls_cluster
     data = make_input(tmp_path, shape=(128, 96), chunks=(32, 32))
     done = run_cli("correlate", "in.zarr", "gaussian:sigma=1.5", "-o", "out.zarr",
-                   "--cluster", address, "-q", env=env, cwd=tmp_path)
+                   "--engine", "scipy", "--cluster", address, "-q", env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     expected = ndimage.correlate(data, dc.load_weights("gaussian:sigma=1.5", ndim=2),
                                  mode="reflect")
