@@ -106,3 +106,27 @@ def test_npy_input_is_memory_mapped(tmp_path):
     y = dc.correlate(str(tmp_path / "img.npy"), np.ones((3, 3)) / 9)
     np.testing.assert_allclose(y.compute(), ndimage.uniform_filter(data.astype(float), 3),
                                atol=1e-5)
+
+
+def test_all_zero_chunks_are_written_so_partial_counts_are_true(tmp_path):
+    """Zarr skips chunks equal to the fill value by default; an output must not, or an
+    all-zero chunk would count as missing (info) and be recomputed on every resume."""
+    data = np.zeros((8, 8))
+    data[:4, :4] = 1.0
+    written = dc.save(da.from_array(data, chunks=4), tmp_path / "z.zarr", progress=False)
+    described = dc.info(tmp_path / "z.zarr")
+    assert described["chunks_initialized"] == described["chunks_total"] == 4
+    assert written.attrs["distconv"]["complete"] is True
+
+
+def test_source_of_and_remember_source(tmp_path):
+    zarr.create_array(str(tmp_path / "s.zarr"), shape=(6, 6), chunks=(3, 3), dtype="f4")[:] = 2
+    x = dc.open(tmp_path / "s.zarr")
+    from distconv.io import remember_source, source_of, source_paths
+
+    assert source_of(x)["path"] == str((tmp_path / "s.zarr").resolve())
+    assert source_of(x + 1) is None
+    rechunked = remember_source(x.rechunk(6), source_of(x))
+    assert set(source_paths(rechunked * 2)) == {source_of(x)["path"]}
+    with pytest.raises(dc.OutputError, match="is the input"):
+        dc.save(rechunked * 2, tmp_path / "s.zarr", overwrite=True, progress=False)
