@@ -202,6 +202,23 @@ def test_save_records_map_chunks_provenance(tmp_path, rng):
     assert step["parameters"]["depth"] == [1, 1] and step["parameters"]["boundary"] == "nearest"
 
 
+def test_numba_engine_calls_a_jitted_function(image):
+    numba = pytest.importorskip("numba")
+
+    @numba.njit(nogil=True, cache=False)
+    def laplace(block):  # valid 5-point Laplacian: consumes the 1-sample halo
+        out = np.empty((block.shape[0] - 2, block.shape[1] - 2))
+        for i in range(out.shape[0]):
+            for j in range(out.shape[1]):
+                out[i, j] = (block[i, j + 1] + block[i + 2, j + 1] + block[i + 1, j]
+                             + block[i + 1, j + 2] - 4 * block[i + 1, j + 1])
+        return out
+
+    a, x = image
+    y = dc.map_chunks(laplace, x, depth=1, boundary="mirror", engine="numba", trim=False)
+    np.testing.assert_allclose(y.compute(), ndi.laplace(a, mode="mirror"), atol=1e-12)
+
+
 # --- TensorFlow ---------------------------------------------------------------------------------
 
 tf = pytest.importorskip("tensorflow", reason="the tensorflow engine is not installed")
