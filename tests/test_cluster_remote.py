@@ -8,6 +8,7 @@ its own session and killed by its own id in the fixture's teardown.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -144,6 +145,25 @@ def test_cluster_info_lists_the_remote_workers(tcp_cluster):
     text = CliRunner().invoke(cli, ["cluster", "info", "--cluster", tcp_cluster])
     assert text.exit_code == 0 and "resources GPU=1" in text.output
     assert "2 (2 threads, 4.0 GiB memory, 1 GPUs)" in text.output
+
+
+def test_gpu_plugin_acts_on_the_gpu_worker_only(tcp_cluster):
+    """The worker declaring GPU=1 gets TensorFlow's memory growth and the CuPy pool set up
+    (CuPy is reported missing where it is not installed); the plain worker is left alone."""
+    from distconv.clusters.plugins import plugin_report
+
+    def growth():
+        return os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH")
+
+    with dc.cluster(tcp_cluster) as client:
+        names = {a: str(w["name"]) for a, w in
+                 client.scheduler_info(n_workers=-1)["workers"].items()}
+        reports = {names[a]: r["distconv-gpu-setup"] for a, r in client.run(plugin_report).items()}
+        env = {names[a]: value for a, value in client.run(growth).items()}
+    assert reports["cpu"] == {"gpu": False} and env["cpu"] is None
+    assert reports["gpu"]["gpu"] is True and env["gpu"] == "true"
+    cupy_installed = importlib.util.find_spec("cupy") is not None
+    assert (reports["gpu"]["cupy"] == "not installed") == (not cupy_installed)
 
 
 def test_unreachable_scheduler_is_one_line(tmp_path, monkeypatch, capsys):
