@@ -9,6 +9,7 @@ CUDA context (nothing here imports CuPy, Numba's CUDA target or TensorFlow).
 from __future__ import annotations
 
 import importlib.util
+import os
 
 from distconv.errors import DistconvError
 
@@ -25,16 +26,23 @@ def gpu_count() -> int:
     """
     if importlib.util.find_spec("dask_cuda") is None:
         raise DistconvError(f"the cuda cluster needs dask-cuda ({INSTALL_HINT})")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        devices = [d for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+        if not devices:
+            raise DistconvError("the cuda cluster found no GPU: CUDA_VISIBLE_DEVICES="
+                                f"{visible!r} hides them all")
+        return len(devices)
     from dask_cuda.utils import get_n_gpus
 
     try:
-        count = int(get_n_gpus())
+        count = int(get_n_gpus())  # NVML: no CUDA context
     except Exception as exc:  # pynvml raises NVMLError_* when there is no driver or device
         raise DistconvError(f"the cuda cluster found no usable GPU ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else 'no NVIDIA driver'})") \
             from None
     if count < 1:
-        raise DistconvError("the cuda cluster found no GPU (CUDA_VISIBLE_DEVICES is empty?)")
+        raise DistconvError("the cuda cluster found no GPU (NVML reports none)")
     return count
 
 

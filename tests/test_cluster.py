@@ -167,8 +167,10 @@ def test_cuda_cluster_one_worker_per_gpu_no_context_in_client(tmp_path):
 
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["cuda_modules"] == []
+    from distconv.clusters.cuda import gpu_count
+
     workers = result["info"]["workers"]
-    assert len(workers) == _gpu_count()
+    assert len(workers) == gpu_count()  # CUDA_VISIBLE_DEVICES if set, else every device
     assert all(w["resources"] == {"GPU": 1} and w["threads"] == 1 for w in workers)
     for report in result["reports"].values():
         assert report["distconv-gpu-setup"]["gpu"] is True
