@@ -81,6 +81,11 @@ def _run(benchmark: str, size: int, engines: str | None, chunk: int | None, repe
     if chunk is not None and sizes and chunk < max(sizes) // 2:
         raise DistconvError(f"--chunk {chunk} is thinner than the halo of a {max(sizes)} kernel")
     parse_spec(cluster_spec)
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:  # the chart, written at the end
+        raise DistconvError("distconv bench draws its chart with matplotlib, which is not "
+                            "installed: pip install 'distconv[bench]'")
     if workdir is not None and not os.path.isdir(workdir):
         raise DistconvError(f"--workdir {workdir}: no such directory")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
