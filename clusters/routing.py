@@ -15,6 +15,7 @@ between a CPU and a GPU worker).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 GPU_RESOURCE = "GPU"
@@ -41,11 +42,21 @@ def gpu_workers(client) -> list[str]:
             if float((info.get("resources") or {}).get(GPU_RESOURCE, 0)) > 0]
 
 
+def cluster_will_have_gpu_workers(client) -> bool:
+    """A dask-jobqueue cluster whose job script starts workers with a GPU resource: adaptive
+    clusters may have no worker yet when a job is submitted."""
+    job_script = getattr(getattr(client, "cluster", None), "job_script", None)
+    if not callable(job_script):
+        return False
+    return re.search(r"--resources[ =]\S*\bGPU=", job_script()) is not None
+
+
 def submit_resources(x, client) -> dict[str, Any] | None:
     """Resources to submit ``x`` with: ``{"GPU": 1}`` for GPU-engine work when some worker has
-    a GPU resource, else None (no worker declares one: any worker may run it, as before)."""
+    (or the cluster's job script gives workers) a GPU resource, else None (no worker declares
+    one: any worker may run it, as before)."""
     if client is None or not gpu_engines(x):
         return None
-    if not gpu_workers(client):
+    if not gpu_workers(client) and not cluster_will_have_gpu_workers(client):
         return None
     return {GPU_RESOURCE: 1}

@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from distributed import Client
 from scipy import ndimage
 
 import distconv as dc
 from distconv.clusters import parse_spec
 from distconv.clusters.jobqueue import apply_bounds, build_cluster, load_spec
+from distconv.clusters.routing import cluster_will_have_gpu_workers
 
 pytest.importorskip("dask_jobqueue", reason="the jobqueue extra is not installed")
 
@@ -66,6 +68,8 @@ def test_slurm_file_gives_the_expected_job_script(tmp_path):
     cluster = build_cluster(spec)
     try:
         script = cluster.job_script()
+        with Client(cluster) as client:  # no worker yet: GPU work still waits for GPU=1 ones
+            assert cluster_will_have_gpu_workers(client)
     finally:
         cluster.close()
     directives = [line for line in script.splitlines() if line.startswith("#SBATCH")]
@@ -85,6 +89,8 @@ def test_pbs_file_gives_the_expected_job_script_and_adapt_bounds(tmp_path):
     try:
         script = cluster.job_script()
         apply_bounds(cluster, spec)  # minimum 0 jobs: nothing is submitted
+        with Client(cluster) as client:
+            assert not cluster_will_have_gpu_workers(client)  # no --resources GPU=...
         assert (cluster._adaptive.minimum, cluster._adaptive.maximum) == (0, 6)  # 3 jobs x 2
         assert len(cluster.worker_spec) == 0
     finally:
