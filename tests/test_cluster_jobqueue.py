@@ -195,7 +195,20 @@ def _slurm_running() -> str | None:
 
 @pytest.mark.skipif(_slurm_running() is not None, reason=str(_slurm_running()))
 def test_convolve_on_a_real_slurm(tmp_path):
-    """Two single-core worker jobs submitted with sbatch run a convolve that equals SciPy's."""
+    """Two single-core worker jobs submitted with sbatch run a convolve that equals SciPy's.
+
+    A single-node SLURM from Debian's packages, as root (how this test was run)::
+
+        apt-get install slurm-wlm            # slurmctld, slurmd, munge (makes /etc/munge/munge.key)
+        mkdir -p /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge
+        chown munge:munge /run/munge && munged --force
+        # /etc/slurm/slurm.conf: ClusterName=distconv, SlurmctldHost=$(hostname)(127.0.0.1),
+        # AuthType=auth/munge, SlurmUser=root, ProctrackType=proctrack/pgid, TaskPlugin=task/none,
+        # SelectType=select/cons_tres, SelectTypeParameters=CR_Core_Memory,
+        # NodeName=$(hostname) NodeAddr=127.0.0.1 CPUs=2 RealMemory=8000 State=UNKNOWN,
+        # PartitionName=debug Nodes=$(hostname) Default=YES MaxTime=INFINITE State=UP
+        slurmctld && slurmd && sinfo          # debug* up infinite 1 idle
+    """
     path = write(tmp_path, "slurm.yaml", f"""\
         system: slurm
         cluster:
