@@ -235,7 +235,8 @@ def test_matmul_zarr_to_zarr_with_provenance(rng, tmp_path, zarr_format):
     assert record["complete"] is True
     assert sorted(record["inputs"]) == sorted(str(tmp_path / n) for n in ("a.zarr", "b.zarr"))
     step = record["steps"][-1]
-    assert step["operation"] == "matmul" and step["plan"]["k_panels"] > 1
+    assert step["operation"] == "matmul"
+    assert step["plan"]["k_panels"] > 1 or step["plan"]["stream_k"] > 0
     assert tuple(written.chunks) == tuple(c[0] for c in product.chunks)
 
 
@@ -262,10 +263,57 @@ def test_matmul_tasks_read_their_panels_from_zarr(rng, tmp_path, engine, a_shape
     plan = plan_for(x, y, engine=engine, memory_budget=budget)
     assert plan.reads_in_tasks
     assert plan.bytes_read >= sum(plan.input_bytes)  # every input read at least once
-    if budget:
-        assert plan.k_panels > 1
+    if budget:  # k in several panels summed in a tree, or streamed inside each task
+        assert plan.k_panels > 1 or plan.stream_steps > 1
     got = dc.matmul(x, y, engine=engine, memory_budget=budget).compute(scheduler="sync")
     assert_matches(got, np.matmul(a, b), a_shape[-1])
+
+
+@pytest.mark.parametrize("engine", MATMUL_ENGINES)
+@pytest.mark.parametrize("a_shape,b_shape,dtype", [
+    ((90, 700), (700, 80), np.float64),
+    ((3, 40, 700), (700,), np.int8),       # wraps: the streamed sum must wrap the same way
+    ((700,), (2, 700, 30), bool),
+    ((700,), (700,), np.float32),          # a scalar result
+], ids=["2d", "batched@1d-int8", "1d@batched-bool", "dot"])
+def test_streamed_k_equals_numpy(rng, tmp_path, engine, a_shape, b_shape, dtype):
+    """A task that reads k in steps (unaligned with the chunks, a short last step) and adds
+    the products in place gives numpy.matmul's result."""
+    if not kernels.supports(engine, "matmul", 2, np.dtype(dtype)):
+        pytest.skip(f"{engine} does not run matmul on {np.dtype(dtype)}")
+    a, b = random_array(rng, a_shape, dtype), random_array(rng, b_shape, dtype)
+    write_store(tmp_path / "a.zarr", a, a_shape[:-1] + (128,))
+    write_store(tmp_path / "b.zarr", b, (100,) + b_shape[1:] if len(b_shape) == 1 else
+                b_shape[:-2] + (100, 16))
+    x, y = dc.open(tmp_path / "a.zarr"), dc.open(tmp_path / "b.zarr")
+    plan = dataclasses.replace(plan_for(x, y, engine=engine), stream_k=150)
+    assert plan.k_panels == 1 and plan.stream_steps == 5
+    assert "5 steps of 150" in plan.describe()
+    got = linalg.matmul_with_plan(x, y, plan).compute(scheduler="sync")
+    expected = np.matmul(a, b)
+    if expected.dtype.kind == "f":
+        expected = np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(dtype)
+    assert np.asarray(got).dtype == expected.dtype
+    assert_matches(np.asarray(got), expected, 700)
+
+
+def test_plan_streams_k_when_tasks_read_zarr():
+    """Whole k does not fit the budget: tasks reading their own panels stream k instead, so
+    blocks stay as large as one per thread (A read once, B once per block) and no partial
+    product leaves a task; shared panels need many small blocks, each panel copied to each."""
+    shape_a, shape_b = (4096, 2**16), (2**16, 4096)
+    chunks_a, chunks_b = regular(shape_a, (1024, 1024)), regular(shape_b, (1024, 1024))
+    budget = 256 * 2**20
+    streamed = plan_matmul(shape_a, shape_b, np.float32, np.float32, memory_budget=budget,
+                           a_chunks=chunks_a, b_chunks=chunks_b, panels_from_zarr=(True, True),
+                           resources=TWO_THREADS)
+    assert streamed.k_panels == 1 and streamed.sum_tasks == 0 and streamed.stream_steps > 1
+    assert streamed.fits_budget and streamed.peak_task_bytes <= budget
+    assert streamed.matmul_tasks == 2 and streamed.bytes_read <= 2 * sum(streamed.input_bytes)
+    shared = plan_matmul(shape_a, shape_b, np.float32, np.float32, memory_budget=budget,
+                         a_chunks=chunks_a, b_chunks=chunks_b, resources=TWO_THREADS)
+    assert shared.stream_steps == 1 and shared.matmul_tasks > streamed.matmul_tasks
+    assert shared.panel_bytes_moved > streamed.bytes_read
 
 
 def whole_chunks(start: int, stop: int, chunk: int, extent: int) -> int:

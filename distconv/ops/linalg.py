@@ -14,8 +14,13 @@ budget; the sum runs on the chunk type the engine returned (on the device for GP
 
 When both operands are Zarr arrays opened by :func:`distconv.open`, every matmul task reads its
 own A and B panels from the stores: a worker's memory then stays at its running tasks' panels
-however large the arrays are, and no panel is copied between workers. Other operands (NumPy,
-lazy Dask results) are rechunked into the planned panels and shared through Dask.
+however large the arrays are, and no panel is copied between workers. A panel is then read
+once per output block that uses it, so the planner counts the whole chunks each task decodes
+(re-reads included) and keeps blocks large; when a block's whole k range does not fit the
+budget, a CPU task streams k in steps instead (reading the next step while the engine
+multiplies, adding in place), which keeps blocks large without partial products between
+tasks. Other operands (NumPy, lazy Dask results) are rechunked into the planned panels and
+shared through Dask.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ SAFETY_FRACTION = 0.5
 FLOPS_PER_THREAD = 1e11
 BYTES_PER_SECOND = 5e8
 SECONDS_PER_TASK = 5e-3
+MEMORY_BYTES_PER_SECOND = 5e9  # adding a step's product into a streamed block
 # Blocks smaller than this on a matrix axis waste BLAS; the planner goes below only for arrays
 # that are smaller themselves.
 MIN_BLOCK_EDGE = 128
@@ -104,6 +110,9 @@ class MatmulPlan:
     # store decodes every chunk the panel touches, so these set the bytes really read.
     a_chunk_sizes: tuple[int, ...] = ()
     b_chunk_sizes: tuple[int, ...] = ()
+    # In-task reads only: each task reads k in steps of this many (0: the whole k at once),
+    # reading the next step while the engine multiplies, and accumulates its block.
+    stream_k: int = 0
     fits_budget: bool = True
     estimated_seconds: float = field(default=0.0, compare=False)
 
@@ -152,6 +161,11 @@ class MatmulPlan:
     @property
     def matmul_tasks(self) -> int:
         return self.output_blocks * self.k_panels
+
+    @property
+    def stream_steps(self) -> int:
+        """Steps in which one task reads and multiplies its k range (1: all at once)."""
+        return _blocks(self.k, self.stream_k) if self.stream_k else 1
 
     @property
     def sum_tasks(self) -> int:
@@ -232,12 +246,16 @@ class MatmulPlan:
         """Axes, block sizes, chunk sizes and repeat count of one operand's panel reads."""
         return _read_pattern(
             operand, self.a_shape, self.b_shape, self.batch_shape, self.batch_chunks,
-            self.block_n, self.block_k, self.block_m,
+            self.block_n, self.stream_k or self.block_k, self.block_m,
             self.a_chunk_sizes if operand == "a" else self.b_chunk_sizes)
 
     @property
     def peak_task_bytes(self) -> int:
         """Largest memory one task holds: a matmul task, a tree-sum task, or a panel copy."""
+        if self.stream_steps > 1:
+            return _stream_peak_bytes(self._step_bytes(self.a_panel_bytes),
+                                      self._step_bytes(self.b_panel_bytes), self.out_block_bytes,
+                                      self.a_dtype, self.b_dtype, self.dtype)
         return _peak_task_bytes(self.a_panel_bytes, self.b_panel_bytes, self.out_block_bytes,
                                 self.a_dtype, self.b_dtype, self.dtype, self.k_panels,
                                 self.fan_in, self.panels_from_zarr)
@@ -246,6 +264,10 @@ class MatmulPlan:
         """Several lines for ``distconv matmul --dry-run``."""
         shape = _shape_text
         k_line = ("one k panel: each output block is one engine call, no partial sums"
+                  if self.k_panels == 1 and self.stream_steps == 1 else
+                  f"one task per output block reads k in {self.stream_steps} steps of "
+                  f"{self.stream_k} (the next step is read while the engine multiplies) and "
+                  "adds them up in place: no partial sums between tasks"
                   if self.k_panels == 1 else
                   f"{self.k_panels} k panels of {self.block_k}: partial products summed in a "
                   f"tree of fan-in {self.fan_in}")
@@ -266,7 +288,11 @@ class MatmulPlan:
             f"k {self.block_k}, m {self.block_m}",
             f"  contraction:       {k_line}",
             f"  panels:            A {format_bytes(self.a_panel_bytes)}, "
-            f"B {format_bytes(self.b_panel_bytes)}; {sources}",
+            f"B {format_bytes(self.b_panel_bytes)}"
+            + ("" if self.stream_steps == 1 else
+               f", read in steps of A {format_bytes(self._step_bytes(self.a_panel_bytes))}, "
+               f"B {format_bytes(self._step_bytes(self.b_panel_bytes))}")
+            + f"; {sources}",
             f"  output chunks:     {self.output_blocks} block(s) computed, written as "
             f"{_count_chunks(self.out_shape, self.output_chunks)} chunk(s) of "
             f"{shape(self.output_chunks)}",
@@ -283,6 +309,9 @@ class MatmulPlan:
             f"  estimated time:    {self.estimated_seconds:.1f} s (cost model, not a measurement)",
         ]
         return "\n".join(lines)
+
+    def _step_bytes(self, panel_bytes: int) -> int:
+        return panel_bytes * self.stream_k // self.block_k
 
     def _reads_text(self) -> str:
         """How often each input is read: re-reads cost decode time, so the plan keeps them few."""
@@ -303,6 +332,7 @@ class MatmulPlan:
         return {
             "batch_chunks": list(self.batch_chunks), "block_n": self.block_n,
             "block_k": self.block_k, "block_m": self.block_m, "k_panels": self.k_panels,
+            "stream_k": self.stream_k,
             "fan_in": self.fan_in, "blas_threads": self.blas_threads,
             "memory_budget": self.resources.memory_budget,
             "peak_task_bytes": self.peak_task_bytes, "bytes_read": self.bytes_read,
@@ -382,6 +412,7 @@ def plan_matmul(a_shape: Sequence[int], b_shape: Sequence[int], a_dtype, b_dtype
         a_dtype=np.dtype(a_dtype), b_dtype=np.dtype(b_dtype), dtype=dtype,
         resources=resources, panels_from_zarr=panels_from_zarr,
         a_chunk_sizes=a_chunk_sizes, b_chunk_sizes=b_chunk_sizes,
+        streams=kernels.ENGINES[name].device == "cpu",
     )
     choice = search.best(hints)
     return MatmulPlan(
@@ -390,7 +421,8 @@ def plan_matmul(a_shape: Sequence[int], b_shape: Sequence[int], a_dtype, b_dtype
         block_k=choice.bk, block_m=choice.bm, fan_in=choice.fan_in,
         blas_threads=search.threads_per_task(choice.tasks), resources=resources,
         panels_from_zarr=panels_from_zarr, natural_chunks=(hints["n"], hints["m"]),
-        a_chunk_sizes=a_chunk_sizes, b_chunk_sizes=b_chunk_sizes, fits_budget=choice.fits, estimated_seconds=choice.seconds,
+        a_chunk_sizes=a_chunk_sizes, b_chunk_sizes=b_chunk_sizes, stream_k=choice.step,
+        fits_budget=choice.fits, estimated_seconds=choice.seconds,
     )
 
 
@@ -482,6 +514,7 @@ class _Choice:
     fan_in: int
     tasks: int
     fits: bool
+    step: int = 0
 
 
 @dataclass(frozen=True)
@@ -501,6 +534,7 @@ class _BlockSearch:
     panels_from_zarr: tuple[bool, bool]
     a_chunk_sizes: tuple[int, ...] = ()
     b_chunk_sizes: tuple[int, ...] = ()
+    streams: bool = False  # the engine can stream k inside a task (CPU engines)
 
     @property
     def a_batch(self) -> tuple[int, ...]:
@@ -515,9 +549,23 @@ class _BlockSearch:
         n_sizes = _candidate_sizes(self.n, hints["n"])
         m_sizes = _candidate_sizes(self.m, hints["m"])
         batch_options = _batch_options(self.batch)
-        for bk in sorted(_candidate_sizes(self.k, hints["k"]), reverse=True):
+        k_sizes = sorted(_candidate_sizes(self.k, hints["k"]), reverse=True)
+        for bk in k_sizes:
             scored = [self._score(batch_chunks, bn, bk, bm)
                       for batch_chunks in batch_options for bn in n_sizes for bm in m_sizes]
+            if bk == self.k and self.streams and all(self.panels_from_zarr):
+                # Tasks reading their own panels can also stream k: a block whose whole k
+                # range does not fit is read in the largest steps that do, and no partial
+                # product leaves the task. Larger blocks mean fewer re-reads.
+                for choice in list(scored):
+                    if choice.fits:
+                        continue
+                    for step in k_sizes[1:]:
+                        streamed = self._score(choice.batch_chunks, choice.bn, bk, choice.bm,
+                                               step=step)
+                        if streamed.fits:
+                            scored.append(streamed)
+                            break
             fitting = [c for c in scored if c.fits]
             if fitting:
                 # Ties go to the plan that decodes (re-reads) the fewest bytes.
@@ -530,7 +578,8 @@ class _BlockSearch:
         spare = max(1, self.resources.parallel_tasks // max(1, tasks))
         return max(1, self.resources.cores_per_task * spare)
 
-    def _score(self, batch_chunks: tuple[int, ...], bn: int, bk: int, bm: int) -> _Choice:
+    def _score(self, batch_chunks: tuple[int, ...], bn: int, bk: int, bm: int,
+               step: int = 0) -> _Choice:
         a_panel = _operand_batch_elements(self.a_batch, self.batch, batch_chunks) * bn * bk * \
             self.a_dtype.itemsize
         b_panel = _operand_batch_elements(self.b_batch, self.batch, batch_chunks) * bk * bm * \
@@ -541,6 +590,10 @@ class _BlockSearch:
         fan_in = max(2, min(MAX_FAN_IN, k_panels, budget // max(1, out_block) - 1))
         peak = _peak_task_bytes(a_panel, b_panel, out_block, self.a_dtype, self.b_dtype,
                                 self.dtype, k_panels, fan_in, self.panels_from_zarr)
+        steps = _blocks(bk, step) if step else 1
+        if steps > 1:
+            peak = _stream_peak_bytes(a_panel * step // bk, b_panel * step // bk, out_block,
+                                      self.a_dtype, self.b_dtype, self.dtype)
         blocks = math.prod(_blocks(s, c) for s, c in zip(self.batch, batch_chunks)) * \
             _blocks(self.n, bn) * _blocks(self.m, bm)
         tasks = blocks * k_panels
@@ -552,19 +605,21 @@ class _BlockSearch:
             # misaligned blocks and re-reads both cost decode time.
             moved = sum(
                 _decoded_elements(**_read_pattern(
-                    operand, self.a_shape, self.b_shape, self.batch, batch_chunks, bn, bk, bm,
-                    chunks)) * dtype.itemsize
+                    operand, self.a_shape, self.b_shape, self.batch, batch_chunks, bn,
+                    step or bk, bm, chunks)) * dtype.itemsize
                 for operand, chunks, dtype in (("a", self.a_chunk_sizes, self.a_dtype),
                                                ("b", self.b_chunk_sizes, self.b_dtype)))
         else:
             moved = tasks * (a_panel + b_panel)
         per_task = flops / rate + moved / tasks / BYTES_PER_SECOND + SECONDS_PER_TASK
+        # Streaming adds each step's product into the block: one more pass over it per step.
+        per_task += (steps - 1) * 2 * out_block / MEMORY_BYTES_PER_SECOND
         summing = blocks * _tree_tasks(k_panels, fan_in) * (fan_in + 1) * out_block / \
             BYTES_PER_SECOND / self.resources.parallel_tasks
         return _Choice(
             seconds=rounds * per_task + summing, moved=moved,
             batch_chunks=batch_chunks, bn=bn, bk=bk, bm=bm, fan_in=fan_in, tasks=tasks,
-            fits=peak <= budget,
+            fits=peak <= budget, step=step if steps > 1 else 0,
         )
 
 
@@ -581,6 +636,15 @@ def _peak_task_bytes(a_panel: int, b_panel: int, out_block: int, a_dtype: np.dty
     assembly = max(0 if panels_from_zarr[0] else 2 * a_panel,
                    0 if panels_from_zarr[1] else 2 * b_panel)
     return max(matmul_task, sum_task, assembly)
+
+
+def _stream_peak_bytes(a_step: int, b_step: int, out_block: int, a_dtype: np.dtype,
+                       b_dtype: np.dtype, dtype: np.dtype) -> int:
+    """A streaming task: this step's panels (and their casts), the next step's panels being
+    read, the running block and this step's product."""
+    cast_a = a_step * dtype.itemsize // a_dtype.itemsize if a_dtype != dtype else 0
+    cast_b = b_step * dtype.itemsize // b_dtype.itemsize if b_dtype != dtype else 0
+    return 2 * (a_step + b_step) + cast_a + cast_b + 2 * out_block
 
 
 def _candidate_sizes(extent: int, chunk: int) -> list[int]:
@@ -767,7 +831,9 @@ def matmul(a, b, *, engine: str | None = None,
         "operation": "matmul",
         "parameters": {"engine": engine or get_default("engine")},
         "engine": plan.engine,
-        "method": "one k panel" if plan.k_panels == 1 else f"{plan.k_panels} k panels, tree sum",
+        "method": (f"k streamed in {plan.stream_steps} steps per task" if plan.stream_steps > 1
+                   else "one k panel" if plan.k_panels == 1
+                   else f"{plan.k_panels} k panels, tree sum"),
         # The budget only changes how blocks are computed (like the engine), so a resumed save
         # may use another; the chunks written, which must match, are checked by save().
         "plan": {**plan.summary(), "memory_budget_given": memory_budget},
@@ -885,7 +951,8 @@ def matmul_stores_block(plan: MatmulPlan, a_store, b_store, on_device: bool = Fa
 
     ``block_info`` gives the output location; the panels follow from the plan: the same batch
     range (one matrix on broadcast axes), this block's rows of A and columns of B, and the k
-    range of this partial product (all of k with one panel).
+    range of this partial product (all of k with one panel). With ``plan.stream_k`` the k range
+    is read and multiplied in steps (see :func:`_streamed_product`).
     """
     location = [range(start, stop) for start, stop in block_info[None]["array-location"]]
     batch_ndim = len(plan.batch_shape)
@@ -897,15 +964,50 @@ def matmul_stores_block(plan: MatmulPlan, a_store, b_store, on_device: bool = Fa
         k = slice(0, plan.k)
     rows = None if plan.vector_a else slice(rest[0].start, rest[0].stop)
     cols = None if plan.vector_b else slice(rest[-1].start, rest[-1].stop)
-    a_region = _operand_batch_region(plan.a_shape[:-2], batch) + \
-        ((k,) if rows is None else (rows, k))
-    b_region = _operand_batch_region(plan.b_shape[:-2], batch) + \
-        ((k,) if cols is None else (k, cols))
-    return matmul_block(_read_panel(a_store, a_region), _read_panel(b_store, b_region),
-                        engine=plan.engine,
-                        dtype_=plan.dtype, blas_threads=plan.blas_threads,
+
+    def read(k: slice) -> tuple:
+        a_region = _operand_batch_region(plan.a_shape[:-2], batch) + \
+            ((k,) if rows is None else (rows, k))
+        b_region = _operand_batch_region(plan.b_shape[:-2], batch) + \
+            ((k,) if cols is None else (k, cols))
+        return _read_panel(a_store, a_region), _read_panel(b_store, b_region)
+
+    if plan.stream_steps > 1:
+        steps = [slice(start, min(plan.k, start + plan.stream_k))
+                 for start in range(0, plan.k, plan.stream_k)]
+        return _streamed_product(read, steps, plan)
+    return matmul_block(*read(k), engine=plan.engine, dtype_=plan.dtype,
+                        blas_threads=plan.blas_threads,
                         partial_axis=batch_ndim if plan.k_panels > 1 else None,
                         on_device=on_device)
+
+
+def _streamed_product(read, steps: list[slice], plan: MatmulPlan):
+    """Sum of the engine's products over k steps, reading step i+1 while step i multiplies.
+
+    Zarr decodes in threads that release the GIL, so the next panels' decode overlaps the
+    GEMM; memory holds two steps' panels, the running block and one step's product. Adding in
+    the result dtype wraps integers exactly as one whole-k product would.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    total = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="distconv-prefetch") as pool:
+        pending = pool.submit(read, steps[0])
+        for index in range(len(steps)):
+            a, b = pending.result()
+            if index + 1 < len(steps):
+                pending = pool.submit(read, steps[index + 1])
+            product = matmul_block(a, b, engine=plan.engine, dtype_=plan.dtype,
+                                   blas_threads=plan.blas_threads, partial_axis=None)
+            del a, b
+            if total is None:  # the engine's own array, or a copy when it cannot be added to
+                writable = isinstance(product, np.ndarray) and product.flags.writeable
+                total = product if writable else np.array(product)
+            else:
+                np.add(total, product, out=total)
+            del product
+    return total
 
 
 def _read_panel(store, region: tuple):
