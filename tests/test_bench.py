@@ -67,11 +67,15 @@ def test_bench_matmul_in_process_threads(tmp_path):
     (["convolve", "--size", "16", "--kernels", "31"], "larger than the image"),
     (["matmul", "--engines", "numba"], "cannot matmul"),
 ])
-def test_bench_bad_arguments_one_line_exit_2_nothing_written(tmp_path, args, message):
+def test_bench_bad_arguments_one_line_exit_2_nothing_written(tmp_path, capsys, args, message):
+    from distconv.cli import main
+
     out = tmp_path / "results"
-    done = _distconv("bench", *args, "--output-dir", str(out), cwd=tmp_path)
-    assert done.returncode == 2
-    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", *args, "--output-dir", str(out)])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert message in stderr and len(stderr.strip().splitlines()) == 1
     assert not out.exists()
 
 
