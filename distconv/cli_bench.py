@@ -66,7 +66,7 @@ def _kernel_sizes(text: str) -> list[int]:
 def _run(benchmark: str, size: int, engines: str | None, chunk: int | None, repeats: int,
          no_references: bool, output_dir: str, workdir: str | None, cluster_spec: str | None,
          workers: int | None, threads_per_worker: int | None, quiet: bool,
-         kernels_text: str = "", max_seconds: float = 120.0) -> None:
+         kernels_text: str = "", max_seconds: float = 30.0) -> None:
     import os
 
     from distconv.clusters import parse_spec
@@ -131,7 +131,7 @@ def _bench_command(benchmark: str) -> click.Command:
         options += [
             click.option("--kernels", "kernels_text", default="3,9,31,127", show_default=True,
                          help="Square kernel sizes, comma separated."),
-            click.option("--max-seconds", type=click.FloatRange(min=0), default=120.0,
+            click.option("--max-seconds", type=click.FloatRange(min=0), default=30.0,
                          show_default=True,
                          help="List a cell as skipped when its estimated time is longer."),
         ]

@@ -87,3 +87,12 @@ def test_contenders_alternate_after_one_warm_up():
     assert calls == list("abc") + list("abc") + list("cba") + list("abc")
     assert all(len(c.runs) == 3 for c in contenders[:3]) and contenders[3].runs == []
     assert contenders[0].seconds == float(np.median(contenders[0].runs))
+
+
+def test_contenders_warm_up_once_per_run():
+    calls: list[str] = []
+    warmed: set[str] = set()
+    for _ in range(2):  # two kernel sizes: the second one needs no warm-up
+        contenders = [Contender(name, (lambda name=name: calls.append(name))) for name in "ab"]
+        run_alternating(contenders, repeats=1, warmed=warmed)
+    assert calls == list("ab") + list("ab") + list("ab") and warmed == {"a", "b"}

@@ -25,7 +25,7 @@ def run(benchmark: str, *, size: int, engines: Sequence[str], kernels: Sequence[
         chunk: int | None = None, repeats: int = 3, cluster: str | None = "local",
         workers: int | None = None, threads_per_worker: int | None = None,
         workdir: str | os.PathLike | None = None, references: bool = True,
-        max_seconds: float = 120.0, log: Callable[[str], None] | None = None) -> Result:
+        max_seconds: float = 30.0, log: Callable[[str], None] | None = None) -> Result:
     """Run one benchmark on a cluster started here and return its :class:`Result`.
 
     Parameters

@@ -71,15 +71,22 @@ class Contender:
 
 
 def run_alternating(contenders: list[Contender], repeats: int, warmup: bool = True,
-                    log: Callable[[str], None] | None = None) -> None:
+                    log: Callable[[str], None] | None = None,
+                    warmed: set[str] | None = None) -> None:
     """Time every contender ``repeats`` times, in turn, after one warm-up run each.
 
     The order is reversed every other repeat so no contender always follows the same one.
+    ``warmed``: names already warmed up earlier in this process (imports, compilation and the
+    page cache do not depend on the kernel size), skipped here and added to as they warm up.
     """
     active = [c for c in contenders if c.skip is None and c.function is not None]
     if warmup:
         for contender in active:
+            if warmed is not None and contender.name in warmed:
+                continue
             contender.function()
+            if warmed is not None:
+                warmed.add(contender.name)
     for repeat in range(repeats):
         for contender in active if repeat % 2 == 0 else active[::-1]:
             contender.runs.append(timed(contender.function))

@@ -69,7 +69,7 @@ def check_window(source: str, output: str, kernel: np.ndarray, chunk: int) -> fl
 def bench_convolve(size: int = 8192, kernel_sizes: Sequence[int] = (3, 9, 31, 127),
                    engines: Sequence[str] = ("scipy",), *, chunk: int = 2048,
                    repeats: int = 3, workdir: str | os.PathLike, client=None,
-                   references: bool = True, max_seconds: float = 120.0,
+                   references: bool = True, max_seconds: float = 30.0,
                    log: Callable[[str], None] | None = None) -> Result:
     """Time a Zarr → Zarr convolve of ``size``² float32 per engine and kernel size.
 
@@ -104,6 +104,7 @@ def bench_convolve(size: int = 8192, kernel_sizes: Sequence[int] = (3, 9, 31, 12
         (os.cpu_count() or 1)
     pixels = float(size * size)
     in_memory = {}
+    warmed: set[str] = set()  # contenders warm up once, at the first kernel they run
     result = Result("convolve", unit="Mpx/s", work=pixels / 1e6,
                     setup={"size": size, "chunk": chunk, "dtype": "float32",
                            "kernels": list(kernel_sizes), "engines": list(engines),
@@ -134,7 +135,7 @@ def bench_convolve(size: int = 8192, kernel_sizes: Sequence[int] = (3, 9, 31, 12
             contenders += _references(source, workdir, kernel, pixels, workers, max_seconds,
                                       in_memory)
         run_alternating(contenders, repeats, log=(lambda text: log(f"k={k} {text}"))
-                        if log else None)
+                        if log else None, warmed=warmed)
         errors = {}
         for engine in engines:
             output = workdir / f"dc-{engine}.zarr"
