@@ -37,15 +37,20 @@ def main(argv=None) -> None:
             write_section("gpu", text)
         return
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    # One worker per GPU: the "cuda" cluster (dask-cuda) when installed, else local workers.
+    import importlib.util
+
+    where = {"cluster": "cuda"} if importlib.util.find_spec("dask_cuda") else \
+        {"cluster": "local", "workers": devices}
     sections = ["## GPU engines (benchmarks/gpu.py)", "",
                 f"Command: `python benchmarks/gpu.py --size {args.size} --kernels {args.kernels} "
                 f"--repeats {args.repeats}`; {devices} GPU(s), one worker process per GPU.", ""]
     convolve = bench.run("convolve", size=args.size, engines=["scipy", *engines],
                          kernels=[int(k) for k in args.kernels.split(",")],
-                         repeats=args.repeats, workers=devices, max_seconds=600.0, log=log)
+                         repeats=args.repeats, max_seconds=600.0, log=log, **where)
     matmul_engines = [e for e in engines if "matmul" in kernels.ENGINES[e].ops]
     matmul = bench.run("matmul", size=args.size, engines=["scipy", *matmul_engines],
-                       repeats=args.repeats, workers=devices, log=log)
+                       repeats=args.repeats, log=log, **where)
     for result in (convolve, matmul):
         bench.print_table(result)
         bench.write_outputs(result, "distconv-bench/gpu")
