@@ -150,7 +150,7 @@ _DOCS = {
 
     \b
     Random seeded size² float32 data is written to Zarr once; per kernel, the Zarr → Zarr copy
-    (floor), distconv with each engine, dask-image and in-memory scipy.ndimage run in turn
+    (floor), distconv with each engine, dask-image and in-memory SciPy run in turn
     (warm-up, median of --repeats). Prints seconds, Mpx/s, × copy floor, × reference; writes
     JSON and a PNG chart.
 

@@ -2,8 +2,8 @@
 
 Per kernel size, on the same seeded input: the Zarr → Zarr copy (``dask.array.from_zarr`` →
 ``to_zarr``, the floor no Zarr → Zarr filter can beat), ``distconv.convolve`` with each engine
-(the plan picks the method per chunk), dask-image's ``ndfilters.convolve`` and in-memory
-``scipy.ndimage.convolve`` when installed. Cells the cost model expects to take longer than
+(the plan picks the method per chunk), dask-image's ``ndfilters.convolve`` when installed, and
+in-memory ``scipy.ndimage.convolve`` and ``scipy.signal.oaconvolve`` on one core. Cells the cost model expects to take longer than
 ``max_seconds`` are listed as skipped, with the estimate, instead of run.
 """
 
