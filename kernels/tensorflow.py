@@ -38,7 +38,7 @@ import tensorflow as tf  # noqa: E402
 # Cost model for method="auto" (distconv.plan.method_costs), in the scipy engine's format and
 # scale: (seconds per output pixel, seconds per unit of work); work = nonzero taps x pixels for
 # direct, the sum of 1-D taps x pixels for separable, 2 x padded samples x log2(padded samples)
-# for fft. Fitted with ``python -m distconv.kernels.tensorflow`` on 1024x1024 float32 blocks
+# for fft. Fitted with ``python benchmarks/engines.py --fit --engines tensorflow`` on 1024x1024 float32 blocks
 # (kernels 3..31, 2 threads) on the shared 2-core machine and rescaled to scipy's COST from the
 # same run (x0.92). TensorFlow's conv is 2.4-5.4x scipy.ndimage there and its separable passes
 # ~2.2x, while its FFT is ~0.7x scipy.fft; the model puts the direct/FFT crossover at ~10x10
@@ -522,80 +522,3 @@ def device_info() -> str:
     threads = tf.config.threading.get_intra_op_parallelism_threads() or THREADS
     return (f"{where} (TensorFlow {tf.__version__}, {threads} intra-op threads, "
             f"{len(_FUNCTIONS)} compiled functions)")
-
-
-def _benchmark(size: int = 1024, repeat: int = 3) -> None:
-    """Time this engine against the scipy engine on ``size``² float32 blocks and fit COST.
-
-    Prints the best-of-``repeat`` time of both engines' per-chunk functions per kernel, then fits
-    ``seconds = per_pixel * pixels + per_unit * work`` for direct and separable (least squares on
-    relative errors) and ``per_unit`` alone for fft, whose work barely varies with the kernel.
-    The fitted constants are rescaled by how far scipy's COST is from scipy's times in the same
-    run, so they share the scale of the other engines' COST on a busy machine. Run it with
-    ``python -m distconv.kernels.tensorflow``.
-    """
-    import math
-    import time
-
-    from distconv.kernels import scipy as scipy_engine
-
-    def best(function, *args) -> float:
-        function(*args)  # trace / warm up (and cache the weights' spectrum)
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            function(*args)
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    def fit(samples: list[tuple[float, float, float]], pixel_term: bool) -> tuple[float, float]:
-        pixels, work, seconds = (np.array(column) for column in zip(*samples))
-        if not pixel_term:
-            return 0.0, float(np.median(seconds / work))
-        design = np.stack([pixels, work], axis=1) / seconds[:, None]
-        (per_pixel, per_unit), *_ = np.linalg.lstsq(design, np.ones_like(seconds), rcond=None)
-        return max(float(per_pixel), 0.0), float(per_unit)
-
-    def model(cost, pixels: float, work: float) -> float:
-        per_pixel, per_unit = cost if isinstance(cost, tuple) else (0.0, cost)
-        return per_pixel * pixels + per_unit * work
-
-    rng = np.random.default_rng(0)
-    pixels = float(size * size)
-    print(device_info())
-    print(f"{'float32':>11} {'scipy s':>9} {'tf s':>9} {'speed-up':>8} "
-          f"{'scipy s/unit':>13} {'tf s/unit':>13}")
-    samples: dict[str, dict[str, list]] = {"scipy": {}, "tensorflow": {}}
-    cases = [("direct", k) for k in (3, 5, 9, 15, 31)]
-    cases += [("fft", k) for k in (3, 9, 31)]
-    cases += [("separable", k) for k in (3, 9, 31)]
-    for method, k in cases:
-        block = rng.standard_normal((size + k - 1, size + k - 1)).astype(np.float32)
-        if method == "separable":
-            args: tuple = (block, [rng.standard_normal(k).astype(np.float32) for _ in range(2)])
-            work, label = 2 * k * pixels, f"sep {k}+{k}"
-        else:
-            args = (block, rng.standard_normal((k, k)).astype(np.float32))
-            padded = float(block.size)
-            work = k * k * pixels if method == "direct" else 2 * padded * math.log2(padded)
-            label = f"{method} {k}x{k}"
-        t_scipy = best(getattr(scipy_engine, f"correlate_{method}"), *args)
-        t_tf = best(globals()[f"correlate_{method}"], *args)
-        samples["scipy"].setdefault(method, []).append((pixels, work, t_scipy))
-        samples["tensorflow"].setdefault(method, []).append((pixels, work, t_tf))
-        print(f"{label:>11} {t_scipy:9.4f} {t_tf:9.4f} {t_scipy / t_tf:8.2f} "
-              f"{t_scipy / work:13.2e} {t_tf / work:13.2e}")
-    scale = float(np.median([model(scipy_engine.COST[m], p, w) / t
-                             for m, s in samples["scipy"].items() for p, w, t in s]))
-    for engine, by_method in samples.items():
-        fitted = {m: tuple(float(f"{c:.2g}") for c in fit(s, m != "fft"))
-                  for m, s in by_method.items()}
-        print(f"fitted {engine} COST (per pixel, per unit): {fitted}")
-    rescaled = {m: tuple(float(f"{c * scale:.2g}") for c in fit(s, m != "fft"))
-                for m, s in samples["tensorflow"].items()}
-    print(f"tensorflow COST on scipy's scale (x{scale:.2f}): {rescaled}")
-    print("current: scipy", scipy_engine.COST, "tensorflow", COST)
-
-
-if __name__ == "__main__":
-    _benchmark()

@@ -13,12 +13,11 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from threadpoolctl import threadpool_info
 
 import distconv as dc
 from distconv import kernels
 from distconv.ops import linalg
-from distconv.ops.linalg import Resources, limit_blas_threads, plan_for, plan_matmul
+from distconv.ops.linalg import Resources, plan_for, plan_matmul
 from conftest import engines_under_test
 
 
@@ -200,19 +199,34 @@ def test_plan_budget_parses_sizes():
                     resources=TWO_THREADS)
 
 
+_BLAS_LIMIT_CHECK = """
+from threadpoolctl import threadpool_info
+from distconv.ops.linalg import limit_blas_threads
+
+def blas():
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+before = blas()
+with limit_blas_threads(1):
+    inside = blas()
+    with limit_blas_threads(1):  # a second task in the same process shares the limit
+        pass
+    assert inside and all(n == 1 for n in inside), inside
+    assert blas() == inside
+assert blas() == before, (blas(), before)
+"""
+
+
 def test_limit_blas_threads_sets_and_restores():
-    before = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
-    with limit_blas_threads(1):
-        inside = [pool["num_threads"] for pool in threadpool_info()
-                  if pool["user_api"] == "blas"]
-        with limit_blas_threads(1):  # a second task in the same process shares the limit
-            pass
-        assert inside and all(n == 1 for n in inside)
-        again = [pool["num_threads"] for pool in threadpool_info()
-                 if pool["user_api"] == "blas"]
-        assert again == inside
-    after = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
-    assert after == before
+    # In a fresh process: OpenBLAS thread counts set from Dask's pool threads by earlier tests
+    # in this process do not always read back (see the issue note), which is not what this
+    # test is about.
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _BLAS_LIMIT_CHECK], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 # --- Zarr in, Zarr out ---------------------------------------------------------------------

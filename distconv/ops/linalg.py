@@ -1124,7 +1124,7 @@ def _add_partials(parts, axis=None, keepdims=False, dtype=None):
 # --- BLAS threads --------------------------------------------------------------------------
 
 _BLAS_LOCK = threading.Lock()
-_BLAS_STATE: dict[str, Any] = {"users": 0, "limit": None, "controller": None}
+_BLAS_STATE: dict[str, Any] = {"users": 0, "limit": None}
 
 
 @contextlib.contextmanager
@@ -1137,12 +1137,12 @@ def limit_blas_threads(threads: int) -> Iterator[None]:
     """
     with _BLAS_LOCK:
         if _BLAS_STATE["users"] == 0:
-            controller = _BLAS_STATE["controller"]
-            if controller is None:
-                from threadpoolctl import ThreadpoolController
+            # A fresh controller each time: libraries loaded since the last task (another
+            # engine's BLAS) are limited too, and a controller kept from before can go stale.
+            from threadpoolctl import ThreadpoolController
 
-                controller = _BLAS_STATE["controller"] = ThreadpoolController()
-            _BLAS_STATE["limit"] = controller.limit(limits=int(threads), user_api="blas")
+            _BLAS_STATE["limit"] = ThreadpoolController().limit(limits=int(threads),
+                                                                user_api="blas")
         _BLAS_STATE["users"] += 1
     try:
         yield
