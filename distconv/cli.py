@@ -144,27 +144,15 @@ def _filter_job(operation, input, weights, output, mode, cval, origin, axes, met
                                       else "correlated")
     check_output_path(output, source_paths(y), overwrite, resume)  # before any cluster starts
 
-    argv = list(_Context.argv)
-    argv = argv[argv.index(operation):] if operation in argv else [operation]
     with contextlib.ExitStack() as stack:
         with _workers_ignore_ctrl_c():
             stack.enter_context(cluster(cluster_spec, workers=workers,
                                         threads_per_worker=threads_per_worker,
                                         rmm_pool_size=rmm_pool_size, quiet=quiet))
-        start = time.perf_counter()
-        _Context.resume_command = resume_command(argv)
-        written = dc.save(y, output, overwrite=overwrite, resume=resume, progress=not quiet,
-                          description=operation,
-                          attributes={"command": shlex.join(["distconv", *argv])})
-        _Context.resume_command = None
-        seconds = time.perf_counter() - start
+        written, seconds = save_resumable(y, output, operation, overwrite=overwrite,
+                                          resume=resume, quiet=quiet)
     if not quiet:
-        produced = written.attrs["distconv"]
-        record = produced["steps"][-1]
-        if produced.get("resumed"):
-            already = produced["resumed"][-1]["chunks_already_written"]
-            click.echo(f"resumed {output}: {already} of {y.npartitions} chunks were already "
-                       f"written, computed the other {y.npartitions - already}")
+        record = written.attrs["distconv"]["steps"][-1]
         pixels = float(x.size)
         click.echo(
             f"wrote {output}: {'×'.join(map(str, y.shape))} {y.dtype}, "
@@ -173,6 +161,35 @@ def _filter_job(operation, input, weights, output, mode, cval, origin, axes, met
             f"{x.nbytes / seconds / 2**20:.0f} MiB/s read"
         )
 
+
+
+def save_resumable(y, output: str, operation: str, *, overwrite: bool, resume: bool,
+                   quiet: bool):
+    """``dc.save`` for a command: the command line goes into the provenance, and while the job
+    runs an interruption's message names the exact ``--resume`` command.
+
+    Returns
+    -------
+    (zarr.Array, float)
+        The written array and the seconds the save took.
+    """
+    import distconv as dc
+
+    argv = list(_Context.argv)
+    argv = argv[argv.index(operation):] if operation in argv else [operation]
+    start = time.perf_counter()
+    _Context.resume_command = resume_command(argv)  # read by main() on Ctrl-C or failure
+    written = dc.save(y, output, overwrite=overwrite, resume=resume, progress=not quiet,
+                      description=operation,
+                      attributes={"command": shlex.join(["distconv", *argv])})
+    _Context.resume_command = None
+    seconds = time.perf_counter() - start
+    produced = written.attrs["distconv"]
+    if not quiet and produced.get("resumed"):
+        already = produced["resumed"][-1]["chunks_already_written"]
+        click.echo(f"resumed {output}: {already} of {y.npartitions} chunks were already "
+                   f"written, computed the other {y.npartitions - already}")
+    return written, seconds
 
 _EXAMPLES = """
 \b

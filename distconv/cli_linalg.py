@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
-import time
 
 import click
 
@@ -200,24 +198,10 @@ def _cluster(cluster_spec, workers, threads_per_worker, quiet):
 def _save(product, output: str, overwrite: bool, resume: bool, quiet: bool,
           operation: str) -> float:
     """Save with provenance; while it runs, an interruption names the command that resumes."""
-    import distconv as dc
-    from distconv.cli import _Context, resume_command
+    from distconv.cli import save_resumable
 
-    argv = list(_Context.argv)
-    argv = argv[argv.index(operation):] if operation in argv else [operation]
-    start = time.perf_counter()
-    _Context.resume_command = resume_command(argv)
-    written = dc.save(product, output, overwrite=overwrite, resume=resume, progress=not quiet,
-                      description=operation,
-                      attributes={"command": shlex.join(["distconv", *argv])})
-    _Context.resume_command = None
-    seconds = time.perf_counter() - start
-    produced = written.attrs["distconv"]
-    if not quiet and produced.get("resumed"):
-        already = produced["resumed"][-1]["chunks_already_written"]
-        click.echo(f"resumed {output}: {already} of {product.npartitions} chunks were already "
-                   f"written, computed the other {product.npartitions - already}")
-    return seconds
+    return save_resumable(product, output, operation, overwrite=overwrite, resume=resume,
+                          quiet=quiet)[1]
 
 
 def _shape(shape) -> str:
