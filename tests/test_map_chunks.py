@@ -333,13 +333,13 @@ def test_numba_cuda_engine_under_the_simulator():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_cuda_devices() == 0, reason="no CUDA device (CuPy sees 0 GPUs)")
+@pytest.mark.skipif(_cuda_devices() == 0, reason="no CUDA device (CuPy missing or it sees 0 GPUs)")
 def test_numba_cuda_engine_on_a_gpu():
     _run_numba_cuda_script(simulator=False)  # chunks uploaded by CuPy, kernels on the device
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_cuda_devices() == 0, reason="no CUDA device (CuPy sees 0 GPUs)")
+@pytest.mark.skipif(_cuda_devices() == 0, reason="no CUDA device (CuPy missing or it sees 0 GPUs)")
 def test_cupy_engine_on_a_gpu(image):
     import cupy
     import cupyx.scipy.ndimage as cndi
