@@ -35,23 +35,12 @@ def matmul_contenders(a_path: Path, b_path: Path, workdir: Path, engines: Sequen
                       memory: dict, references: bool = True) -> list[Contender]:
     """numpy.matmul in memory (floor), distconv.matmul per engine, dask.array.matmul."""
     import dask.array as da
-    import zarr
-
-    import distconv as dc
 
     def numpy_matmul():
-        if "a" not in memory:  # loaded by the warm-up, outside the timed runs
-            memory["a"] = zarr.open_array(str(a_path))[:]
-            memory["b"] = zarr.open_array(str(b_path))[:]
-        np.matmul(memory["a"], memory["b"])
+        np.matmul(*_in_memory(memory, a_path, b_path))
 
     found = [Contender("numpy.matmul, in memory", numpy_matmul, kind="floor", engine="BLAS")]
-    for engine in engines:
-        def run(engine=engine):
-            dc.save(dc.matmul(dc.open(a_path), dc.open(b_path), engine=engine),
-                    fresh(workdir / f"c-{engine}.zarr"), progress=False)
-
-        found.append(Contender(f"distconv.matmul {engine}", run, engine=engine))
+    found += _distconv_contenders("matmul", a_path, b_path, workdir / "c", engines)
     if references:
         def dask_matmul():
             da.matmul(da.from_zarr(str(a_path)), da.from_zarr(str(b_path))) \
@@ -65,34 +54,50 @@ def multiply_contenders(a_path: Path, b_path: Path, workdir: Path, engines: Sequ
                         memory: dict, references: bool = True) -> list[Contender]:
     """Zarr → Zarr copy (floor), distconv.multiply per engine, dask.array a * b, NumPy."""
     import dask.array as da
-    import zarr
-
-    import distconv as dc
 
     def copy():
         da.from_zarr(str(a_path)).to_zarr(fresh(workdir / "copy.zarr"))
 
     found = [Contender("Zarr→Zarr copy of A (floor)", copy, kind="floor")]
-    for engine in engines:
-        def run(engine=engine):
-            dc.save(dc.multiply(dc.open(a_path), dc.open(b_path), engine=engine),
-                    fresh(workdir / f"m-{engine}.zarr"), progress=False)
-
-        found.append(Contender(f"distconv.multiply {engine}", run, engine=engine))
+    found += _distconv_contenders("multiply", a_path, b_path, workdir / "m", engines)
     if references:
         def dask_multiply():
             (da.from_zarr(str(a_path)) * da.from_zarr(str(b_path))) \
                 .to_zarr(fresh(workdir / "m-dask.zarr"))
 
         def numpy_multiply():
-            if "a" not in memory:
-                memory["a"] = zarr.open_array(str(a_path))[:]
-                memory["b"] = zarr.open_array(str(b_path))[:]
-            np.multiply(memory["a"], memory["b"])
+            np.multiply(*_in_memory(memory, a_path, b_path))
 
         found.append(Contender("dask.array a * b", dask_multiply, kind="reference"))
         found.append(Contender("numpy.multiply, in memory", numpy_multiply, kind="baseline"))
     return found
+
+
+def _in_memory(memory: dict, a_path: Path, b_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The operands as NumPy arrays, read once (by the warm-up, outside the timed runs)."""
+    import zarr
+
+    if "a" not in memory:
+        memory["a"] = zarr.open_array(str(a_path))[:]
+        memory["b"] = zarr.open_array(str(b_path))[:]
+    return memory["a"], memory["b"]
+
+
+def _distconv_contenders(operation: str, a_path: Path, b_path: Path, output_stem: Path,
+                         engines: Sequence[str]) -> list[Contender]:
+    """``distconv.<operation>`` Zarr → Zarr, one contender per engine."""
+    import distconv as dc
+
+    function = getattr(dc, operation)
+
+    def contender(engine: str) -> Contender:
+        def run():
+            dc.save(function(dc.open(a_path), dc.open(b_path), engine=engine),
+                    fresh(Path(f"{output_stem}-{engine}.zarr")), progress=False)
+
+        return Contender(f"distconv.{operation} {engine}", run, engine=engine)
+
+    return [contender(engine) for engine in engines]
 
 
 def bench_linalg(operation: str, size: int = 8192, engines: Sequence[str] = ("scipy",), *,
