@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from distconv.clusters.local import reusable_worker_memory
 from distconv.errors import DistconvError
 
 INSTALL_HINT = "pip install 'distconv[cuda]'"
@@ -77,15 +78,16 @@ def cuda_cluster(workers: int | None = None, threads_per_worker: int | None = No
     from dask_cuda import LocalCUDACluster
 
     try:
-        return LocalCUDACluster(
-            n_workers=workers or count,
-            threads_per_worker=threads_per_worker or 1,
-            memory_limit=memory_limit or "auto",
-            rmm_pool_size=rmm_pool_size,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            resources={"GPU": 1},
-            silence_logs=40,
-        )
+        with reusable_worker_memory():
+            return LocalCUDACluster(
+                n_workers=workers or count,
+                threads_per_worker=threads_per_worker or 1,
+                memory_limit=memory_limit or "auto",
+                rmm_pool_size=rmm_pool_size,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+                resources={"GPU": 1},
+                silence_logs=40,
+            )
     except (ValueError, TypeError) as exc:  # dask-cuda's own argument checks
         raise DistconvError(f"cannot start the cuda cluster: {exc}") from None

@@ -1,9 +1,8 @@
-"""Correlation and convolution graphs: halo exchange with ``overlap``, edges padded per chunk.
+"""Correlation and convolution graphs: haloed blocks (:mod:`distconv.ops.halo`), then the engine.
 
-The per-chunk function receives the block plus the halo from its neighbours. At the true array
-edges (known from ``block_info``) it pads the block itself with the boundary mode, so the graph
-needs no extra padded chunks; ``wrap`` on an axis with several chunks uses Dask's periodic halo
-instead, because the values come from the other end of the array.
+Each task receives its chunk with the neighbours' halo and, at the true array edges, the
+boundary mode's padding already in place; ``wrap`` on an axis with several chunks takes the halo
+from the chunk at the other end.
 """
 
 from __future__ import annotations
@@ -17,8 +16,9 @@ from distconv import kernels
 from distconv.backend import array_module, cast_output, is_gpu_array, to_device
 from distconv.config import get_default
 from distconv.io import as_dask_array, remember_provenance
+from distconv.ops.halo import exchange_halos
 from distconv.weights import weights_digest
-from distconv.plan import METHOD_OPS, CorrelationPlan, merge_small_chunks, plan_correlation
+from distconv.plan import METHOD_OPS, CorrelationPlan, plan_correlation
 
 
 def correlate(input, weights, mode: str = "reflect", cval: float = 0.0, origin=0, *,
@@ -100,21 +100,18 @@ def _filter(input, weights, mode, cval, origin, axes, method, engine, dtype,
 
 def correlate_with_plan(x: da.Array, plan: CorrelationPlan) -> da.Array:
     """Build the graph for a resolved plan: merge thin chunks, exchange halos, map blocks."""
-    x, haloed, periodic = exchange_halos(x, plan.depth, plan.mode == "wrap")
-    chunks = x.chunks
+    x, haloed = exchange_halos(x, plan.depth, plan.pad_mode, plan.cval, plan.compute_dtype)
     meta = array_module(x._meta).empty((0,) * x.ndim, dtype=plan.out_dtype)
     return haloed.map_blocks(
-        correlate_block, plan=plan, periodic=periodic, chunks=chunks,
-        dtype=plan.out_dtype, meta=meta, token="distconv-correlate",
+        correlate_block, plan=plan, chunks=x.chunks, dtype=plan.out_dtype, meta=meta,
+        token="distconv-correlate",
     )
 
 
-def correlate_block(block, plan: CorrelationPlan, periodic: tuple[bool, ...], block_info=None):
-    """Per-chunk function: pad true edges, cut the window the kernel needs, run the engine."""
+def correlate_block(block, plan: CorrelationPlan):
+    """Per-chunk function: cut the window the kernel needs from a haloed block, run the engine."""
     block = block.astype(plan.compute_dtype, copy=False)
-    block = pad_true_edges(block, plan.depth, periodic, plan.pad_mode, plan.cval, block_info)
-
-    # Every filtered axis now carries `depth` samples on both sides; keep what the kernel reads.
+    # Every filtered axis carries `depth` samples on both sides; keep what the kernel reads.
     window = tuple(
         slice(depth - before, size - (depth - after))
         for size, depth, before, after in zip(block.shape, plan.depth, plan.before, plan.after)
@@ -128,50 +125,3 @@ def correlate_block(block, plan: CorrelationPlan, periodic: tuple[bool, ...], bl
     else:
         out = function(block, plan.weights)
     return cast_output(out, plan.out_dtype)
-
-
-def exchange_halos(x: da.Array, depth: Sequence[int], wrap: bool
-                   ) -> tuple[da.Array, da.Array, tuple[bool, ...]]:
-    """Give every block ``depth`` samples of its neighbours (true array edges are left alone).
-
-    Chunks thinner than the halo are merged first. Only axes with neighbours exchange halos; a
-    single-chunk axis, and every true edge, is padded inside the block by
-    :func:`pad_true_edges`. ``wrap`` needs values from the other end of the array, so it uses
-    Dask's periodic halo on axes with several chunks.
-
-    Returns
-    -------
-    (merged, haloed, periodic)
-        ``x`` with thin chunks merged, the haloed array (blocks ``2 * depth`` larger, except at
-        true edges), and per axis whether the halo was periodic.
-    """
-    chunks = tuple(merge_small_chunks(c, d) for c, d in zip(x.chunks, depth))
-    if chunks != x.chunks:
-        x = x.rechunk(chunks)
-    periodic = tuple(wrap and d > 0 and len(c) > 1 for c, d in zip(chunks, depth))
-    exchange = {axis: d if len(c) > 1 else 0 for axis, (c, d) in enumerate(zip(chunks, depth))}
-    haloed = x
-    if any(exchange.values()):
-        boundary = {axis: "periodic" if periodic[axis] else "none" for axis in range(x.ndim)}
-        haloed = da.overlap.overlap(x, depth=exchange, boundary=boundary)
-    return x, haloed, periodic
-
-
-def pad_true_edges(block, depth: Sequence[int], periodic: Sequence[bool], pad_mode: str,
-                   cval: float, block_info) -> object:
-    """Pad a block of :func:`exchange_halos` at the true array edges with ``numpy.pad``'s mode.
-
-    ``block_info`` (Dask's, for the haloed array) tells which sides are true edges; afterwards
-    every axis carries ``depth`` samples on both sides.
-    """
-    location = block_info[0]["chunk-location"]
-    count = block_info[0]["num-chunks"]
-    pad = [
-        (0, 0) if d == 0 or periodic[axis] else
-        (d if location[axis] == 0 else 0, d if location[axis] == count[axis] - 1 else 0)
-        for axis, d in enumerate(depth)
-    ]
-    if any(p != (0, 0) for p in pad):
-        extra = {"constant_values": cval} if pad_mode == "constant" else {}
-        block = array_module(block).pad(block, pad, mode=pad_mode, **extra)
-    return block

@@ -1,9 +1,9 @@
 """Your own per-chunk function over arrays larger than memory: :func:`map_chunks`.
 
-The graph is the one :mod:`distconv.ops.convolve` builds: halos are exchanged with the
-neighbouring chunks only (:func:`~distconv.ops.convolve.exchange_halos`) and the true array
-edges are padded inside the task (:func:`~distconv.ops.convolve.pad_true_edges`), so the function
-always sees a block with ``depth`` extra samples on every side, as with Dask's ``map_overlap``.
+The graph is the one :mod:`distconv.ops.convolve` builds: each block gets the halo of its
+neighbouring chunks and, at the true array edges, the boundary's padding
+(:func:`~distconv.ops.halo.exchange_halos`), so the function always sees a block with ``depth``
+extra samples on every side, as with Dask's ``map_overlap``.
 
 The engine decides how the function is called on one chunk:
 
@@ -37,7 +37,7 @@ from distconv import kernels
 from distconv.backend import is_gpu_array, to_device, to_numpy
 from distconv.errors import DistconvError, EngineError
 from distconv.io import as_dask_array, remember_provenance
-from distconv.ops.convolve import exchange_halos, pad_true_edges
+from distconv.ops.halo import exchange_halos
 from distconv.plan import MODES, normalize_mode
 
 #: Engines map_chunks can call a function with; the first three call it directly.
@@ -148,12 +148,12 @@ def map_chunks(fn: Callable, *arrays, depth=0, boundary="reflect", cval: float =
         xs = [to_device(x) for x in xs]  # upload once, before the halo exchange
     keep_on_device = on_device or engine not in _GPU_ENGINES
     # Merge thin chunks of the first array; the others follow its chunks exactly.
-    merged, haloed, periodic = exchange_halos(xs[0], depths, pad_mode == "wrap")
+    merged, haloed = exchange_halos(xs[0], depths, pad_mode, cval)
     haloed_all = [haloed]
     for x in xs[1:]:
         if x.chunks != merged.chunks:
             x = x.rechunk(merged.chunks)
-        haloed_all.append(exchange_halos(x, depths, pad_mode == "wrap")[1])
+        haloed_all.append(exchange_halos(x, depths, pad_mode, cval)[1])
     in_chunks = merged.chunks
     # Sides that carry a halo in the block fn sees, per chunk, per axis (for trimming).
     halo_sides = tuple(
@@ -184,7 +184,7 @@ def map_chunks(fn: Callable, *arrays, depth=0, boundary="reflect", cval: float =
     xp = _output_module(keep_on_device and on_device)
     result = da.map_blocks(
         _run_block, *haloed_all, runner=runner, fn=fn, fn_token=token, kwargs=kwargs,
-        depths=depths, periodic=periodic, pad_mode=pad_mode, cval=cval, trim_axes=trim_axes,
+        trim_axes=trim_axes,
         halo_sides=halo_sides, to_host=not keep_on_device, fn_name=fn_name,
         out_ndim=out_ndim, out_dtype=dtype,
         chunks=out_chunks, drop_axis=drop or None, new_axis=new or None, dtype=dtype,
@@ -221,13 +221,10 @@ def _output_module(gpu: bool):
 
 # --- the task ---------------------------------------------------------------------------------
 
-def _run_block(*blocks, runner, fn, fn_token, kwargs, depths, periodic, pad_mode, cval, trim_axes,
-               halo_sides, to_host, fn_name, out_ndim, out_dtype, block_info=None):
-    """Pad the true edges, call the function through its engine, check and trim the result."""
+def _run_block(*blocks, runner, fn, fn_token, kwargs, trim_axes, halo_sides, to_host, fn_name,
+               out_ndim, out_dtype, block_info=None):
+    """Call the function on haloed blocks through its engine, check and trim the result."""
     location = tuple(block_info[0]["chunk-location"])
-    if pad_mode is not None:
-        blocks = [pad_true_edges(b, depths, periodic, pad_mode, cval, block_info)
-                  for b in blocks]
     out = _call(runner, fn, fn_token, kwargs, blocks, location, fn_name)
     if to_host:
         out = to_numpy(out)
