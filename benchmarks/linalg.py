@@ -31,7 +31,7 @@ from dask.utils import format_bytes
 
 import distconv as dc
 from distconv.bench import cluster_text as describe_cluster
-from distconv.bench.common import PeakMemory, fresh, make_input, timed
+from distconv.bench.common import PeakMemory, flush_writes, fresh, make_input, timed
 from distconv.bench.linalg import (floor_text, io_floor, io_floor_percent,
                                    matmul_contenders, multiply_contenders, profile,
                                    profile_text, task_gemm_rate, verdict_text)
@@ -85,6 +85,7 @@ def main(argv=None) -> None:
             order = [*matmuls, *multiplies] if repeat % 2 == 0 else \
                 [*reversed(matmuls), *reversed(multiplies)]
             for name in order:
+                flush_writes()
                 times[name].append(timed(functions[name]))
                 print(f"repeat {repeat}: {name}: {times[name][-1]:.2f} s", flush=True)
 

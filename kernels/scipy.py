@@ -1,11 +1,15 @@
-"""SciPy/NumPy engine: direct (scipy.ndimage), FFT overlap-save (scipy.fft), separable 1-D passes.
+"""SciPy/NumPy engine: direct (scipy.ndimage), FFT overlap-save, separable 1-D passes.
 
 Every function follows the per-chunk contract in :mod:`distconv.kernels`: the block arrives padded
 for its halo and the *valid* part of the correlation is returned.
+
+The FFTs are scipy.fft's (pocketfft), or ducc0's where the ``fft`` extra installed it: the same
+author's successor library, about 25 % faster on a 2k² float32 chunk here (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections import OrderedDict
 from threading import Lock
 
@@ -51,6 +55,8 @@ def correlate_fft(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
     if not axes:
         return block * weights.reshape(())
     lengths = tuple(scipy.fft.next_fast_len(block.shape[a], real=True) for a in axes)
+    if use_ducc0():
+        return _correlate_fft_ducc0(block, weights, axes, lengths)
     # rfftn/irfftn one axis at a time (same layout: the real axis last), so that each inverse
     # pass can drop the rows outside the valid window before the next pass transforms them,
     # and the complex passes work in place. About 10 % less FFT time per 2k² chunk.
@@ -63,6 +69,47 @@ def correlate_fft(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
         spectrum = scipy.fft.ifft(spectrum, axis=axis, overwrite_x=True)
         spectrum = spectrum[_valid_along(axis, block, weights)]
     full = scipy.fft.irfft(spectrum, n=lengths[-1], axis=real_axis)
+    return np.ascontiguousarray(full[_valid_along(real_axis, block, weights)],
+                                dtype=block.dtype)
+
+
+def use_ducc0() -> bool:
+    """Whether the FFT path runs on ducc0 (installed); tests switch it off for scipy.fft."""
+    return _DUCC0_INSTALLED
+
+
+_DUCC0_INSTALLED = importlib.util.find_spec("ducc0") is not None
+
+
+def _correlate_fft_ducc0(block: np.ndarray, weights: np.ndarray, axes: tuple[int, ...],
+                         lengths: tuple[int, ...]) -> np.ndarray:
+    """:func:`correlate_fft` with ducc0: the same passes, in place in one spectrum buffer."""
+    import ducc0.fft
+
+    *complex_axes, real_axis = axes
+    real_dtype = np.float64 if block.dtype == np.float64 else np.float32
+    complex_dtype = np.complex128 if real_dtype == np.float64 else np.complex64
+    # ducc0 transforms full lengths only: zero-pad the real axis, then the complex axes.
+    padded = np.zeros(block.shape[:real_axis] + (lengths[-1],) + block.shape[real_axis + 1:],
+                      dtype=real_dtype)
+    padded[tuple(slice(0, n) for n in block.shape)] = block
+    shape = list(block.shape)
+    for axis, length in zip(complex_axes, lengths):
+        shape[axis] = length
+    shape[real_axis] = lengths[-1] // 2 + 1
+    spectrum = np.zeros(shape, dtype=complex_dtype)
+    filled = tuple(slice(0, block.shape[a]) if a in complex_axes else slice(None)
+                   for a in range(block.ndim))
+    ducc0.fft.r2c(padded, axes=(real_axis,), out=spectrum[filled])
+    del padded
+    if complex_axes:
+        ducc0.fft.c2c(spectrum, axes=complex_axes, forward=True, out=spectrum)
+    spectrum *= _weights_spectrum(weights, lengths, axes)
+    for axis in reversed(complex_axes):
+        ducc0.fft.c2c(spectrum, axes=(axis,), forward=False, inorm=2, out=spectrum)
+        spectrum = spectrum[_valid_along(axis, block, weights)]
+    full = ducc0.fft.c2r(spectrum, axes=(real_axis,), lastsize=lengths[-1], forward=False,
+                         inorm=2)
     return np.ascontiguousarray(full[_valid_along(real_axis, block, weights)],
                                 dtype=block.dtype)
 
@@ -86,7 +133,8 @@ def multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def device_info() -> str:
     """One line for ``distconv engines``."""
-    return f"CPU (scipy {scipy.__version__}, numpy {np.__version__})"
+    fft = "ducc0 FFTs" if use_ducc0() else "scipy.fft FFTs"
+    return f"CPU (scipy {scipy.__version__}, numpy {np.__version__}, {fft})"
 
 
 def _valid_crop(block_shape, weights_shape) -> tuple[slice, ...]:
