@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from distconv.clusters.local import reusable_worker_memory
+from distconv.clusters.local import chunk_job_settings
 from distconv.errors import DistconvError
 
 INSTALL_HINT = "pip install 'distconv[cuda]'"
@@ -78,7 +78,7 @@ def cuda_cluster(workers: int | None = None, threads_per_worker: int | None = No
     from dask_cuda import LocalCUDACluster
 
     try:
-        with reusable_worker_memory():
+        with chunk_job_settings():
             return LocalCUDACluster(
                 n_workers=workers or count,
                 threads_per_worker=threads_per_worker or 1,

@@ -95,6 +95,39 @@ def test_local_cluster_job_equals_scipy_and_plugins_apply(tmp_path):
     assert out.attrs["distconv"]["complete"] is True
 
 
+def malloc_environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+
+
+@pytest.fixture
+def clean_malloc_environ(monkeypatch):
+    """distributed copies the workers' pre-spawn variables into this process's environment,
+    where they take precedence over the config for later clusters: start without them."""
+    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_local_cluster_reuses_chunk_buffers_and_keeps_a_read_ready(clean_malloc_environ):
+    with dc.cluster("local", workers=1, quiet=True) as client:
+        environs = list(client.run(malloc_environ).values())
+        saturation = client.cluster.scheduler.WORKER_SATURATION
+    assert environs == [{"MALLOC_TRIM_THRESHOLD_": str(32 * 2**20),
+                         "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_ARENA_MAX": "2"}]
+    assert saturation == 2.5
+
+
+def test_local_cluster_keeps_the_users_own_malloc_and_saturation_settings(clean_malloc_environ):
+    import dask
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 4096,
+                          "distributed.scheduler.worker-saturation": 1.0}):
+        with dc.cluster("local", workers=1, quiet=True) as client:
+            environs = list(client.run(malloc_environ).values())
+            saturation = client.cluster.scheduler.WORKER_SATURATION
+    assert environs == [{"MALLOC_TRIM_THRESHOLD_": "4096"}]
+    assert saturation == 1.0
+
+
 def test_threads_spec_needs_no_cluster():
     with dc.cluster("threads") as client:
         assert client is None
