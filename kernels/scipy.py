@@ -22,7 +22,14 @@ from scipy import ndimage
 # per unit of work (direct: nonzero taps x pixels; separable: sum of 1-D taps x pixels; fft:
 # 2 x padded samples x log2(padded samples)). Fitted on 1024x1024 float32 blocks on the 2-core
 # CI machine (kernels 3..31); FFT already wins from 5x5 on, direct only for tiny kernels.
-COST = {"direct": (9.7e-9, 1.5e-9), "fft": (0.0, 7.0e-10), "separable": (1.2e-8, 9.0e-10)}
+# With ducc0 the same FFT passes take about two thirds of scipy.fft's time (20 vs 30 ms per
+# 2078² float32 chunk, benchmarks/RESULTS.md).
+_DUCC0_INSTALLED = importlib.util.find_spec("ducc0") is not None
+FFT_COST_SCIPY = 7.0e-10
+FFT_COST_DUCC0 = 0.67 * FFT_COST_SCIPY
+COST = {"direct": (9.7e-9, 1.5e-9),
+        "fft": (0.0, FFT_COST_DUCC0 if _DUCC0_INSTALLED else FFT_COST_SCIPY),
+        "separable": (1.2e-8, 9.0e-10)}
 
 
 def correlate_direct(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -77,8 +84,6 @@ def use_ducc0() -> bool:
     """Whether the FFT path runs on ducc0 (installed); tests switch it off for scipy.fft."""
     return _DUCC0_INSTALLED
 
-
-_DUCC0_INSTALLED = importlib.util.find_spec("ducc0") is not None
 
 
 def _correlate_fft_ducc0(block: np.ndarray, weights: np.ndarray, axes: tuple[int, ...],
