@@ -238,5 +238,6 @@ def verdict_text(matmul_percent: float, floor_percent: float, dask_percent: floa
                "hand-over and the write tail in the task stream, and the other jobs on the "
                "machine)." if matmul_percent < floor_percent else "here, and distconv reaches it."))
     multiply = (f"Target multiply ≤ 1.05× dask.array: "
-                f"{'met' if multiply_ratio <= 1.05 else 'not met'} ({multiply_ratio:.2f}×).")
+                f"{'met' if multiply_ratio <= 1.05 else 'not met'} "
+                f"({multiply_ratio:.2f}×, medians).")
     return f"{matmul} {multiply}"
