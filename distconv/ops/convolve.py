@@ -109,8 +109,10 @@ def correlate_with_plan(x: da.Array, plan: CorrelationPlan) -> da.Array:
 
 
 def correlate_block(block, plan: CorrelationPlan):
-    """Per-chunk function: cut the window the kernel needs from a haloed block, run the engine."""
-    block = block.astype(plan.compute_dtype, copy=False)
+    """Per-chunk function: cut the window the kernel needs from a haloed block, run the engine.
+
+    The block arrives in ``plan.compute_dtype`` (cast while :func:`exchange_halos` assembles it).
+    """
     # Every filtered axis carries `depth` samples on both sides; keep what the kernel reads.
     window = tuple(
         slice(depth - before, size - (depth - after))

@@ -57,79 +57,109 @@ def exchange_halos(x: da.Array, depth: Sequence[int], pad_mode: str | None, cval
     if not any(depth):
         return x, x.astype(dtype, copy=False)
 
-    counts = tuple(len(c) for c in chunks)
-    periodic = tuple(pad_mode == "wrap" and d > 0 and n > 1 for d, n in zip(depth, counts))
-
-    def sides(axis: int, index: int) -> tuple[int, int]:
-        """Halo width before and after chunk ``index`` along ``axis``."""
-        d = depth[axis]
-        if pad_mode is not None or periodic[axis]:
-            return d, d
-        return (d if index > 0 else 0), (d if index < counts[axis] - 1 else 0)
-
-    def neighbour(axis: int, index: int) -> int | None:
-        """Index of the chunk ``index`` borders on along ``axis`` (None: a true edge)."""
-        if 0 <= index < counts[axis]:
-            return index
-        return index % counts[axis] if periodic[axis] else None
-
+    grid = _HaloGrid(chunks, depth, pad_mode)
     name = "halo-" + tokenize(x.name, depth, pad_mode, cval, dtype)
     cut_name = "halo-cut-" + tokenize(name)
-    offsets = [o for o in itertools.product(*[(-1, 0, 1) if d else (0,) for d in depth])
-               if any(o)]
 
-    # Receiver by receiver: which strip of which sender goes where in the buffer.
-    placements: dict[tuple[int, ...], list] = {}
+    # Receiver by receiver: which strip of which sender goes where in its buffer; each sender
+    # gets one task that cuts all the strips asked of it.
     requests: dict[tuple[int, ...], list[tuple[slice, ...]]] = {}
-    for receiver in np.ndindex(*counts):
-        placed = []
-        for offset in offsets:
-            sender = tuple(neighbour(a, i + o) for a, (i, o) in enumerate(zip(receiver, offset)))
-            if None in sender:
-                continue
-            source, target = [], []
-            for axis, (o, r, s) in enumerate(zip(offset, receiver, sender)):
-                before, _ = sides(axis, r)
-                size, d = chunks[axis][r], depth[axis]
-                if o == 0:
-                    source.append(slice(None))
-                    target.append(slice(before, before + size))
-                elif o < 0:
-                    source.append(slice(chunks[axis][s] - d, chunks[axis][s]))
-                    target.append(slice(0, d))
-                else:
-                    source.append(slice(0, d))
-                    target.append(slice(before + size, before + size + d))
+    layouts: dict[tuple[int, ...], _BlockLayout] = {}
+    senders: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+    for receiver in np.ndindex(*grid.counts):
+        strips = []
+        senders[receiver] = []
+        for sender, source, target in grid.strips(receiver):
             wanted = requests.setdefault(sender, [])
-            wanted.append(tuple(source))
-            placed.append((sender, len(wanted) - 1, tuple(target)))
-        placements[receiver] = placed
+            wanted.append(source)
+            strips.append((len(wanted) - 1, target))
+            senders[receiver].append(sender)
+        layouts[receiver] = _BlockLayout(grid.block_shape(receiver), dtype,
+                                         grid.centre(receiver), tuple(strips),
+                                         grid.edge_padding(receiver), pad_mode, cval)
 
     graph: dict = {}
     for sender, regions in requests.items():
         graph[(cut_name,) + sender] = (partial(_cut_strips, tuple(regions)), (x.name,) + sender)
-    out_chunks = tuple(
-        tuple(sum(sides(axis, j)) + size for j, size in enumerate(chunks[axis]))
-        for axis in range(x.ndim)
-    )
-    for receiver, placed in placements.items():
-        shape = tuple(out_chunks[axis][i] for axis, i in enumerate(receiver))
-        side_widths = [sides(axis, i) for axis, i in enumerate(receiver)]
-        centre = tuple(slice(before, before + chunks[axis][i])
-                       for axis, (i, (before, _)) in enumerate(zip(receiver, side_widths)))
-        # Sides to pad: true edges (no neighbour) that still carry a halo.
-        pad = tuple(
-            (before if neighbour(axis, i - 1) is None else 0,
-             after if neighbour(axis, i + 1) is None else 0)
-            for axis, (i, (before, after)) in enumerate(zip(receiver, side_widths))
-        )
-        layout = _BlockLayout(shape, dtype, centre, tuple((p[1], p[2]) for p in placed),
-                              pad, pad_mode, cval)
+    for receiver, layout in layouts.items():
         graph[(name,) + receiver] = (partial(_assemble, layout), (x.name,) + receiver,
-                                     *[(cut_name,) + p[0] for p in placed])
+                                     *[(cut_name,) + sender for sender in senders[receiver]])
     hlg = HighLevelGraph.from_collections(name, graph, dependencies=[x])
     meta = array_module(x._meta).empty((0,) * x.ndim, dtype=dtype)
-    return x, da.Array(hlg, name, out_chunks, meta=meta)
+    return x, da.Array(hlg, name, grid.out_chunks(), meta=meta)
+
+
+class _HaloGrid:
+    """The chunk grid's geometry: halo widths, neighbours, and where each strip goes."""
+
+    def __init__(self, chunks: tuple[tuple[int, ...], ...], depth: tuple[int, ...],
+                 pad_mode: str | None):
+        self.chunks, self.depth, self.pad_mode = chunks, depth, pad_mode
+        self.counts = tuple(len(c) for c in chunks)
+        # "wrap" on an axis with several chunks: the halo comes from the other end.
+        self.periodic = tuple(pad_mode == "wrap" and d > 0 and n > 1
+                              for d, n in zip(depth, self.counts))
+
+    def sides(self, axis: int, index: int) -> tuple[int, int]:
+        """Halo width before and after chunk ``index`` along ``axis``."""
+        d = self.depth[axis]
+        if self.pad_mode is not None or self.periodic[axis]:
+            return d, d
+        return (d if index > 0 else 0), (d if index < self.counts[axis] - 1 else 0)
+
+    def neighbour(self, axis: int, index: int) -> int | None:
+        """The chunk at ``index`` along ``axis``, wrapped if periodic (None: beyond an edge)."""
+        if 0 <= index < self.counts[axis]:
+            return index
+        return index % self.counts[axis] if self.periodic[axis] else None
+
+    def out_chunks(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(sum(self.sides(axis, j)) + size for j, size in enumerate(sizes))
+                     for axis, sizes in enumerate(self.chunks))
+
+    def block_shape(self, receiver: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(sum(self.sides(axis, i)) + self.chunks[axis][i]
+                     for axis, i in enumerate(receiver))
+
+    def centre(self, receiver: tuple[int, ...]) -> tuple[slice, ...]:
+        """Where the receiver's own chunk goes in its buffer."""
+        return tuple(slice(self.sides(axis, i)[0], self.sides(axis, i)[0] + self.chunks[axis][i])
+                     for axis, i in enumerate(receiver))
+
+    def edge_padding(self, receiver: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+        """Widths to pad per side: true edges (no neighbour) that still carry a halo."""
+        pad = []
+        for axis, i in enumerate(receiver):
+            before, after = self.sides(axis, i)
+            pad.append((before if self.neighbour(axis, i - 1) is None else 0,
+                        after if self.neighbour(axis, i + 1) is None else 0))
+        return tuple(pad)
+
+    def strips(self, receiver: tuple[int, ...]):
+        """(sender, region of the sender's chunk, target in the receiver's buffer) per
+        neighbour, the 3**ndim - 1 of them less true edges and axes without a halo."""
+        offsets = itertools.product(*[(-1, 0, 1) if d else (0,) for d in self.depth])
+        for offset in offsets:
+            if not any(offset):
+                continue
+            sender = tuple(self.neighbour(a, i + o)
+                           for a, (i, o) in enumerate(zip(receiver, offset)))
+            if None in sender:
+                continue
+            source, target = [], []
+            for axis, (o, r, s) in enumerate(zip(offset, receiver, sender)):
+                before = self.sides(axis, r)[0]
+                size, d = self.chunks[axis][r], self.depth[axis]
+                if o == 0:
+                    source.append(slice(None))
+                    target.append(slice(before, before + size))
+                elif o < 0:
+                    source.append(slice(self.chunks[axis][s] - d, self.chunks[axis][s]))
+                    target.append(slice(0, d))
+                else:
+                    source.append(slice(0, d))
+                    target.append(slice(before + size, before + size + d))
+            yield sender, tuple(source), tuple(target)
 
 
 @dataclass(frozen=True)
