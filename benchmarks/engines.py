@@ -4,11 +4,11 @@ Every engine installed here (GPU engines when a CUDA device is present) runs eac
 implements on the same padded float32 block, for kernels 3×3, 9×9, 31×31 and 127×127. Medians
 of repeats after a warm-up (compilation, tracing). This table is the measured answer to
 "NumPy/SciPy vs TensorFlow vs Numba for convolution" and sets ``CPU_PREFERENCE`` in
-kernels/__init__.py. Results go to benchmarks/RESULTS.md (section "engines").
+kernels/registry.py. Results go to benchmarks/RESULTS.md (section "engines").
 
 ``--fit`` instead fits each engine's ``COST`` (the cost model behind method="auto", see
 :func:`distconv.plan.method_costs`) on the same kind of blocks and prints the constants to paste
-into kernels/<engine>.py, on the scipy engine's scale (it replaces the per-engine
+into kernels/registry.py, on the scipy engine's scale (it replaces the per-engine
 ``_benchmark()`` fitters the engines used to carry).
 
     python benchmarks/engines.py [--size 1024] [--kernels 3,9,31,127] [--repeats 3]
@@ -123,14 +123,14 @@ def fit(engines: list[str], size: int, repeats: int) -> None:
                     (pixels, work_units(method, k, size), seconds))
                 cells.append(f"{seconds:14.4f}")
             print(f"{method + f' {k}x{k}':>14} " + " ".join(cells), flush=True)
-    scipy_cost = kernels.get_engine("scipy").COST
+    scipy_cost = kernels.ENGINES["scipy"].cost
     scale = float(np.median([modelled(scipy_cost[m], p, w) / t
                              for m, s in samples["scipy"].items() for p, w, t in s]))
     print(f"\nscipy's COST / scipy's times in this run: x{scale:.2f} (the machine's load)")
     for engine, by_method in samples.items():
         fitted = {m: tuple(float(f"{c * scale:.2g}") for c in fit_cost(s, m != "fft"))
                   for m, s in by_method.items()}
-        current = getattr(kernels.get_engine(engine), "COST", None)
+        current = kernels.ENGINES[engine].cost
         print(f"{engine}: fitted COST = {fitted}\n{'':>{len(engine)}}  current     {current}")
 
 

@@ -29,8 +29,7 @@ def gpu_engines(x) -> list[str]:
     names = []
     for layer in x.__dask_graph__().layers:
         engine = _PROVENANCE.get(layer, {}).get("engine")
-        spec = kernels.ENGINES.get(engine) if isinstance(engine, str) else None
-        if spec is not None and spec.device == "gpu" and engine not in names:
+        if isinstance(engine, str) and kernels.is_gpu_engine(engine) and engine not in names:
             names.append(engine)
     return names
 

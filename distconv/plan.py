@@ -224,16 +224,16 @@ def method_costs(weights: np.ndarray, out_shape: Sequence[int],
     """Estimated seconds per method for one output block (only the ratios matter).
 
     ``engines`` maps each candidate method to the engine that would run it; each engine's
-    ``COST[method]`` (measured on this machine, see kernels/scipy.py) is seconds per unit of work
-    or a ``(seconds per output pixel, seconds per unit of work)`` pair.
+    ``cost[method]`` (measured on this machine, see kernels/registry.py) is seconds per unit
+    of work or a ``(seconds per output pixel, seconds per unit of work)`` pair.
     """
     pixels = float(np.prod(out_shape))
     filtered = [a for a, size in enumerate(weights.shape) if size > 1]
     estimates: dict[str, float] = {}
     for method, engine in engines.items():
-        cost = getattr(kernels.get_engine(engine), "COST", None) or {}
+        cost = kernels.ENGINES[engine].cost  # the registry's: no engine is imported
         if method not in cost:
-            cost = kernels.get_engine("scipy").COST
+            cost = kernels.ENGINES["scipy"].cost
         if method == "direct":
             work = np.count_nonzero(weights) * pixels
         elif method == "separable":

@@ -19,22 +19,18 @@ present.
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
 from collections.abc import Iterator
-from threading import Lock
 
 import cupy
 import numpy as np
 import scipy.fft
 from cupyx.scipy import ndimage
 
-# Seconds per unit of work for each method (the units of distconv.plan.method_costs: per
-# nonzero tap x pixel, per padded-sample x log2 for forward + inverse FFT, per tap x pixel of a
-# 1-D pass). UNMEASURED: order-of-magnitude estimates for an H100 written without a GPU
-# (cupyx's generic correlate kernel ~2e12 taps/s; cuFFT bandwidth-bound ~3e12 sample·log2/s;
-# 1-D passes bandwidth-bound). They put the direct/FFT crossover near 7x7 kernels, where GPU
-# libraries usually see it. Replace with measurements from benchmarks/engines.py.
-COST = {"direct": 5e-13, "fft": 3e-13, "separable": 3e-13}
+from distconv.kernels._cache import KeyedCache
+from distconv.kernels._crop import circular_valid, valid_crop, valid_crop_axis
+
+__all__ = ["correlate_direct", "correlate_fft", "correlate_separable", "device_info", "map_chunk",
+           "matmul", "multiply"]
 
 
 def correlate_direct(block, weights):
@@ -43,7 +39,7 @@ def correlate_direct(block, weights):
         w = _device_array(weights, x.dtype)
         full = ndimage.correlate(x, w, mode="constant")
         # A contiguous copy of the valid part lets the haloed full-size result be freed now.
-        return back(cupy.ascontiguousarray(full[_valid_crop(x.shape, w.shape)]))
+        return back(cupy.ascontiguousarray(full[valid_crop(x.shape, w.shape)]))
 
 
 def correlate_separable(block, factors):
@@ -54,10 +50,7 @@ def correlate_separable(block, factors):
                 continue
             factor = _device_array(factor, out.dtype)
             out = ndimage.correlate1d(out, factor, axis=axis, mode="constant")
-            size = factor.shape[0]
-            crop = [slice(None)] * out.ndim
-            crop[axis] = slice(size // 2, size // 2 + out.shape[axis] - size + 1)
-            out = out[tuple(crop)]
+            out = out[valid_crop_axis(out.shape, axis, factor.shape[0])]
         return back(cupy.ascontiguousarray(out))
 
 
@@ -76,10 +69,8 @@ def correlate_fft(block, weights):
         spectrum *= _weights_spectrum(weights, x.dtype, lengths, axes)
         full = cupy.fft.irfftn(spectrum, s=lengths, axes=axes)
         del spectrum
-        crop = [slice(None)] * x.ndim
-        for a in axes:
-            crop[a] = slice(np.shape(weights)[a] - 1, x.shape[a])
-        return back(cupy.ascontiguousarray(full[tuple(crop)], dtype=x.dtype))
+        crop = circular_valid(x.shape, np.shape(weights), axes)
+        return back(cupy.ascontiguousarray(full[crop], dtype=x.dtype))
 
 
 def matmul(a, b):
@@ -92,14 +83,6 @@ def multiply(a, b):
     """``cupy.multiply`` on one pair of blocks."""
     with _placement(a, b) as (a, b, back):
         return back(cupy.multiply(a, b))
-
-
-def supports(op: str, ndim: int, dtype) -> bool:
-    """Correlations: float32/float64 of any rank; matmul and multiply: any numeric dtype."""
-    dtype = np.dtype(dtype)
-    if op in ("correlate_direct", "correlate_fft", "correlate_separable"):
-        return ndim >= 1 and dtype in (np.dtype(np.float32), np.dtype(np.float64))
-    return op in ("matmul", "multiply") and dtype.kind in "biufc"
 
 
 def device_info() -> str:
@@ -159,12 +142,9 @@ def _placement(*arrays) -> Iterator[tuple]:
 
 
 # Weights (and 1-D factors) are small and identical for every chunk: one device copy each.
-_ARRAYS: OrderedDict = OrderedDict()
-_SPECTRA: OrderedDict = OrderedDict()
-_CACHE_LOCK = Lock()
-_ARRAYS_MAX = 32
+_ARRAYS: KeyedCache = KeyedCache(maxsize=32, policy="lru")
 # Spectra are as large as a chunk's spectrum; edge chunks have other FFT lengths, hence several.
-_SPECTRA_MAX = 8
+_SPECTRA: KeyedCache = KeyedCache(maxsize=8, policy="lru")
 
 
 def _device_array(array, dtype):
@@ -175,7 +155,7 @@ def _device_array(array, dtype):
         return array.astype(dtype, copy=False)
     host = np.ascontiguousarray(array, dtype=dtype)
     key = (cupy.cuda.Device().id, host.dtype.str, host.shape, host.tobytes())
-    return _cached(_ARRAYS, _ARRAYS_MAX, key, lambda: cupy.asarray(host))
+    return _ARRAYS.get(key, lambda: cupy.asarray(host))
 
 
 def _weights_spectrum(weights, dtype, lengths, axes):
@@ -188,23 +168,5 @@ def _weights_spectrum(weights, dtype, lengths, axes):
                              for a in range(host.ndim))]
         return cupy.fft.rfftn(cupy.asarray(flipped), s=lengths, axes=axes)
 
-    return _cached(_SPECTRA, _SPECTRA_MAX, key, compute)
+    return _SPECTRA.get(key, compute)
 
-
-def _cached(cache: OrderedDict, limit: int, key, compute):
-    with _CACHE_LOCK:
-        if key in cache:
-            cache.move_to_end(key)
-            return cache[key]
-    value = compute()  # outside the lock: two threads may both compute once, harmlessly
-    with _CACHE_LOCK:
-        cache[key] = value
-        while len(cache) > limit:
-            cache.popitem(last=False)
-    return value
-
-
-def _valid_crop(block_shape, weights_shape) -> tuple[slice, ...]:
-    return tuple(
-        slice(w // 2, w // 2 + b - w + 1) for b, w in zip(block_shape, weights_shape)
-    )

@@ -1,7 +1,8 @@
 """Numba CPU engine: compiled direct and separable correlation, element-wise multiply.
 
-Every function follows the per-chunk contract in :mod:`distconv.kernels`: the block arrives padded
-for its halo and the *valid* part of the correlation is returned in ``block.dtype``.
+Every function follows the per-chunk contract in :mod:`distconv.kernels.registry` (which also
+holds this engine's ranks, dtypes and cost model): the block arrives padded for its halo and the
+*valid* part of the correlation is returned in ``block.dtype``.
 
 One compiled loop does all the correlation work. A C-contiguous block is seen as a set of output
 *rows* along its last axis; every nonzero tap is a fixed offset into the flattened input, so the
@@ -28,15 +29,7 @@ import numba
 import numpy as np
 from numba import njit
 
-# Cost model for method="auto" (distconv.plan.method_costs), in the scipy engine's format and
-# scale: (seconds per output pixel, seconds per unit of work), work = nonzero taps x pixels for
-# direct and the sum of 1-D taps x pixels for separable. Fitted with ``python
-# benchmarks/engines.py --fit --engines numba`` on 1024x1024 float32 blocks (kernels 3..31) on the 2-core CI
-# machine, in the same run as a refit of the scipy engine, and scaled by scipy's constants over
-# that refit (~1.7x) so both engines share one scale. Direct's per-tap cost is ~1e-10 with the
-# float32 accumulator (<= 128 taps) and ~1.9e-10 with float64; 1.6e-10 puts the direct/FFT
-# crossover at ~13x13, where it was measured.
-COST = {"direct": (6.0e-10, 1.6e-10), "separable": (2.6e-9, 1.2e-10)}
+__all__ = ["correlate_direct", "correlate_separable", "device_info", "multiply"]
 
 # float32 blocks accumulate in float32 (twice the SIMD width of float64: ~2x faster) while the
 # worst-case rounding error of a recursive sum, about taps x 2**-24 x sum(|w| |x|), stays under
@@ -47,34 +40,6 @@ _FLOAT32_ACC_MAX_TAPS = 128
 # Output samples per inner pass: a float64 accumulator of this length is 16 KiB and stays in L1
 # while the taps stream over it.
 _SEGMENT = 2048
-
-
-def supports(op: str, ndim: int, dtype) -> bool:
-    """Whether this engine can run ``op`` on ``ndim``-D blocks of ``dtype``.
-
-    Parameters
-    ----------
-    op : str
-        Operation name from the registry (``"correlate_direct"``, ``"correlate_separable"``,
-        ``"multiply"``).
-    ndim : int
-        Rank of the blocks.
-    dtype : numpy.dtype or str
-        Compute dtype of the blocks.
-
-    Returns
-    -------
-    bool
-        True for correlation of float32/float64 blocks of any rank >= 1 (the row loop does not
-        depend on the rank) and for ``multiply`` of any numeric dtype (NumPy fallback beyond the
-        compiled same-shape case).
-    """
-    dtype = np.dtype(dtype)
-    if op in ("correlate_direct", "correlate_separable"):
-        return ndim >= 1 and dtype in (np.dtype(np.float32), np.dtype(np.float64))
-    if op == "multiply":
-        return dtype.kind in "biufc"
-    return False
 
 
 def correlate_direct(block: np.ndarray, weights: np.ndarray) -> np.ndarray:

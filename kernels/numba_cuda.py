@@ -54,14 +54,19 @@ from types import ModuleType
 
 import numba
 import numpy as np
-from numba import cuda, types
+from numba import cuda
 from numba.core import config as _numba_config
+
+from distconv.kernels._cache import KeyedCache
+from distconv.kernels._numba_cuda_sources import SOURCES, python_kernel, signature
+from distconv.kernels.registry import FLOAT_DTYPES  # the dtypes the kernels are compiled for
+
+__all__ = ["CORRELATE_THREADS", "FLOAT_DTYPES", "MATMUL_TILE", "MAX_GRID_YZ",
+           "MAX_MULTIPLY_BLOCKS", "MULTIPLY_THREADS", "SHARED_LIMIT", "SIMULATOR",
+           "correlate_direct", "device_info", "map_chunk", "matmul", "multiply"]
 
 #: True when numba runs kernels in its CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
 SIMULATOR: bool = bool(_numba_config.ENABLE_CUDASIM)
-
-#: dtypes the hand-written kernels are compiled for.
-FLOAT_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.float32), np.dtype(np.float64))
 
 #: Threads per block for the correlation, as (y, x): 32 along x so one warp reads one row of
 #: the input tile (coalesced loads, conflict-free shared reads), 8 rows: 256 threads.
@@ -77,172 +82,13 @@ MAX_GRID_YZ: int = 65535
 #: Cap on blocks for the element-wise grid-stride loop (plenty to fill any current GPU).
 MAX_MULTIPLY_BLOCKS: int = 65535
 
-# Work-per-second constants used by distconv.plan.method_costs when this engine runs "direct".
-# UNMEASURED: an order-of-magnitude estimate from H100 throughput (about 2e12 taps/s for a
-# shared-memory stencil), written without a GPU; the lead will replace it with a measurement
-# from benchmarks/engines.py. Only "direct" is priced: other methods fall back to scipy's COST.
-COST = {"direct": 5e-13}
-
 
 # --------------------------------------------------------------------------------------------
-# Kernel sources. Each builder closes over compile-time constants (the numba element type, a
-# typed zero, a tile side) - never over weights - and returns a plain Python function that
-# _kernel() compiles with cuda.jit. `cuda` must stay a module global: the simulator swaps it.
+# Compiled kernels (their sources are in kernels/_numba_cuda_sources.py)
 # --------------------------------------------------------------------------------------------
 
-def _build_correlate_shared(nbtype, zero):
-    """Tiled valid correlation of 3-D arrays; the haloed tile lives in dynamic shared memory."""
-
-    def correlate_shared(x, w, out):
-        tile = cuda.shared.array(0, dtype=nbtype)
-        kd = w.shape[0]
-        kh = w.shape[1]
-        kw = w.shape[2]
-        od = out.shape[0]
-        oh = out.shape[1]
-        ow = out.shape[2]
-        xh = x.shape[1]
-        xw = x.shape[2]
-        by = cuda.blockDim.y
-        bx = cuda.blockDim.x
-        ty = cuda.threadIdx.y
-        tx = cuda.threadIdx.x
-        th = by + kh - 1
-        tw = bx + kw - 1
-        col0 = cuda.blockIdx.x * bx
-        j = col0 + tx
-        row_tiles = (oh + by - 1) // by
-        # Loop bounds below depend on the block only, so every thread meets every syncthreads.
-        for k in range(cuda.blockIdx.z, od, cuda.gridDim.z):
-            for row_tile in range(cuda.blockIdx.y, row_tiles, cuda.gridDim.y):
-                row0 = row_tile * by
-                i = row0 + ty
-                acc = zero
-                for d in range(kd):
-                    cuda.syncthreads()  # the previous tile is no longer being read
-                    for r in range(ty, th, by):
-                        gr = row0 + r
-                        for c in range(tx, tw, bx):
-                            gc = col0 + c
-                            if gr < xh and gc < xw:
-                                tile[r * tw + c] = x[k + d, gr, gc]
-                            else:
-                                tile[r * tw + c] = zero
-                    cuda.syncthreads()
-                    if i < oh and j < ow:
-                        for a in range(kh):
-                            base = (ty + a) * tw + tx
-                            for b in range(kw):
-                                acc += tile[base + b] * w[d, a, b]
-                if i < oh and j < ow:
-                    out[k, i, j] = acc
-
-    return correlate_shared
-
-
-def _build_correlate_global(nbtype, zero):
-    """Valid correlation of 3-D arrays read straight from global memory (large kernels)."""
-
-    def correlate_global(x, w, out):
-        kd = w.shape[0]
-        kh = w.shape[1]
-        kw = w.shape[2]
-        od = out.shape[0]
-        oh = out.shape[1]
-        ow = out.shape[2]
-        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-        if j >= ow:
-            return  # no barrier in this kernel, so threads may leave early
-        first_row = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
-        row_step = cuda.gridDim.y * cuda.blockDim.y
-        for k in range(cuda.blockIdx.z, od, cuda.gridDim.z):
-            for i in range(first_row, oh, row_step):
-                acc = zero
-                for d in range(kd):
-                    for a in range(kh):
-                        for b in range(kw):
-                            acc += x[k + d, i + a, j + b] * w[d, a, b]
-                out[k, i, j] = acc
-
-    return correlate_global
-
-
-def _build_matmul(nbtype, zero, tile):
-    """C[b] = A[b or 0] @ B[b or 0] on 3-D operands with tile x tile shared-memory tiles."""
-
-    def matmul_tiled(a, b, c):
-        sa = cuda.shared.array((tile, tile), dtype=nbtype)
-        sb = cuda.shared.array((tile, tile), dtype=nbtype)
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        batches = c.shape[0]
-        m = c.shape[1]
-        n = c.shape[2]
-        depth = a.shape[2]
-        a_batched = a.shape[0] > 1
-        b_batched = b.shape[0] > 1
-        col = cuda.blockIdx.x * tile + tx
-        row_tiles = (m + tile - 1) // tile
-        for batch in range(cuda.blockIdx.z, batches, cuda.gridDim.z):
-            ba = batch if a_batched else 0
-            bb = batch if b_batched else 0
-            for row_tile in range(cuda.blockIdx.y, row_tiles, cuda.gridDim.y):
-                row = row_tile * tile + ty
-                acc = zero
-                for k0 in range(0, depth, tile):
-                    if row < m and k0 + tx < depth:
-                        sa[ty, tx] = a[ba, row, k0 + tx]
-                    else:
-                        sa[ty, tx] = zero
-                    if k0 + ty < depth and col < n:
-                        sb[ty, tx] = b[bb, k0 + ty, col]
-                    else:
-                        sb[ty, tx] = zero
-                    cuda.syncthreads()
-                    for e in range(tile):
-                        acc += sa[ty, e] * sb[e, tx]
-                    cuda.syncthreads()  # both tiles fully used before the next load
-                if row < m and col < n:
-                    c[batch, row, col] = acc
-
-    return matmul_tiled
-
-
-def _build_multiply(nbtype, zero):
-    """out[i] = a[i] * b[i] over contiguous 1-D views, grid-stride."""
-
-    def multiply_flat(a, b, out):
-        start = cuda.grid(1)
-        step = cuda.gridsize(1)
-        for i in range(start, out.shape[0], step):
-            out[i] = a[i] * b[i]
-
-    return multiply_flat
-
-
-# name -> (builder, dimensions of each argument, layout of the arguments)
-_SOURCES = {
-    "correlate_shared": (_build_correlate_shared, 3, "A"),
-    "correlate_global": (_build_correlate_global, 3, "A"),
-    "matmul": (_build_matmul, 3, "A"),
-    "multiply": (_build_multiply, 1, "C"),
-}
-
-_KERNELS: dict[tuple, object] = {}
-_KERNELS_LOCK = Lock()
-
-
-def _signature(name: str, dtype: np.dtype):
-    _, ndim, layout = _SOURCES[name]
-    array = types.Array(numba.from_dtype(np.dtype(dtype)), ndim, layout)
-    return types.void(array, array, array)
-
-
-def _python_kernel(name: str, dtype: np.dtype, tile: int | None = None):
-    builder = _SOURCES[name][0]
-    dtype = np.dtype(dtype)
-    args = (numba.from_dtype(dtype), dtype.type(0))
-    return builder(*args, tile) if name == "matmul" else builder(*args)
+# Compiled once per process under the cache's lock; never evicted (a handful per job).
+_KERNELS: KeyedCache = KeyedCache(maxsize=None, compute_under_lock=True)
 
 
 def _kernel(name: str, dtype: np.dtype, device_id: int, tile: int | None = None):
@@ -252,12 +98,8 @@ def _kernel(name: str, dtype: np.dtype, device_id: int, tile: int | None = None)
     the caller's device context, so the kernel is built for that device's compute capability.
     """
     key = (name, device_id, np.dtype(dtype).str, tile)
-    with _KERNELS_LOCK:
-        kernel = _KERNELS.get(key)
-        if kernel is None:
-            kernel = cuda.jit(_signature(name, dtype))(_python_kernel(name, dtype, tile))
-            _KERNELS[key] = kernel
-    return kernel
+    return _KERNELS.get(
+        key, lambda: cuda.jit(signature(name, dtype))(python_kernel(name, dtype, tile)))
 
 
 def _compile_ptx(cc: tuple[int, int] = (9, 0)) -> dict[str, str]:
@@ -267,11 +109,11 @@ def _compile_ptx(cc: tuple[int, int] = (9, 0)) -> dict[str, str]:
     pointing at it) but no device: a check that the kernels type and lower for real hardware.
     """
     ptx = {}
-    for name in _SOURCES:
+    for name in SOURCES:
         for dtype in FLOAT_DTYPES:
             tile = MATMUL_TILE if name == "matmul" else None
-            source = _python_kernel(name, dtype, tile)
-            ptx[f"{name}-{dtype}"] = cuda.compile_ptx(source, _signature(name, dtype).args,
+            source = python_kernel(name, dtype, tile)
+            ptx[f"{name}-{dtype}"] = cuda.compile_ptx(source, signature(name, dtype).args,
                                                       cc=cc)[0]
     return ptx
 
@@ -353,10 +195,9 @@ class _Call:
         return out, out.copy_to_host
 
 
-# Weights are small and the same for every chunk: keep their device copies per device.
-_WEIGHTS: dict[tuple, object] = {}
-_WEIGHTS_LOCK = Lock()
-_WEIGHTS_MAX = 16
+# Weights are small and the same for every chunk: keep their device copies per device (the
+# first inserted goes first once 16 are kept).
+_WEIGHTS: KeyedCache = KeyedCache(maxsize=16, policy="fifo")
 
 
 def _device_weights(call: _Call, weights, dtype: np.dtype):
@@ -364,15 +205,7 @@ def _device_weights(call: _Call, weights, dtype: np.dtype):
         return call.array(weights, dtype)
     host = np.ascontiguousarray(weights, dtype=dtype)
     key = (call.device_id, host.dtype.str, host.shape, host.tobytes())
-    with _WEIGHTS_LOCK:
-        found = _WEIGHTS.get(key)
-    if found is None:
-        found = call.xp.asarray(host)
-        with _WEIGHTS_LOCK:
-            _WEIGHTS[key] = found
-            while len(_WEIGHTS) > _WEIGHTS_MAX:
-                _WEIGHTS.pop(next(iter(_WEIGHTS)))
-    return found
+    return _WEIGHTS.get(key, lambda: call.xp.asarray(host))
 
 
 def _check_float(dtype) -> np.dtype:
@@ -383,21 +216,8 @@ def _check_float(dtype) -> np.dtype:
 
 
 # --------------------------------------------------------------------------------------------
-# Engine operations (the per-chunk contract of distconv.kernels)
+# Engine operations (the per-chunk contract of distconv.kernels.registry)
 # --------------------------------------------------------------------------------------------
-
-def supports(op: str, ndim: int, dtype) -> bool:
-    """Whether this engine runs ``op`` on ``ndim``-D blocks of ``dtype``.
-
-    Direct correlation: 1-D, 2-D and 3-D float32/float64. Matmul and multiply: float32/float64
-    at any rank (1-D matmul operands and broadcasting multiplies use the array library).
-    """
-    if np.dtype(dtype) not in FLOAT_DTYPES:
-        return False
-    if op == "correlate_direct":
-        return 1 <= ndim <= 3
-    return op in ("matmul", "multiply") and ndim >= 1
-
 
 def correlate_direct(block, weights, *, threads: tuple[int, int] | None = None,
                      shared: bool | None = None, max_grid: int = MAX_GRID_YZ):

@@ -1,7 +1,8 @@
 """SciPy/NumPy engine: direct (scipy.ndimage), FFT overlap-save, separable 1-D passes.
 
-Every function follows the per-chunk contract in :mod:`distconv.kernels`: the block arrives padded
-for its halo and the *valid* part of the correlation is returned.
+Every function follows the per-chunk contract in :mod:`distconv.kernels.registry`: the block
+arrives padded for its halo and the *valid* part of the correlation is returned. The engine's cost
+model for ``method="auto"`` is in the registry too.
 
 The FFTs are scipy.fft's (pocketfft), or ducc0's where the ``fft`` extra installed it: the same
 author's successor library, about 25 % faster on a 2k² float32 chunk here (benchmarks/RESULTS.md).
@@ -9,33 +10,26 @@ author's successor library, about 25 % faster on a 2k² float32 chunk here (benc
 
 from __future__ import annotations
 
-import importlib.util
-from collections import OrderedDict
-from threading import Lock
-
 import numpy as np
 import scipy
 import scipy.fft
 from scipy import ndimage
 
-# Cost model for method="auto" (distconv.plan.method_costs): seconds per output pixel plus seconds
-# per unit of work (direct: nonzero taps x pixels; separable: sum of 1-D taps x pixels; fft:
-# 2 x padded samples x log2(padded samples)). Fitted on 1024x1024 float32 blocks on the 2-core
-# CI machine (kernels 3..31); FFT already wins from 5x5 on, direct only for tiny kernels.
-# With ducc0 the same FFT passes take about two thirds of scipy.fft's time (20 vs 30 ms per
-# 2078² float32 chunk, benchmarks/RESULTS.md).
-_DUCC0_INSTALLED = importlib.util.find_spec("ducc0") is not None
-FFT_COST_SCIPY = 7.0e-10
-FFT_COST_DUCC0 = 0.67 * FFT_COST_SCIPY
-COST = {"direct": (9.7e-9, 1.5e-9),
-        "fft": (0.0, FFT_COST_DUCC0 if _DUCC0_INSTALLED else FFT_COST_SCIPY),
-        "separable": (1.2e-8, 9.0e-10)}
+from distconv.kernels._cache import KeyedCache
+from distconv.kernels._crop import circular_valid, valid_crop, valid_crop_axis
+from distconv.kernels.registry import ducc0_installed
+
+__all__ = ["correlate_direct", "correlate_fft", "correlate_separable", "device_info", "matmul",
+           "multiply", "use_ducc0"]
+
+# Read by use_ducc0() at every call, so that tests can switch the FFT library.
+_DUCC0_INSTALLED = ducc0_installed()
 
 
 def correlate_direct(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Valid correlation of a padded block with ``scipy.ndimage.correlate``."""
     full = ndimage.correlate(block, weights, mode="constant")
-    return full[_valid_crop(block.shape, weights.shape)]
+    return full[valid_crop(block.shape, weights.shape)]
 
 
 def correlate_separable(block: np.ndarray, factors: list[np.ndarray | None]) -> np.ndarray:
@@ -45,10 +39,7 @@ def correlate_separable(block: np.ndarray, factors: list[np.ndarray | None]) -> 
         if factor is None:
             continue
         out = ndimage.correlate1d(out, factor, axis=axis, mode="constant")
-        size = factor.shape[0]
-        crop = [slice(None)] * out.ndim
-        crop[axis] = slice(size // 2, size // 2 + out.shape[axis] - size + 1)
-        out = out[tuple(crop)]
+        out = out[valid_crop_axis(out.shape, axis, factor.shape[0])]
     return np.ascontiguousarray(out)
 
 
@@ -74,16 +65,15 @@ def correlate_fft(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
     spectrum *= _weights_spectrum(weights, lengths, axes)
     for axis in reversed(complex_axes):
         spectrum = scipy.fft.ifft(spectrum, axis=axis, overwrite_x=True)
-        spectrum = spectrum[_valid_along(axis, block, weights)]
+        spectrum = spectrum[circular_valid(block.shape, weights.shape, (axis,))]
     full = scipy.fft.irfft(spectrum, n=lengths[-1], axis=real_axis)
-    return np.ascontiguousarray(full[_valid_along(real_axis, block, weights)],
+    return np.ascontiguousarray(full[circular_valid(block.shape, weights.shape, (real_axis,))],
                                 dtype=block.dtype)
 
 
 def use_ducc0() -> bool:
     """Whether the FFT path runs on ducc0 (installed); tests switch it off for scipy.fft."""
     return _DUCC0_INSTALLED
-
 
 
 def _correlate_fft_ducc0(block: np.ndarray, weights: np.ndarray, axes: tuple[int, ...],
@@ -112,18 +102,11 @@ def _correlate_fft_ducc0(block: np.ndarray, weights: np.ndarray, axes: tuple[int
     spectrum *= _weights_spectrum(weights, lengths, axes)
     for axis in reversed(complex_axes):
         ducc0.fft.c2c(spectrum, axes=(axis,), forward=False, inorm=2, out=spectrum)
-        spectrum = spectrum[_valid_along(axis, block, weights)]
+        spectrum = spectrum[circular_valid(block.shape, weights.shape, (axis,))]
     full = ducc0.fft.c2r(spectrum, axes=(real_axis,), lastsize=lengths[-1], forward=False,
                          inorm=2)
-    return np.ascontiguousarray(full[_valid_along(real_axis, block, weights)],
+    return np.ascontiguousarray(full[circular_valid(block.shape, weights.shape, (real_axis,))],
                                 dtype=block.dtype)
-
-
-def _valid_along(axis: int, block: np.ndarray, weights: np.ndarray) -> tuple[slice, ...]:
-    """Index keeping, on ``axis``, the samples where the circular correlation is exact."""
-    index = [slice(None)] * block.ndim
-    index[axis] = slice(weights.shape[axis] - 1, block.shape[axis])
-    return tuple(index)
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -142,30 +125,17 @@ def device_info() -> str:
     return f"CPU (scipy {scipy.__version__}, numpy {np.__version__}, {fft})"
 
 
-def _valid_crop(block_shape, weights_shape) -> tuple[slice, ...]:
-    return tuple(
-        slice(w // 2, w // 2 + b - w + 1) for b, w in zip(block_shape, weights_shape)
-    )
-
-
 # The spectrum of the (flipped) weights is the same for every interior chunk: keep a few per
 # worker process, keyed by the weights' bytes and the FFT lengths.
-_SPECTRA: OrderedDict = OrderedDict()
-_SPECTRA_LOCK = Lock()
-_SPECTRA_MAX = 8
+_SPECTRA: KeyedCache = KeyedCache(maxsize=8, policy="lru")
 
 
 def _weights_spectrum(weights: np.ndarray, lengths, axes) -> np.ndarray:
     key = (weights.tobytes(), weights.shape, weights.dtype.str, lengths, axes)
-    with _SPECTRA_LOCK:
-        if key in _SPECTRA:
-            _SPECTRA.move_to_end(key)
-            return _SPECTRA[key]
-    flipped = weights[tuple(slice(None, None, -1) if a in axes else slice(None)
-                            for a in range(weights.ndim))]
-    spectrum = scipy.fft.rfftn(flipped, s=lengths, axes=axes)
-    with _SPECTRA_LOCK:
-        _SPECTRA[key] = spectrum
-        while len(_SPECTRA) > _SPECTRA_MAX:
-            _SPECTRA.popitem(last=False)
-    return spectrum
+
+    def compute() -> np.ndarray:
+        flipped = weights[tuple(slice(None, None, -1) if a in axes else slice(None)
+                                for a in range(weights.ndim))]
+        return scipy.fft.rfftn(flipped, s=lengths, axes=axes)
+
+    return _SPECTRA.get(key, compute)

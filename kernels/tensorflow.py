@@ -1,7 +1,8 @@
 """TensorFlow engine: ``tf.nn.convolution``, ``tf.signal`` FFTs and ``tf.linalg.matmul`` per chunk.
 
-Every function follows the per-chunk contract in :mod:`distconv.kernels`: NumPy in, NumPy out,
-the block arrives padded for its halo and the *valid* correlation comes back in ``block.dtype``.
+Every function follows the per-chunk contract in :mod:`distconv.kernels.registry` (which also
+holds this engine's ranks, dtypes and cost model): NumPy in, NumPy out, the block arrives padded
+for its halo and the *valid* correlation comes back in ``block.dtype``.
 
 One :func:`tf.function` exists per (operation, rank, dtype), with an ``input_signature`` of
 ``None`` dimensions, so a job over many chunk shapes traces once per worker process. The functions
@@ -25,8 +26,6 @@ from __future__ import annotations
 
 import collections
 import os
-import threading
-from collections import OrderedDict
 from typing import Callable, Sequence
 
 import numpy as np
@@ -35,32 +34,23 @@ import scipy.fft
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep INFO banners out of worker logs
 import tensorflow as tf  # noqa: E402
 
-# Cost model for method="auto" (distconv.plan.method_costs), in the scipy engine's format and
-# scale: (seconds per output pixel, seconds per unit of work); work = nonzero taps x pixels for
-# direct, the sum of 1-D taps x pixels for separable, 2 x padded samples x log2(padded samples)
-# for fft. Fitted with ``python benchmarks/engines.py --fit --engines tensorflow`` on 1024x1024 float32 blocks
-# (kernels 3..31, 2 threads) on the shared 2-core machine and rescaled to scipy's COST from the
-# same run (x0.92). TensorFlow's conv is 2.4-5.4x scipy.ndimage there and its separable passes
-# ~2.2x, while its FFT is ~0.7x scipy.fft; the model puts the direct/FFT crossover at ~10x10
-# (measured: FFT is faster from 9x9 on).
-COST = {"direct": (7.0e-9, 3.3e-10), "fft": (0.0, 9.0e-10), "separable": (6.4e-9, 3.6e-10)}
+from distconv.kernels._cache import KeyedCache  # noqa: E402
+from distconv.kernels.registry import (  # noqa: E402
+    TENSORFLOW_MATMUL_NATIVE as _MATMUL_NATIVE,
+    TENSORFLOW_MATMUL_WIDEN as _MATMUL_WIDEN,
+    TENSORFLOW_MULTIPLY_NATIVE as _MULTIPLY_NATIVE,
+    TENSORFLOW_MULTIPLY_WIDEN as _MULTIPLY_WIDEN,
+)
+
+__all__ = ["DIRECT_TILE", "MAX_SPATIAL", "THREADS", "TRACES", "correlate_direct",
+           "correlate_fft", "correlate_separable", "device_info", "map_chunk", "matmul",
+           "multiply"]
 
 # Number of traces per (operation, rank, dtype name); the traced Python body increments it, and
 # that body only runs while TensorFlow traces.
 TRACES: collections.Counter = collections.Counter()
 
 MAX_SPATIAL = 3  # tf.nn.convolution and tf.signal.rfft{,2d,3d} handle 1 to 3 spatial axes
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_MATMUL_NATIVE = {np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int32, np.int64,
-                                        np.complex64, np.complex128)}
-# Integer types TensorFlow's matmul lacks: computed in a wider integer, then wrapped back, which
-# gives NumPy's modular result exactly.
-_MATMUL_WIDEN = {np.dtype(np.int8): np.dtype(np.int32), np.dtype(np.int16): np.dtype(np.int32),
-                 np.dtype(np.uint8): np.dtype(np.int32), np.dtype(np.uint16): np.dtype(np.int32),
-                 np.dtype(np.uint32): np.dtype(np.int64)}
-_MULTIPLY_NATIVE = _MATMUL_NATIVE | set(_MATMUL_WIDEN) | {np.dtype(np.uint64)}
-_MULTIPLY_WIDEN = {np.dtype(bool): np.dtype(np.uint8)}
 
 
 def _worker_threads() -> int:
@@ -99,8 +89,8 @@ THREADS: int = _configure_runtime()
 
 # --- compiled functions, one per (operation, rank, dtype), cached in this process -------------
 
-_FUNCTIONS: dict[tuple[str, int, str], Callable] = {}
-_FUNCTIONS_LOCK = threading.Lock()
+# Traced once per process, under the cache's lock; never evicted (a job has a handful).
+_FUNCTIONS: KeyedCache = KeyedCache(maxsize=None, compute_under_lock=True)
 
 
 def _spec(rank: int, dtype: tf.DType) -> tf.TensorSpec:
@@ -184,15 +174,13 @@ _BUILDERS = {
 def _function(op: str, rank: int, dtype: np.dtype) -> Callable:
     """The process-wide ``tf.function`` for (op, rank, dtype), traced once on first request."""
     key = (op, rank, np.dtype(dtype).name)
-    function = _FUNCTIONS.get(key)
-    if function is None:
-        with _FUNCTIONS_LOCK:
-            function = _FUNCTIONS.get(key)
-            if function is None:
-                function = _BUILDERS[op](key, rank, tf.as_dtype(np.dtype(dtype)))
-                function.get_concrete_function()  # trace now, once, under the lock
-                _FUNCTIONS[key] = function
-    return function
+
+    def build() -> Callable:
+        function = _BUILDERS[op](key, rank, tf.as_dtype(np.dtype(dtype)))
+        function.get_concrete_function()  # trace now, once, under the lock
+        return function
+
+    return _FUNCTIONS.get(key, build)
 
 
 # --- correlations ---------------------------------------------------------------------------
@@ -356,26 +344,19 @@ def _to_batched(block: np.ndarray, axes: Sequence[int]):
 
 # The spectrum of the flipped weights is the same for every interior chunk: keep a few per
 # process, keyed by the weights' bytes and the FFT lengths.
-_SPECTRA: OrderedDict = OrderedDict()
-_SPECTRA_LOCK = threading.Lock()
-_SPECTRA_MAX = 8
+_SPECTRA: KeyedCache = KeyedCache(maxsize=8, policy="lru")
 
 
 def _weights_spectrum(kernel: np.ndarray, lengths: tuple[int, ...]) -> np.ndarray:
     """``rfftn`` of the flipped kernel zero-padded to ``lengths``, in the kernel's precision."""
     key = (kernel.tobytes(), kernel.shape, kernel.dtype.str, lengths)
-    with _SPECTRA_LOCK:
-        if key in _SPECTRA:
-            _SPECTRA.move_to_end(key)
-            return _SPECTRA[key]
-    flipped = kernel[(slice(None, None, -1),) * kernel.ndim].astype(np.float64)
-    complex_dtype = np.complex64 if kernel.dtype == np.float32 else np.complex128
-    spectrum = scipy.fft.rfftn(flipped, s=lengths).astype(complex_dtype)
-    with _SPECTRA_LOCK:
-        _SPECTRA[key] = spectrum
-        while len(_SPECTRA) > _SPECTRA_MAX:
-            _SPECTRA.popitem(last=False)
-    return spectrum
+
+    def compute() -> np.ndarray:
+        flipped = kernel[(slice(None, None, -1),) * kernel.ndim].astype(np.float64)
+        complex_dtype = np.complex64 if kernel.dtype == np.float32 else np.complex128
+        return scipy.fft.rfftn(flipped, s=lengths).astype(complex_dtype)
+
+    return _SPECTRA.get(key, compute)
 
 
 # --- linear algebra ---------------------------------------------------------------------------
@@ -468,19 +449,18 @@ def map_chunk(fn: Callable, token: str, kwargs: dict, *blocks: np.ndarray) -> np
     """
     signature = tuple((block.ndim, np.dtype(block.dtype).name) for block in blocks)
     key = ("map_chunks", token, signature)
-    function = _FUNCTIONS.get(key)
-    if function is None:
-        with _FUNCTIONS_LOCK:
-            function = _FUNCTIONS.get(key)
-            if function is None:
-                def body(*tensors):
-                    TRACES[key] += 1
-                    return fn(*tensors, **kwargs)
 
-                specs = [_spec(rank, tf.as_dtype(np.dtype(name))) for rank, name in signature]
-                function = tf.function(body, input_signature=specs)
-                function.get_concrete_function()  # trace now, once, under the lock
-                _FUNCTIONS[key] = function
+    def build() -> Callable:
+        def body(*tensors):
+            TRACES[key] += 1
+            return fn(*tensors, **kwargs)
+
+        specs = [_spec(rank, tf.as_dtype(np.dtype(name))) for rank, name in signature]
+        function = tf.function(body, input_signature=specs)
+        function.get_concrete_function()  # trace now, once, under the lock
+        return function
+
+    function = _FUNCTIONS.get(key, build)
     with tf.device(_compute_device()):
         out = function(*blocks)
     if not isinstance(out, (tf.Tensor, np.ndarray)):
@@ -494,26 +474,7 @@ def _compute_device() -> str:
     return "/GPU:0" if tf.config.list_logical_devices("GPU") else "/CPU:0"
 
 
-# --- capabilities -----------------------------------------------------------------------------
-
-def supports(op: str, ndim: int, dtype) -> bool:
-    """Whether this engine runs ``op`` on blocks of rank ``ndim`` and this dtype.
-
-    Correlations take float32 and float64 blocks of any rank (three filtered axes per
-    TensorFlow call, more by peeling); float64 stays float64 throughout.
-    """
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError:
-        return False
-    if op in ("correlate_direct", "correlate_fft", "correlate_separable"):
-        return ndim >= 1 and dtype in _FLOATS
-    if op == "matmul":
-        return ndim >= 1 and (dtype in _MATMUL_NATIVE or dtype in _MATMUL_WIDEN)
-    if op == "multiply":
-        return ndim >= 0 and (dtype in _MULTIPLY_NATIVE or dtype in _MULTIPLY_WIDEN)
-    return False
-
+# --- information -----------------------------------------------------------------------------
 
 def device_info() -> str:
     """One line for ``distconv engines``: the device TensorFlow computes on and its threads."""

@@ -235,13 +235,16 @@ def multiply(nc, rng, np):
 
 
 def supports_and_device_info(nc, rng, np):
+    from distconv.kernels.registry import ENGINES
+
+    spec = ENGINES["numba-cuda"]  # ranks and dtypes live in the registry
     assert nc.SIMULATOR, "numba.cuda is not the simulator in this process"
-    assert nc.supports("correlate_direct", 3, np.float32)
-    assert nc.supports("correlate_direct", 1, np.float64)
-    assert not nc.supports("correlate_direct", 4, np.float64)
-    assert not nc.supports("correlate_direct", 2, np.int32)
-    assert not nc.supports("correlate_fft", 2, np.float64)
-    assert nc.supports("matmul", 3, np.float32) and nc.supports("multiply", 2, np.float64)
+    assert spec.supports("correlate_direct", 3, np.float32)
+    assert spec.supports("correlate_direct", 1, np.float64)
+    assert not spec.supports("correlate_direct", 4, np.float64)
+    assert not spec.supports("correlate_direct", 2, np.int32)
+    assert not spec.supports("correlate_fft", 2, np.float64)
+    assert spec.supports("matmul", 3, np.float32) and spec.supports("multiply", 2, np.float64)
     assert "simulator" in nc.device_info()
 
 

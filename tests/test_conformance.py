@@ -168,11 +168,11 @@ def test_input_kinds_give_the_same_result(tmp_path, rng):
 
 @pytest.mark.parametrize("fft_library", ["scipy.fft", "ducc0"])
 def test_auto_method_is_per_chunk_cost_model(rng, monkeypatch, fft_library):
-    from distconv.kernels import scipy as engine
+    from distconv.kernels import registry
     from distconv.plan import method_costs, plan_correlation
 
-    fft_cost = engine.FFT_COST_DUCC0 if fft_library == "ducc0" else engine.FFT_COST_SCIPY
-    monkeypatch.setitem(engine.COST, "fft", (0.0, fft_cost))
+    fft_cost = registry.FFT_COST_DUCC0 if fft_library == "ducc0" else registry.FFT_COST_SCIPY
+    monkeypatch.setitem(registry.ENGINES["scipy"].cost, "fft", (0.0, fft_cost))
 
     tiny = plan_correlation((512, 512), np.float32, rng.random((3, 3)), engine="scipy")
     large = plan_correlation((512, 512), np.float32, rng.random((31, 31)), engine="scipy")

@@ -198,15 +198,16 @@ def test_multiply_falls_back_to_numpy(ashape, bshape, adtype, bdtype):
 
 
 def test_supports_cost_and_device_info():
+    spec = kernels.ENGINES["numba"]  # ranks, dtypes and cost live in the registry
     for ndim in (1, 2, 3, 4):
         for dtype in ("float32", "float64"):
-            assert numba_cpu.supports("correlate_direct", ndim, dtype)
-            assert numba_cpu.supports("correlate_separable", ndim, dtype)
-    assert not numba_cpu.supports("correlate_direct", 2, "float16")
-    assert not numba_cpu.supports("correlate_fft", 2, "float32")
-    assert numba_cpu.supports("multiply", 2, "int32")
-    assert set(numba_cpu.COST) == {"direct", "separable"}
-    for per_pixel, per_unit in numba_cpu.COST.values():
+            assert spec.supports("correlate_direct", ndim, dtype)
+            assert spec.supports("correlate_separable", ndim, dtype)
+    assert not spec.supports("correlate_direct", 2, "float16")
+    assert not spec.supports("correlate_fft", 2, "float32")
+    assert spec.supports("multiply", 2, "int32")
+    assert set(spec.cost) == {"direct", "separable"}
+    for per_pixel, per_unit in spec.cost.values():
         assert 0 <= per_pixel < 1e-6 and 0 < per_unit < 1e-6
     assert "numba" in numba_cpu.device_info()
     assert kernels.supports("numba", "correlate_direct", 3, np.float32)

@@ -238,23 +238,24 @@ def test_multiply_in_a_dask_graph(rng):
 
 
 def test_supports_and_registry():
+    spec = kernels.ENGINES["tensorflow"]  # ranks, dtypes and cost live in the registry
     assert "tensorflow" in kernels.installed_engines()
     for op in ("correlate_direct", "correlate_fft", "correlate_separable"):
         for ndim in (1, 2, 3, 4):
-            assert engine.supports(op, ndim, np.float32)
-            assert engine.supports(op, ndim, np.float64)
+            assert spec.supports(op, ndim, np.float32)
+            assert spec.supports(op, ndim, np.float64)
             assert kernels.supports("tensorflow", op, ndim, np.float64)
-        assert not engine.supports(op, 2, np.float16)
-        assert not engine.supports(op, 2, np.int32)
-        assert not engine.supports(op, 0, np.float32)
-    assert engine.supports("matmul", 2, np.int8)
-    assert not engine.supports("matmul", 2, np.uint64)
-    assert not engine.supports("matmul", 0, np.float32)
-    assert engine.supports("multiply", 0, np.bool_)
-    assert not engine.supports("no_such_op", 2, np.float32)
+        assert not spec.supports(op, 2, np.float16)
+        assert not spec.supports(op, 2, np.int32)
+        assert not spec.supports(op, 0, np.float32)
+    assert spec.supports("matmul", 2, np.int8)
+    assert not spec.supports("matmul", 2, np.uint64)
+    assert not spec.supports("matmul", 0, np.float32)
+    assert spec.supports("multiply", 0, np.bool_)
+    assert not spec.supports("no_such_op", 2, np.float32)
     assert kernels.get_op("tensorflow", "correlate_fft") is engine.correlate_fft
-    assert set(engine.COST) == {"direct", "fft", "separable"}
-    for per_pixel, per_unit in engine.COST.values():  # (s per output pixel, s per unit)
+    assert set(spec.cost) == {"direct", "fft", "separable"}
+    for per_pixel, per_unit in spec.cost.values():  # (s per output pixel, s per unit)
         assert per_pixel >= 0 and per_unit > 0
     info = engine.device_info()
     assert "TensorFlow" in info and tf.__version__ in info

@@ -42,7 +42,7 @@ def _scipy_direct_estimate(pixels: float, kernel: np.ndarray) -> float:
     """Seconds scipy.ndimage.convolve takes on one core (the scipy engine's direct COST)."""
     from distconv import kernels
 
-    per_pixel, per_unit = kernels.get_engine("scipy").COST["direct"]
+    per_pixel, per_unit = kernels.ENGINES["scipy"].cost["direct"]
     return pixels * (per_pixel + per_unit * np.count_nonzero(kernel))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from functools import partial
+from numbers import Number
 from typing import Sequence
 
 import dask.array as da
@@ -21,7 +22,8 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from distconv.backend import array_module
-from distconv.plan import merge_small_chunks
+from distconv.errors import DistconvError
+from distconv.plan import MODES, merge_small_chunks, normalize_mode
 
 
 def exchange_halos(x: da.Array, depth: Sequence[int], pad_mode: str | None, cval: float = 0.0,
@@ -87,6 +89,76 @@ def exchange_halos(x: da.Array, depth: Sequence[int], pad_mode: str | None, cval
     hlg = HighLevelGraph.from_collections(name, graph, dependencies=[x])
     meta = array_module(x._meta).empty((0,) * x.ndim, dtype=dtype)
     return x, da.Array(hlg, name, grid.out_chunks(), meta=meta)
+
+
+def normalize_depth(depth, ndim: int) -> tuple[int, ...]:
+    """Halo width per axis from ``map_overlap``-style ``depth``.
+
+    Parameters
+    ----------
+    depth : int, sequence of int or dict of {axis: int}
+        One width for every axis, one per axis, or widths for some axes (others get 0).
+    ndim : int
+        Rank of the array.
+
+    Returns
+    -------
+    tuple of int
+        Non-negative width per axis.
+
+    Raises
+    ------
+    DistconvError
+        An axis out of range, the wrong number of values, or a negative or fractional width.
+    """
+    if isinstance(depth, dict):
+        values = [0] * ndim
+        for axis, d in depth.items():
+            if not -ndim <= int(axis) < ndim:
+                raise DistconvError(f"depth axis {axis} is out of range for {ndim}-D input")
+            values[int(axis) % ndim] = d
+    elif isinstance(depth, Number):
+        values = [depth] * ndim
+    else:
+        values = list(depth)
+        if len(values) != ndim:
+            raise DistconvError(f"depth has {len(values)} values for {ndim}-D input")
+    if any(int(d) != d or d < 0 for d in values):
+        raise DistconvError(f"depth must be non-negative integers, got {depth!r}")
+    return tuple(int(d) for d in values)
+
+
+def normalize_boundary(boundary, cval: float) -> tuple[str | None, float]:
+    """Boundary → (numpy.pad mode or None for no padding, fill value).
+
+    Parameters
+    ----------
+    boundary : str or number
+        A scipy.ndimage mode, ``"periodic"`` (= ``wrap``), ``"none"`` (no halo at the true
+        edges) or a number (constant padding with that value).
+    cval : float
+        Fill value for ``boundary="constant"``.
+
+    Returns
+    -------
+    (str or None, float)
+        The :func:`exchange_halos` ``pad_mode`` and its fill value.
+
+    Raises
+    ------
+    DistconvError
+        An unknown boundary.
+    """
+    if isinstance(boundary, Number) and not isinstance(boundary, bool):
+        return "constant", float(boundary)
+    if boundary == "none":
+        return None, cval
+    if boundary == "periodic":
+        boundary = "wrap"
+    if not isinstance(boundary, str) or boundary not in MODES:
+        raise DistconvError(f"unknown boundary {boundary!r}; choose one of: "
+                            f"{', '.join(MODES)}, periodic, none, or a number")
+    return MODES[normalize_mode(boundary)], float(cval)
 
 
 class _HaloGrid:

@@ -35,14 +35,13 @@ from dask.base import tokenize
 
 from distconv import kernels
 from distconv.backend import is_gpu_array, to_device, to_numpy
-from distconv.errors import DistconvError, EngineError
+from distconv.errors import DistconvError
 from distconv.io import as_dask_array, remember_provenance
-from distconv.ops.halo import exchange_halos
-from distconv.plan import MODES, normalize_mode
+from distconv.ops.halo import exchange_halos, normalize_boundary, normalize_depth
 
-#: Engines map_chunks can call a function with; the first three call it directly.
-CHUNK_ENGINES = ("numpy", "scipy", "numba", "tensorflow", "cupy", "numba-cuda")
-_GPU_ENGINES = ("cupy", "numba-cuda")
+#: Engines map_chunks can call a function with (the registry's); the first three call it
+#: directly.
+CHUNK_ENGINES = kernels.CHUNK_ENGINES
 #: Largest side of a probe block on an axis with several chunks.
 PROBE_SIDE = 8
 
@@ -120,7 +119,7 @@ def map_chunks(fn: Callable, *arrays, depth=0, boundary="reflect", cval: float =
         raise DistconvError(f"map_chunks needs a function, got {type(fn).__name__}")
     if not arrays:
         raise DistconvError("map_chunks needs at least one array")
-    runner = _engine_runner(engine)
+    runner = kernels.chunk_runner(engine)
     xs = [as_dask_array(a) for a in arrays]
     first = xs[0]
     for i, other in enumerate(xs[1:], start=1):
@@ -128,8 +127,8 @@ def map_chunks(fn: Callable, *arrays, depth=0, boundary="reflect", cval: float =
             raise DistconvError(f"map_chunks: array {i} has shape {other.shape}, array 0 "
                                 f"{first.shape}; the arrays must have the same shape")
     ndim = first.ndim
-    depths = _normalize_depth(depth, ndim)
-    pad_mode, cval = _normalize_boundary(boundary, cval)
+    depths = normalize_depth(depth, ndim)
+    pad_mode, cval = normalize_boundary(boundary, cval)
     drop = _normalize_axes(drop_axis)
     new = _normalize_axes(new_axis)
     if any(a >= ndim or a < -ndim for a in drop):
@@ -144,9 +143,10 @@ def map_chunks(fn: Callable, *arrays, depth=0, boundary="reflect", cval: float =
         xs = [x.rechunk({a: -1 for a in drop}) for x in xs]
         first = xs[0]
     on_device = is_gpu_array(first)
-    if engine in _GPU_ENGINES and not on_device and importlib.util.find_spec("cupy"):
+    gpu_engine = kernels.is_gpu_engine(engine)
+    if gpu_engine and not on_device and importlib.util.find_spec("cupy"):
         xs = [to_device(x) for x in xs]  # upload once, before the halo exchange
-    keep_on_device = on_device or engine not in _GPU_ENGINES
+    keep_on_device = on_device or not gpu_engine
     # Merge thin chunks of the first array; the others follow its chunks exactly.
     merged, haloed = exchange_halos(xs[0], depths, pad_mode, cval)
     haloed_all = [haloed]
@@ -258,83 +258,7 @@ def _call(runner, fn, token, kwargs, blocks, location, fn_name):
                          location, fn_name) from exc
 
 
-# --- engines ----------------------------------------------------------------------------------
-
-def _direct(fn, token, kwargs, blocks):
-    return np.asarray(fn(*blocks, **kwargs))
-
-
-def _tensorflow(fn, token, kwargs, blocks):
-    from distconv.kernels import tensorflow
-
-    return tensorflow.map_chunk(fn, token, kwargs, *blocks)
-
-
-def _cupy(fn, token, kwargs, blocks):
-    from distconv.kernels import cupy
-
-    return cupy.map_chunk(fn, kwargs, *blocks)
-
-
-def _numba_cuda(fn, token, kwargs, blocks):
-    from distconv.kernels import numba_cuda
-
-    return numba_cuda.map_chunk(fn, kwargs, *blocks)
-
-
-_RUNNERS = {"numpy": _direct, "scipy": _direct, "numba": _direct, "tensorflow": _tensorflow,
-            "cupy": _cupy, "numba-cuda": _numba_cuda}
-# Packages an engine needs here (numba-cuda runs on NumPy chunks without CuPy, e.g. under the
-# CUDA simulator, so it needs less than the registry's correlation engine).
-_REQUIRES = {"numpy": (), "scipy": ("scipy",), "numba": ("numba",),
-             "tensorflow": ("tensorflow",), "cupy": ("cupy",), "numba-cuda": ("numba",)}
-
-
-def _engine_runner(engine: str) -> Callable:
-    if engine not in _RUNNERS:
-        raise EngineError(f"unknown map_chunks engine {engine!r}; choose one of: "
-                          f"{', '.join(CHUNK_ENGINES)}")
-    missing = [p for p in _REQUIRES[engine] if importlib.util.find_spec(p) is None]
-    if missing:
-        extra = kernels.ENGINES[engine].extra if engine in kernels.ENGINES else missing[0]
-        raise EngineError(f"engine {engine!r} needs {', '.join(missing)} "
-                          f"(pip install 'distconv[{extra}]')")
-    return _RUNNERS[engine]
-
-
 # --- arguments --------------------------------------------------------------------------------
-
-def _normalize_depth(depth, ndim: int) -> tuple[int, ...]:
-    if isinstance(depth, dict):
-        values = [0] * ndim
-        for axis, d in depth.items():
-            if not -ndim <= int(axis) < ndim:
-                raise DistconvError(f"depth axis {axis} is out of range for {ndim}-D input")
-            values[int(axis) % ndim] = d
-    elif isinstance(depth, Number):
-        values = [depth] * ndim
-    else:
-        values = list(depth)
-        if len(values) != ndim:
-            raise DistconvError(f"depth has {len(values)} values for {ndim}-D input")
-    if any(int(d) != d or d < 0 for d in values):
-        raise DistconvError(f"depth must be non-negative integers, got {depth!r}")
-    return tuple(int(d) for d in values)
-
-
-def _normalize_boundary(boundary, cval: float) -> tuple[str | None, float]:
-    """Boundary → (numpy.pad mode or None for no padding, fill value)."""
-    if isinstance(boundary, Number) and not isinstance(boundary, bool):
-        return "constant", float(boundary)
-    if boundary == "none":
-        return None, cval
-    if boundary == "periodic":
-        boundary = "wrap"
-    if not isinstance(boundary, str) or boundary not in MODES:
-        raise DistconvError(f"unknown boundary {boundary!r}; choose one of: "
-                            f"{', '.join(MODES)}, periodic, none, or a number")
-    return MODES[normalize_mode(boundary)], float(cval)
-
 
 def _normalize_axes(axes) -> list[int]:
     if axes is None:
