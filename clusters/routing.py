@@ -24,11 +24,10 @@ GPU_RESOURCE = "GPU"
 def gpu_engines(x) -> list[str]:
     """GPU engines named in the provenance of the layers of ``x`` (a Dask collection)."""
     from distconv import kernels
-    from distconv.io import _PROVENANCE
+    from distconv.provenance import engines_used
 
     names = []
-    for layer in x.__dask_graph__().layers:
-        engine = _PROVENANCE.get(layer, {}).get("engine")
+    for engine in engines_used(x):
         spec = kernels.ENGINES.get(engine) if isinstance(engine, str) else None
         if spec is not None and spec.device == "gpu" and engine not in names:
             names.append(engine)

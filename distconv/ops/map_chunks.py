@@ -36,9 +36,10 @@ from dask.base import tokenize
 from distconv import kernels
 from distconv.backend import is_gpu_array, to_device, to_numpy
 from distconv.errors import DistconvError, EngineError
-from distconv.io import as_dask_array, remember_provenance
+from distconv.io import as_dask_array
 from distconv.ops.halo import exchange_halos
 from distconv.plan import MODES, normalize_mode
+from distconv.provenance import remember_provenance
 
 #: Engines map_chunks can call a function with; the first three call it directly.
 CHUNK_ENGINES = ("numpy", "scipy", "numba", "tensorflow", "cupy", "numba-cuda")
