@@ -22,7 +22,7 @@ import zarr
 from distconv._version import __version__
 from distconv.backend import to_numpy
 from distconv.errors import DistconvError, OutputError
-from distconv.progress import compute_blocks
+from distconv.executor import compute_blocks
 from distconv.provenance import remember_source, sources, steps
 
 ATTRS_KEY = "distconv"

@@ -484,7 +484,7 @@ def _cores_per_thread(client, workers: dict) -> int:
 
 
 def _current_client():
-    from distconv.progress import current_client
+    from distconv.executor import current_client
 
     return current_client()
 
