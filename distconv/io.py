@@ -21,21 +21,11 @@ import zarr
 
 from distconv._version import __version__
 from distconv.backend import to_numpy
-from distconv.errors import DistconvError, OutputError
+from distconv.errors import DistconvError, InputReadError, JobFailed, OutputError
 from distconv.executor import compute_blocks
 from distconv.provenance import remember_source, sources, steps
 
 ATTRS_KEY = "distconv"
-
-
-class InputReadError(DistconvError):
-    """A chunk of an input cannot be read (damaged or unreadable); found while computing."""
-
-
-class JobFailed(DistconvError):
-    """The job ran and failed (writing, a lost worker): the output is partial, resumable."""
-
-    exit_code = 1
 
 
 def open(path, *, allow_partial: bool = False) -> da.Array:  # noqa: A001 - mirrors zarr.open
