@@ -128,3 +128,6 @@ def correlate_block(block, plan: CorrelationPlan):
     else:
         out = function(block, plan.weights)
     return cast_output(out, plan.out_dtype)
+
+
+__all__ = ["convolve", "correlate", "correlate_block", "correlate_with_plan"]
