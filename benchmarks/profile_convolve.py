@@ -34,7 +34,7 @@ import dask.array as da
 import distconv as dc
 from distconv.bench.common import fresh, make_input
 from distconv.bench.convolve import kernel_for
-from distconv.io import _PROVENANCE
+from distconv.provenance import step_of
 from results import machine, write_section
 
 # part → does a profiled frame (file, function) belong to it (outermost frame counted).
@@ -112,7 +112,7 @@ def main(argv=None) -> None:
             parts = profiled_parts(convolve)
             other = max(total - read_s - sum(parts.values()), 0.0)
             zarr_to_zarr = total + write_s
-            record = _PROVENANCE.get(y.name, {})  # what the plan chose for full chunks
+            record = step_of(y) or {}  # what the plan chose for full chunks
             rows.append((k, f"{record.get('method', '?')}/{record.get('engine', '?')}", total,
                          parts, other, zarr_to_zarr, zarr_to_zarr / copy_s))
 

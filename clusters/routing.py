@@ -24,11 +24,10 @@ GPU_RESOURCE = "GPU"
 def gpu_engines(x) -> list[str]:
     """GPU engines named in the provenance of the layers of ``x`` (a Dask collection)."""
     from distconv import kernels
-    from distconv.io import _PROVENANCE
+    from distconv.provenance import engines_used
 
     names = []
-    for layer in x.__dask_graph__().layers:
-        engine = _PROVENANCE.get(layer, {}).get("engine")
+    for engine in engines_used(x):
         if isinstance(engine, str) and kernels.is_gpu_engine(engine) and engine not in names:
             names.append(engine)
     return names

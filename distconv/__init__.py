@@ -13,11 +13,11 @@ Importing distconv imports none of the optional engines (TensorFlow, CuPy, Numba
 from distconv._version import __version__
 from distconv import config as _config  # registers the dask.config defaults
 from distconv.clusters import cluster
-from distconv.errors import DistconvError, EngineError, OutputError
+from distconv.errors import ChunkError, DistconvError, EngineError, OutputError
 from distconv.io import info, open, save
 from distconv.ops.convolve import convolve, correlate
 from distconv.ops.linalg import matmul, multiply
-from distconv.ops.map_chunks import ChunkError, map_chunks
+from distconv.ops.map_chunks import map_chunks
 from distconv.weights import load_weights
 
 __all__ = [

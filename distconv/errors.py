@@ -1,6 +1,20 @@
-"""Exceptions that reach users as one line (the CLI prints them and exits 2)."""
+"""Every exception distconv raises on purpose.
+
+Most reach users as one line: the CLI prints a :class:`DistconvError` and exits 2 (or with its
+``exit_code``, as :class:`JobFailed`'s 1). :class:`ChunkError` is not one of them: it is a
+failure of the user's own function, chained from the original exception.
+"""
 
 from __future__ import annotations
+
+__all__ = [
+    "ChunkError",
+    "DistconvError",
+    "EngineError",
+    "InputReadError",
+    "JobFailed",
+    "OutputError",
+]
 
 
 class DistconvError(ValueError):
@@ -13,3 +27,33 @@ class EngineError(DistconvError):
 
 class OutputError(DistconvError):
     """The output location is unsafe or already taken."""
+
+
+class InputReadError(DistconvError):
+    """A chunk of an input cannot be read (damaged or unreadable); found while computing."""
+
+
+class JobFailed(DistconvError):
+    """The job ran and failed (writing, a lost worker): the output is partial, resumable."""
+
+    exit_code = 1
+
+
+class ChunkError(RuntimeError):
+    """The user's function failed on one chunk.
+
+    Attributes
+    ----------
+    block_index : tuple of int or None
+        The chunk's position in the chunk grid (``None`` for the shape/dtype probe).
+    function : str
+        The function's qualified name.
+
+    The original exception is ``__cause__``; its traceback is the function's own.
+    """
+
+    def __init__(self, message: str, block_index: tuple[int, ...] | None = None,
+                 function: str = "") -> None:
+        super().__init__(message)
+        self.block_index = block_index
+        self.function = function

@@ -21,25 +21,11 @@ import zarr
 
 from distconv._version import __version__
 from distconv.backend import to_numpy
-from distconv.errors import DistconvError, OutputError
-from distconv.progress import compute_blocks
+from distconv.errors import DistconvError, InputReadError, JobFailed, OutputError
+from distconv.executor import compute_blocks
+from distconv.provenance import remember_source, sources, steps
 
 ATTRS_KEY = "distconv"
-
-
-class InputReadError(DistconvError):
-    """A chunk of an input cannot be read (damaged or unreadable); found while computing."""
-
-
-class JobFailed(DistconvError):
-    """The job ran and failed (writing, a lost worker): the output is partial, resumable."""
-
-    exit_code = 1
-
-# Dask array name → where it was read from, and → what produced it. Graph layers keep these
-# names, so save() finds the source and the provenance of anything derived from them.
-_SOURCES: dict[str, dict[str, Any]] = {}
-_PROVENANCE: dict[str, dict[str, Any]] = {}
 
 
 def open(path, *, allow_partial: bool = False) -> da.Array:  # noqa: A001 - mirrors zarr.open
@@ -64,8 +50,7 @@ def open(path, *, allow_partial: bool = False) -> da.Array:  # noqa: A001 - mirr
 
         array = load_npy(path, mmap=True)
         x = da.from_array(array, chunks="auto")
-        _SOURCES[x.name] = {"path": os.path.abspath(path), "zarr_format": None}
-        return x
+        return remember_source(x, {"path": os.path.abspath(path), "zarr_format": None})
     array = open_zarr_array(path)
     produced = dict(array.attrs).get(ATTRS_KEY)
     if isinstance(produced, dict) and not produced.get("complete", True) and not allow_partial:
@@ -74,8 +59,8 @@ def open(path, *, allow_partial: bool = False) -> da.Array:  # noqa: A001 - mirr
             "finish it with --resume, or open it with allow_partial=True"
         )
     x = _from_zarr(array, os.path.abspath(path))
-    _SOURCES[x.name] = {"path": os.path.abspath(path), "zarr_format": array.metadata.zarr_format}
-    return x
+    return remember_source(x, {"path": os.path.abspath(path),
+                               "zarr_format": array.metadata.zarr_format})
 
 
 def _from_zarr(array: zarr.Array, path: str) -> da.Array:
@@ -139,40 +124,6 @@ def as_dask_array(input) -> da.Array:
         array = input if hasattr(input, "shape") else np.asarray(input)
         return da.from_array(array, chunks="auto", asarray=False)
     raise DistconvError(f"cannot use {type(input).__name__} as an array")
-
-
-def source_of(x: da.Array) -> dict[str, Any] | None:
-    """Where ``x`` itself was read from (``{"path", "zarr_format"}``), or None.
-
-    Only the array :func:`open` returned (or one registered with :func:`remember_source`) has
-    a source; anything computed from it does not (use :func:`source_paths` for those).
-    """
-    return _SOURCES.get(x.name)
-
-
-def remember_source(x: da.Array, record: dict[str, Any]) -> da.Array:
-    """Record that ``x`` reads the store ``record["path"]`` (e.g. the same store rechunked).
-
-    :func:`save` finds the inputs of a result by the names of its graph layers: provenance,
-    and the refusal to write over an input, depend on every store read being registered.
-    """
-    _SOURCES[x.name] = dict(record)
-    return x
-
-
-def remember_provenance(x: da.Array, record: dict[str, Any]) -> da.Array:
-    """Attach what produced ``x`` so that :func:`save` can write it into the output attributes."""
-    _PROVENANCE[x.name] = record
-    return x
-
-
-def _graph_records(x: da.Array, registry: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    return [registry[name] for name in x.__dask_graph__().layers if name in registry]
-
-
-def source_paths(x: da.Array) -> list[str]:
-    """Paths of the stores ``x`` reads from (those opened through distconv)."""
-    return [record["path"] for record in _graph_records(x, _SOURCES)]
 
 
 def regular_chunks(chunks: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
@@ -269,10 +220,10 @@ def save(x, path, *, overwrite: bool = False, resume: bool = False,
     """
     path = os.fspath(path)
     x = as_dask_array(x)
-    sources = _graph_records(x, _SOURCES)
-    check_output_path(path, [s["path"] for s in sources], overwrite, resume)
+    read = sources(x)
+    check_output_path(path, [s["path"] for s in read], overwrite, resume)
     if zarr_format is None:
-        formats = [s["zarr_format"] for s in sources if s["zarr_format"]]
+        formats = [s["zarr_format"] for s in read if s["zarr_format"]]
         zarr_format = formats[0] if formats else 3
     chunks = regular_chunks(x.chunks)
     if chunks != x.chunks:
@@ -282,8 +233,8 @@ def save(x, path, *, overwrite: bool = False, resume: bool = False,
     record = _jsonable({
         "version": __version__,
         "created": now,
-        "inputs": [s["path"] for s in sources],
-        "steps": _graph_records(x, _PROVENANCE),
+        "inputs": [s["path"] for s in read],
+        "steps": steps(x),
         "shape": list(x.shape),
         "dtype": str(x.dtype),
         "chunks": [c[0] for c in chunks],

@@ -27,7 +27,7 @@ import zarr
 from scipy import ndimage
 
 import distconv as dc
-from distconv.io import remember_provenance
+from distconv.provenance import remember_provenance, step_of
 
 START_TIMEOUT = 60
 
@@ -213,9 +213,7 @@ def test_gpu_engine_tasks_run_on_the_gpu_worker(tcp_cluster, tmp_path, engine_de
     w = np.random.default_rng(2).standard_normal((3, 3))
     y = dc.correlate(dc.open(tmp_path / "in.zarr"), w, engine="scipy", method="direct")
     if engine_device == "gpu":
-        from distconv.io import _PROVENANCE
-
-        y = remember_provenance(y, {**_PROVENANCE[y.name], "engine": "cupy"})
+        y = remember_provenance(y, {**step_of(y), "engine": "cupy"})
     correlate_layer = y.name.rsplit("-", 1)[0]
     with dc.cluster(tcp_cluster) as client:
         ran = _workers_that_ran(client, lambda: dc.save(y, tmp_path / "o.zarr", progress=False))

@@ -122,7 +122,7 @@ def test_all_zero_chunks_are_written_so_partial_counts_are_true(tmp_path):
 def test_source_of_and_remember_source(tmp_path):
     zarr.create_array(str(tmp_path / "s.zarr"), shape=(6, 6), chunks=(3, 3), dtype="f4")[:] = 2
     x = dc.open(tmp_path / "s.zarr")
-    from distconv.io import remember_source, source_of, source_paths
+    from distconv.provenance import remember_source, source_of, source_paths
 
     assert source_of(x)["path"] == str((tmp_path / "s.zarr").resolve())
     assert source_of(x + 1) is None

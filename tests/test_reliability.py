@@ -22,7 +22,7 @@ import zarr
 from scipy import ndimage
 
 import distconv as dc
-from distconv.io import JobFailed
+from distconv.errors import JobFailed
 
 DISTCONV = os.path.join(os.path.dirname(sys.executable), "distconv")
 

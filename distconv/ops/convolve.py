@@ -15,8 +15,9 @@ import numpy as np
 from distconv import kernels
 from distconv.backend import array_module, cast_output, is_gpu_array, to_device
 from distconv.config import get_default
-from distconv.io import as_dask_array, remember_provenance
+from distconv.io import as_dask_array
 from distconv.ops.halo import exchange_halos
+from distconv.provenance import remember_provenance
 from distconv.weights import weights_digest
 from distconv.plan import METHOD_OPS, CorrelationPlan, plan_correlation
 
@@ -127,3 +128,6 @@ def correlate_block(block, plan: CorrelationPlan):
     else:
         out = function(block, plan.weights)
     return cast_output(out, plan.out_dtype)
+
+
+__all__ = ["convolve", "correlate", "correlate_block", "correlate_with_plan"]

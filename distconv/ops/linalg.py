@@ -44,9 +44,9 @@ from dask.utils import format_bytes, parse_bytes
 from distconv import kernels
 from distconv.backend import array_module, is_gpu_array, to_numpy
 from distconv.config import get_default
-from distconv.errors import DistconvError
-from distconv.io import (InputReadError, as_dask_array, open_zarr_array, remember_provenance, remember_source,
-                         source_of)
+from distconv.errors import DistconvError, InputReadError
+from distconv.io import as_dask_array, open_zarr_array
+from distconv.provenance import remember_provenance, remember_source, source_of
 
 # Share of a worker's memory one task may plan for: the rest covers Dask's own buffers, Zarr
 # codec buffers, the output block waiting to be written and the engine's temporaries.
@@ -484,7 +484,7 @@ def _cores_per_thread(client, workers: dict) -> int:
 
 
 def _current_client():
-    from distconv.progress import current_client
+    from distconv.executor import current_client
 
     return current_client()
 

@@ -35,35 +35,16 @@ from dask.base import tokenize
 
 from distconv import kernels
 from distconv.backend import is_gpu_array, to_device, to_numpy
-from distconv.errors import DistconvError
-from distconv.io import as_dask_array, remember_provenance
+from distconv.errors import ChunkError, DistconvError
+from distconv.io import as_dask_array
 from distconv.ops.halo import exchange_halos, normalize_boundary, normalize_depth
+from distconv.provenance import remember_provenance
 
 #: Engines map_chunks can call a function with (the registry's); the first three call it
 #: directly.
 CHUNK_ENGINES = kernels.CHUNK_ENGINES
 #: Largest side of a probe block on an axis with several chunks.
 PROBE_SIDE = 8
-
-
-class ChunkError(RuntimeError):
-    """The user's function failed on one chunk.
-
-    Attributes
-    ----------
-    block_index : tuple of int or None
-        The chunk's position in the chunk grid (``None`` for the shape/dtype probe).
-    function : str
-        The function's qualified name.
-
-    The original exception is ``__cause__``; its traceback is the function's own.
-    """
-
-    def __init__(self, message: str, block_index: tuple[int, ...] | None = None,
-                 function: str = "") -> None:
-        super().__init__(message)
-        self.block_index = block_index
-        self.function = function
 
 
 def map_chunks(fn: Callable, *arrays, depth=0, boundary="reflect", cval: float = 0.0,

@@ -1,0 +1,182 @@
+"""Provenance of lazy arrays: which stores they read and which operations produced them.
+
+Two registries map a Dask array name to a record: where an array was read from (a *source*:
+``{"path", "zarr_format"}``), and what operation produced it (a *step*: ``{"operation",
+"parameters", "engine", "method", ...}``). Graph layers keep these names, so the records of
+everything a result is derived from are found by walking the layers of its graph.
+
+:func:`distconv.save` writes the sources and steps into the output's attributes and refuses to
+write over a source; cluster routing sends work whose steps name a GPU engine to GPU workers.
+The operations record with :func:`remember_source` and :func:`remember_provenance`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask.array as da
+
+__all__ = [
+    "engines_used",
+    "remember_provenance",
+    "remember_source",
+    "source_of",
+    "source_paths",
+    "sources",
+    "step_of",
+    "steps",
+]
+
+# Dask array name → where it was read from, and → what produced it. Graph layers keep these
+# names, so save() finds the source and the provenance of anything derived from them.
+_SOURCES: dict[str, dict[str, Any]] = {}
+_STEPS: dict[str, dict[str, Any]] = {}
+
+
+def remember_source(x: da.Array, record: dict[str, Any]) -> da.Array:
+    """Record that ``x`` reads the store ``record["path"]`` (e.g. the same store rechunked).
+
+    :func:`distconv.save` finds the inputs of a result by the names of its graph layers:
+    provenance, and the refusal to write over an input, depend on every store read being
+    registered.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+        The array that reads the store.
+    record : dict
+        ``{"path": absolute path, "zarr_format": 2, 3 or None}``; a copy is kept.
+
+    Returns
+    -------
+    dask.array.Array
+        ``x`` itself.
+    """
+    _SOURCES[x.name] = dict(record)
+    return x
+
+
+def remember_provenance(x: da.Array, record: dict[str, Any]) -> da.Array:
+    """Attach what produced ``x`` so that :func:`distconv.save` can write it into the output.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+        The result of an operation.
+    record : dict
+        The step: ``"operation"``, ``"parameters"``, and usually ``"engine"`` and ``"method"``
+        (what computes the chunks; a resumed save may differ in these).
+
+    Returns
+    -------
+    dask.array.Array
+        ``x`` itself.
+    """
+    _STEPS[x.name] = record
+    return x
+
+
+def source_of(x: da.Array) -> dict[str, Any] | None:
+    """Where ``x`` itself was read from (``{"path", "zarr_format"}``), or None.
+
+    Only the array :func:`distconv.open` returned (or one registered with
+    :func:`remember_source`) has a source; anything computed from it does not (use
+    :func:`sources` or :func:`source_paths` for those).
+
+    Parameters
+    ----------
+    x : dask.array.Array
+
+    Returns
+    -------
+    dict or None
+    """
+    return _SOURCES.get(x.name)
+
+
+def sources(x: da.Array) -> list[dict[str, Any]]:
+    """Source records of every store ``x`` reads from (those opened through distconv).
+
+    Parameters
+    ----------
+    x : dask.array.Array
+
+    Returns
+    -------
+    list of dict
+        ``{"path", "zarr_format"}`` records, in the order of the layers of ``x``'s graph.
+    """
+    return _graph_records(x, _SOURCES)
+
+
+def source_paths(x: da.Array) -> list[str]:
+    """Paths of the stores ``x`` reads from (those opened through distconv).
+
+    Parameters
+    ----------
+    x : dask.array.Array
+
+    Returns
+    -------
+    list of str
+        Absolute paths, in the order of :func:`sources`.
+    """
+    return [record["path"] for record in sources(x)]
+
+
+def step_of(x: da.Array) -> dict[str, Any] | None:
+    """The provenance record of the operation that produced ``x`` itself, or None.
+
+    Only the array an operation returned has one; an array derived from it by plain Dask
+    (``y + 1``, ``y[:10]``) does not (use :func:`steps` for those).
+
+    Parameters
+    ----------
+    x : dask.array.Array
+
+    Returns
+    -------
+    dict or None
+        The record as the operation gave it to :func:`remember_provenance`.
+    """
+    return _STEPS.get(x.name)
+
+
+def steps(x: da.Array) -> list[dict[str, Any]]:
+    """Provenance records of the distconv operations that produced ``x``.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+
+    Returns
+    -------
+    list of dict
+        One record per operation in ``x``'s graph, in the order of its layers; what
+        :func:`distconv.save` writes under ``attrs["distconv"]["steps"]``.
+    """
+    return _graph_records(x, _STEPS)
+
+
+def engines_used(x: da.Array) -> list[str]:
+    """Engines named by the operations that produced ``x``.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+
+    Returns
+    -------
+    list of str
+        The ``"engine"`` of each of :func:`steps`, each named once, in order of first use.
+    """
+    names: list[str] = []
+    for step in steps(x):
+        engine = step.get("engine")
+        if isinstance(engine, str) and engine not in names:
+            names.append(engine)
+    return names
+
+
+def _graph_records(x: da.Array, registry: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [registry[name] for name in x.__dask_graph__().layers if name in registry]
