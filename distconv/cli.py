@@ -20,7 +20,7 @@ import click
 
 from distconv import kernels
 from distconv.errors import DistconvError
-from distconv.plan import METHODS, MODES
+from distconv.plan import METHODS, MODES, check_output_dtype, check_weights_fit
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -99,15 +99,6 @@ def _run_filter(operation: str, input: str, weights: str, output: str | None, mo
         raise _Interrupted() from None
 
 
-def _dtype_kind(name: str) -> str | None:
-    import numpy as np
-
-    try:
-        return np.dtype(name).kind
-    except TypeError:
-        return None  # the planner reports unknown names
-
-
 class _Interrupted(Exception):
     """Ctrl-C inside a command (reported by :func:`main`, exit 130)."""
 
@@ -125,21 +116,11 @@ def _filter_job(operation, input, weights, output, mode, cval, origin, axes, met
     origins = _int_list(origin, "--origin")
     origin_arg: Any = origins[0] if origins and len(origins) == 1 else origins
     w = dc.load_weights(weights, ndim=len(axes_t) if axes_t else x.ndim)
-    if dtype is not None and _dtype_kind(dtype) == "b":
-        raise DistconvError(f"output dtype {dtype} is not supported; use an integer or float "
-                            "type")
+    check_output_dtype(dtype)
     function = dc.convolve if operation == "convolve" else dc.correlate
     y = function(x, w, mode=mode, cval=cval, origin=origin_arg, axes=axes_t, method=method,
                  engine=engine, dtype=dtype)
-    filtered = list(axes_t) if axes_t is not None else list(range(x.ndim))
-    if w.ndim == len(filtered):
-        for axis, size in zip(filtered, w.shape):
-            # scipy.ndimage accepts this, but on the command line it is a mistake (often
-            # INPUT and WEIGHTS swapped), and the halo would make every chunk the whole axis.
-            if -x.ndim <= axis < x.ndim and size > x.shape[axis]:
-                raise DistconvError(f"the weights are larger than the input on axis {axis} "
-                                    f"({size} > {x.shape[axis]}); are INPUT and WEIGHTS "
-                                    "swapped?")
+    check_weights_fit(w.shape, x.shape, axes_t)  # the API accepts these, as scipy.ndimage does
     output = output or default_output(input, "convolved" if operation == "convolve"
                                       else "correlated")
     check_output_path(output, source_paths(y), overwrite, resume)  # before any cluster starts
