@@ -326,15 +326,16 @@ def engines_command() -> None:
 
 def _register_linalg_commands() -> None:
     """matmul and multiply live in cli_linalg.py (their own module, same conventions)."""
-    from distconv.cli_linalg import matmul_command, multiply_command
+    from distconv.cli.linalg import matmul_command, multiply_command
 
     cli.add_command(matmul_command, "matmul")
     cli.add_command(multiply_command, "multiply")
 
 
 _register_linalg_commands()
-__import__("distconv.cli_cluster").cli_cluster.register(cli)  # `distconv cluster info`
-cli.add_command(__import__("distconv.cli_bench").cli_bench.bench_group, "bench")  # distconv bench
+__import__("distconv.cli.cluster", fromlist=["register"]).register(cli)  # distconv cluster info
+cli.add_command(__import__("distconv.cli.bench", fromlist=["bench_group"]).bench_group,
+                "bench")  # distconv bench
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -375,7 +376,3 @@ def _interrupted() -> None:
 def _fail(message: str, code: int) -> None:
     click.echo(f"distconv: error: {' '.join(message.split())}", err=True)
     sys.exit(code)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
