@@ -49,7 +49,7 @@ def main(argv=None) -> Result:
     parser.add_argument("--output-dir", default="distconv-bench")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv)
-    from distconv.cli_bench import check_engines
+    from distconv.cli.bench import check_engines
 
     engines = check_engines("convolve", args.engines)
     result = bench.run("convolve", size=args.size, engines=engines,

@@ -270,6 +270,7 @@ def plan_correlation(
     if ndim == 0 or 0 in tuple(input_shape):
         raise DistconvError(f"input is empty (shape {tuple(input_shape)})")
     compute_dtype = compute_dtype_for(input_dtype)
+    check_output_dtype(dtype)
     out_dtype = output_dtype_for(dtype, compute_dtype)
     axes = normalize_axes(axes, weights.ndim, ndim)
     origins = normalize_origins(origin, weights.shape)
@@ -350,3 +351,76 @@ def merge_small_chunks(chunks: Sequence[int], depth: int) -> tuple[int, ...]:
         else:
             merged.append(current)
     return tuple(merged)
+
+
+# Checks the ``distconv`` command makes before any work starts, as named rules of the planner:
+# plan_correlation applies check_output_dtype, so the command and the API cannot disagree.
+
+
+def check_output_dtype(dtype) -> np.dtype | None:
+    """Refuse an output dtype a filter cannot write: bool, complex or not numeric.
+
+    Parameters
+    ----------
+    dtype : dtype-like, optional
+        The requested output dtype; None asks for the default (the compute dtype).
+
+    Returns
+    -------
+    numpy.dtype or None
+        The dtype, or None when none was requested.
+
+    Raises
+    ------
+    DistconvError
+        For an unknown dtype name, or a dtype that is neither an integer nor a float type.
+    """
+    if dtype is None:
+        return None
+    try:
+        out = np.dtype(dtype)
+    except TypeError:
+        raise DistconvError(f"unknown dtype {dtype!r}") from None
+    if out.kind not in "iuf":
+        raise DistconvError(f"output dtype {out} is not supported; use an integer or float type")
+    return out
+
+
+def check_weights_fit(weights_shape: Sequence[int], input_shape: Sequence[int],
+                      axes: int | Sequence[int] | None = None) -> None:
+    """Refuse weights larger than the input on a filtered axis (often INPUT and WEIGHTS swapped).
+
+    The ``distconv`` command applies this rule; :func:`plan_correlation` does not, because
+    scipy.ndimage (and so :func:`distconv.convolve`) accepts such weights and extends the input
+    by its boundary mode. On the command line it is a mistake, and the halo would make every
+    chunk the whole axis.
+
+    Parameters
+    ----------
+    weights_shape : sequence of int
+        Shape of the weights.
+    input_shape : sequence of int
+        Shape of the input.
+    axes : int or sequence of int, optional
+        Input axes the weights' axes filter (default: all, in order). When their count does not
+        match the weights, nothing is checked here: the planner reports the mismatch.
+
+    Raises
+    ------
+    DistconvError
+        Naming the first axis, as given, on which the weights are larger than the input.
+    """
+    ndim = len(input_shape)
+    if axes is None:
+        filtered = list(range(ndim))
+    elif isinstance(axes, (int, np.integer)):
+        filtered = [int(axes)]
+    else:
+        filtered = [int(axis) for axis in axes]
+    if len(weights_shape) != len(filtered):
+        return
+    for axis, size in zip(filtered, weights_shape):
+        if -ndim <= axis < ndim and size > input_shape[axis]:
+            raise DistconvError(f"the weights are larger than the input on axis {axis} "
+                                f"({size} > {input_shape[axis]}); are INPUT and WEIGHTS "
+                                "swapped?")

@@ -190,3 +190,31 @@ def test_weights_and_inputs_never_unpickle(tmp_path):
 def test_named_kernels_are_parsed_never_evaluated(spec):
     with pytest.raises(dc.DistconvError):
         dc.load_weights(spec, ndim=2)
+
+
+@pytest.mark.parametrize("dtype", ["bool", np.bool_, "complex64", "U3"])
+def test_the_api_refuses_the_output_dtypes_the_command_refuses(dtype):
+    """One rule (plan.check_output_dtype) for ``--dtype`` and ``dtype=``: same message."""
+    from distconv.plan import check_output_dtype
+
+    x, w = np.ones((8, 6), dtype=np.float32), np.ones((3, 3))
+    for function in (dc.convolve, dc.correlate):
+        with pytest.raises(dc.DistconvError, match="is not supported; use an integer or float"):
+            function(x, w, dtype=dtype)
+    with pytest.raises(dc.DistconvError, match="is not supported; use an integer or float"):
+        check_output_dtype(dtype)
+    assert check_output_dtype(None) is None and check_output_dtype("uint16") == np.uint16
+
+
+def test_weights_larger_than_the_input_is_one_named_rule():
+    """The command's refusal is plan.check_weights_fit; the API keeps scipy.ndimage's answer
+    (tests/test_conformance.py::test_kernel_larger_than_image)."""
+    from distconv.plan import check_weights_fit
+
+    with pytest.raises(dc.DistconvError, match=r"larger than the input on axis 0 \(41 > 40\)"):
+        check_weights_fit((41, 3), (40, 30))
+    with pytest.raises(dc.DistconvError, match="on axis -1 "):
+        check_weights_fit((31,), (40, 30), axes=(-1,))
+    check_weights_fit((5, 3), (40, 30))
+    check_weights_fit((35,), (40, 30), axes=(0,))
+    check_weights_fit((41, 3), (40, 30), axes=(0,))  # count mismatch: the planner's to report

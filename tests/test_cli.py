@@ -154,3 +154,29 @@ def test_engines_table_lists_every_engine():
     assert result.returncode == 0, result.stderr
     for name in ("scipy", "numba", "tensorflow", "cupy", "numba-cuda"):
         assert name in result.stdout
+
+
+def test_cluster_help_is_one_text_listing_every_form():
+    """Every command's --cluster help is the same text, and it names every spec form."""
+    import click
+
+    from distconv.cli import cli
+    from distconv.clusters import SPEC_FORMS
+
+    helps = {}
+
+    def walk(command, path):
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                walk(sub, (*path, name))
+        for param in command.params:
+            if "--cluster" in getattr(param, "opts", ()):
+                helps[" ".join(path)] = param.help
+
+    walk(cli, ())
+    assert {"convolve", "correlate", "matmul", "multiply", "cluster info",
+            "bench convolve"} <= set(helps)
+    assert len(set(helps.values())) == 1, helps
+    for form in SPEC_FORMS.split(", "):
+        assert form in next(iter(helps.values()))
+    assert "PATH.yaml" in distconv("convolve", "--help").stdout

@@ -1,48 +1,28 @@
 """``distconv matmul`` and ``distconv multiply``: parse, call the public API, report.
 
-Same conventions as :mod:`distconv.cli` (which registers these commands): one-line errors (exit
-2), ``-o`` defaulting to a store beside the first input, nothing written without ``--overwrite``
-when the output exists, and the output path checked before any cluster starts.
+Same conventions as the other commands (:mod:`distconv.cli._common`): ``-o`` defaulting to a
+store beside the first input, nothing written without ``--overwrite`` when the output exists,
+and the output path checked before any cluster starts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import click
 
-from distconv import kernels
+from distconv.cli._common import (cluster_options, command_cluster, default_output,
+                                  engine_option, interruptible, options, output_option,
+                                  quiet_option, save_resumable, write_options)
 
-_COMMON_HELP = {
-    "output": "Output Zarr path [default: A.<op>.zarr beside A].",
-    "engine": "Engine computing each block [default: config, auto].",
-    "overwrite": "Replace an existing output store.",
-    "resume": "Finish an interrupted run into the same output: only chunks not yet written are "
-              "computed (inputs and parameters must match).",
-    "cluster": "local (default) | threads | tcp://HOST:PORT | tls://HOST:PORT.",
-    "workers": "Worker processes (local).",
-    "threads": "Threads per worker (local).",
-    "quiet": "No progress bar, links or summary.",
-}
-
-
-def _common_options(command):
-    """The options every distconv command that writes a store takes (cli.py's conventions)."""
-    for option in reversed([
-        click.option("-o", "--output", help=_COMMON_HELP["output"]),
-        click.option("--engine", type=click.Choice(["auto", *kernels.engine_names()]),
-                     default=None, help=_COMMON_HELP["engine"]),
-        click.option("--overwrite", is_flag=True, help=_COMMON_HELP["overwrite"]),
-        click.option("--resume", is_flag=True, help=_COMMON_HELP["resume"]),
-        click.option("--cluster", "cluster_spec", default=None, help=_COMMON_HELP["cluster"]),
-        click.option("--workers", type=click.IntRange(min=1), help=_COMMON_HELP["workers"]),
-        click.option("--threads-per-worker", type=click.IntRange(min=1),
-                     help=_COMMON_HELP["threads"]),
-        click.option("-q", "--quiet", is_flag=True, help=_COMMON_HELP["quiet"]),
-    ]):
-        command = option(command)
-    return command
+# The options of every command that writes a store, in the order --help lists them.
+_common_options = options(
+    output_option("A.<op>.zarr beside A"),
+    engine_option("block"),
+    write_options("inputs and parameters"),
+    cluster_options(),
+    quiet_option(),
+)
 
 
 @click.command("matmul")
@@ -72,26 +52,28 @@ def matmul_command(a: str, b: str, output: str | None, engine: str | None, overw
       distconv matmul stack.zarr/raw b.zarr --cluster threads --quiet
       distconv matmul a.zarr b.zarr -o c.zarr --resume        # finish an interrupted run
     """
-    _interruptible(_matmul_job, a, b, output, engine, overwrite, resume, cluster_spec, workers,
-                   threads_per_worker, quiet, memory_budget, dry_run)
+    interruptible(_matmul_job, a, b, output, engine, overwrite, resume, cluster_spec, workers,
+                  threads_per_worker, quiet, memory_budget, dry_run)
 
 
 def _matmul_job(a, b, output, engine, overwrite, resume, cluster_spec, workers,
                 threads_per_worker, quiet, memory_budget, dry_run) -> None:
     import distconv as dc
+    from distconv.io import check_output_path
     from distconv.ops.linalg import matmul_result_shape, plan_for
 
     x, y = dc.open(a), dc.open(b)
     matmul_result_shape(x.shape, y.shape)  # NumPy's error before any cluster starts
-    output = output or _default_output(a, "matmul")
+    output = output or default_output(a, "matmul")
     if not dry_run:
-        _check_output(output, [a, b], overwrite, resume)
-    with _cluster(cluster_spec, workers, threads_per_worker, quiet or dry_run):
+        check_output_path(output, [a, b], overwrite, resume)
+    with command_cluster(cluster_spec, workers, threads_per_worker, quiet or dry_run):
         if dry_run:  # planned where it would run: the workers' memory sets the budget
             click.echo(plan_for(x, y, engine=engine, memory_budget=memory_budget).describe())
             return
         product = dc.matmul(x, y, engine=engine, memory_budget=memory_budget)
-        seconds = _save(product, output, overwrite, resume, quiet, "matmul")
+        seconds = save_resumable(product, output, "matmul", overwrite=overwrite,
+                                 resume=resume, quiet=quiet)[1]
     if not quiet:
         flops = 2 * int(product.size) * x.shape[-1]  # one multiply-add per k per element
         step = dc.info(output)["provenance"]["steps"][-1]
@@ -120,23 +102,26 @@ def multiply_command(a: str, b: str, output: str | None, engine: str | None, ove
       distconv multiply volume.zarr mask.zarr --cluster threads --quiet
       distconv multiply a.zarr b.zarr -o m.zarr --resume      # finish an interrupted run
     """
-    _interruptible(_multiply_job, a, b, output, engine, overwrite, resume, cluster_spec, workers,
-                   threads_per_worker, quiet)
+    interruptible(_multiply_job, a, b, output, engine, overwrite, resume, cluster_spec,
+                  workers, threads_per_worker, quiet)
 
 
 def _multiply_job(a, b, output, engine, overwrite, resume, cluster_spec, workers,
                   threads_per_worker, quiet) -> None:
     import distconv as dc
+    from distconv.io import check_output_path
 
     x = dc.open(a)
     y = _number(b)
     if y is None:
         y = dc.open(b)
     product = dc.multiply(x, y, engine=engine)  # NumPy's broadcasting error, before a cluster
-    output = output or _default_output(a, "multiply")
-    _check_output(output, [a] + ([] if isinstance(y, (int, float)) else [b]), overwrite, resume)
-    with _cluster(cluster_spec, workers, threads_per_worker, quiet):
-        seconds = _save(product, output, overwrite, resume, quiet, "multiply")
+    output = output or default_output(a, "multiply")
+    check_output_path(output, [a] + ([] if isinstance(y, (int, float)) else [b]), overwrite,
+                      resume)
+    with command_cluster(cluster_spec, workers, threads_per_worker, quiet):
+        seconds = save_resumable(product, output, "multiply", overwrite=overwrite,
+                                 resume=resume, quiet=quiet)[1]
     if not quiet:
         click.echo(f"wrote {output}: {_shape(product.shape)} {product.dtype}, "
                    f"{product.npartitions} chunks; {seconds:.2f} s, "
@@ -158,52 +143,5 @@ def _number(text: str) -> int | float | None:
     return None
 
 
-def _default_output(input_path: str, operation: str) -> str:
-    # Imported when called: cli.py imports this module while it is itself being imported.
-    from distconv.cli import default_output
-
-    return default_output(input_path, operation)
-
-
-def _check_output(output: str, inputs: list[str], overwrite: bool, resume: bool) -> None:
-    from distconv.io import check_output_path
-
-    check_output_path(output, inputs, overwrite, resume)
-
-
-def _interruptible(job, *args) -> None:
-    """Run a command's job; Ctrl-C becomes cli.py's interruption (exit 130, --resume hint)."""
-    from distconv.cli import _Interrupted
-
-    try:
-        job(*args)
-    except KeyboardInterrupt:
-        # Raised past click as itself, click would print a blank line and turn it into Abort.
-        raise _Interrupted() from None
-
-
-@contextlib.contextmanager
-def _cluster(cluster_spec, workers, threads_per_worker, quiet):
-    """The cluster, its workers started with Ctrl-C ignored as cli.py starts them."""
-    from distconv.cli import _workers_ignore_ctrl_c
-    from distconv.clusters import cluster
-
-    with contextlib.ExitStack() as stack:
-        with _workers_ignore_ctrl_c():
-            stack.enter_context(cluster(cluster_spec, workers=workers,
-                                        threads_per_worker=threads_per_worker, quiet=quiet))
-        yield
-
-
-def _save(product, output: str, overwrite: bool, resume: bool, quiet: bool,
-          operation: str) -> float:
-    """Save with provenance; while it runs, an interruption names the command that resumes."""
-    from distconv.cli import save_resumable
-
-    return save_resumable(product, output, operation, overwrite=overwrite, resume=resume,
-                          quiet=quiet)[1]
-
-
 def _shape(shape) -> str:
     return "×".join(map(str, shape)) if len(shape) else "scalar"
-

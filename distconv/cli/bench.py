@@ -1,7 +1,6 @@
 """``distconv bench convolve|matmul|multiply``: time engines against the floor and the references.
 
-Same conventions as :mod:`distconv.cli` (which registers this group): one-line errors (exit 2)
-before anything is generated or written.
+Every check (one-line errors, exit 2) comes before anything is generated or written.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ import sys
 import click
 
 from distconv import kernels
+from distconv.cli._common import cluster_options, quiet_option
 from distconv.errors import DistconvError
 
 _OPS = {"convolve": ("correlate_direct", "correlate_fft", "correlate_separable"),
@@ -120,12 +120,8 @@ def _bench_command(benchmark: str) -> click.Command:
                      help=f"Where bench-{benchmark}.json and bench-{benchmark}.png go."),
         click.option("--workdir", default=None,
                      help="Scratch directory for the generated Zarr data [default: temp]."),
-        click.option("--cluster", "cluster_spec", default=None,
-                     help="local (default) | threads | tcp://HOST:PORT | tls://HOST:PORT."),
-        click.option("--workers", type=click.IntRange(min=1), help="Worker processes (local)."),
-        click.option("--threads-per-worker", type=click.IntRange(min=1),
-                     help="Threads per worker (local)."),
-        click.option("-q", "--quiet", is_flag=True, help="No per-run lines while timing."),
+        cluster_options(),
+        quiet_option("No per-run lines while timing."),
     ]
     if benchmark == "convolve":
         options += [

@@ -1,7 +1,4 @@
-"""``distconv cluster info``: what a ``--cluster`` spec gives you (workers, threads, memory, GPUs).
-
-Same conventions as the other commands: user errors are one line on stderr with exit code 2.
-"""
+"""``distconv cluster info``: what a ``--cluster`` spec gives (workers, threads, memory, GPUs)."""
 
 from __future__ import annotations
 
@@ -9,8 +6,7 @@ import json
 
 import click
 
-CLUSTER_HELP = ("local (default) | threads | cuda | tcp://HOST:PORT | tls://HOST:PORT | "
-                "PATH.yaml (dask-jobqueue: SLURM, PBS, SGE, LSF).")
+from distconv.cli._common import cluster_options
 
 
 def _gib(n: int) -> str:
@@ -23,11 +19,7 @@ def cluster_group() -> None:
 
 
 @cluster_group.command("info")
-@click.option("--cluster", "cluster_spec", default=None, help=CLUSTER_HELP)
-@click.option("--workers", type=click.IntRange(min=1), help="Worker processes (local, cuda).")
-@click.option("--threads-per-worker", type=click.IntRange(min=1),
-              help="Threads per worker (local, cuda).")
-@click.option("--rmm-pool-size", default=None, help="RMM pool per GPU worker (cuda), e.g. 24GB.")
+@cluster_options(rmm=True)
 @click.option("--wait", "wait_workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Wait for this many workers first (a cluster file's jobs start later).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -87,8 +79,3 @@ def info_command(cluster_spec: str | None, workers: int | None, threads_per_work
         click.echo(f"{'system:':12}{description['system']} ({description['bounds']})")
         click.echo("job script:")
         click.echo(description["job_script"].rstrip())
-
-
-def register(cli: click.Group) -> None:
-    """Add the ``cluster`` command group to the ``distconv`` CLI."""
-    cli.add_command(cluster_group, "cluster")

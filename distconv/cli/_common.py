@@ -1,0 +1,258 @@
+"""What every ``distconv`` command shares: options, Ctrl-C and ``--resume``, one-line errors.
+
+Every user error is one line on stderr and exit code 2 (``--debug`` shows the traceback);
+Ctrl-C exits 130 and, while an output is being written, names the command that finishes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import click
+
+from distconv import kernels
+from distconv.clusters import SPEC_FORMS
+from distconv.errors import DistconvError
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+CLUSTER_HELP = f"Where the work runs: {SPEC_FORMS} [default: local]."
+
+
+class CommandState:
+    """The state of the running command line (one per process)."""
+
+    debug = False
+    # Set while a job writes its output: the command that finishes it after an interruption.
+    resume_command: str | None = None
+    argv: Sequence[str] = ()
+
+
+class Interrupted(Exception):
+    """Ctrl-C inside a command (reported by :func:`run_command_line`, exit 130)."""
+
+
+# Options ---------------------------------------------------------------------------------------
+
+def options(*decorators: Callable) -> Callable:
+    """Apply click option decorators in the order given (the order ``--help`` lists them)."""
+    def apply(command: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+    return apply
+
+
+def output_option(default: str) -> Callable:
+    """``-o/--output``; ``default`` describes the store written without it."""
+    return click.option("-o", "--output", help=f"Output Zarr path [default: {default}].")
+
+
+def engine_option(unit: str = "chunk") -> Callable:
+    """``--engine``: auto or any engine distconv knows (installed or not: the error says how)."""
+    return click.option("--engine", type=click.Choice(["auto", *kernels.engine_names()]),
+                        default=None,
+                        help=f"Engine computing each {unit} [default: config, auto].")
+
+
+def write_options(must_match: str) -> Callable:
+    """``--overwrite`` and ``--resume``; ``must_match`` names what a resumed run must repeat."""
+    return options(
+        click.option("--overwrite", is_flag=True, help="Replace an existing output store."),
+        click.option("--resume", is_flag=True,
+                     help="Finish an interrupted run into the same output: only chunks not yet "
+                          f"written are computed ({must_match} must match)."),
+    )
+
+
+def cluster_options(*, rmm: bool = False) -> Callable:
+    """``--cluster`` (every form of :data:`distconv.clusters.SPEC_FORMS`) and its sizing."""
+    decorators = [
+        click.option("--cluster", "cluster_spec", default=None, help=CLUSTER_HELP),
+        click.option("--workers", type=click.IntRange(min=1),
+                     help="Worker processes (local, cuda)."),
+        click.option("--threads-per-worker", type=click.IntRange(min=1),
+                     help="Threads per worker (local, cuda)."),
+    ]
+    if rmm:
+        decorators.append(click.option("--rmm-pool-size", default=None,
+                                       help="RMM pool per GPU worker (--cluster cuda), "
+                                            "e.g. 24GB."))
+    return options(*decorators)
+
+
+def quiet_option(help: str = "No progress bar, links or summary.") -> Callable:
+    """``-q/--quiet``."""
+    return click.option("-q", "--quiet", is_flag=True, help=help)
+
+
+# Outputs ---------------------------------------------------------------------------------------
+
+def default_output(input_path: str, operation: str) -> str:
+    """The store a command writes without ``-o``: beside its (first) input.
+
+    Parameters
+    ----------
+    input_path : str
+        The input, possibly a path inside a Zarr group.
+    operation : str
+        The word that goes into the name (``convolved``, ``matmul``...).
+
+    Returns
+    -------
+    str
+        ``big.zarr`` → ``big.convolved.zarr`` beside it; ``big.zarr/raw/0`` →
+        ``big.raw-0.convolved.zarr``.
+    """
+    path = os.path.normpath(input_path)
+    parts = path.split(os.sep)
+    for index, part in enumerate(parts):
+        if part.endswith(".zarr"):
+            stem = part[: -len(".zarr")]
+            inner = "-".join(parts[index + 1:])
+            name = f"{stem}.{inner}" if inner else stem
+            return os.path.join(os.sep.join(parts[:index]) or "", f"{name}.{operation}.zarr")
+    stem = os.path.splitext(path)[0]
+    return f"{stem}.{operation}.zarr"
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that finishes an interrupted run: the same one, with --resume.
+
+    ``--overwrite`` is dropped (it would start again); ``--resume`` is added once.
+    """
+    args = [a for a in argv if a not in ("--overwrite", "--resume")]
+    return shlex.join(["distconv", *args, "--resume"])
+
+
+def save_resumable(y, output: str, operation: str, *, overwrite: bool, resume: bool,
+                   quiet: bool) -> tuple[Any, float]:
+    """``dc.save`` for a command: the command line goes into the provenance, and while the job
+    runs an interruption's message names the exact ``--resume`` command.
+
+    Returns
+    -------
+    (zarr.Array, float)
+        The written array and the seconds the save took.
+    """
+    import distconv as dc
+
+    argv = list(CommandState.argv)
+    argv = argv[argv.index(operation):] if operation in argv else [operation]
+    start = time.perf_counter()
+    CommandState.resume_command = resume_command(argv)  # read on Ctrl-C or failure
+    written = dc.save(y, output, overwrite=overwrite, resume=resume, progress=not quiet,
+                      description=operation,
+                      attributes={"command": shlex.join(["distconv", *argv])})
+    CommandState.resume_command = None
+    seconds = time.perf_counter() - start
+    produced = written.attrs["distconv"]
+    if not quiet and produced.get("resumed"):
+        already = produced["resumed"][-1]["chunks_already_written"]
+        click.echo(f"resumed {output}: {already} of {y.npartitions} chunks were already "
+                   f"written, computed the other {y.npartitions - already}")
+    return written, seconds
+
+
+# Ctrl-C ----------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def workers_ignore_ctrl_c() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored (the disposition survives exec).
+
+    A terminal's Ctrl-C reaches every process of the foreground group: workers would die
+    mid-task with tracebacks of their own. Ignoring it there lets this process cancel the
+    tasks and close the cluster in order. A Ctrl-C during these seconds of start-up is lost.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def command_cluster(cluster_spec: str | None, workers: int | None,
+                    threads_per_worker: int | None, quiet: bool,
+                    rmm_pool_size: str | None = None) -> Iterator[None]:
+    """The cluster a command's job runs on, its workers started with Ctrl-C ignored."""
+    from distconv.clusters import cluster
+
+    with contextlib.ExitStack() as stack:
+        with workers_ignore_ctrl_c():
+            stack.enter_context(cluster(cluster_spec, workers=workers,
+                                        threads_per_worker=threads_per_worker,
+                                        rmm_pool_size=rmm_pool_size, quiet=quiet))
+        yield
+
+
+def interruptible(job: Callable[..., None], *args: Any) -> None:
+    """Run a command's job; Ctrl-C becomes :class:`Interrupted` (exit 130, --resume hint)."""
+    try:
+        job(*args)
+    except KeyboardInterrupt:
+        # Raised past click as itself, click would print a blank line and turn it into Abort.
+        raise Interrupted() from None
+
+
+# The command line ------------------------------------------------------------------------------
+
+def run_command_line(group: click.Group, argv: Sequence[str] | None) -> None:
+    """Run ``group`` as the ``distconv`` program: one-line errors, exit 2 for bad input, 130 for
+    Ctrl-C, 1 for anything unexpected (``--debug`` raises instead).
+
+    Parameters
+    ----------
+    group : click.Group
+        The ``distconv`` group.
+    argv : sequence of str, optional
+        The arguments after the program name (default: ``sys.argv[1:]``).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    CommandState.argv, CommandState.resume_command = args, None
+    try:
+        group.main(args=args, prog_name="distconv", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt, Interrupted):
+        _interrupted()
+    except click.ClickException as exc:
+        if debug:
+            raise
+        _fail(exc.format_message(), EXIT_USAGE)
+    except DistconvError as exc:
+        if debug:
+            raise
+        _fail(str(exc), getattr(exc, "exit_code", EXIT_USAGE))
+    except Exception as exc:  # unexpected: still one line unless --debug
+        if debug:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _fail(f"{type(exc).__name__}: {message} (rerun with --debug for the traceback)",
+              EXIT_FAILED)
+
+
+def _interrupted() -> None:
+    """Ctrl-C: the workers' tasks were cancelled on the way out (progress.compute_blocks)."""
+    if CommandState.resume_command:
+        _fail(f"interrupted; the output is partial, not marked complete; finish it with: "
+              f"{CommandState.resume_command}", EXIT_INTERRUPTED)
+    _fail("interrupted; no output was marked complete", EXIT_INTERRUPTED)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"distconv: error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
