@@ -148,7 +148,7 @@ def main() -> None:
     args = parser.parse_args()
 
     engines = [e for e in kernels.installed_engines()
-               if kernels.ENGINES[e].device == "cpu" or gpu_present()]
+               if not kernels.is_gpu_engine(e) or gpu_present()]
     if args.engines:
         engines = [e for e in args.engines.split(",") if e in engines]
     if args.fit:

@@ -26,7 +26,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv)
     devices = gpu_count()
-    engines = [e for e in ("cupy", "numba-cuda") if kernels.is_installed(e)]
+    engines = [e for e in kernels.GPU_ENGINES if kernels.is_installed(e)]
     if not devices or not engines:
         text = ("## GPU engines (benchmarks/gpu.py)\n\nSkipped on this machine: "
                 + ("no CUDA device is visible" if not devices else

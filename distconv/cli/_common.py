@@ -246,7 +246,7 @@ def run_command_line(group: click.Group, argv: Sequence[str] | None) -> None:
 
 
 def _interrupted() -> None:
-    """Ctrl-C: the workers' tasks were cancelled on the way out (progress.compute_blocks)."""
+    """Ctrl-C: the workers' tasks were cancelled on the way out (executor.compute_blocks)."""
     if CommandState.resume_command:
         _fail(f"interrupted; the output is partial, not marked complete; finish it with: "
               f"{CommandState.resume_command}", EXIT_INTERRUPTED)

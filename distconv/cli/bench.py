@@ -29,7 +29,7 @@ def check_engines(benchmark: str, text: str | None) -> list[str]:
     if text is None:
         found = [e for e in _DEFAULT_ENGINES[benchmark].split(",") if kernels.is_installed(e)]
         if gpu_count():
-            found += [e for e in ("cupy", "numba-cuda") if kernels.is_installed(e)
+            found += [e for e in kernels.GPU_ENGINES if kernels.is_installed(e)
                       and any(op in kernels.ENGINES[e].ops for op in _OPS[benchmark])]
         return found
     names = [name.strip() for name in text.split(",") if name.strip()]
@@ -47,7 +47,7 @@ def check_engines(benchmark: str, text: str | None) -> list[str]:
                                 f"'distconv[{extra}]')")
         if not any(op in kernels.ENGINES[name].ops for op in _OPS[benchmark]):
             raise DistconvError(f"engine {name!r} cannot {benchmark}")
-        if kernels.ENGINES[name].device == "gpu" and not gpu_count():
+        if kernels.is_gpu_engine(name) and not gpu_count():
             raise DistconvError(f"engine {name!r} needs a CUDA device and none is visible")
     return list(dict.fromkeys(names))
 

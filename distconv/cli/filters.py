@@ -28,7 +28,8 @@ def _filter_job(operation, input, weights, output, mode, cval, origin, axes, met
                 rmm_pool_size, quiet) -> None:
     import distconv as dc
     from distconv.clusters import parse_spec
-    from distconv.io import check_output_path, source_paths
+    from distconv.io import check_output_path
+    from distconv.provenance import source_paths
 
     parse_spec(cluster_spec)  # a bad spec fails before any work
     x = dc.open(input)

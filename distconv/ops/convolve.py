@@ -77,7 +77,7 @@ def _filter(input, weights, mode, cval, origin, axes, method, engine, dtype,
         method=method or get_default("method"), engine=engine or get_default("engine"),
         dtype=dtype, convolution=convolution, gpu_chunks=is_gpu_array(x),
     )
-    if not is_gpu_array(x) and any(kernels.ENGINES[e].device == "gpu"
+    if not is_gpu_array(x) and any(kernels.is_gpu_engine(e)
                                    for e in plan.engines.values()):
         x = to_device(x)  # a GPU engine on host chunks: upload each chunk once, here
     y = correlate_with_plan(x, plan)
