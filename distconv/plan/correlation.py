@@ -1,4 +1,4 @@
-"""Choices made before the graph exists: argument normalisation, halo depth, method, dtypes.
+"""Choices made before a correlation's graph exists: argument normalisation, halo depth, method, dtypes.
 
 Everything here is pure and cheap; :mod:`distconv.ops.convolve` turns a :class:`CorrelationPlan`
 into a Dask graph.
@@ -14,6 +14,25 @@ import numpy as np
 
 from distconv import kernels
 from distconv.errors import DistconvError, EngineError
+
+__all__ = [
+    "CANONICAL_MODE",
+    "METHODS",
+    "METHOD_OPS",
+    "MODES",
+    "SEPARABLE_RTOL",
+    "CorrelationPlan",
+    "check_weights",
+    "compute_dtype_for",
+    "method_costs",
+    "normalize_axes",
+    "normalize_method",
+    "normalize_mode",
+    "normalize_origins",
+    "output_dtype_for",
+    "plan_correlation",
+    "rank_one_factors",
+]
 
 # scipy.ndimage mode → numpy.pad mode. For filters the grid-* names mean the same as their plain
 # counterparts (they differ only for interpolation).
@@ -327,26 +346,3 @@ def plan_correlation(
         engines=engines,
         factors=factors,
     )
-
-
-def merge_small_chunks(chunks: Sequence[int], depth: int) -> tuple[int, ...]:
-    """Merge neighbouring chunks along one axis until every chunk holds at least ``depth``.
-
-    A halo is taken from the neighbouring chunk, so no chunk may be thinner than the halo.
-    """
-    chunks = tuple(int(c) for c in chunks)
-    if depth == 0 or min(chunks) >= depth or len(chunks) == 1:
-        return chunks
-    merged: list[int] = []
-    current = 0
-    for size in chunks:
-        current += size
-        if current >= depth:
-            merged.append(current)
-            current = 0
-    if current:
-        if merged:
-            merged[-1] += current
-        else:
-            merged.append(current)
-    return tuple(merged)
