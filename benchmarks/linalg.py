@@ -35,7 +35,7 @@ from distconv.bench.common import PeakMemory, flush_writes, fresh, make_input, t
 from distconv.bench.linalg import (floor_text, io_floor, io_floor_percent,
                                    matmul_contenders, multiply_contenders, profile,
                                    profile_text, task_gemm_rate, verdict_text)
-from distconv.ops.linalg import plan_for
+from distconv.ops.matmul import plan_for
 from results import machine, write_section
 
 

@@ -16,7 +16,7 @@ from distconv.clusters import cluster
 from distconv.errors import DistconvError, EngineError, OutputError
 from distconv.io import info, open, save
 from distconv.ops.convolve import convolve, correlate
-from distconv.ops.linalg import matmul, multiply
+from distconv.ops.matmul import matmul, multiply
 from distconv.ops.map_chunks import ChunkError, map_chunks
 from distconv.weights import load_weights
 

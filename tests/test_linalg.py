@@ -16,8 +16,8 @@ import zarr
 
 import distconv as dc
 from distconv import kernels
-from distconv.ops import linalg
-from distconv.ops.linalg import Resources, plan_for, plan_matmul
+from distconv.ops import matmul as linalg
+from distconv.ops.matmul import Resources, plan_for, plan_matmul
 from conftest import engines_under_test
 
 
@@ -201,7 +201,7 @@ def test_plan_budget_parses_sizes():
 
 _BLAS_LIMIT_CHECK = """
 from threadpoolctl import threadpool_info
-from distconv.ops.linalg import limit_blas_threads
+from distconv.ops.matmul import limit_blas_threads
 
 def blas():
     return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
