@@ -1,4 +1,4 @@
-"""Choices made before a correlation's graph exists: argument normalisation, halo depth, method, dtypes.
+"""A correlation planned before its graph exists: argument normalisation, halo, method, dtypes.
 
 Everything here is pure and cheap; :mod:`distconv.ops.convolve` turns a :class:`CorrelationPlan`
 into a Dask graph.
