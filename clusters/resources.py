@@ -1,9 +1,8 @@
-"""What a cluster offers: the one place that asks a Dask client (or NVML) for workers, threads,
-memory limits, hosts and GPUs.
+"""What a cluster offers: the one place that asks a Dask client, or NVML, for workers and GPUs.
 
-Importing this module imports no ``distributed``; :func:`current_client` does, when called. GPUs
-are counted with NVML, never through the CUDA runtime, so the client process creates no CUDA
-context.
+Threads, memory limits, hosts and GPUs per worker, and the per-task resources the matmul planner
+uses. Importing this module imports no ``distributed`` (:func:`current_client` does, when
+called); GPUs are counted with NVML, never through the CUDA runtime, so no CUDA context is made.
 """
 
 from __future__ import annotations

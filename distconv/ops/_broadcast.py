@@ -1,5 +1,4 @@
-"""NumPy's broadcasting and dtype rules for the element-wise and matrix products, with NumPy's own
-error messages."""
+"""NumPy's broadcasting and dtype rules for the products, raising NumPy's own error messages."""
 
 from __future__ import annotations
 

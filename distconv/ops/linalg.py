@@ -1,5 +1,4 @@
-"""The former home of :func:`matmul` and :func:`multiply`, kept so ``distconv.ops.linalg`` imports
-still work; they live in :mod:`distconv.ops.matmul` and :mod:`distconv.ops.multiply`."""
+"""Re-exports :func:`matmul` and :func:`multiply` from their modules, for older imports."""
 
 from distconv.ops.matmul import matmul
 from distconv.ops.multiply import multiply

@@ -1,15 +1,11 @@
-"""The matrix product of chunked arrays as a Dask graph, built from a planned :class:`MatmulPlan`.
+"""The matrix product of chunked arrays as a Dask graph, built from a :class:`MatmulPlan`.
 
-``matmul`` follows :func:`numpy.matmul` (1-D operands, stacks of matrices with broadcast batch
-axes, NumPy's dtype promotion); each block product is computed by an engine from
-:mod:`distconv.kernels`, and partial products (when the plan splits k) are summed in a tree on
-the chunk type the engine returned (on the device for GPU engines).
-
-When both operands are Zarr arrays opened by :func:`distconv.open`, every matmul task reads its
-own A and B panels from the stores: a worker's memory then stays at its running tasks' panels
-however large the arrays are, and no panel is copied between workers; a CPU task may stream k in
-steps (reading the next step while the engine multiplies, adding in place). Other operands
-(NumPy, lazy Dask results) are rechunked into the planned panels and shared through Dask.
+:func:`numpy.matmul` semantics; each block product runs in an engine from
+:mod:`distconv.kernels`, and partial products (when the plan splits k) are tree-summed on the
+chunk type the engine returned (on the device for GPU engines). When both operands were opened
+from Zarr by :func:`distconv.open`, every task reads its own A and B panels from the stores (a
+CPU task may stream k in steps), so no panel is held between tasks or copied between workers;
+other operands are rechunked into the planned panels and shared through Dask.
 """
 
 from __future__ import annotations
@@ -25,8 +21,8 @@ from dask.highlevelgraph import HighLevelGraph
 from distconv import kernels
 from distconv.backend import array_module, is_gpu_array, to_numpy
 from distconv.config import get_default
-from distconv.io import (InputReadError, as_dask_array, open_zarr_array, remember_provenance, remember_source,
-                         source_of)
+from distconv.io import (InputReadError, as_dask_array, open_zarr_array, remember_provenance,
+                         remember_source, source_of)
 from distconv.ops._blas import limit_blas_threads
 from distconv.plan.matmul import MATMUL_OP, MatmulPlan, plan_matmul
 

@@ -1,5 +1,4 @@
-"""The block-size search behind :func:`distconv.plan.matmul.plan_matmul`: candidate blocks scored
-by a small cost model.
+"""The block-size search behind :func:`~distconv.plan.matmul.plan_matmul` and its cost model.
 
 Private to :mod:`distconv.plan`; :mod:`.matmul` re-exports the cost-model constants.
 """

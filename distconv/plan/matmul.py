@@ -1,16 +1,11 @@
-"""The matrix product planned before its graph exists: block sizes, k panels, tree fan-in,
-threads and dtype, from a per-task memory budget.
+"""The matrix product's plan: block sizes, k panels, tree fan-in and threads under a memory budget.
 
-The planner picks the k panel first -- the whole contraction axis when it fits, so each output
-block is one engine call and no partial sums exist -- then the n, m (and batch) block sizes that
-a small cost model (:mod:`._block_search`) says finish soonest on the cluster's threads. When
-the k panel cannot hold the whole axis, partial products are summed in a tree whose fan-in also
-fits the budget. When both operands are read from Zarr inside the tasks, the planner counts the
-whole chunks each task decodes (re-reads included) and keeps blocks large; a CPU task whose
-block's whole k range does not fit streams k in steps instead. Pure and cheap: what the cluster
-offers is asked (:func:`distconv.clusters.resources.detect_resources`) only when
-:func:`plan_matmul` is called without ``resources``; :mod:`distconv.ops.matmul` turns a
-:class:`MatmulPlan` into a Dask graph.
+The k panel comes first -- the whole contraction axis when it fits, so each output block is one
+engine call and no partial sums exist -- then the n, m (and batch) block sizes that the cost
+model of :mod:`._block_search` says finish soonest; a k axis that does not fit is split into
+panels summed in a tree, or (CPU tasks reading their own panels from Zarr) streamed in steps
+inside the task. Pure: the cluster is asked (:mod:`distconv.clusters.resources`) only when
+:func:`plan_matmul` gets no ``resources``; :mod:`distconv.ops.matmul` builds the graph.
 """
 
 from __future__ import annotations
