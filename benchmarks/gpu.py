@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from distconv import bench, kernels
-from distconv.bench.common import gpu_count
+from distconv.clusters.resources import gpu_count
 from results import machine, write_section
 
 

@@ -35,7 +35,8 @@ from distconv.bench.common import PeakMemory, flush_writes, fresh, make_input, t
 from distconv.bench.linalg import (floor_text, io_floor, io_floor_percent,
                                    matmul_contenders, multiply_contenders, profile,
                                    profile_text, task_gemm_rate, verdict_text)
-from distconv.ops.linalg import plan_for
+from distconv.clusters.resources import worker_infos
+from distconv.ops.matmul import plan_for
 from results import machine, write_section
 
 
@@ -58,7 +59,7 @@ def main(argv=None) -> None:
         a_path, b_path = tmp / "a.zarr", tmp / "b.zarr"
         make_input(a_path, n, args.chunk, seed=1)
         make_input(b_path, n, args.chunk, seed=2)
-        n_workers = len(client.scheduler_info()["workers"])
+        n_workers = len(worker_infos(client))
         cluster_text = "LocalCluster " + describe_cluster(client)
         # The in-memory operands, dropped once the error check is done (the 16384² run needs room).
         memory = {"a": zarr.open_array(str(a_path))[:], "b": zarr.open_array(str(b_path))[:]}

@@ -162,12 +162,25 @@ def describe(client) -> dict[str, Any]:
 
     GPU names come from the worker's NVML metrics when distributed reports them (no CUDA
     context is made for this), else from a ``GPU`` resource.
+
+    Parameters
+    ----------
+    client : distributed.Client
+
+    Returns
+    -------
+    dict
+        ``scheduler``, ``dashboard``, ``workers`` (one dict each: address, name, threads,
+        memory_limit, resources, gpu, gpu_memory) and the totals ``total_threads``,
+        ``total_memory`` and ``gpus``.
     """
-    info = client.scheduler_info(n_workers=-1)
+    from distconv.clusters.resources import scheduler_info, worker_gpu
+
+    info = scheduler_info(client)
     workers = []
     for address, worker in sorted(info["workers"].items()):
-        gpu = worker.get("gpu") or (worker.get("metrics") or {}).get("gpu")
-        gpu_name = gpu.get("name") if isinstance(gpu, dict) else None
+        gpu = worker_gpu(worker)
+        gpu_name = gpu.get("name") if gpu is not None else None
         resources = dict(worker.get("resources") or {})
         workers.append({
             "address": address,
@@ -176,7 +189,7 @@ def describe(client) -> dict[str, Any]:
             "memory_limit": int(worker.get("memory_limit") or 0),
             "resources": resources,
             "gpu": gpu_name or ("GPU resource" if resources.get("GPU") else None),
-            "gpu_memory": int(gpu.get("memory-total", 0)) if isinstance(gpu, dict) else None,
+            "gpu_memory": int(gpu.get("memory-total", 0)) if gpu is not None else None,
         })
     return {
         "scheduler": info.get("address"),

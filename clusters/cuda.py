@@ -1,50 +1,21 @@
 """``cuda``: one Dask worker per visible GPU on this machine, through dask-cuda.
 
 dask-cuda's ``LocalCUDACluster`` gives each worker process its own ``CUDA_VISIBLE_DEVICES``
-(its GPU first), so every worker computes on a different device. GPUs are counted with NVML or
-from ``CUDA_VISIBLE_DEVICES``, never through the CUDA runtime, so the client process creates no
-CUDA context (nothing here imports CuPy, Numba's CUDA target or TensorFlow).
+(its GPU first), so every worker computes on a different device. GPUs are counted by
+:func:`distconv.clusters.resources.gpu_count` (NVML or ``CUDA_VISIBLE_DEVICES``, never the CUDA
+runtime), so the client process creates no CUDA context (nothing here imports CuPy, Numba's CUDA
+target or TensorFlow).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 
 from distconv.clusters.local import chunk_job_settings
+from distconv.clusters.resources import gpu_count
 from distconv.errors import DistconvError
 
 INSTALL_HINT = "pip install 'distconv[cuda]'"
-
-
-def gpu_count() -> int:
-    """GPUs the workers may use: ``CUDA_VISIBLE_DEVICES`` if set, else NVML's device count.
-
-    Raises
-    ------
-    DistconvError
-        When dask-cuda is missing or no GPU is visible.
-    """
-    if importlib.util.find_spec("dask_cuda") is None:
-        raise DistconvError(f"the cuda cluster needs dask-cuda ({INSTALL_HINT})")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        devices = [d for d in visible.split(",") if d.strip() and d.strip() != "-1"]
-        if not devices:
-            raise DistconvError("the cuda cluster found no GPU: CUDA_VISIBLE_DEVICES="
-                                f"{visible!r} hides them all")
-        return len(devices)
-    from dask_cuda.utils import get_n_gpus
-
-    try:
-        count = int(get_n_gpus())  # NVML: no CUDA context
-    except Exception as exc:  # pynvml raises NVMLError_* when there is no driver or device
-        raise DistconvError(f"the cuda cluster found no usable GPU ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else 'no NVIDIA driver'})") \
-            from None
-    if count < 1:
-        raise DistconvError("the cuda cluster found no GPU (NVML reports none)")
-    return count
 
 
 def cuda_cluster(workers: int | None = None, threads_per_worker: int | None = None,
@@ -68,8 +39,19 @@ def cuda_cluster(workers: int | None = None, threads_per_worker: int | None = No
     dask_cuda.LocalCUDACluster
         Every worker declares ``resources={"GPU": 1}``, so GPU-engine tasks routed by resource
         find it, exactly as on a mixed remote cluster.
+
+    Raises
+    ------
+    DistconvError
+        dask-cuda is missing, no GPU is visible, ``workers`` exceeds the GPUs, or RMM is missing
+        for ``rmm_pool_size``.
     """
-    count = gpu_count()
+    if importlib.util.find_spec("dask_cuda") is None:
+        raise DistconvError(f"the cuda cluster needs dask-cuda ({INSTALL_HINT})")
+    try:
+        count = gpu_count(required=True)  # NVML or CUDA_VISIBLE_DEVICES: no CUDA context
+    except DistconvError as exc:
+        raise DistconvError(f"the cuda cluster {exc}") from None
     if workers is not None and workers > count:
         raise DistconvError(f"--workers {workers} but only {count} GPU(s) are visible; the cuda "
                             "cluster runs one worker per GPU")

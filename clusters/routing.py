@@ -34,9 +34,19 @@ def gpu_engines(x) -> list[str]:
 
 
 def gpu_workers(client) -> list[str]:
-    """Addresses of the workers that declare a ``GPU`` resource."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    return [address for address, info in workers.items()
+    """Addresses of the workers that declare a ``GPU`` resource.
+
+    Parameters
+    ----------
+    client : distributed.Client
+
+    Returns
+    -------
+    list of str
+    """
+    from distconv.clusters.resources import worker_infos
+
+    return [address for address, info in worker_infos(client).items()
             if float((info.get("resources") or {}).get(GPU_RESOURCE, 0)) > 0]
 
 

@@ -16,8 +16,9 @@ from distconv.clusters import cluster
 from distconv.errors import ChunkError, DistconvError, EngineError, OutputError
 from distconv.io import info, open, save
 from distconv.ops.convolve import convolve, correlate
-from distconv.ops.linalg import matmul, multiply
 from distconv.ops.map_chunks import map_chunks
+from distconv.ops.matmul import matmul
+from distconv.ops.multiply import multiply
 from distconv.weights import load_weights
 
 __all__ = [

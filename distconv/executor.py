@@ -14,17 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.progress import TimeRemainingColumn
 
+from distconv.clusters.resources import current_client
 from distconv.config import get_default
-
-
-def current_client():
-    """The active ``distributed.Client``, or None when work runs on local threads."""
-    try:
-        from distributed import get_client
-
-        return get_client()
-    except (ImportError, ValueError):
-        return None
 
 
 def compute_blocks(blocks: da.Array, *, description: str = "computing",

@@ -200,7 +200,7 @@ def test_cuda_cluster_one_worker_per_gpu_no_context_in_client(tmp_path):
 
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["cuda_modules"] == []
-    from distconv.clusters.cuda import gpu_count
+    from distconv.clusters.resources import gpu_count
 
     workers = result["info"]["workers"]
     assert len(workers) == gpu_count()  # CUDA_VISIBLE_DEVICES if set, else every device

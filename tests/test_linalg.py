@@ -16,8 +16,8 @@ import zarr
 
 import distconv as dc
 from distconv import kernels
-from distconv.ops import linalg
-from distconv.ops.linalg import Resources, plan_for, plan_matmul
+from distconv.ops.matmul import matmul_with_plan, plan_for
+from distconv.plan.matmul import MAX_FAN_IN, SAFETY_FRACTION, Resources, plan_matmul
 from conftest import engines_under_test
 
 
@@ -158,7 +158,7 @@ def test_plan_splits_k_only_when_the_budget_requires():
                        memory_budget=budget, resources=TWO_THREADS)
     assert plan.k_panels > 1
     assert plan.peak_task_bytes <= budget and plan.fits_budget
-    assert 2 <= plan.fan_in <= linalg.MAX_FAN_IN
+    assert 2 <= plan.fan_in <= MAX_FAN_IN
     roomy = plan_matmul((4096, 2**20), (2**20, 4096), np.float32, np.float32,
                         memory_budget=64 * budget, resources=TWO_THREADS)
     assert roomy.k_panels < plan.k_panels
@@ -201,7 +201,7 @@ def test_plan_budget_parses_sizes():
 
 _BLAS_LIMIT_CHECK = """
 from threadpoolctl import threadpool_info
-from distconv.ops.linalg import limit_blas_threads
+from distconv.ops._blas import limit_blas_threads
 
 def blas():
     return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
@@ -303,7 +303,7 @@ def test_streamed_k_equals_numpy(rng, tmp_path, engine, a_shape, b_shape, dtype)
     plan = dataclasses.replace(plan_for(x, y, engine=engine), stream_k=150)
     assert plan.k_panels == 1 and plan.stream_steps == 5
     assert "5 steps of 150" in plan.describe()
-    got = linalg.matmul_with_plan(x, y, plan).compute(scheduler="sync")
+    got = matmul_with_plan(x, y, plan).compute(scheduler="sync")
     expected = np.matmul(a, b)
     if expected.dtype.kind == "f":
         expected = np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(dtype)
@@ -385,7 +385,7 @@ def test_matmul_plans_from_the_workers_memory(rng):
         x, y = da.from_array(a, chunks=60), da.from_array(b, chunks=40)
         plan = plan_for(x, y)
         assert plan.resources.parallel_tasks == 2
-        assert plan.resources.memory_budget == int(2**30 * linalg.SAFETY_FRACTION)
+        assert plan.resources.memory_budget == int(2**30 * SAFETY_FRACTION)
         assert "worker" in plan.resources.budget_source
         got = dc.matmul(x, y).compute()
     assert_matches(got, np.matmul(a, b), 150)

@@ -77,7 +77,9 @@ def cluster_text(client) -> str:
     """``LocalCluster 2 workers × 1 thread(s)`` (or the threaded scheduler)."""
     if client is None:
         return f"threaded scheduler, {os.cpu_count()} threads"
-    workers = client.scheduler_info()["workers"]
+    from distconv.clusters.resources import worker_infos
+
+    workers = worker_infos(client)
     threads = sorted({w["nthreads"] for w in workers.values()})
     return f"{len(workers)} worker(s) × {'/'.join(map(str, threads))} thread(s)"
 

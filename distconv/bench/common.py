@@ -22,6 +22,8 @@ from typing import Callable
 
 import numpy as np
 
+from distconv.clusters.resources import gpu_count
+
 
 def make_input(path: str | os.PathLike, size: int | tuple[int, ...], chunk: int,
                seed: int, dtype="float32") -> None:
@@ -179,16 +181,6 @@ def machine_text(info: dict[str, object]) -> str:
     return (f"{info['cores']} cores ({info['cpu']}), {info['memory_gib']:.0f} GiB, {info['os']}, "
             f"Python {info['python']}, {versions}; GPU: {gpus or 'none'}; "
             f"load {info['load_average'][0]:.1f}; {info['date']}")
-
-
-def gpu_count() -> int:
-    """CUDA devices visible through CuPy (0 without CuPy, a driver or a device)."""
-    try:
-        import cupy
-
-        return int(cupy.cuda.runtime.getDeviceCount())
-    except Exception:  # no cupy, no driver, no device: all mean "no GPU rows"
-        return 0
 
 
 def _installed_version(module: str) -> str | None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from distconv.bench.common import Contender, fresh, make_input, run_alternating
 from distconv.bench.report import Result, Row
+from distconv.clusters.resources import worker_infos
 
 
 def kernel_for(size: int, ndim: int = 2) -> np.ndarray:
@@ -100,8 +101,7 @@ def bench_convolve(size: int = 8192, kernel_sizes: Sequence[int] = (3, 9, 31, 12
     source = workdir / "input.zarr"
     shape = (size, size)
     make_input(source, shape, chunk, seed=0)
-    workers = len(client.scheduler_info()["workers"]) if client is not None else \
-        (os.cpu_count() or 1)
+    workers = len(worker_infos(client)) if client is not None else (os.cpu_count() or 1)
     pixels = float(size * size)
     in_memory = {}
     warmed: set[str] = set()  # contenders warm up once, at the first kernel they run

@@ -21,6 +21,7 @@ import numpy as np
 
 from distconv.bench.common import Contender, fresh, make_input, run_alternating, timed
 from distconv.bench.report import Result, Row
+from distconv.clusters.resources import worker_infos
 
 
 def make_operands(workdir: Path, size: int, chunk: int) -> tuple[Path, Path]:
@@ -114,8 +115,7 @@ def bench_linalg(operation: str, size: int = 8192, engines: Sequence[str] = ("sc
 
     workdir = Path(workdir)
     a_path, b_path = make_operands(workdir, size, chunk)
-    workers = len(client.scheduler_info()["workers"]) if client is not None else \
-        (os.cpu_count() or 1)
+    workers = len(worker_infos(client)) if client is not None else (os.cpu_count() or 1)
     memory: dict = {}
     build = matmul_contenders if operation == "matmul" else multiply_contenders
     contenders = build(a_path, b_path, workdir, engines, memory, references)

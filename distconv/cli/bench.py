@@ -24,7 +24,7 @@ def check_engines(benchmark: str, text: str | None) -> list[str]:
 
     Without ``--engines``, every installed engine that can (GPU engines only with a device).
     """
-    from distconv.bench.common import gpu_count
+    from distconv.clusters.resources import gpu_count
 
     if text is None:
         found = [e for e in _DEFAULT_ENGINES[benchmark].split(",") if kernels.is_installed(e)]

@@ -60,7 +60,8 @@ def _matmul_job(a, b, output, engine, overwrite, resume, cluster_spec, workers,
                 threads_per_worker, quiet, memory_budget, dry_run) -> None:
     import distconv as dc
     from distconv.io import check_output_path
-    from distconv.ops.linalg import matmul_result_shape, plan_for
+    from distconv.ops.matmul import plan_for
+    from distconv.plan.matmul import matmul_result_shape
 
     x, y = dc.open(a), dc.open(b)
     matmul_result_shape(x.shape, y.shape)  # NumPy's error before any cluster starts

@@ -23,7 +23,10 @@ from dask.highlevelgraph import HighLevelGraph
 
 from distconv.backend import array_module
 from distconv.errors import DistconvError
-from distconv.plan import MODES, merge_small_chunks, normalize_mode
+from distconv.plan.correlation import MODES, normalize_mode
+
+__all__ = ["exchange_halos", "merge_small_chunks", "normalize_boundary", "normalize_depth",
+           "pad_in_place"]
 
 
 def exchange_halos(x: da.Array, depth: Sequence[int], pad_mode: str | None, cval: float = 0.0,
@@ -89,6 +92,41 @@ def exchange_halos(x: da.Array, depth: Sequence[int], pad_mode: str | None, cval
     hlg = HighLevelGraph.from_collections(name, graph, dependencies=[x])
     meta = array_module(x._meta).empty((0,) * x.ndim, dtype=dtype)
     return x, da.Array(hlg, name, grid.out_chunks(), meta=meta)
+
+
+def merge_small_chunks(chunks: Sequence[int], depth: int) -> tuple[int, ...]:
+    """Merge neighbouring chunks along one axis until every chunk holds at least ``depth``.
+
+    A halo is taken from the neighbouring chunk, so no chunk may be thinner than the halo.
+
+    Parameters
+    ----------
+    chunks : sequence of int
+        Chunk sizes along the axis.
+    depth : int
+        Halo width on that axis.
+
+    Returns
+    -------
+    tuple of int
+        The merged chunk sizes (the same total); unchanged when none is thinner than ``depth``.
+    """
+    chunks = tuple(int(c) for c in chunks)
+    if depth == 0 or min(chunks) >= depth or len(chunks) == 1:
+        return chunks
+    merged: list[int] = []
+    current = 0
+    for size in chunks:
+        current += size
+        if current >= depth:
+            merged.append(current)
+            current = 0
+    if current:
+        if merged:
+            merged[-1] += current
+        else:
+            merged.append(current)
+    return tuple(merged)
 
 
 def normalize_depth(depth, ndim: int) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""Choices made before the graph exists: argument normalisation, halo depth, method, dtypes.
+"""A correlation planned before its graph exists: argument normalisation, halo, method, dtypes.
 
 Everything here is pure and cheap; :mod:`distconv.ops.convolve` turns a :class:`CorrelationPlan`
 into a Dask graph.
@@ -14,6 +14,27 @@ import numpy as np
 
 from distconv import kernels
 from distconv.errors import DistconvError, EngineError
+
+__all__ = [
+    "CANONICAL_MODE",
+    "METHODS",
+    "METHOD_OPS",
+    "MODES",
+    "SEPARABLE_RTOL",
+    "CorrelationPlan",
+    "check_output_dtype",
+    "check_weights",
+    "check_weights_fit",
+    "compute_dtype_for",
+    "method_costs",
+    "normalize_axes",
+    "normalize_method",
+    "normalize_mode",
+    "normalize_origins",
+    "output_dtype_for",
+    "plan_correlation",
+    "rank_one_factors",
+]
 
 # scipy.ndimage mode → numpy.pad mode. For filters the grid-* names mean the same as their plain
 # counterparts (they differ only for interpolation).
@@ -87,20 +108,67 @@ class CorrelationPlan:
 
 
 def normalize_mode(mode: str) -> str:
-    """Validate a scipy.ndimage boundary mode and return its canonical name."""
+    """Validate a scipy.ndimage boundary mode and return its canonical name.
+
+    Parameters
+    ----------
+    mode : str
+        One of :data:`MODES`.
+
+    Returns
+    -------
+    str
+        The plain name for a ``grid-*`` alias, else ``mode``.
+
+    Raises
+    ------
+    DistconvError
+        An unknown mode.
+    """
     if mode not in MODES:
         raise DistconvError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
     return CANONICAL_MODE.get(mode, mode)
 
 
 def normalize_method(method: str) -> str:
+    """Validate a correlation method.
+
+    Parameters
+    ----------
+    method : str
+        One of :data:`METHODS`.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    DistconvError
+        An unknown method.
+    """
     if method not in METHODS:
         raise DistconvError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     return method
 
 
 def compute_dtype_for(dtype: np.dtype) -> np.dtype:
-    """float64 stays float64 (and 64-bit integers need it); everything else computes in float32."""
+    """float64 stays float64 (and 64-bit integers need it); everything else computes in float32.
+
+    Parameters
+    ----------
+    dtype : dtype
+        The input's dtype.
+
+    Returns
+    -------
+    numpy.dtype
+
+    Raises
+    ------
+    DistconvError
+        Complex or non-numeric input.
+    """
     dtype = np.dtype(dtype)
     if dtype.kind == "c":
         raise DistconvError(f"complex input ({dtype}) is not supported; filter the real and "
@@ -113,7 +181,21 @@ def compute_dtype_for(dtype: np.dtype) -> np.dtype:
 
 
 def check_weights(weights) -> np.ndarray:
-    """Return weights as a float64 array, refusing what cannot be a filter kernel."""
+    """Return weights as a float64 array, refusing what cannot be a filter kernel.
+
+    Parameters
+    ----------
+    weights : array_like
+
+    Returns
+    -------
+    numpy.ndarray
+
+    Raises
+    ------
+    DistconvError
+        Non-real, empty, 0-d or non-finite weights.
+    """
     array = np.asarray(weights)
     if array.dtype.kind not in "biuf":
         raise DistconvError(f"weights must be real numbers, got dtype {array.dtype}")
@@ -128,7 +210,24 @@ def check_weights(weights) -> np.ndarray:
 
 
 def normalize_axes(axes, weights_ndim: int, input_ndim: int) -> tuple[int, ...]:
-    """The input axes that the weights' axes filter, in the weights' order."""
+    """The input axes that the weights' axes filter, in the weights' order.
+
+    Parameters
+    ----------
+    axes : int, sequence of int or None
+        None: every input axis (the weights must have the input's ``ndim``).
+    weights_ndim, input_ndim : int
+
+    Returns
+    -------
+    tuple of int
+        Non-negative axes.
+
+    Raises
+    ------
+    DistconvError
+        Out-of-range or repeated axes, or a count that does not match the weights.
+    """
     if axes is None:
         if weights_ndim != input_ndim:
             raise DistconvError(
@@ -154,7 +253,24 @@ def normalize_axes(axes, weights_ndim: int, input_ndim: int) -> tuple[int, ...]:
 
 
 def normalize_origins(origin, shape: Sequence[int]) -> tuple[int, ...]:
-    """Origins per weights axis, checked against scipy.ndimage's allowed range."""
+    """Origins per weights axis, checked against scipy.ndimage's allowed range.
+
+    Parameters
+    ----------
+    origin : int or sequence of int
+        One origin for every axis, or one per weights axis.
+    shape : sequence of int
+        The weights' shape.
+
+    Returns
+    -------
+    tuple of int
+
+    Raises
+    ------
+    DistconvError
+        A non-integer or out-of-range origin, or a count that does not match the weights.
+    """
     if np.ndim(origin) == 0:
         origins = [origin] * len(shape)
     else:
@@ -178,6 +294,22 @@ def normalize_origins(origin, shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def output_dtype_for(dtype, compute_dtype: np.dtype) -> np.dtype:
+    """The output dtype: ``dtype`` when given, else the compute dtype.
+
+    Parameters
+    ----------
+    dtype : dtype or None
+    compute_dtype : numpy.dtype
+
+    Returns
+    -------
+    numpy.dtype
+
+    Raises
+    ------
+    DistconvError
+        An unknown or non-numeric (integer or float) dtype.
+    """
     if dtype is None:
         return compute_dtype
     try:
@@ -194,6 +326,15 @@ def rank_one_factors(weights: np.ndarray) -> tuple[np.ndarray | None, ...] | Non
 
     Each mode unfolding of a rank-1 tensor has rank 1; its leading singular vector is the factor.
     The factors are accepted only if their outer product reproduces the weights.
+
+    Parameters
+    ----------
+    weights : numpy.ndarray
+
+    Returns
+    -------
+    tuple or None
+        One 1-D factor per axis (None on size-1 axes), or None when the weights are not rank 1.
     """
     filtered = [a for a, size in enumerate(weights.shape) if size > 1]
     if not filtered:
@@ -226,6 +367,20 @@ def method_costs(weights: np.ndarray, out_shape: Sequence[int],
     ``engines`` maps each candidate method to the engine that would run it; each engine's
     ``cost[method]`` (measured on this machine, see kernels/registry.py) is seconds per unit
     of work or a ``(seconds per output pixel, seconds per unit of work)`` pair.
+
+    Parameters
+    ----------
+    weights : numpy.ndarray
+        The plan's weights (the input's ``ndim``, size 1 on axes not filtered).
+    out_shape : sequence of int
+        The output block's shape.
+    engines : dict
+        Method → engine name.
+
+    Returns
+    -------
+    dict
+        Method → estimated seconds.
     """
     pixels = float(np.prod(out_shape))
     filtered = [a for a, size in enumerate(weights.shape) if size > 1]
@@ -262,7 +417,37 @@ def plan_correlation(
     convolution: bool = False,
     gpu_chunks: bool = False,
 ) -> CorrelationPlan:
-    """Validate scipy.ndimage-style arguments and resolve them into a :class:`CorrelationPlan`."""
+    """Validate scipy.ndimage-style arguments and resolve them into a :class:`CorrelationPlan`.
+
+    Parameters
+    ----------
+    input_shape : sequence of int
+    input_dtype : dtype
+    weights : array_like
+        The filter kernel.
+    mode, cval, origin, axes
+        As for :func:`scipy.ndimage.correlate`.
+    method : {"auto", "direct", "fft", "separable"}
+    engine : str
+        An engine name or "auto".
+    dtype : dtype, optional
+        Output dtype (default: the compute dtype).
+    convolution : bool
+        Plan :func:`scipy.ndimage.convolve` instead (weights flipped, origins shifted).
+    gpu_chunks : bool
+        The chunks are CuPy arrays ("auto" then picks a GPU engine).
+
+    Returns
+    -------
+    CorrelationPlan
+
+    Raises
+    ------
+    DistconvError
+        Invalid arguments.
+    EngineError
+        No installed engine can run the plan.
+    """
     ndim = len(input_shape)
     mode = normalize_mode(mode)
     method = normalize_method(method)
@@ -328,33 +513,6 @@ def plan_correlation(
         engines=engines,
         factors=factors,
     )
-
-
-def merge_small_chunks(chunks: Sequence[int], depth: int) -> tuple[int, ...]:
-    """Merge neighbouring chunks along one axis until every chunk holds at least ``depth``.
-
-    A halo is taken from the neighbouring chunk, so no chunk may be thinner than the halo.
-    """
-    chunks = tuple(int(c) for c in chunks)
-    if depth == 0 or min(chunks) >= depth or len(chunks) == 1:
-        return chunks
-    merged: list[int] = []
-    current = 0
-    for size in chunks:
-        current += size
-        if current >= depth:
-            merged.append(current)
-            current = 0
-    if current:
-        if merged:
-            merged[-1] += current
-        else:
-            merged.append(current)
-    return tuple(merged)
-
-
-# Checks the ``distconv`` command makes before any work starts, as named rules of the planner:
-# plan_correlation applies check_output_dtype, so the command and the API cannot disagree.
 
 
 def check_output_dtype(dtype) -> np.dtype | None:

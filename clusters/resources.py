@@ -1,0 +1,234 @@
+"""What a cluster offers: the one place that asks a Dask client, or NVML, for workers and GPUs.
+
+Threads, memory limits, hosts and GPUs per worker, and the per-task resources the matmul planner
+uses. Importing this module imports no ``distributed`` (:func:`current_client` does, when
+called); GPUs are counted with NVML, never through the CUDA runtime, so no CUDA context is made.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dask.system
+from dask.utils import format_bytes, parse_bytes
+
+from distconv.errors import DistconvError
+from distconv.plan.matmul import SAFETY_FRACTION, Resources
+
+__all__ = [
+    "budget_bytes",
+    "current_client",
+    "detect_resources",
+    "gpu_count",
+    "scheduler_info",
+    "worker_gpu",
+    "worker_infos",
+]
+
+
+def current_client():
+    """The active ``distributed.Client``, if any.
+
+    Returns
+    -------
+    distributed.Client or None
+        None when work runs on local threads (or distributed is not installed).
+    """
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def scheduler_info(client) -> dict[str, Any]:
+    """The scheduler's description of the cluster, every worker included.
+
+    Parameters
+    ----------
+    client : distributed.Client
+
+    Returns
+    -------
+    dict
+        ``distributed.Client.scheduler_info`` with ``n_workers=-1``: the scheduler's
+        ``address`` and ``workers`` (address → ``nthreads``, ``memory_limit``, ``host``,
+        ``resources``, ``metrics``...).
+    """
+    return client.scheduler_info(n_workers=-1)
+
+
+def worker_infos(client) -> dict[str, dict[str, Any]]:
+    """Every worker of the client's cluster, by address.
+
+    Parameters
+    ----------
+    client : distributed.Client
+
+    Returns
+    -------
+    dict
+        Worker address → the scheduler's record of it (see :func:`scheduler_info`); empty while
+        the cluster has no worker.
+    """
+    return scheduler_info(client).get("workers", {})
+
+
+def worker_gpu(info: dict[str, Any]) -> dict[str, Any] | None:
+    """The GPU a worker reports through distributed's NVML metrics (no CUDA context is made).
+
+    Parameters
+    ----------
+    info : dict
+        One worker's record from :func:`worker_infos`.
+
+    Returns
+    -------
+    dict or None
+        NVML's facts (``name``, ``memory-total``...), or None when the worker reports no GPU.
+    """
+    gpu = info.get("gpu") or (info.get("metrics") or {}).get("gpu")
+    return gpu if isinstance(gpu, dict) else None
+
+
+def gpu_count(*, required: bool = False) -> int:
+    """GPUs that workers started on this machine may use: ``CUDA_VISIBLE_DEVICES`` if set, else
+    NVML's device count. Never through the CUDA runtime: no CUDA context is created.
+
+    Parameters
+    ----------
+    required : bool
+        Raise, saying why, when no GPU is usable, instead of returning 0.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    DistconvError
+        With ``required``: ``CUDA_VISIBLE_DEVICES`` hides every device, NVML cannot be used (no
+        driver, no pynvml), or it reports no device. The message continues "found no ...".
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        devices = [d for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+        if not devices and required:
+            raise DistconvError(f"found no GPU: CUDA_VISIBLE_DEVICES={visible!r} hides them all")
+        return len(devices)
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        count = int(pynvml.nvmlDeviceGetCount())
+    except Exception as exc:  # no pynvml, or NVMLError_* without a driver or device
+        if not required:
+            return 0
+        reason = str(exc).splitlines()[0] if str(exc) else "no NVIDIA driver"
+        raise DistconvError(f"found no usable GPU ({type(exc).__name__}: {reason})") from None
+    if count < 1 and required:
+        raise DistconvError("found no GPU (NVML reports none)")
+    return max(0, count)
+
+
+def detect_resources(memory_budget: int | str | None = None) -> Resources:
+    """Threads, cores per task and per-task memory of the current client (or this machine).
+
+    Parameters
+    ----------
+    memory_budget : int or str, optional
+        Bytes one task may use ("2GiB" is accepted). Default: the smallest worker's
+        ``memory_limit`` per thread, else this machine's memory per thread, times
+        :data:`~distconv.plan.matmul.SAFETY_FRACTION`.
+
+    Returns
+    -------
+    Resources
+        What :func:`~distconv.plan.matmul.plan_matmul` plans for.
+
+    Raises
+    ------
+    DistconvError
+        A ``memory_budget`` that is not a positive size.
+    """
+    client = current_client()
+    if client is not None:
+        found = _client_resources(client)
+        if found is not None:
+            parallel, cores_per_task, worker_budget, source = found
+            if memory_budget is not None:
+                return Resources(parallel, cores_per_task, budget_bytes(memory_budget), "given")
+            return Resources(parallel, cores_per_task, worker_budget, source)
+    from distconv.clusters.local import machine_memory
+
+    threads = int(dask.system.CPU_COUNT)  # Dask's threaded scheduler runs this many tasks
+    if memory_budget is not None:
+        return Resources(threads, 1, budget_bytes(memory_budget), "given")
+    budget = int(machine_memory() / threads * SAFETY_FRACTION)
+    return Resources(threads, 1, budget,
+                     f"{SAFETY_FRACTION} x machine memory / {threads} threads; no Dask client")
+
+
+def _client_resources(client) -> tuple[int, int, int, str] | None:
+    """Threads, cores per thread, per-task budget and its source, from the client's workers
+    (None when it has none yet)."""
+    workers = worker_infos(client)
+    if not workers:
+        return None
+    parallel = sum(int(w["nthreads"]) for w in workers.values())
+    per_thread = [int(w["memory_limit"]) / max(1, int(w["nthreads"]))
+                  for w in workers.values() if w.get("memory_limit")]
+    if per_thread:
+        budget = int(min(per_thread) * SAFETY_FRACTION)
+        source = (f"{SAFETY_FRACTION} x smallest worker memory_limit per thread, "
+                  f"{format_bytes(int(min(per_thread)))}")
+    else:  # workers without a memory limit: fall back to this machine's memory
+        from distconv.clusters.local import machine_memory
+
+        budget = int(machine_memory() / parallel * SAFETY_FRACTION)
+        source = f"{SAFETY_FRACTION} x machine memory / {parallel} threads; workers set no limit"
+    return parallel, _cores_per_thread(client, workers), budget, source
+
+
+def _cores_per_thread(client, workers: dict) -> int:
+    """Cores each worker thread may use: a host's cores over the threads running on it."""
+    try:
+        cores = client.run(os.cpu_count)
+    except Exception:  # a worker that cannot answer: assume one core per thread
+        return 1
+    threads_on_host: dict[str, int] = {}
+    cores_on_host: dict[str, int] = {}
+    for address, info in workers.items():
+        host = info.get("host", address)
+        threads_on_host[host] = threads_on_host.get(host, 0) + int(info["nthreads"])
+        cores_on_host[host] = int(cores.get(address) or 1)
+    return max(1, min(cores_on_host[h] // threads_on_host[h] for h in threads_on_host))
+
+
+def budget_bytes(value: int | str) -> int:
+    """A per-task memory budget in bytes.
+
+    Parameters
+    ----------
+    value : int or str
+        Bytes, or a size such as ``"2GiB"``.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    DistconvError
+        Anything that is not a positive size.
+    """
+    try:
+        budget = parse_bytes(value) if isinstance(value, str) else int(value)
+    except (ValueError, TypeError):
+        raise DistconvError(f"memory budget must be bytes or a size like '2GiB', got {value!r}") \
+            from None
+    if budget <= 0:
+        raise DistconvError(f"memory budget must be positive, got {value!r}")
+    return budget
