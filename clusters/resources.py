@@ -8,15 +8,17 @@ called); GPUs are counted with NVML, never through the CUDA runtime, so no CUDA 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import dask.system
 from dask.utils import format_bytes, parse_bytes
 
 from distconv.errors import DistconvError
-from distconv.plan.matmul import SAFETY_FRACTION, Resources
 
 __all__ = [
+    "SAFETY_FRACTION",
+    "Resources",
     "budget_bytes",
     "current_client",
     "detect_resources",
@@ -25,6 +27,20 @@ __all__ = [
     "worker_gpu",
     "worker_infos",
 ]
+
+# Share of a worker's memory one task may plan for: the rest covers Dask's own buffers, Zarr
+# codec buffers, the output block waiting to be written and the engine's temporaries.
+SAFETY_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the planner knows about where the graph will run."""
+
+    parallel_tasks: int  # tasks that run at once (threads over all workers)
+    cores_per_task: int  # the cores one running task may use without oversubscribing
+    memory_budget: int  # bytes one task may use
+    budget_source: str  # how memory_budget was found, for describe()
 
 
 def current_client():

@@ -23,7 +23,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from distconv.backend import array_module
 from distconv.errors import DistconvError
-from distconv.plan.correlation import MODES, normalize_mode
+from distconv.plan.arguments import MODES, normalize_mode
 
 __all__ = ["exchange_halos", "merge_small_chunks", "normalize_boundary", "normalize_depth",
            "pad_in_place"]

@@ -5,21 +5,25 @@
 Nothing here starts or asks a cluster at import time.
 """
 
-from distconv.plan.correlation import (
+from distconv.plan.arguments import (
     CANONICAL_MODE,
-    METHOD_OPS,
     METHODS,
     MODES,
-    SEPARABLE_RTOL,
-    CorrelationPlan,
+    check_output_dtype,
     check_weights,
+    check_weights_fit,
     compute_dtype_for,
-    method_costs,
     normalize_axes,
     normalize_method,
     normalize_mode,
     normalize_origins,
     output_dtype_for,
+)
+from distconv.plan.correlation import (
+    METHOD_OPS,
+    SEPARABLE_RTOL,
+    CorrelationPlan,
+    method_costs,
     plan_correlation,
     rank_one_factors,
 )
@@ -41,7 +45,9 @@ __all__ = [
     "CorrelationPlan",
     "MatmulPlan",
     "Resources",
+    "check_output_dtype",
     "check_weights",
+    "check_weights_fit",
     "compute_dtype_for",
     "matmul_result_shape",
     "method_costs",

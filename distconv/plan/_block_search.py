@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from distconv.plan.matmul import Resources
+    from distconv.clusters.resources import Resources
 
 __all__ = [
     "BYTES_PER_SECOND",

@@ -18,6 +18,7 @@ import numpy as np
 from dask.utils import format_bytes
 
 from distconv import kernels
+from distconv.clusters.resources import SAFETY_FRACTION, Resources
 from distconv.config import get_default
 from distconv.plan.broadcast import raise_numpy_error
 from distconv.plan._block_search import (
@@ -52,22 +53,8 @@ __all__ = [
     "plan_matmul",
 ]
 
-# Share of a worker's memory one task may plan for: the rest covers Dask's own buffers, Zarr
-# codec buffers, the output block waiting to be written and the engine's temporaries.
-SAFETY_FRACTION = 0.5
-
 # The engine operation a matmul block runs (see :mod:`distconv.kernels`).
 MATMUL_OP = "matmul"
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What the planner knows about where the graph will run."""
-
-    parallel_tasks: int  # tasks that run at once (threads over all workers)
-    cores_per_task: int  # the cores one running task may use without oversubscribing
-    memory_budget: int  # bytes one task may use
-    budget_source: str  # how memory_budget was found, for describe()
 
 
 @dataclass(frozen=True)
