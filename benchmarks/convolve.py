@@ -4,7 +4,7 @@ The same benchmark as ``distconv bench convolve`` (distconv.bench.convolve), plu
 the targets (k = 3 ≤ 1.3× the copy floor; every k from 5 to 127 ≤ 2×) and the section
 "convolve" of benchmarks/RESULTS.md. JSON and the PNG chart go to --output-dir.
 
-    python benchmarks/convolve.py [--size 8192] [--chunk 2048] [--kernels 3,9,31,127]
+    python benchmarks/convolve.py [--size 8192] [--chunk 2048] [--kernel-sizes 3,9,31,127]
         [--engines scipy,numba,tensorflow] [--repeats 3]
 """
 
@@ -41,7 +41,7 @@ def main(argv=None) -> Result:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--chunk", type=int, default=2048)
-    parser.add_argument("--kernels", default="3,9,31,127")
+    parser.add_argument("--kernel-sizes", "--kernels", dest="kernels", default="3,9,31,127")
     parser.add_argument("--engines", default="scipy,numba,tensorflow")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-seconds", type=float, default=30.0,
@@ -57,7 +57,7 @@ def main(argv=None) -> Result:
                        repeats=args.repeats, max_seconds=args.max_seconds,
                        log=lambda line: print(line, file=sys.stderr, flush=True))
     command = (f"python benchmarks/convolve.py --size {args.size} --chunk {args.chunk} "
-               f"--kernels {args.kernels} --engines {args.engines} --repeats {args.repeats}")
+               f"--kernel-sizes {args.kernels} --engines {args.engines} --repeats {args.repeats}")
     result.setup["command"] = command
     result.notes += ["Targets (fastest distconv engine per kernel):", "", *verdict(result)]
     bench.write_outputs(result, args.output_dir)

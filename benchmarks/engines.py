@@ -11,7 +11,7 @@ kernels/registry.py. Results go to benchmarks/RESULTS.md (section "engines").
 into kernels/registry.py, on the scipy engine's scale (it replaces the per-engine
 ``_benchmark()`` fitters the engines used to carry).
 
-    python benchmarks/engines.py [--size 1024] [--kernels 3,9,31,127] [--repeats 3]
+    python benchmarks/engines.py [--size 1024] [--kernel-sizes 3,9,31,127] [--repeats 3]
     python benchmarks/engines.py --fit [--size 1024] [--engines numba,tensorflow]
 """
 
@@ -41,7 +41,7 @@ def gpu_present() -> bool:
 
 def engine_inputs(engine: str, block: np.ndarray, weights: np.ndarray, factors):
     """Move the inputs to the device for GPU engines (once, outside the timing)."""
-    if kernels.ENGINES[engine].device != "gpu":
+    if not kernels.is_gpu_engine(engine):
         return block, weights, factors
     import cupy
 
@@ -137,7 +137,7 @@ def fit(engines: list[str], size: int, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024, help="output block side")
-    parser.add_argument("--kernels", default="3,9,31,127")
+    parser.add_argument("--kernel-sizes", "--kernels", dest="kernels", default="3,9,31,127")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-seconds", type=float, default=8.0,
                         help="skip a cell whose cost-model estimate exceeds this")
@@ -186,7 +186,7 @@ def main() -> None:
         f"{args.size}² float32 output block (input padded by the kernel), rank-1 random "
         f"kernels, median of {args.repeats} after a warm-up. Machine: {machine()}. GPU: "
         f"{'yes' if gpu_present() else 'none here'}.",
-        f"Command: `python benchmarks/engines.py --size {args.size} --kernels {args.kernels}`.",
+        f"Command: `python benchmarks/engines.py --size {args.size} --kernel-sizes {args.kernels}`.",
         "",
         "| kernel | method | engine | Mpx/s | time | fastest for this cell |",
         "|---|---|---|---|---|---|",

@@ -5,7 +5,7 @@ engines installed here (cupy, numba-cuda) next to the CPU's scipy engine, one wo
 GPU. Without a device the section says so and nothing runs. Section "gpu" of
 benchmarks/RESULTS.md.
 
-    python benchmarks/gpu.py [--size 8192] [--kernels 3,9,31,127] [--repeats 3]
+    python benchmarks/gpu.py [--size 8192] [--kernel-sizes 3,9,31,127] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from results import machine, write_section
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=8192)
-    parser.add_argument("--kernels", default="3,9,31,127")
+    parser.add_argument("--kernel-sizes", "--kernels", dest="kernels", default="3,9,31,127")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv)
@@ -43,7 +43,7 @@ def main(argv=None) -> None:
     where = {"cluster": "cuda"} if importlib.util.find_spec("dask_cuda") else \
         {"cluster": "local", "workers": devices}
     sections = ["## GPU engines (benchmarks/gpu.py)", "",
-                f"Command: `python benchmarks/gpu.py --size {args.size} --kernels {args.kernels} "
+                f"Command: `python benchmarks/gpu.py --size {args.size} --kernel-sizes {args.kernels} "
                 f"--repeats {args.repeats}`; {devices} GPU(s), one worker process per GPU.", ""]
     convolve = bench.run("convolve", size=args.size, engines=["scipy", *engines],
                          kernels=[int(k) for k in args.kernels.split(",")],

@@ -15,7 +15,7 @@ A Zarr → Zarr convolve costs read + halo + engine + other + write; its ratio t
 is the best the distributed run can reach on fully busy cores. Section "profile" of
 benchmarks/RESULTS.md.
 
-    python benchmarks/profile_convolve.py [--size 8192] [--chunk 2048] [--kernels 3,9,31,127]
+    python benchmarks/profile_convolve.py [--size 8192] [--chunk 2048] [--kernel-sizes 3,9,31,127]
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--chunk", type=int, default=2048)
-    parser.add_argument("--kernels", default="3,9,31,127")
+    parser.add_argument("--kernel-sizes", "--kernels", dest="kernels", default="3,9,31,127")
     parser.add_argument("--engine", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
@@ -123,7 +123,7 @@ def main(argv=None) -> None:
         f"{args.repeats}); the split inside the convolve is cProfile's. 1-minute load {load:.1f}. "
         f"Machine: {machine()}.",
         f"Command: `python benchmarks/profile_convolve.py --size {args.size} --chunk "
-        f"{args.chunk} --kernels {args.kernels}`.", "",
+        f"{args.chunk} --kernel-sizes {args.kernels}`.", "",
         f"Zarr → Zarr copy: {copy_s:.2f} core-s = read + decode {read_s:.2f} + encode + write "
         f"{write_s:.2f}.", "",
         "| kernel | method/engine | read + decode | halo strips + blocks (with edge padding) "

@@ -26,33 +26,33 @@ from results import RESULTS, machine, write_section  # noqa: E402
 
 # section → arguments, full size (the targets are stated for these sizes).
 FULL = {
-    "engines": ["engines.py", "--size", "1024", "--kernels", "3,9,31,127", "--repeats", "2",
+    "engines": ["engines.py", "--size", "1024", "--kernel-sizes", "3,9,31,127", "--repeats", "2",
                 "--max-seconds", "4"],
-    "convolve": ["convolve.py", "--size", "8192", "--chunk", "2048", "--kernels", "3,9,31,127",
+    "convolve": ["convolve.py", "--size", "8192", "--chunk", "2048", "--kernel-sizes", "3,9,31,127",
                  "--engines", "scipy,numba,tensorflow", "--repeats", "3"],
     "profile": ["profile_convolve.py", "--size", "8192", "--chunk", "2048",
-                "--kernels", "3,9,31,127"],
+                "--kernel-sizes", "3,9,31,127"],
     "linalg": ["linalg.py", "--size", "8192", "--chunk", "1024", "--repeats", "3",
                "--peak-size", "16384"],
     # 9×9 (direct/numba, near the copy's speed) keeps the 32768² run to about a minute; the
     # memory a task needs does not depend on the image size for any kernel.
     "memory": ["memory.py", "--sizes", "8192,16384,32768", "--kernel", "9", "--chunk", "2048"],
-    "scaling": ["scaling.py", "--size", "8192", "--chunk", "2048", "--kernels", "3,31",
+    "scaling": ["scaling.py", "--size", "8192", "--chunk", "2048", "--kernel-sizes", "3,31",
                 "--repeats", "3"],
-    "gpu": ["gpu.py", "--size", "8192", "--kernels", "3,9,31,127", "--repeats", "3"],
+    "gpu": ["gpu.py", "--size", "8192", "--kernel-sizes", "3,9,31,127", "--repeats", "3"],
 }
 QUICK = {
-    "engines": ["engines.py", "--size", "256", "--kernels", "3,9,31", "--repeats", "2",
+    "engines": ["engines.py", "--size", "256", "--kernel-sizes", "3,9,31", "--repeats", "2",
                 "--max-seconds", "1"],
-    "convolve": ["convolve.py", "--size", "1024", "--chunk", "256", "--kernels", "3,9,31",
+    "convolve": ["convolve.py", "--size", "1024", "--chunk", "256", "--kernel-sizes", "3,9,31",
                  "--engines", "scipy,numba,tensorflow", "--repeats", "3"],
-    "profile": ["profile_convolve.py", "--size", "1024", "--chunk", "512", "--kernels", "3,31"],
+    "profile": ["profile_convolve.py", "--size", "1024", "--chunk", "512", "--kernel-sizes", "3,31"],
     "linalg": ["linalg.py", "--size", "1024", "--chunk", "256", "--repeats", "2",
                "--peak-size", "2048"],
     "memory": ["memory.py", "--sizes", "1024,2048,4096", "--kernel", "31", "--chunk", "512"],
-    "scaling": ["scaling.py", "--size", "2048", "--chunk", "512", "--kernels", "3,31",
+    "scaling": ["scaling.py", "--size", "2048", "--chunk", "512", "--kernel-sizes", "3,31",
                 "--repeats", "2"],
-    "gpu": ["gpu.py", "--size", "1024", "--kernels", "3,31", "--repeats", "2"],
+    "gpu": ["gpu.py", "--size", "1024", "--kernel-sizes", "3,31", "--repeats", "2"],
 }
 
 

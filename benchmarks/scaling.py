@@ -5,7 +5,7 @@ between them on the same seeded input, each repeat reversing the order; medians 
 The Zarr → Zarr copy is timed the same way, as the I/O part's own scaling. Section "scaling" of
 benchmarks/RESULTS.md.
 
-    python benchmarks/scaling.py [--size 8192] [--kernels 3,31] [--chunk 2048] [--repeats 3]
+    python benchmarks/scaling.py [--size 8192] [--kernel-sizes 3,31] [--chunk 2048] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--chunk", type=int, default=2048)
-    parser.add_argument("--kernels", default="3,31")
+    parser.add_argument("--kernel-sizes", "--kernels", dest="kernels", default="3,31")
     parser.add_argument("--engine", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", default="1,2", help="worker counts to compare")
@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
         f"alternating, median of {args.repeats}. Machine: {machine()}; 1-minute load "
         f"{load_before:.1f} before the run.",
         f"Command: `python benchmarks/scaling.py --size {args.size} --chunk {args.chunk} "
-        f"--kernels {args.kernels} --repeats {args.repeats}`.", "",
+        f"--kernel-sizes {args.kernels} --repeats {args.repeats}`.", "",
         "| run | " + " | ".join(f"{n} worker(s), s" for n in counts) +
         f" | speed-up {base} → {top} |",
         "|---|" + "---|" * len(counts) + "---|",

@@ -1,6 +1,6 @@
 """Chunk-type dispatch: NumPy or CuPy follows ``type(x._meta)``, as dask-image does.
 
-This is the first of the two dispatch decisions in DESIGN.md (the engine is the second, in
+This is the first of the two dispatch decisions in docs/architecture.md (the engine is the second, in
 :mod:`distconv.kernels`). CuPy is registered lazily, so importing distconv never imports it.
 """
 

@@ -1,6 +1,6 @@
 """Zarr in and out: open lazily, save chunk-aligned with provenance, describe a store.
 
-Output safety (DESIGN.md): the output array is created with chunks equal to the Dask chunks, so
+Output safety (docs/architecture.md): the output array is created with chunks equal to the Dask chunks, so
 no two tasks ever write the same Zarr chunk; its attributes record what produced it, and
 ``complete`` becomes true only after the last chunk is written.
 """

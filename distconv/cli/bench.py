@@ -56,10 +56,10 @@ def _kernel_sizes(text: str) -> list[int]:
     try:
         sizes = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise DistconvError(f"--kernels must be integers separated by commas, got {text!r}") \
+        raise DistconvError(f"--kernel-sizes/--kernels must be integers separated by commas, got {text!r}") \
             from None
     if not sizes or any(k < 1 for k in sizes):
-        raise DistconvError(f"--kernels must be positive integers, got {text!r}")
+        raise DistconvError(f"--kernel-sizes/--kernels must be positive integers, got {text!r}")
     return sizes
 
 
@@ -125,8 +125,9 @@ def _bench_command(benchmark: str) -> click.Command:
     ]
     if benchmark == "convolve":
         options += [
-            click.option("--kernels", "kernels_text", default="3,9,31,127", show_default=True,
-                         help="Square kernel sizes, comma separated."),
+            click.option("--kernel-sizes", "--kernels", "kernels_text", default="3,9,31,127",
+                         show_default=True,
+                         help="Sides of the square weights, comma separated."),
             click.option("--max-seconds", type=click.FloatRange(min=0), default=30.0,
                          show_default=True,
                          help="List a cell as skipped when its estimated time is longer."),
@@ -152,8 +153,8 @@ _DOCS = {
 
     \b
     Examples:
-      distconv bench convolve --size 8192 --kernels 3,9,31,127 --engines scipy,numba,tensorflow
-      distconv bench convolve --size 1024 --kernels 3,31 --repeats 1 --output-dir /tmp/b
+      distconv bench convolve --size 8192 --kernel-sizes 3,9,31,127 --engines scipy,numba,tensorflow
+      distconv bench convolve --size 1024 --kernel-sizes 3,31 --repeats 1 --output-dir /tmp/b
     """,
     "matmul": """Time Zarr → Zarr matmul per engine vs in-memory BLAS and dask.array.
 
