@@ -25,7 +25,10 @@ install: $(VENV)/.installed-demo
 demo: $(VENV)/.installed-demo
 	$(BIN)/python examples/demo.py
 
+# Lint and format check first (ruff, configured in pyproject.toml), then the suite.
 test: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 # The whole benchmark suite (≤ 20 min on 2 cores): rewrites benchmarks/RESULTS.md.

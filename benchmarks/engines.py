@@ -23,11 +23,11 @@ import statistics
 import time
 
 import numpy as np
+from results import machine, write_section
 
 from distconv import kernels
 from distconv.backend import is_gpu_array
 from distconv.plan import METHOD_OPS, method_costs
-from results import machine, write_section
 
 
 def gpu_present() -> bool:
@@ -60,8 +60,11 @@ def run_once(function, method, block, weights, factors) -> float:
 
 # Kernel sizes the fit samples per method: direct spans the crossover with FFT (≈ 9-15), fft and
 # separable the range where they are chosen.
-FIT_CASES = {"direct": (3, 5, 7, 9, 11, 15, 21, 31), "fft": (3, 9, 31, 63),
-             "separable": (3, 5, 9, 15, 31)}
+FIT_CASES = {
+    "direct": (3, 5, 7, 9, 11, 15, 21, 31),
+    "fft": (3, 9, 31, 63),
+    "separable": (3, 5, 9, 15, 31),
+}
 
 
 def work_units(method: str, k: int, size: int) -> float:
@@ -111,8 +114,9 @@ def fit(engines: list[str], size: int, repeats: int) -> None:
             weights = rng.standard_normal((k, k)).astype(np.float32)
             cells = []
             for engine in engines:
-                if op not in kernels.ENGINES[engine].ops or \
-                        not kernels.supports(engine, op, 2, np.float32):
+                if op not in kernels.ENGINES[engine].ops or not kernels.supports(
+                    engine, op, 2, np.float32
+                ):
                     cells.append(f"{'-':>14}")
                     continue
                 function = kernels.get_op(engine, op)
@@ -120,16 +124,26 @@ def fit(engines: list[str], size: int, repeats: int) -> None:
                 run_once(function, method, b, w, f)  # compile, trace, cache the spectrum
                 seconds = min(run_once(function, method, b, w, f) for _ in range(repeats))
                 samples[engine].setdefault(method, []).append(
-                    (pixels, work_units(method, k, size), seconds))
+                    (pixels, work_units(method, k, size), seconds)
+                )
                 cells.append(f"{seconds:14.4f}")
             print(f"{method + f' {k}x{k}':>14} " + " ".join(cells), flush=True)
     scipy_cost = kernels.ENGINES["scipy"].cost
-    scale = float(np.median([modelled(scipy_cost[m], p, w) / t
-                             for m, s in samples["scipy"].items() for p, w, t in s]))
+    scale = float(
+        np.median(
+            [
+                modelled(scipy_cost[m], p, w) / t
+                for m, s in samples["scipy"].items()
+                for p, w, t in s
+            ]
+        )
+    )
     print(f"\nscipy's COST / scipy's times in this run: x{scale:.2f} (the machine's load)")
     for engine, by_method in samples.items():
-        fitted = {m: tuple(float(f"{c * scale:.2g}") for c in fit_cost(s, m != "fft"))
-                  for m, s in by_method.items()}
+        fitted = {
+            m: tuple(float(f"{c * scale:.2g}") for c in fit_cost(s, m != "fft"))
+            for m, s in by_method.items()
+        }
         current = kernels.ENGINES[engine].cost
         print(f"{engine}: fitted COST = {fitted}\n{'':>{len(engine)}}  current     {current}")
 
@@ -139,16 +153,22 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="output block side")
     parser.add_argument("--kernel-sizes", "--kernels", dest="kernels", default="3,9,31,127")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-seconds", type=float, default=8.0,
-                        help="skip a cell whose cost-model estimate exceeds this")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=8.0,
+        help="skip a cell whose cost-model estimate exceeds this",
+    )
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--fit", action="store_true",
-                        help="fit and print each engine's COST instead of the table")
+    parser.add_argument(
+        "--fit", action="store_true", help="fit and print each engine's COST instead of the table"
+    )
     parser.add_argument("--engines", default=None, help="comma list [default: all usable]")
     args = parser.parse_args()
 
-    engines = [e for e in kernels.installed_engines()
-               if not kernels.is_gpu_engine(e) or gpu_present()]
+    engines = [
+        e for e in kernels.installed_engines() if not kernels.is_gpu_engine(e) or gpu_present()
+    ]
     if args.engines:
         engines = [e for e in args.engines.split(",") if e in engines]
     if args.fit:
@@ -162,8 +182,9 @@ def main() -> None:
         weights = np.multiply.outer(*lines)  # rank 1, so every method applies to it
         for method, op in METHOD_OPS.items():
             for engine in engines:
-                if op not in kernels.ENGINES[engine].ops or \
-                        not kernels.supports(engine, op, 2, np.float32):
+                if op not in kernels.ENGINES[engine].ops or not kernels.supports(
+                    engine, op, 2, np.float32
+                ):
                     continue
                 estimate = method_costs(weights, (args.size,) * 2, {method: engine})[method]
                 if estimate > args.max_seconds:
@@ -173,7 +194,8 @@ def main() -> None:
                 b, w, f = engine_inputs(engine, block, weights, lines)
                 run_once(function, method, b, w, f)  # warm-up: compile, trace, plan FFTs
                 seconds = statistics.median(
-                    run_once(function, method, b, w, f) for _ in range(args.repeats))
+                    run_once(function, method, b, w, f) for _ in range(args.repeats)
+                )
                 mpx = args.size**2 / seconds / 1e6
                 rows.append((k, method, engine, mpx, f"{seconds * 1e3:.1f} ms"))
                 print(f"k={k} {method} {engine}: {mpx:.1f} Mpx/s", flush=True)
@@ -186,15 +208,18 @@ def main() -> None:
         f"{args.size}² float32 output block (input padded by the kernel), rank-1 random "
         f"kernels, median of {args.repeats} after a warm-up. Machine: {machine()}. GPU: "
         f"{'yes' if gpu_present() else 'none here'}.",
-        f"Command: `python benchmarks/engines.py --size {args.size} --kernel-sizes {args.kernels}`.",
+        f"Command: `python benchmarks/engines.py --size {args.size} "
+        f"--kernel-sizes {args.kernels}`.",
         "",
         "| kernel | method | engine | Mpx/s | time | fastest for this cell |",
         "|---|---|---|---|---|---|",
     ]
     for k, method, engine, mpx, note in rows:
         fastest = "**yes**" if best.get((k, method), ("",))[0] == engine else ""
-        text.append(f"| {k}×{k} | {method} | {engine} | "
-                    f"{'' if mpx is None else f'{mpx:.1f}'} | {note} | {fastest} |")
+        text.append(
+            f"| {k}×{k} | {method} | {engine} | "
+            f"{'' if mpx is None else f'{mpx:.1f}'} | {note} | {fastest} |"
+        )
     text = "\n".join(text)
     print(text)
     if not args.no_write:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from results import machine, write_section
+
 from distconv import bench, kernels
 from distconv.clusters.resources import gpu_count
-from results import machine, write_section
 
 
 def main(argv=None) -> None:
@@ -28,10 +29,15 @@ def main(argv=None) -> None:
     devices = gpu_count()
     engines = [e for e in kernels.GPU_ENGINES if kernels.is_installed(e)]
     if not devices or not engines:
-        text = ("## GPU engines (benchmarks/gpu.py)\n\nSkipped on this machine: "
-                + ("no CUDA device is visible" if not devices else
-                   "no GPU engine is installed (pip install 'distconv[gpu]')")
-                + f". Machine: {machine()}.")
+        text = (
+            "## GPU engines (benchmarks/gpu.py)\n\nSkipped on this machine: "
+            + (
+                "no CUDA device is visible"
+                if not devices
+                else "no GPU engine is installed (pip install 'distconv[gpu]')"
+            )
+            + f". Machine: {machine()}."
+        )
         print(text)
         if not args.no_write:
             write_section("gpu", text)
@@ -40,17 +46,37 @@ def main(argv=None) -> None:
     # One worker per GPU: the "cuda" cluster (dask-cuda) when installed, else local workers.
     import importlib.util
 
-    where = {"cluster": "cuda"} if importlib.util.find_spec("dask_cuda") else \
-        {"cluster": "local", "workers": devices}
-    sections = ["## GPU engines (benchmarks/gpu.py)", "",
-                f"Command: `python benchmarks/gpu.py --size {args.size} --kernel-sizes {args.kernels} "
-                f"--repeats {args.repeats}`; {devices} GPU(s), one worker process per GPU.", ""]
-    convolve = bench.run("convolve", size=args.size, engines=["scipy", *engines],
-                         kernels=[int(k) for k in args.kernels.split(",")],
-                         repeats=args.repeats, max_seconds=600.0, log=log, **where)
+    where = (
+        {"cluster": "cuda"}
+        if importlib.util.find_spec("dask_cuda")
+        else {"cluster": "local", "workers": devices}
+    )
+    sections = [
+        "## GPU engines (benchmarks/gpu.py)",
+        "",
+        f"Command: `python benchmarks/gpu.py --size {args.size} --kernel-sizes {args.kernels} "
+        f"--repeats {args.repeats}`; {devices} GPU(s), one worker process per GPU.",
+        "",
+    ]
+    convolve = bench.run(
+        "convolve",
+        size=args.size,
+        engines=["scipy", *engines],
+        kernels=[int(k) for k in args.kernels.split(",")],
+        repeats=args.repeats,
+        max_seconds=600.0,
+        log=log,
+        **where,
+    )
     matmul_engines = [e for e in engines if "matmul" in kernels.ENGINES[e].ops]
-    matmul = bench.run("matmul", size=args.size, engines=["scipy", *matmul_engines],
-                       repeats=args.repeats, log=log, **where)
+    matmul = bench.run(
+        "matmul",
+        size=args.size,
+        engines=["scipy", *matmul_engines],
+        repeats=args.repeats,
+        log=log,
+        **where,
+    )
     for result in (convolve, matmul):
         bench.print_table(result)
         bench.write_outputs(result, "distconv-bench/gpu")

@@ -28,16 +28,24 @@ from pathlib import Path
 import numpy as np
 import zarr
 from dask.utils import format_bytes
+from results import machine, write_section
 
 import distconv as dc
 from distconv.bench import cluster_text as describe_cluster
 from distconv.bench.common import PeakMemory, flush_writes, fresh, make_input, timed
-from distconv.bench.linalg import (floor_text, io_floor, io_floor_percent,
-                                   matmul_contenders, multiply_contenders, profile,
-                                   profile_text, task_gemm_rate, verdict_text)
+from distconv.bench.linalg import (
+    floor_text,
+    io_floor,
+    io_floor_percent,
+    matmul_contenders,
+    multiply_contenders,
+    profile,
+    profile_text,
+    task_gemm_rate,
+    verdict_text,
+)
 from distconv.clusters.resources import worker_infos
 from distconv.ops.matmul import plan_for
-from results import machine, write_section
 
 
 def main(argv=None) -> None:
@@ -45,16 +53,22 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--chunk", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--peak-size", type=int, default=16384,
-                        help="size of the matmul whose peak memory is reported (0: skip)")
+    parser.add_argument(
+        "--peak-size",
+        type=int,
+        default=16384,
+        help="size of the matmul whose peak memory is reported (0: skip)",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv)
     n = args.size
-    flops = 2.0 * n ** 3
+    flops = 2.0 * n**3
     load_before = os.getloadavg()
 
-    with tempfile.TemporaryDirectory(prefix="distconv-linalg-") as tmp, \
-            dc.cluster("local", quiet=True) as client:
+    with (
+        tempfile.TemporaryDirectory(prefix="distconv-linalg-") as tmp,
+        dc.cluster("local", quiet=True) as client,
+    ):
         tmp = Path(tmp)
         a_path, b_path = tmp / "a.zarr", tmp / "b.zarr"
         make_input(a_path, n, args.chunk, seed=1)
@@ -69,22 +83,32 @@ def main(argv=None) -> None:
 
         # The same contenders as `distconv bench matmul|multiply` (distconv.bench.linalg), with
         # distconv's own engine choice; their names here are those RESULTS.md has always used.
-        names = {"numpy.matmul, in memory": "numpy.matmul, in memory",
-                 "distconv.matmul auto": "distconv.matmul, Zarr → Zarr",
-                 "dask.array.matmul": "dask.array.matmul, Zarr → Zarr",
-                 "distconv.multiply auto": "distconv.multiply, Zarr → Zarr",
-                 "dask.array a * b": "dask.array a * b, Zarr → Zarr"}
-        contenders = [c for c in (*matmul_contenders(a_path, b_path, tmp, ["auto"], memory),
-                                  *multiply_contenders(a_path, b_path, tmp, ["auto"], memory))
-                      if c.name in names]
+        names = {
+            "numpy.matmul, in memory": "numpy.matmul, in memory",
+            "distconv.matmul auto": "distconv.matmul, Zarr → Zarr",
+            "dask.array.matmul": "dask.array.matmul, Zarr → Zarr",
+            "distconv.multiply auto": "distconv.multiply, Zarr → Zarr",
+            "dask.array a * b": "dask.array a * b, Zarr → Zarr",
+        }
+        contenders = [
+            c
+            for c in (
+                *matmul_contenders(a_path, b_path, tmp, ["auto"], memory),
+                *multiply_contenders(a_path, b_path, tmp, ["auto"], memory),
+            )
+            if c.name in names
+        ]
         functions = {names[c.name]: c.function for c in contenders}
         matmuls = [names[c.name] for c in contenders if "matmul" in c.name]
         multiplies = [names[c.name] for c in contenders if "matmul" not in c.name]
         times: dict[str, list[float]] = {name: [] for name in functions}
         for repeat in range(args.repeats):
             # Alternate the order: a run right after a heavy one pays for its clean-up.
-            order = [*matmuls, *multiplies] if repeat % 2 == 0 else \
-                [*reversed(matmuls), *reversed(multiplies)]
+            order = (
+                [*matmuls, *multiplies]
+                if repeat % 2 == 0
+                else [*reversed(matmuls), *reversed(multiplies)]
+            )
             for name in order:
                 flush_writes()
                 times[name].append(timed(functions[name]))
@@ -98,11 +122,21 @@ def main(argv=None) -> None:
         distconv_matmul = functions["distconv.matmul, Zarr → Zarr"]
         dask_matmul = functions["dask.array.matmul, Zarr → Zarr"]
 
-        profiles = [profile_text(name, *profile(client, function), n_workers)
-                    for name, function in (("distconv.matmul", distconv_matmul),
-                                           ("dask.array.matmul", dask_matmul))]
-        decode, encode = io_floor(a_path, b_path, zarr.open_array(str(tmp / "c-auto.zarr"))[:],
-                                  plan.output_chunks, plan.bytes_read, tmp / "floor.zarr")
+        profiles = [
+            profile_text(name, *profile(client, function), n_workers)
+            for name, function in (
+                ("distconv.matmul", distconv_matmul),
+                ("dask.array.matmul", dask_matmul),
+            )
+        ]
+        decode, encode = io_floor(
+            a_path,
+            b_path,
+            zarr.open_array(str(tmp / "c-auto.zarr"))[:],
+            plan.output_chunks,
+            plan.bytes_read,
+            tmp / "floor.zarr",
+        )
         floor = io_floor_percent(decode, encode, min(times["numpy.matmul, in memory"]))
         profiles.append(floor_text(decode, encode, min(times["numpy.matmul, in memory"])))
         print("\n".join(profiles), flush=True)
@@ -111,15 +145,27 @@ def main(argv=None) -> None:
         if args.peak_size:
             size = args.peak_size
             a_big, b_big = tmp / "a_big.zarr", tmp / "b_big.zarr"
-            for path in (a_path, b_path, tmp / "c-auto.zarr", tmp / "c-dask.zarr",
-                         tmp / "m-auto.zarr", tmp / "m-dask.zarr", tmp / "floor.zarr"):
+            for path in (
+                a_path,
+                b_path,
+                tmp / "c-auto.zarr",
+                tmp / "c-dask.zarr",
+                tmp / "m-auto.zarr",
+                tmp / "m-dask.zarr",
+                tmp / "floor.zarr",
+            ):
                 shutil.rmtree(path, ignore_errors=True)
             make_input(a_big, size, args.chunk, seed=3)
             make_input(b_big, size, args.chunk, seed=4)
             big_plan = plan_for(dc.open(a_big), dc.open(b_big))
             with PeakMemory() as peak:
-                seconds = timed(lambda: dc.save(dc.matmul(dc.open(a_big), dc.open(b_big)),
-                                                fresh(tmp / "c_big.zarr"), progress=False))
+                seconds = timed(
+                    lambda: dc.save(
+                        dc.matmul(dc.open(a_big), dc.open(b_big)),
+                        fresh(tmp / "c_big.zarr"),
+                        progress=False,
+                    )
+                )
             peak_lines = [
                 f"Peak memory of one {size}² float32 matmul (inputs {format_bytes(size * size * 4)}"
                 f" each): process tree {format_bytes(peak.peak_total)}, largest single process "
@@ -127,7 +173,7 @@ def main(argv=None) -> None:
                 f"{format_bytes(big_plan.peak_task_bytes)} per task "
                 f"(blocks n {big_plan.block_n}, k {big_plan.block_k}, m {big_plan.block_m}, "
                 f"{big_plan.matmul_tasks} tasks); {seconds:.1f} s, "
-                f"{2.0 * size ** 3 / seconds / 1e9:.1f} GFLOP/s.",
+                f"{2.0 * size**3 / seconds / 1e9:.1f} GFLOP/s.",
             ]
 
     load_after = os.getloadavg()
@@ -157,28 +203,44 @@ def main(argv=None) -> None:
         "|---|---|---|---|---|---|",
     ]
     for name in matmuls:
-        lines.append(f"| {name} | {best[name]:.2f} | {median[name]:.2f} | "
-                     f"{flops / best[name] / 1e9:.1f} | {100 * blas / best[name]:.0f} % | "
-                     f"{', '.join(f'{t:.2f}' for t in times[name])} |")
+        lines.append(
+            f"| {name} | {best[name]:.2f} | {median[name]:.2f} | "
+            f"{flops / best[name] / 1e9:.1f} | {100 * blas / best[name]:.0f} % | "
+            f"{', '.join(f'{t:.2f}' for t in times[name])} |"
+        )
     # A multiply takes about a second, so one lucky or unlucky run moves its best a lot: its
     # verdict uses the medians (the best ratio is shown beside).
     reference = median["dask.array a * b, Zarr → Zarr"]
     best_reference = best["dask.array a * b, Zarr → Zarr"]
-    lines += ["", "| multiply | best s | median s | × dask.array (median) | × dask.array (best) "
-              "| runs (s) |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| multiply | best s | median s | × dask.array (median) | × dask.array (best) | runs (s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in multiplies:
-        lines.append(f"| {name} | {best[name]:.2f} | {median[name]:.2f} | "
-                     f"{median[name] / reference:.2f} | {best[name] / best_reference:.2f} | "
-                     f"{', '.join(f'{t:.2f}' for t in times[name])} |")
-    lines += ["", "Where the time goes (task stream of one more run each; worker-seconds):", "",
-              *profiles]
+        lines.append(
+            f"| {name} | {best[name]:.2f} | {median[name]:.2f} | "
+            f"{median[name] / reference:.2f} | {best[name] / best_reference:.2f} | "
+            f"{', '.join(f'{t:.2f}' for t in times[name])} |"
+        )
+    lines += [
+        "",
+        "Where the time goes (task stream of one more run each; worker-seconds):",
+        "",
+        *profiles,
+    ]
     if peak_lines:
         lines += ["", *peak_lines]
-    lines += ["", verdict_text(
-        100 * blas / best["distconv.matmul, Zarr → Zarr"], floor,
-        100 * blas / best["dask.array.matmul, Zarr → Zarr"],
-        median["distconv.multiply, Zarr → Zarr"] / reference,
-        100 * gemm_rate * (os.cpu_count() or 1) / (flops / blas / 1e9))]
+    lines += [
+        "",
+        verdict_text(
+            100 * blas / best["distconv.matmul, Zarr → Zarr"],
+            floor,
+            100 * blas / best["dask.array.matmul, Zarr → Zarr"],
+            median["distconv.multiply, Zarr → Zarr"] / reference,
+            100 * gemm_rate * (os.cpu_count() or 1) / (flops / blas / 1e9),
+        ),
+    ]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:

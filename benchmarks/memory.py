@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 from dask.utils import format_bytes
+from results import machine, write_section
 
 import distconv as dc
 from distconv.bench import cluster_text
 from distconv.bench.common import PeakMemory, fresh, make_input
 from distconv.bench.convolve import kernel_for
-from results import machine, write_section
 
 TARGET = 1.5 * 2**30
 
@@ -51,10 +51,17 @@ def measure(size: int, kernel_size: int, chunk: int, workdir: Path, engine: str)
         workers = cluster_text(client)
     fresh(source)
     fresh(workdir / "output.zarr")
-    return {"size": size, "input_bytes": size * size * 4, "peak_total": peak.peak_total,
-            "peak_process": peak.peak_process, "idle_total": idle.peak_total,
-            "seconds": seconds, "generate_seconds": generated,
-            "how": f"{step['method']}/{step['engine']}", "cluster": workers}
+    return {
+        "size": size,
+        "input_bytes": size * size * 4,
+        "peak_total": peak.peak_total,
+        "peak_process": peak.peak_process,
+        "idle_total": idle.peak_total,
+        "seconds": seconds,
+        "generate_seconds": generated,
+        "how": f"{step['method']}/{step['engine']}",
+        "cluster": workers,
+    }
 
 
 def verdict(rows: list[dict]) -> str:
@@ -65,14 +72,18 @@ def verdict(rows: list[dict]) -> str:
     inputs = rows[-1]["input_bytes"] / rows[0]["input_bytes"]
     size_ok = max(peaks) <= TARGET
     flat = growth <= 1.25  # within sampling noise and allocator slack
-    text = (f"Target ≤ {format_bytes(TARGET)}: {'met' if size_ok else 'not met'} (largest "
-            f"peak {format_bytes(max(peaks))}). Independent of the image size: "
-            f"{'yes' if flat else 'no'}: the memory above the idle cluster goes from "
-            f"{format_bytes(work[0])} to {format_bytes(work[-1])} ({growth:.2f}×) while the "
-            f"input grows {inputs:.0f}×")
+    text = (
+        f"Target ≤ {format_bytes(TARGET)}: {'met' if size_ok else 'not met'} (largest "
+        f"peak {format_bytes(max(peaks))}). Independent of the image size: "
+        f"{'yes' if flat else 'no'}: the memory above the idle cluster goes from "
+        f"{format_bytes(work[0])} to {format_bytes(work[-1])} ({growth:.2f}×) while the "
+        f"input grows {inputs:.0f}×"
+    )
     if not flat:
-        text += (", roughly with the image's side, as if about a row of decoded chunks waits "
-                 "for its neighbours' halos (a wider image holds more of them at once)")
+        text += (
+            ", roughly with the image's side, as if about a row of decoded chunks waits "
+            "for its neighbours' halos (a wider image holds more of them at once)"
+        )
     return text + "."
 
 
@@ -90,18 +101,23 @@ def main(argv=None) -> list[dict]:
         for size in (int(s) for s in args.sizes.split(",")):
             rows.append(measure(size, args.kernel, args.chunk, Path(tmp), args.engine))
             row = rows[-1]
-            print(f"{size}²: peak {format_bytes(row['peak_total'])} (tree), "
-                  f"{format_bytes(row['peak_process'])} (largest process), "
-                  f"{row['seconds']:.1f} s", flush=True)
+            print(
+                f"{size}²: peak {format_bytes(row['peak_total'])} (tree), "
+                f"{format_bytes(row['peak_process'])} (largest process), "
+                f"{row['seconds']:.1f} s",
+                flush=True,
+            )
 
     lines = [
-        "## Peak memory of a convolve (benchmarks/memory.py)", "",
+        "## Peak memory of a convolve (benchmarks/memory.py)",
+        "",
         f"float32 input, Zarr chunks {args.chunk}², {args.kernel}×{args.kernel} random kernel, "
         f"engine {args.engine}, LocalCluster {rows[0]['cluster']}, fresh per size. Peak = the "
         "largest sum of the resident memory of this process and all its descendants (client, "
         "nannies, workers), sampled every 50 ms with psutil. Machine: " + machine() + ".",
         f"Command: `python benchmarks/memory.py --sizes {args.sizes} --kernel {args.kernel} "
-        f"--chunk {args.chunk}`.", "",
+        f"--chunk {args.chunk}`.",
+        "",
         "| image | input | method/engine | peak, process tree | largest process | idle tree "
         "| seconds | Mpx/s |",
         "|---|---|---|---|---|---|---|---|",
@@ -111,7 +127,8 @@ def main(argv=None) -> list[dict]:
             f"| {row['size']}² | {format_bytes(row['input_bytes'])} | {row['how']} | "
             f"{format_bytes(row['peak_total'])} | {format_bytes(row['peak_process'])} | "
             f"{format_bytes(row['idle_total'])} | {row['seconds']:.1f} | "
-            f"{row['size'] ** 2 / row['seconds'] / 1e6:.1f} |")
+            f"{row['size'] ** 2 / row['seconds'] / 1e6:.1f} |"
+        )
     lines += ["", verdict(rows)]
     text = "\n".join(lines)
     print(text)

@@ -9,7 +9,8 @@ wall time. The parts:
 * encode + write: the copy (``from_zarr → to_zarr``) minus the read;
 * halo (cutting the strips each chunk's neighbours need, and assembling every haloed block with
   its true edges padded: :mod:`distconv.ops.halo`) and the engine: cProfile of
-  ``distconv.convolve(...)`` computed chunk by chunk, whose remainder is graph building and Python overhead.
+  ``distconv.convolve(...)`` computed chunk by chunk, whose remainder is graph building and
+  Python overhead.
 
 A Zarr → Zarr convolve costs read + halo + engine + other + write; its ratio to the copy
 is the best the distributed run can reach on fully busy cores. Section "profile" of
@@ -30,12 +31,12 @@ from pathlib import Path
 
 import dask
 import dask.array as da
+from results import machine, write_section
 
 import distconv as dc
 from distconv.bench.common import fresh, make_input
 from distconv.bench.convolve import kernel_for
 from distconv.provenance import step_of
-from results import machine, write_section
 
 # part → does a profiled frame (file, function) belong to it (outermost frame counted).
 PARTS = {
@@ -93,8 +94,9 @@ def main(argv=None) -> None:
             compute_chunks(da.from_zarr(str(source)))
 
         def copy():
-            da.from_zarr(str(source)).to_zarr(fresh(tmp / "copy.zarr"), compute=False) \
-                .compute(scheduler="synchronous")
+            da.from_zarr(str(source)).to_zarr(fresh(tmp / "copy.zarr"), compute=False).compute(
+                scheduler="synchronous"
+            )
 
         read(), copy()  # warm-up: page cache, imports
         read_s = core_seconds(read, args.repeats)
@@ -113,30 +115,47 @@ def main(argv=None) -> None:
             other = max(total - read_s - sum(parts.values()), 0.0)
             zarr_to_zarr = total + write_s
             record = step_of(y) or {}  # what the plan chose for full chunks
-            rows.append((k, f"{record.get('method', '?')}/{record.get('engine', '?')}", total,
-                         parts, other, zarr_to_zarr, zarr_to_zarr / copy_s))
+            rows.append(
+                (
+                    k,
+                    f"{record.get('method', '?')}/{record.get('engine', '?')}",
+                    total,
+                    parts,
+                    other,
+                    zarr_to_zarr,
+                    zarr_to_zarr / copy_s,
+                )
+            )
 
     lines = [
-        "## Where convolve time goes (benchmarks/profile_convolve.py)", "",
+        "## Where convolve time goes (benchmarks/profile_convolve.py)",
+        "",
         f"{args.size}² float32, Zarr chunks {args.chunk}², engine {args.engine}; Dask's "
         "synchronous scheduler in one process, core-seconds (process time, all threads, best of "
         f"{args.repeats}); the split inside the convolve is cProfile's. 1-minute load {load:.1f}. "
         f"Machine: {machine()}.",
         f"Command: `python benchmarks/profile_convolve.py --size {args.size} --chunk "
-        f"{args.chunk} --kernel-sizes {args.kernels}`.", "",
+        f"{args.chunk} --kernel-sizes {args.kernels}`.",
+        "",
         f"Zarr → Zarr copy: {copy_s:.2f} core-s = read + decode {read_s:.2f} + encode + write "
-        f"{write_s:.2f}.", "",
+        f"{write_s:.2f}.",
+        "",
         "| kernel | method/engine | read + decode | halo strips + blocks (with edge padding) "
         "| engine | other (graph, Python) | encode + write | Zarr → Zarr total | × copy |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for k, how, total, parts, other, z2z, ratio in rows:
-        lines.append(f"| {k}×{k} | {how} | {read_s:.2f} | {parts['halo']:.2f} | "
-                     f"{parts['engine']:.2f} | {other:.2f} | {write_s:.2f} "
-                     f"| {z2z:.2f} | {ratio:.2f} |")
-    lines += ["", "Read with the tables above: × copy here is the core-second ratio, the bound "
-              "a distributed run on fully busy cores approaches; wall-time ratios above it are "
-              "scheduling, halo transfers between workers and idle cores."]
+    for k, how, _total, parts, other, z2z, ratio in rows:
+        lines.append(
+            f"| {k}×{k} | {how} | {read_s:.2f} | {parts['halo']:.2f} | "
+            f"{parts['engine']:.2f} | {other:.2f} | {write_s:.2f} "
+            f"| {z2z:.2f} | {ratio:.2f} |"
+        )
+    lines += [
+        "",
+        "Read with the tables above: × copy here is the core-second ratio, the bound "
+        "a distributed run on fully busy cores approaches; wall-time ratios above it are "
+        "scheduling, halo transfers between workers and idle cores.",
+    ]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:

@@ -6,7 +6,8 @@ import os
 import re
 from pathlib import Path
 
-from distconv.bench.common import machine as _machine, machine_text
+from distconv.bench.common import machine as _machine
+from distconv.bench.common import machine_text
 
 # DISTCONV_BENCH_RESULTS points the scripts at another file (a trial run, the smoke test).
 RESULTS = Path(os.environ.get("DISTCONV_BENCH_RESULTS") or Path(__file__).with_name("RESULTS.md"))
@@ -24,6 +25,9 @@ def write_section(name: str, markdown: str, path: Path | None = None) -> None:
     block = f"{start}\n{markdown.rstrip()}\n{end}"
     text = path.read_text() if path.exists() else "# Benchmark results\n"
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else \
-        text.rstrip() + "\n\n" + block + "\n"
+    text = (
+        pattern.sub(lambda _: block, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + block + "\n"
+    )
     path.write_text(text)

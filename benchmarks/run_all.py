@@ -26,34 +26,128 @@ from results import RESULTS, machine, write_section  # noqa: E402
 
 # section → arguments, full size (the targets are stated for these sizes).
 FULL = {
-    "engines": ["engines.py", "--size", "1024", "--kernel-sizes", "3,9,31,127", "--repeats", "2",
-                "--max-seconds", "4"],
-    "convolve": ["convolve.py", "--size", "8192", "--chunk", "2048", "--kernel-sizes", "3,9,31,127",
-                 "--engines", "scipy,numba,tensorflow", "--repeats", "3"],
-    "profile": ["profile_convolve.py", "--size", "8192", "--chunk", "2048",
-                "--kernel-sizes", "3,9,31,127"],
-    "linalg": ["linalg.py", "--size", "8192", "--chunk", "1024", "--repeats", "3",
-               "--peak-size", "16384"],
+    "engines": [
+        "engines.py",
+        "--size",
+        "1024",
+        "--kernel-sizes",
+        "3,9,31,127",
+        "--repeats",
+        "2",
+        "--max-seconds",
+        "4",
+    ],
+    "convolve": [
+        "convolve.py",
+        "--size",
+        "8192",
+        "--chunk",
+        "2048",
+        "--kernel-sizes",
+        "3,9,31,127",
+        "--engines",
+        "scipy,numba,tensorflow",
+        "--repeats",
+        "3",
+    ],
+    "profile": [
+        "profile_convolve.py",
+        "--size",
+        "8192",
+        "--chunk",
+        "2048",
+        "--kernel-sizes",
+        "3,9,31,127",
+    ],
+    "linalg": [
+        "linalg.py",
+        "--size",
+        "8192",
+        "--chunk",
+        "1024",
+        "--repeats",
+        "3",
+        "--peak-size",
+        "16384",
+    ],
     # 9×9 (direct/numba, near the copy's speed) keeps the 32768² run to about a minute; the
     # memory a task needs does not depend on the image size for any kernel.
     "memory": ["memory.py", "--sizes", "8192,16384,32768", "--kernel", "9", "--chunk", "2048"],
-    "scaling": ["scaling.py", "--size", "8192", "--chunk", "2048", "--kernel-sizes", "3,31",
-                "--repeats", "3"],
+    "scaling": [
+        "scaling.py",
+        "--size",
+        "8192",
+        "--chunk",
+        "2048",
+        "--kernel-sizes",
+        "3,31",
+        "--repeats",
+        "3",
+    ],
     "gpu": ["gpu.py", "--size", "8192", "--kernel-sizes", "3,9,31,127", "--repeats", "3"],
 }
 QUICK = {
-    "engines": ["engines.py", "--size", "256", "--kernel-sizes", "3,9,31", "--repeats", "2",
-                "--max-seconds", "1"],
-    "convolve": ["convolve.py", "--size", "1024", "--chunk", "256", "--kernel-sizes", "3,9,31",
-                 "--engines", "scipy,numba,tensorflow", "--repeats", "3"],
-    "profile": ["profile_convolve.py", "--size", "1024", "--chunk", "512", "--kernel-sizes", "3,31"],
-    "linalg": ["linalg.py", "--size", "1024", "--chunk", "256", "--repeats", "2",
-               "--peak-size", "2048"],
+    "engines": [
+        "engines.py",
+        "--size",
+        "256",
+        "--kernel-sizes",
+        "3,9,31",
+        "--repeats",
+        "2",
+        "--max-seconds",
+        "1",
+    ],
+    "convolve": [
+        "convolve.py",
+        "--size",
+        "1024",
+        "--chunk",
+        "256",
+        "--kernel-sizes",
+        "3,9,31",
+        "--engines",
+        "scipy,numba,tensorflow",
+        "--repeats",
+        "3",
+    ],
+    "profile": [
+        "profile_convolve.py",
+        "--size",
+        "1024",
+        "--chunk",
+        "512",
+        "--kernel-sizes",
+        "3,31",
+    ],
+    "linalg": [
+        "linalg.py",
+        "--size",
+        "1024",
+        "--chunk",
+        "256",
+        "--repeats",
+        "2",
+        "--peak-size",
+        "2048",
+    ],
     "memory": ["memory.py", "--sizes", "1024,2048,4096", "--kernel", "31", "--chunk", "512"],
-    "scaling": ["scaling.py", "--size", "2048", "--chunk", "512", "--kernel-sizes", "3,31",
-                "--repeats", "2"],
+    "scaling": [
+        "scaling.py",
+        "--size",
+        "2048",
+        "--chunk",
+        "512",
+        "--kernel-sizes",
+        "3,31",
+        "--repeats",
+        "2",
+    ],
     "gpu": ["gpu.py", "--size", "1024", "--kernel-sizes", "3,31", "--repeats", "2"],
 }
+
+
+QUICK_NOTE = "QUICK RUN on small inputs: it shows the format, not the targets. "
 
 
 def main(argv=None) -> int:
@@ -61,8 +155,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small inputs: check the suite")
     parser.add_argument("--only", default=None, help="comma list of sections to run")
     parser.add_argument("--skip", default="", help="comma list of sections to leave as they are")
-    parser.add_argument("--output-dir", default="distconv-bench",
-                        help="where the JSON and PNG files of the runs go")
+    parser.add_argument(
+        "--output-dir", default="distconv-bench", help="where the JSON and PNG files of the runs go"
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     chosen = args.only.split(",") if args.only else list(plan)
@@ -83,22 +178,27 @@ def main(argv=None) -> int:
         print(f"== {section}: {' '.join(command[1:])}", flush=True)
         start = time.perf_counter()
         done = subprocess.run(command, env=env)
-        spent[section] = f"{time.perf_counter() - start:.0f} s" + \
-            ("" if done.returncode == 0 else f" (FAILED, exit {done.returncode})")
+        spent[section] = f"{time.perf_counter() - start:.0f} s" + (
+            "" if done.returncode == 0 else f" (FAILED, exit {done.returncode})"
+        )
         if done.returncode != 0:
             failed.append(section)
     total = time.perf_counter() - started
-    header = "\n".join([
-        f"Regenerated by `python benchmarks/run_all.py{' --quick' if args.quick else ''}` "
-        f"(or `make bench`){'' if not args.only else f' --only {args.only}'}; "
-        f"{'QUICK RUN on small inputs: it shows the format, not the targets. ' if args.quick else ''}"
-        f"Machine: {machine()}.",
-        "",
-        "Time per section: " + ", ".join(f"{s} {t}" for s, t in spent.items()) +
-        f"; total {total / 60:.1f} min. Sections not run this time keep their earlier numbers "
-        "(each records its own machine line and date). The machine is shared unless the line "
-        "above says otherwise (load average): compare ratios within one run.",
-    ])
+    header = "\n".join(
+        [
+            f"Regenerated by `python benchmarks/run_all.py{' --quick' if args.quick else ''}` "
+            f"(or `make bench`){'' if not args.only else f' --only {args.only}'}; "
+            f"{QUICK_NOTE if args.quick else ''}"
+            f"Machine: {machine()}.",
+            "",
+            "Time per section: "
+            + ", ".join(f"{s} {t}" for s, t in spent.items())
+            + f"; total {total / 60:.1f} min. Sections not run this time keep their earlier "
+            "numbers (each records its own machine line and date). The machine is shared unless "
+            "the line "
+            "above says otherwise (load average): compare ratios within one run.",
+        ]
+    )
     write_section("about", header)
     print(f"RESULTS.md updated ({RESULTS}); total {total / 60:.1f} min", flush=True)
     return 1 if failed else 0

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from distconv.errors import DistconvError
 
@@ -75,8 +76,7 @@ def parse_spec(spec: str | None) -> ClusterSpec:
         host, _, port = host_port.rpartition(":")
         if host and port.isdigit():
             return ClusterSpec("remote", address=text)
-        raise DistconvError(f"cluster address {spec!r} must be tcp://HOST:PORT or "
-                            "tls://HOST:PORT")
+        raise DistconvError(f"cluster address {spec!r} must be tcp://HOST:PORT or tls://HOST:PORT")
     from distconv.clusters.jobqueue import is_yaml_path
 
     if is_yaml_path(text):
@@ -89,9 +89,15 @@ def parse_spec(spec: str | None) -> ClusterSpec:
 
 
 @contextlib.contextmanager
-def cluster(spec: str | None = None, *, workers: int | None = None,
-            threads_per_worker: int | None = None, memory_limit: str | int | None = None,
-            rmm_pool_size: str | int | None = None, quiet: bool = False) -> Iterator[Any]:
+def cluster(
+    spec: str | None = None,
+    *,
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | int | None = None,
+    rmm_pool_size: str | int | None = None,
+    quiet: bool = False,
+) -> Iterator[Any]:
     """Start (or connect to) the cluster a spec names and yield its ``distributed.Client``.
 
     Parameters
@@ -136,17 +142,24 @@ def cluster(spec: str | None = None, *, workers: int | None = None,
     if parsed.kind == "local":
         from distconv.clusters.local import local_cluster
 
-        made = local_cluster(workers=workers, threads_per_worker=threads_per_worker,
-                             memory_limit=memory_limit)
+        made = local_cluster(
+            workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit
+        )
     elif parsed.kind == "cuda":
         from distconv.clusters.cuda import cuda_cluster
 
-        made = cuda_cluster(workers=workers, threads_per_worker=threads_per_worker,
-                            memory_limit=memory_limit, rmm_pool_size=rmm_pool_size)
+        made = cuda_cluster(
+            workers=workers,
+            threads_per_worker=threads_per_worker,
+            memory_limit=memory_limit,
+            rmm_pool_size=rmm_pool_size,
+        )
     else:
         if workers or threads_per_worker or memory_limit:
-            raise DistconvError("--workers/--threads-per-worker do not apply to a cluster file; "
-                                "size it with the file's 'cluster', 'scale' or 'adapt'")
+            raise DistconvError(
+                "--workers/--threads-per-worker do not apply to a cluster file; "
+                "size it with the file's 'cluster', 'scale' or 'adapt'"
+            )
         from distconv.clusters.jobqueue import jobqueue_cluster
 
         made = jobqueue_cluster(parsed.path)
@@ -182,15 +195,17 @@ def describe(client) -> dict[str, Any]:
         gpu = worker_gpu(worker)
         gpu_name = gpu.get("name") if gpu is not None else None
         resources = dict(worker.get("resources") or {})
-        workers.append({
-            "address": address,
-            "name": str(worker.get("name")),
-            "threads": int(worker.get("nthreads", 0)),
-            "memory_limit": int(worker.get("memory_limit") or 0),
-            "resources": resources,
-            "gpu": gpu_name or ("GPU resource" if resources.get("GPU") else None),
-            "gpu_memory": int(gpu.get("memory-total", 0)) if gpu is not None else None,
-        })
+        workers.append(
+            {
+                "address": address,
+                "name": str(worker.get("name")),
+                "threads": int(worker.get("nthreads", 0)),
+                "memory_limit": int(worker.get("memory_limit") or 0),
+                "resources": resources,
+                "gpu": gpu_name or ("GPU resource" if resources.get("GPU") else None),
+                "gpu_memory": int(gpu.get("memory-total", 0)) if gpu is not None else None,
+            }
+        )
     return {
         "scheduler": info.get("address"),
         "dashboard": client.dashboard_link,

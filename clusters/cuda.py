@@ -18,8 +18,12 @@ from distconv.errors import DistconvError
 INSTALL_HINT = "pip install 'distconv[cuda]'"
 
 
-def cuda_cluster(workers: int | None = None, threads_per_worker: int | None = None,
-                 memory_limit: str | int | None = None, rmm_pool_size: str | int | None = None):
+def cuda_cluster(
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | int | None = None,
+    rmm_pool_size: str | int | None = None,
+):
     """A ``dask_cuda.LocalCUDACluster`` on 127.0.0.1, one single-threaded worker per GPU.
 
     Parameters
@@ -53,8 +57,10 @@ def cuda_cluster(workers: int | None = None, threads_per_worker: int | None = No
     except DistconvError as exc:
         raise DistconvError(f"the cuda cluster {exc}") from None
     if workers is not None and workers > count:
-        raise DistconvError(f"--workers {workers} but only {count} GPU(s) are visible; the cuda "
-                            "cluster runs one worker per GPU")
+        raise DistconvError(
+            f"--workers {workers} but only {count} GPU(s) are visible; the cuda "
+            "cluster runs one worker per GPU"
+        )
     if rmm_pool_size is not None and importlib.util.find_spec("rmm") is None:
         raise DistconvError("--rmm-pool-size needs RMM (pip install rmm-cu12)")
     from dask_cuda import LocalCUDACluster

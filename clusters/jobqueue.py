@@ -33,14 +33,23 @@ from typing import Any
 
 from distconv.errors import DistconvError
 
-SYSTEMS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster",
-           "lsf": "LSFCluster"}
+SYSTEMS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster"}
 TOP_KEYS = ("system", "cluster", "scale", "adapt")
 # JobQueueCluster.scale(n, jobs, memory, cores), with n spelled out.
 SCALE_KEYS = {"jobs": "jobs", "workers": "n", "cores": "cores", "memory": "memory"}
-ADAPT_KEYS = ("minimum_jobs", "maximum_jobs", "minimum", "maximum", "minimum_cores",
-              "maximum_cores", "minimum_memory", "maximum_memory", "interval", "wait_count",
-              "target_duration")
+ADAPT_KEYS = (
+    "minimum_jobs",
+    "maximum_jobs",
+    "minimum",
+    "maximum",
+    "minimum_cores",
+    "maximum_cores",
+    "minimum_memory",
+    "maximum_memory",
+    "interval",
+    "wait_count",
+    "target_duration",
+)
 INSTALL_HINT = "pip install 'distconv[jobqueue]'"
 
 
@@ -82,29 +91,38 @@ def load_spec(path: str) -> JobqueueSpec:
         line = f" (line {where.line + 1})" if where is not None else ""
         raise DistconvError(f"cluster file {path} is not valid YAML{line}") from None
     if not isinstance(data, dict):
-        raise DistconvError(f"cluster file {path} must be a mapping with keys "
-                            f"{', '.join(TOP_KEYS)}")
+        raise DistconvError(
+            f"cluster file {path} must be a mapping with keys {', '.join(TOP_KEYS)}"
+        )
     unknown = sorted(set(map(str, data)) - set(TOP_KEYS))
     if unknown:
-        raise DistconvError(f"cluster file {path}: unknown key(s) {', '.join(unknown)}; "
-                            f"allowed: {', '.join(TOP_KEYS)}")
+        raise DistconvError(
+            f"cluster file {path}: unknown key(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(TOP_KEYS)}"
+        )
     system = str(data.get("system", "")).lower()
     if system not in SYSTEMS:
-        raise DistconvError(f"cluster file {path}: system must be one of "
-                            f"{', '.join(SYSTEMS)}, got {data.get('system')!r}")
+        raise DistconvError(
+            f"cluster file {path}: system must be one of "
+            f"{', '.join(SYSTEMS)}, got {data.get('system')!r}"
+        )
     cluster = data.get("cluster") or {}
     if not isinstance(cluster, dict):
-        raise DistconvError(f"cluster file {path}: 'cluster' must be a mapping of "
-                            f"dask_jobqueue.{SYSTEMS[system]} arguments")
+        raise DistconvError(
+            f"cluster file {path}: 'cluster' must be a mapping of "
+            f"dask_jobqueue.{SYSTEMS[system]} arguments"
+        )
     scale, adapt = data.get("scale"), data.get("adapt")
     if (scale is None) == (adapt is None):
-        raise DistconvError(f"cluster file {path}: give exactly one of 'scale' (a fixed size) "
-                            "or 'adapt' (bounds)")
+        raise DistconvError(
+            f"cluster file {path}: give exactly one of 'scale' (a fixed size) or 'adapt' (bounds)"
+        )
     if scale is not None:
         _check_keys(path, "scale", scale, tuple(SCALE_KEYS))
         if len(scale) != 1:
-            raise DistconvError(f"cluster file {path}: 'scale' takes one of "
-                                f"{', '.join(SCALE_KEYS)}")
+            raise DistconvError(
+                f"cluster file {path}: 'scale' takes one of {', '.join(SCALE_KEYS)}"
+            )
     if adapt is not None:
         _check_keys(path, "adapt", adapt, ADAPT_KEYS)
     return JobqueueSpec(os.path.abspath(path), system, dict(cluster), scale, adapt)
@@ -112,12 +130,15 @@ def load_spec(path: str) -> JobqueueSpec:
 
 def _check_keys(path: str, name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if not isinstance(value, dict) or not value:
-        raise DistconvError(f"cluster file {path}: '{name}' must be a mapping with "
-                            f"{' / '.join(allowed)}")
+        raise DistconvError(
+            f"cluster file {path}: '{name}' must be a mapping with {' / '.join(allowed)}"
+        )
     unknown = sorted(set(map(str, value)) - set(allowed))
     if unknown:
-        raise DistconvError(f"cluster file {path}: unknown {name} key(s) {', '.join(unknown)}; "
-                            f"allowed: {', '.join(allowed)}")
+        raise DistconvError(
+            f"cluster file {path}: unknown {name} key(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(allowed)}"
+        )
 
 
 def build_cluster(spec: JobqueueSpec):
@@ -138,8 +159,10 @@ def build_cluster(spec: JobqueueSpec):
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         message = " ".join(str(exc).split())
-        raise DistconvError(f"cluster file {spec.path}: dask_jobqueue.{cls.__name__} rejects "
-                            f"the 'cluster' arguments ({message})") from None
+        raise DistconvError(
+            f"cluster file {spec.path}: dask_jobqueue.{cls.__name__} rejects "
+            f"the 'cluster' arguments ({message})"
+        ) from None
 
 
 def apply_bounds(cluster, spec: JobqueueSpec) -> None:
@@ -158,6 +181,7 @@ def jobqueue_cluster(path: str):
         apply_bounds(cluster, spec)
     except (TypeError, ValueError) as exc:
         cluster.close()
-        raise DistconvError(f"cluster file {path}: {spec.bounds} rejected "
-                            f"({' '.join(str(exc).split())})") from None
+        raise DistconvError(
+            f"cluster file {path}: {spec.bounds} rejected ({' '.join(str(exc).split())})"
+        ) from None
     return cluster

@@ -36,8 +36,11 @@ def machine_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def local_cluster(workers: int | None = None, threads_per_worker: int | None = None,
-                  memory_limit: str | int | None = None) -> LocalCluster:
+def local_cluster(
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | int | None = None,
+) -> LocalCluster:
     """A LocalCluster of worker processes; scheduler and dashboard bind to 127.0.0.1 only.
 
     Default: one single-threaded worker per core, so NumPy/SciPy/BLAS in a task never compete

@@ -30,9 +30,15 @@ logger = logging.getLogger("distconv.clusters")
 
 # Environment variables each library reads once, when it is first imported in the worker.
 THREAD_ENV_VARS = (
-    "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS",
-    "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
 )
 
 
@@ -68,8 +74,9 @@ class ThreadLimits(WorkerPlugin):
         from threadpoolctl import threadpool_limits
 
         self._limiter = threadpool_limits(limits=threads)
-        applied["threadpoolctl"] = {lib["internal_api"]: lib["num_threads"]
-                                    for lib in _threadpool_info()}
+        applied["threadpoolctl"] = {
+            lib["internal_api"]: lib["num_threads"] for lib in _threadpool_info()
+        }
 
         if "tensorflow" in sys.modules:
             tf = sys.modules["tensorflow"]
@@ -191,5 +198,7 @@ def plugin_report(dask_worker=None) -> dict[str, Any]:
     from distributed import get_worker
 
     worker = dask_worker or get_worker()
-    return {name: getattr(worker.plugins.get(name), "applied", None)
-            for name in (ThreadLimits.name, GPUSetup.name)}
+    return {
+        name: getattr(worker.plugins.get(name), "applied", None)
+        for name in (ThreadLimits.name, GPUSetup.name)
+    }

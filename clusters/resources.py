@@ -183,8 +183,12 @@ def detect_resources(memory_budget: int | str | None = None) -> Resources:
     if memory_budget is not None:
         return Resources(threads, 1, budget_bytes(memory_budget), "given")
     budget = int(machine_memory() / threads * SAFETY_FRACTION)
-    return Resources(threads, 1, budget,
-                     f"{SAFETY_FRACTION} x machine memory / {threads} threads; no Dask client")
+    return Resources(
+        threads,
+        1,
+        budget,
+        f"{SAFETY_FRACTION} x machine memory / {threads} threads; no Dask client",
+    )
 
 
 def _client_resources(client) -> tuple[int, int, int, str] | None:
@@ -194,12 +198,17 @@ def _client_resources(client) -> tuple[int, int, int, str] | None:
     if not workers:
         return None
     parallel = sum(int(w["nthreads"]) for w in workers.values())
-    per_thread = [int(w["memory_limit"]) / max(1, int(w["nthreads"]))
-                  for w in workers.values() if w.get("memory_limit")]
+    per_thread = [
+        int(w["memory_limit"]) / max(1, int(w["nthreads"]))
+        for w in workers.values()
+        if w.get("memory_limit")
+    ]
     if per_thread:
         budget = int(min(per_thread) * SAFETY_FRACTION)
-        source = (f"{SAFETY_FRACTION} x smallest worker memory_limit per thread, "
-                  f"{format_bytes(int(min(per_thread)))}")
+        source = (
+            f"{SAFETY_FRACTION} x smallest worker memory_limit per thread, "
+            f"{format_bytes(int(min(per_thread)))}"
+        )
     else:  # workers without a memory limit: fall back to this machine's memory
         from distconv.clusters.local import machine_memory
 
@@ -243,8 +252,9 @@ def budget_bytes(value: int | str) -> int:
     try:
         budget = parse_bytes(value) if isinstance(value, str) else int(value)
     except (ValueError, TypeError):
-        raise DistconvError(f"memory budget must be bytes or a size like '2GiB', got {value!r}") \
-            from None
+        raise DistconvError(
+            f"memory budget must be bytes or a size like '2GiB', got {value!r}"
+        ) from None
     if budget <= 0:
         raise DistconvError(f"memory budget must be positive, got {value!r}")
     return budget

@@ -46,8 +46,11 @@ def gpu_workers(client) -> list[str]:
     """
     from distconv.clusters.resources import worker_infos
 
-    return [address for address, info in worker_infos(client).items()
-            if float((info.get("resources") or {}).get(GPU_RESOURCE, 0)) > 0]
+    return [
+        address
+        for address, info in worker_infos(client).items()
+        if float((info.get("resources") or {}).get(GPU_RESOURCE, 0)) > 0
+    ]
 
 
 def cluster_will_have_gpu_workers(client) -> bool:

@@ -10,8 +10,8 @@ Arrays are read from Zarr as chunked Dask arrays, computed chunk by chunk by an 
 Importing distconv imports none of the optional engines (TensorFlow, CuPy, Numba).
 """
 
+from distconv import config as _config  # noqa: F401 - registers the dask.config defaults
 from distconv._version import __version__
-from distconv import config as _config  # registers the dask.config defaults
 from distconv.clusters import cluster
 from distconv.errors import ChunkError, DistconvError, EngineError, OutputError
 from distconv.io import info, open, save

@@ -1,7 +1,7 @@
 """Chunk-type dispatch: NumPy or CuPy follows ``type(x._meta)``, as dask-image does.
 
-This is the first of the two dispatch decisions in docs/architecture.md (the engine is the second, in
-:mod:`distconv.kernels`). CuPy is registered lazily, so importing distconv never imports it.
+This is the first of the two dispatch decisions in docs/architecture.md (the engine is the second,
+in :mod:`distconv.kernels`). CuPy is registered lazily, so importing distconv never imports it.
 """
 
 from __future__ import annotations

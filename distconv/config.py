@@ -11,10 +11,10 @@ from typing import Any
 import dask.config
 
 DEFAULTS: dict[str, Any] = {
-    "engine": "auto",      # which library computes a chunk (see `distconv engines`)
-    "method": "auto",      # direct | fft | separable | auto (per-chunk cost model)
-    "cluster": "local",    # embedded LocalCluster; "threads" runs in this process
-    "progress": True,      # progress bar on jobs that last more than a moment
+    "engine": "auto",  # which library computes a chunk (see `distconv engines`)
+    "method": "auto",  # direct | fft | separable | auto (per-chunk cost model)
+    "cluster": "local",  # embedded LocalCluster; "threads" runs in this process
+    "progress": True,  # progress bar on jobs that last more than a moment
 }
 
 dask.config.update_defaults({"distconv": DEFAULTS})

@@ -52,8 +52,9 @@ class ChunkError(RuntimeError):
     The original exception is ``__cause__``; its traceback is the function's own.
     """
 
-    def __init__(self, message: str, block_index: tuple[int, ...] | None = None,
-                 function: str = "") -> None:
+    def __init__(
+        self, message: str, block_index: tuple[int, ...] | None = None, function: str = ""
+    ) -> None:
         super().__init__(message)
         self.block_index = block_index
         self.function = function

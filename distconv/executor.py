@@ -4,23 +4,33 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Collection
+from collections.abc import Collection
 
 import dask
 import dask.array as da
 import numpy as np
 from dask.callbacks import Callback
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.progress import TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from distconv.clusters.resources import current_client
 from distconv.config import get_default
 
 
-def compute_blocks(blocks: da.Array, *, description: str = "computing",
-                   progress: bool | None = None,
-                   skip: Collection[tuple[int, ...]] = ()) -> int:
+def compute_blocks(
+    blocks: da.Array,
+    *,
+    description: str = "computing",
+    progress: bool | None = None,
+    skip: Collection[tuple[int, ...]] = (),
+) -> int:
     """Compute the blocks of ``blocks`` (one small marker per block), showing progress.
 
     Each block is its own future on a distributed client, so a failure names its block and the
@@ -85,9 +95,14 @@ class _bar:
         if not self.show:
             return lambda: None
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("chunks"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), redirect_stdout=False,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("chunks"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            redirect_stdout=False,
         )
         self.progress.start()
         task = self.progress.add_task(self.description, total=self.total)

@@ -1,7 +1,7 @@
 """Zarr in and out: open lazily, save chunk-aligned with provenance, describe a store.
 
-Output safety (docs/architecture.md): the output array is created with chunks equal to the Dask chunks, so
-no two tasks ever write the same Zarr chunk; its attributes record what produced it, and
+Output safety (docs/architecture.md): the output array is created with chunks equal to the Dask
+chunks, so no two tasks ever write the same Zarr chunk; its attributes record what produced it, and
 ``complete`` becomes true only after the last chunk is written.
 """
 
@@ -10,14 +10,15 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import dask.array as da
 import numpy as np
+import zarr
 from dask.array.core import getter
 from dask.base import tokenize
-import zarr
 
 from distconv._version import __version__
 from distconv.backend import to_numpy
@@ -28,7 +29,7 @@ from distconv.provenance import remember_source, sources, steps
 ATTRS_KEY = "distconv"
 
 
-def open(path, *, allow_partial: bool = False) -> da.Array:  # noqa: A001 - mirrors zarr.open
+def open(path, *, allow_partial: bool = False) -> da.Array:
     """Open a Zarr array (v2 or v3, or one inside a group: ``big.zarr/raw/0``) lazily.
 
     Parameters
@@ -59,16 +60,21 @@ def open(path, *, allow_partial: bool = False) -> da.Array:  # noqa: A001 - mirr
             "finish it with --resume, or open it with allow_partial=True"
         )
     x = _from_zarr(array, os.path.abspath(path))
-    return remember_source(x, {"path": os.path.abspath(path),
-                               "zarr_format": array.metadata.zarr_format})
+    return remember_source(
+        x, {"path": os.path.abspath(path), "zarr_format": array.metadata.zarr_format}
+    )
 
 
 def _from_zarr(array: zarr.Array, path: str) -> da.Array:
     """``da.from_zarr`` whose chunk reads name the store and chunk when they fail."""
-    name = "from-zarr-" + tokenize(path, array.shape, array.dtype, array.chunks,
-                                   dict(array.attrs))
-    return da.from_array(array, chunks=array.chunks, name=name, getitem=_ChunkReader(path),
-                         meta=np.empty((0,) * array.ndim, dtype=array.dtype))
+    name = "from-zarr-" + tokenize(path, array.shape, array.dtype, array.chunks, dict(array.attrs))
+    return da.from_array(
+        array,
+        chunks=array.chunks,
+        name=name,
+        getitem=_ChunkReader(path),
+        meta=np.empty((0,) * array.ndim, dtype=array.dtype),
+    )
 
 
 class _ChunkReader:
@@ -85,11 +91,15 @@ class _ChunkReader:
         try:
             return getter(array, index, asarray=asarray, lock=lock)
         except Exception as exc:
-            where = ", ".join(f"{s.start}:{s.stop}" if isinstance(s, slice) else str(s)
-                              for s in (index if isinstance(index, tuple) else (index,)))
-            raise InputReadError(f"{self.path}: the chunk at [{where}] cannot be read "
-                                 f"({type(exc).__name__}: {_one_line(exc)}); the input is "
-                                 "damaged") from None
+            where = ", ".join(
+                f"{s.start}:{s.stop}" if isinstance(s, slice) else str(s)
+                for s in (index if isinstance(index, tuple) else (index,))
+            )
+            raise InputReadError(
+                f"{self.path}: the chunk at [{where}] cannot be read "
+                f"({type(exc).__name__}: {_one_line(exc)}); the input is "
+                "damaged"
+            ) from None
 
 
 def open_zarr_array(path: str, mode: str = "r") -> zarr.Array:
@@ -101,8 +111,9 @@ def open_zarr_array(path: str, mode: str = "r") -> zarr.Array:
         # directory is not ours.
         node = zarr.open(os.path.abspath(path), mode=mode)
     except Exception as exc:  # zarr raises several types for missing or unreadable metadata
-        raise DistconvError(f"{path} is not a readable Zarr array or group ({_one_line(exc)})") \
-            from exc
+        raise DistconvError(
+            f"{path} is not a readable Zarr array or group ({_one_line(exc)})"
+        ) from exc
     if isinstance(node, zarr.Group):
         names = [name for name, _ in node.arrays()]
         nested = [f"{name}/..." for name, _ in node.groups()]
@@ -145,8 +156,9 @@ def regular_chunks(chunks: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ..
     return tuple(result)
 
 
-def check_output_path(path: str, inputs: Sequence[str], overwrite: bool,
-                      resume: bool = False) -> None:
+def check_output_path(
+    path: str, inputs: Sequence[str], overwrite: bool, resume: bool = False
+) -> None:
     """Refuse an output that would destroy an input or an existing store.
 
     With ``resume`` an existing output is allowed (it must be a Zarr store; :func:`save`
@@ -165,16 +177,28 @@ def check_output_path(path: str, inputs: Sequence[str], overwrite: bool,
             raise OutputError(f"output {path} contains the input {source}; choose another path")
     if os.path.lexists(path):
         if not (overwrite or resume):
-            raise OutputError(f"output {path} already exists; pass --overwrite (overwrite=True) "
-                              "to replace it, or --resume (resume=True) to finish it")
+            raise OutputError(
+                f"output {path} already exists; pass --overwrite (overwrite=True) "
+                "to replace it, or --resume (resume=True) to finish it"
+            )
         if not _looks_like_zarr(path):
-            raise OutputError(f"output {path} exists and is not a Zarr store; not "
-                              f"{'resuming' if resume else 'replacing'} it")
+            raise OutputError(
+                f"output {path} exists and is not a Zarr store; not "
+                f"{'resuming' if resume else 'replacing'} it"
+            )
 
 
-def save(x, path, *, overwrite: bool = False, resume: bool = False,
-         zarr_format: int | None = None, attributes: dict[str, Any] | None = None,
-         progress: bool | None = None, description: str = "writing") -> zarr.Array:
+def save(
+    x,
+    path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    zarr_format: int | None = None,
+    attributes: dict[str, Any] | None = None,
+    progress: bool | None = None,
+    description: str = "writing",
+) -> zarr.Array:
     """Compute ``x`` and write it to a new Zarr array at ``path``, chunk by chunk.
 
     Parameters
@@ -230,17 +254,19 @@ def save(x, path, *, overwrite: bool = False, resume: bool = False,
         x = x.rechunk(chunks)
 
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    record = _jsonable({
-        "version": __version__,
-        "created": now,
-        "inputs": [s["path"] for s in read],
-        "steps": steps(x),
-        "shape": list(x.shape),
-        "dtype": str(x.dtype),
-        "chunks": [c[0] for c in chunks],
-        **(attributes or {}),
-        "complete": False,
-    })
+    record = _jsonable(
+        {
+            "version": __version__,
+            "created": now,
+            "inputs": [s["path"] for s in read],
+            "steps": steps(x),
+            "shape": list(x.shape),
+            "dtype": str(x.dtype),
+            "chunks": [c[0] for c in chunks],
+            **(attributes or {}),
+            "complete": False,
+        }
+    )
     created = not (resume and os.path.lexists(path))
     if created:
         if os.path.lexists(path):
@@ -250,14 +276,19 @@ def save(x, path, *, overwrite: bool = False, resume: bool = False,
     else:
         target, record, done = _reopen_for_resume(path, x, record)
         record.setdefault("resumed", []).append(
-            {"at": now, "chunks_already_written": len(done), **(attributes or {})})
+            {"at": now, "chunks_already_written": len(done), **(attributes or {})}
+        )
         target.attrs.update({ATTRS_KEY: _jsonable(record)})
 
     # The array object travels with each task: reopening the store per block costs a metadata
     # read (~5 ms) per chunk.
     written = x.map_blocks(
-        _write_block, target=target, chunks=(1,) * x.ndim, dtype=bool,
-        meta=np.empty((0,) * x.ndim, dtype=bool), token="distconv-write",
+        _write_block,
+        target=target,
+        chunks=(1,) * x.ndim,
+        dtype=bool,
+        meta=np.empty((0,) * x.ndim, dtype=bool),
+        token="distconv-write",
     )
     try:
         compute_blocks(written, description=description, progress=progress, skip=done)
@@ -266,31 +297,39 @@ def save(x, path, *, overwrite: bool = False, resume: bool = False,
             shutil.rmtree(path, ignore_errors=True)
         raise
     except OSError as exc:
-        raise JobFailed(f"writing {path} failed ({_one_line(exc)}); the output is partial, "
-                        "not marked complete: fix the cause and rerun with --resume "
-                        "(resume=True)") from exc
+        raise JobFailed(
+            f"writing {path} failed ({_one_line(exc)}); the output is partial, "
+            "not marked complete: fix the cause and rerun with --resume "
+            "(resume=True)"
+        ) from exc
     except Exception as exc:
         if type(exc).__name__ != "KilledWorker":  # distributed's; not imported unless used
             raise
-        raise JobFailed(f"a Dask worker died while computing {path} ({_one_line(exc)}); the "
-                        "output is partial, not marked complete: rerun with --resume "
-                        "(resume=True), with more memory per worker if it was killed for "
-                        "memory") from exc
+        raise JobFailed(
+            f"a Dask worker died while computing {path} ({_one_line(exc)}); the "
+            "output is partial, not marked complete: rerun with --resume "
+            "(resume=True), with more memory per worker if it was killed for "
+            "memory"
+        ) from exc
     record["complete"] = True
     record["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     target.attrs.update({ATTRS_KEY: _jsonable(record)})
     return target
 
 
-def _create_output(path: str, x: da.Array, chunks, zarr_format: int,
-                   record: dict[str, Any]) -> zarr.Array:
+def _create_output(
+    path: str, x: da.Array, chunks, zarr_format: int, record: dict[str, Any]
+) -> zarr.Array:
     try:
         # write_empty_chunks: every chunk becomes an object, so "chunk object exists" means
         # "chunk written" for resume and for info's count, even where the result is all zeros.
         return zarr.create_array(
             store=os.path.abspath(path),  # pickled into tasks: remote workers' cwd differs
-            shape=x.shape, chunks=tuple(c[0] for c in chunks), dtype=x.dtype,
-            zarr_format=zarr_format, attributes={ATTRS_KEY: record},
+            shape=x.shape,
+            chunks=tuple(c[0] for c in chunks),
+            dtype=x.dtype,
+            zarr_format=zarr_format,
+            attributes={ATTRS_KEY: record},
             config={"write_empty_chunks": True},
         )
     except OSError as exc:
@@ -308,8 +347,9 @@ def _comparable_steps(steps) -> list:
     for step in steps or []:
         step = {k: v for k, v in step.items() if k not in _ENGINE_KEYS}
         if isinstance(step.get("parameters"), dict):
-            step["parameters"] = {k: v for k, v in step["parameters"].items()
-                                  if k not in _ENGINE_KEYS}
+            step["parameters"] = {
+                k: v for k, v in step["parameters"].items() if k not in _ENGINE_KEYS
+            }
         result.append(step)
     return result
 
@@ -320,34 +360,44 @@ def _reopen_for_resume(path: str, x: da.Array, record: dict[str, Any]):
     old = dict(array.attrs).get(ATTRS_KEY)
     if not isinstance(old, dict):
         raise OutputError(f"cannot resume {path}: it was not written by distconv")
-    found = {"shape": list(array.shape), "dtype": str(array.dtype),
-             "chunks": list(array.chunks)}
+    found = {"shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks)}
     for key in ("inputs", "shape", "dtype", "chunks"):
         recorded = old.get(key, found.get(key))
         if recorded != record[key]:
-            raise OutputError(f"cannot resume {path}: {key} differ ({recorded} recorded, "
-                              f"{record[key]} now); use --overwrite to start again")
+            raise OutputError(
+                f"cannot resume {path}: {key} differ ({recorded} recorded, "
+                f"{record[key]} now); use --overwrite to start again"
+            )
     old_steps, new_steps = _comparable_steps(old.get("steps")), _comparable_steps(record["steps"])
     if len(old_steps) != len(new_steps):
-        raise OutputError(f"cannot resume {path}: it records {len(old_steps)} operations, this "
-                          f"job has {len(new_steps)}; use --overwrite to start again")
-    for index, (before, now) in enumerate(zip(old_steps, new_steps)):
+        raise OutputError(
+            f"cannot resume {path}: it records {len(old_steps)} operations, this "
+            f"job has {len(new_steps)}; use --overwrite to start again"
+        )
+    for before, now in zip(old_steps, new_steps):
         for key in sorted(set(before) | set(now)):
             if key == "parameters":
                 for name in sorted(set(before.get(key, {})) | set(now.get(key, {}))):
                     a, b = before.get(key, {}).get(name), now.get(key, {}).get(name)
                     if a != b:
-                        raise OutputError(f"cannot resume {path}: {name} differs ({a} recorded, "
-                                          f"{b} now); use --overwrite to start again")
+                        raise OutputError(
+                            f"cannot resume {path}: {name} differs ({a} recorded, "
+                            f"{b} now); use --overwrite to start again"
+                        )
             elif before.get(key) != now.get(key):
                 what = "weights differ" if key.startswith("weights") else f"{key} differs"
-                raise OutputError(f"cannot resume {path}: {what} ({_short(before.get(key))} "
-                                  f"recorded, {_short(now.get(key))} now); use --overwrite to "
-                                  "start again")
+                raise OutputError(
+                    f"cannot resume {path}: {what} ({_short(before.get(key))} "
+                    f"recorded, {_short(now.get(key))} now); use --overwrite to "
+                    "start again"
+                )
     _remove_interrupted_writes(path)
     stored = _stored_keys(path)
-    done = {index for index in np.ndindex(*x.numblocks)
-            if array.metadata.encode_chunk_key(index) in stored}
+    done = {
+        index
+        for index in np.ndindex(*x.numblocks)
+        if array.metadata.encode_chunk_key(index) in stored
+    }
     return array, old, done
 
 
@@ -416,8 +466,9 @@ def _codec_name(codec) -> str:
 
 
 def _looks_like_zarr(path: str) -> bool:
-    return any(os.path.exists(os.path.join(path, name))
-               for name in ("zarr.json", ".zarray", ".zgroup"))
+    return any(
+        os.path.exists(os.path.join(path, name)) for name in ("zarr.json", ".zarray", ".zgroup")
+    )
 
 
 def _jsonable(value):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -50,8 +50,10 @@ def load_npy(path: str, mmap: bool = False) -> np.ndarray:
         array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except ValueError as exc:
         if "pickle" in str(exc).lower() or "object" in str(exc).lower():
-            raise DistconvError(f"{path} holds pickled or object data, which distconv never "
-                                "loads; save plain numbers with numpy.save") from None
+            raise DistconvError(
+                f"{path} holds pickled or object data, which distconv never "
+                "loads; save plain numbers with numpy.save"
+            ) from None
         raise DistconvError(f"{path} is not a valid .npy file ({exc})") from None
     except OSError as exc:
         raise DistconvError(f"{path} cannot be read ({exc})") from None
@@ -71,18 +73,20 @@ def _load_file(path: str) -> np.ndarray:
             with np.load(path, allow_pickle=False) as archive:
                 names = list(archive.files)
                 if len(names) != 1:
-                    raise DistconvError(f"{path} holds {len(names)} arrays ({', '.join(names)}); "
-                                        "weights need exactly one")
+                    raise DistconvError(
+                        f"{path} holds {len(names)} arrays ({', '.join(names)}); "
+                        "weights need exactly one"
+                    )
                 return archive[names[0]]
         except DistconvError:
             raise
         except (ValueError, OSError) as exc:
-            raise DistconvError(f"{path} is not a readable .npz of plain numbers ({exc})") \
-                from None
+            raise DistconvError(f"{path} is not a readable .npz of plain numbers ({exc})") from None
     if lower.endswith((".txt", ".csv")):
         try:
-            return np.loadtxt(path, delimiter="," if lower.endswith(".csv") else None,
-                              ndmin=1, dtype=np.float64)
+            return np.loadtxt(
+                path, delimiter="," if lower.endswith(".csv") else None, ndmin=1, dtype=np.float64
+            )
         except ValueError as exc:
             raise DistconvError(f"{path} is not a table of numbers ({exc})") from None
     raise DistconvError(f"{path}: unknown weights format; use .npy, .npz, .txt or .csv")
@@ -97,6 +101,7 @@ def weights_digest(weights: np.ndarray) -> str:
 
 
 # --- named kernels ------------------------------------------------------------------------------
+
 
 def _gaussian(ndim: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
     if sigma <= 0:
@@ -158,8 +163,9 @@ def named_kernel(spec: str, ndim: int | None) -> np.ndarray:
     """Build a kernel from a spec such as ``gaussian:sigma=4``; strictly parsed, never evaluated."""
     match = _SPEC.match(spec.strip())
     if not match or match["name"] not in NAMED_KERNELS:
-        raise DistconvError(f"{spec!r} is neither a weights file nor a named kernel "
-                            f"({NAMED_FORMS})")
+        raise DistconvError(
+            f"{spec!r} is neither a weights file nor a named kernel ({NAMED_FORMS})"
+        )
     name = match["name"]
     builder, schema = NAMED_KERNELS[name]
     params: dict[str, float | int] = {}
@@ -175,8 +181,10 @@ def named_kernel(spec: str, ndim: int | None) -> np.ndarray:
         try:
             number = float(value) if kind is float else int(value, 10)
         except ValueError:
-            raise DistconvError(f"{key}={value!r} in {spec!r} is not a valid "
-                                f"{'number' if kind is float else 'integer'}") from None
+            raise DistconvError(
+                f"{key}={value!r} in {spec!r} is not a valid "
+                f"{'number' if kind is float else 'integer'}"
+            ) from None
         if kind is float and not np.isfinite(number):
             raise DistconvError(f"{key}={value!r} in {spec!r} must be finite")
         params[key] = number

@@ -1,9 +1,9 @@
 """The `make demo` job: build a sample image, convolve it on the local cluster, show both.
 
 Writes demo-output/sample.zarr (8192×8192 float32 with cell-like structure, chunks 2048²) and a
-31×31 difference-of-Gaussians kernel (a blob detector), runs the real `distconv convolve` command on the embedded
-LocalCluster (it prints time and throughput), and saves demo-output/demo.png with the input and
-the output side by side.
+31×31 difference-of-Gaussians kernel (a blob detector), runs the real `distconv convolve` command
+on the embedded LocalCluster (it prints time and throughput), and saves demo-output/demo.png with
+the input and the output side by side.
 
     python examples/demo.py [--size 8192] [--out demo-output]
 """
@@ -60,16 +60,21 @@ def main() -> None:
 
     start = time.perf_counter()
     image = sample_image(args.size)
-    store = zarr.create_array(image_path, shape=image.shape, chunks=(args.chunk,) * 2,
-                              dtype=image.dtype, overwrite=True)
+    store = zarr.create_array(
+        image_path, shape=image.shape, chunks=(args.chunk,) * 2, dtype=image.dtype, overwrite=True
+    )
     store[:] = image
     np.save(kernel_path, dog_kernel())
-    print(f"sample: {image_path} {args.size}×{args.size} float32, chunks {args.chunk}² "
-          f"({time.perf_counter() - start:.1f} s to make)")
+    print(
+        f"sample: {image_path} {args.size}×{args.size} float32, chunks {args.chunk}² "
+        f"({time.perf_counter() - start:.1f} s to make)"
+    )
 
     distconv = os.path.join(os.path.dirname(sys.executable), "distconv")
-    subprocess.run([distconv, "convolve", image_path, kernel_path, "-o", result_path,
-                    "--overwrite"], check=True)
+    subprocess.run(
+        [distconv, "convolve", image_path, kernel_path, "-o", result_path, "--overwrite"],
+        check=True,
+    )
     subprocess.run([distconv, "info", result_path], check=True)
 
     import matplotlib

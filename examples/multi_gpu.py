@@ -35,10 +35,17 @@ def run(image_path: str, out_path: str, gpu: bool) -> float:
     """The job itself: smooth → gamma → save. Returns the seconds it took."""
     start = time.perf_counter()
     engine = "cupy" if gpu else "auto"
-    smooth = dc.convolve(dc.open(image_path), dc.load_weights("gaussian:sigma=4", ndim=2),
-                         engine=engine)
-    corrected = dc.map_chunks(gamma, smooth, power=0.5, engine="cupy" if gpu else "numpy",
-                              dtype="float32", chunks=smooth.chunks)
+    smooth = dc.convolve(
+        dc.open(image_path), dc.load_weights("gaussian:sigma=4", ndim=2), engine=engine
+    )
+    corrected = dc.map_chunks(
+        gamma,
+        smooth,
+        power=0.5,
+        engine="cupy" if gpu else "numpy",
+        dtype="float32",
+        chunks=smooth.chunks,
+    )
     dc.save(corrected, out_path, overwrite=True, progress=False)
     return time.perf_counter() - start
 
@@ -49,24 +56,32 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=512, help="Zarr chunk side")
     parser.add_argument("--cluster", default="cuda", help="cluster spec (default: cuda)")
     parser.add_argument("--workers", type=int, help="GPUs to use (default: all)")
-    parser.add_argument("--fallback", default="threads", choices=("threads", "local", "none"),
-                        help="what to run on when there is no GPU (default: threads)")
+    parser.add_argument(
+        "--fallback",
+        default="threads",
+        choices=("threads", "local", "none"),
+        help="what to run on when there is no GPU (default: threads)",
+    )
     parser.add_argument("--out", help="output folder (default: a temporary one)")
     args = parser.parse_args()
     out = args.out or tempfile.mkdtemp(prefix="distconv-multigpu-")
     os.makedirs(out, exist_ok=True)
     image_path, out_path = os.path.join(out, "image.zarr"), os.path.join(out, "gamma.zarr")
-    store = zarr.create_array(image_path, shape=(args.size, args.size), dtype="float32",
-                              chunks=(args.chunk, args.chunk), overwrite=True)
+    store = zarr.create_array(
+        image_path,
+        shape=(args.size, args.size),
+        dtype="float32",
+        chunks=(args.chunk, args.chunk),
+        overwrite=True,
+    )
     rng = np.random.default_rng(0)
     for top in range(0, args.size, args.chunk):
         rows = min(args.chunk, args.size - top)
-        store[top:top + rows] = rng.random((rows, args.size), dtype=np.float32)
+        store[top : top + rows] = rng.random((rows, args.size), dtype=np.float32)
 
     with contextlib.ExitStack() as stack:
         try:  # only starting the cluster may fall back; errors in the job itself are errors
-            client = stack.enter_context(dc.cluster(args.cluster, workers=args.workers,
-                                                    quiet=True))
+            client = stack.enter_context(dc.cluster(args.cluster, workers=args.workers, quiet=True))
         except dc.DistconvError as error:
             if args.cluster != "cuda":
                 raise
@@ -79,11 +94,18 @@ def main() -> None:
             seconds, where = run(image_path, out_path, gpu=False), f"the CPU ({args.fallback})"
         else:
             devices = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES", "?"))
-            print(f"{len(devices)} GPU worker(s): " + ", ".join(
-                f"{address} → CUDA_VISIBLE_DEVICES={value}" for address, value in devices.items()))
+            print(
+                f"{len(devices)} GPU worker(s): "
+                + ", ".join(
+                    f"{address} → CUDA_VISIBLE_DEVICES={value}"
+                    for address, value in devices.items()
+                )
+            )
             seconds, where = run(image_path, out_path, gpu=True), f"{len(devices)} GPU(s)"
-    print(f"{args.size}² smooth → gamma on {where}: {seconds:.2f} s "
-          f"({args.size**2 / seconds / 1e6:.2f} Mpx/s) -> {out_path}")
+    print(
+        f"{args.size}² smooth → gamma on {where}: {seconds:.2f} s "
+        f"({args.size**2 / seconds / 1e6:.2f} Mpx/s) -> {out_path}"
+    )
 
 
 if __name__ == "__main__":

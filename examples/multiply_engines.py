@@ -65,10 +65,15 @@ def tensorflow_multiply(a, b):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=64 if SIMULATOR else 4096,
-                        help="side of the square arrays (default: 64 simulated, 4096 on a GPU)")
-    parser.add_argument("--chunk", type=int, default=32 if SIMULATOR else 1024,
-                        help="Zarr chunk side")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=64 if SIMULATOR else 4096,
+        help="side of the square arrays (default: 64 simulated, 4096 on a GPU)",
+    )
+    parser.add_argument(
+        "--chunk", type=int, default=32 if SIMULATOR else 1024, help="Zarr chunk side"
+    )
     parser.add_argument("--out", help="folder for the Zarr stores (default: a temporary one)")
     args = parser.parse_args()
     out = args.out or tempfile.mkdtemp(prefix="distconv-multiply-")
@@ -79,13 +84,21 @@ def main() -> None:
     paths = []
     for name in ("a", "b"):
         path = os.path.join(out, f"{name}.zarr")
-        store = zarr.create_array(path, shape=(args.size, args.size), dtype="float32",
-                                  chunks=(args.chunk, args.chunk), overwrite=True)
+        store = zarr.create_array(
+            path,
+            shape=(args.size, args.size),
+            dtype="float32",
+            chunks=(args.chunk, args.chunk),
+            overwrite=True,
+        )
         store[:] = rng.standard_normal((args.size, args.size), dtype=np.float32)
         paths.append(path)
 
-    runs = [("numpy", np.multiply), ("tensorflow", tensorflow_multiply),
-            ("numba-cuda", numba_multiply)]
+    runs = [
+        ("numpy", np.multiply),
+        ("tensorflow", tensorflow_multiply),
+        ("numba-cuda", numba_multiply),
+    ]
     print(f"{'engine':<12} {'seconds':>8} {'Melem/s':>9} {'max |err|':>10}")
     for engine, function in runs:
         a, b = dc.open(paths[0]), dc.open(paths[1])
@@ -95,8 +108,9 @@ def main() -> None:
         seconds = time.perf_counter() - start
         # The reference is NumPy in float64, chunk by chunk (never all in memory).
         expected = a.astype(np.float64) * b.astype(np.float64)
-        error = float(da.fabs(dc.open(os.path.join(out, f"{engine}.zarr")) - expected)
-                      .max().compute())
+        error = float(
+            da.fabs(dc.open(os.path.join(out, f"{engine}.zarr")) - expected).max().compute()
+        )
         print(f"{engine:<12} {seconds:8.3f} {args.size**2 / seconds / 1e6:9.2f} {error:10.2e}")
 
 

@@ -37,8 +37,9 @@ def threshold(block, level):
 
 def make_image(path: str, size: int, chunk: int) -> None:
     """Bright round blobs on a noisy background, written band by band."""
-    store = zarr.create_array(path, shape=(size, size), chunks=(chunk, chunk), dtype="float32",
-                              overwrite=True)
+    store = zarr.create_array(
+        path, shape=(size, size), chunks=(chunk, chunk), dtype="float32", overwrite=True
+    )
     rng = np.random.default_rng(0)
     centres = rng.uniform(0, size, (size * size // 4000, 2))
     radius = max(size / 200, 2.0)
@@ -47,9 +48,12 @@ def make_image(path: str, size: int, chunk: int) -> None:
         cols = np.arange(size)[None, :, None]
         near = centres[np.abs(centres[:, 0] - (top + chunk / 2)) < chunk / 2 + 3 * radius]
         d2 = (rows - near[:, 0]) ** 2 + (cols - near[:, 1]) ** 2 if len(near) else None
-        band = np.exp(-d2 / (2 * radius**2)).sum(axis=2) if d2 is not None \
+        band = (
+            np.exp(-d2 / (2 * radius**2)).sum(axis=2)
+            if d2 is not None
             else np.zeros((len(rows), size))
-        store[top:top + len(rows)] = band + rng.normal(0, 0.05, band.shape)
+        )
+        store[top : top + len(rows)] = band + rng.normal(0, 0.05, band.shape)
 
 
 def main() -> None:
@@ -59,8 +63,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="local cluster worker processes")
     parser.add_argument("--cluster", default="local", help="local, threads, tcp://HOST:PORT ...")
     parser.add_argument("--out", help="output folder (default: a temporary one)")
-    parser.add_argument("--check", action="store_true",
-                        help="also compute the pipeline in memory with scipy.ndimage and compare")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="also compute the pipeline in memory with scipy.ndimage and compare",
+    )
     args = parser.parse_args()
     out = args.out or tempfile.mkdtemp(prefix="distconv-pipeline-")
     os.makedirs(out, exist_ok=True)
@@ -69,8 +76,9 @@ def main() -> None:
 
     workers = args.workers if args.cluster == "local" else None
     with dc.cluster(args.cluster, workers=workers, quiet=True) as client:
-        print(f"cluster: {args.cluster}" + (f", dashboard {client.dashboard_link}" if client
-                                             else ""))
+        print(
+            f"cluster: {args.cluster}" + (f", dashboard {client.dashboard_link}" if client else "")
+        )
         start = time.perf_counter()
         image = dc.open(image_path)
         smooth = dc.convolve(image, dc.load_weights("gaussian:sigma=2", ndim=2))
@@ -79,8 +87,10 @@ def main() -> None:
         mask = dc.map_chunks(threshold, edges, level=level, dtype="uint8", chunks=edges.chunks)
         written = dc.save(mask, mask_path, overwrite=True, progress=False)
         seconds = time.perf_counter() - start
-    print(f"smooth → edges → threshold (level {level:.4f}) on {args.size}² in {seconds:.2f} s; "
-          f"{int(written[:].sum()) if args.size <= 8192 else '?'} edge pixels -> {mask_path}")
+    print(
+        f"smooth → edges → threshold (level {level:.4f}) on {args.size}² in {seconds:.2f} s; "
+        f"{int(written[:].sum()) if args.size <= 8192 else '?'} edge pixels -> {mask_path}"
+    )
     steps = written.attrs["distconv"]["steps"]
     print("provenance:", json.dumps([s.get("function", s["operation"]) for s in steps]))
 

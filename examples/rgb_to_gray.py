@@ -32,17 +32,23 @@ def main() -> None:
 
     # A synthetic uint8 RGB image, written band by band so a large one never sits in memory.
     height, width = args.size, 3 * args.size // 4
-    rgb = zarr.create_array(os.path.join(out, "rgb.zarr"), shape=(height, width, 3),
-                            chunks=(args.chunk, args.chunk, 3), dtype="uint8", overwrite=True)
+    rgb = zarr.create_array(
+        os.path.join(out, "rgb.zarr"),
+        shape=(height, width, 3),
+        chunks=(args.chunk, args.chunk, 3),
+        dtype="uint8",
+        overwrite=True,
+    )
     rng = np.random.default_rng(0)
     for top in range(0, height, args.chunk):
         rows = min(args.chunk, height - top)
-        rgb[top:top + rows] = rng.integers(0, 256, (rows, width, 3), dtype=np.uint8)
+        rgb[top : top + rows] = rng.integers(0, 256, (rows, width, 3), dtype=np.uint8)
 
     import tensorflow as tf  # imported here only to name the function; workers import it too
 
-    gray = dc.map_chunks(tf.image.rgb_to_grayscale, dc.open(os.path.join(out, "rgb.zarr")),
-                         engine="tensorflow")
+    gray = dc.map_chunks(
+        tf.image.rgb_to_grayscale, dc.open(os.path.join(out, "rgb.zarr")), engine="tensorflow"
+    )
     print(f"{rgb.shape} {rgb.dtype} -> {gray.shape} {gray.dtype}")
     start = time.perf_counter()
     dc.save(gray, os.path.join(out, "gray.zarr"), overwrite=True, progress=False)
@@ -53,8 +59,9 @@ def main() -> None:
     block = rgb[: args.chunk, : args.chunk].astype(np.float64)
     expected = block @ np.array([0.2989, 0.5870, 0.1140])
     written = zarr.open_array(os.path.join(out, "gray.zarr"))[: args.chunk, : args.chunk, 0]
-    print(f"max |error| on the first chunk: {np.abs(written - expected).max():.2f} "
-          "(uint8 rounding)")
+    print(
+        f"max |error| on the first chunk: {np.abs(written - expected).max():.2f} (uint8 rounding)"
+    )
 
 
 if __name__ == "__main__":

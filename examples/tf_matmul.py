@@ -22,7 +22,9 @@ import distconv as dc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=512, help="rows of A (A is n x 3n/4, B 3n/4 x n/2)")
+    parser.add_argument(
+        "--n", type=int, default=512, help="rows of A (A is n x 3n/4, B 3n/4 x n/2)"
+    )
     parser.add_argument("--chunk", type=int, default=128, help="Zarr chunk side")
     parser.add_argument("--out", help="folder for the Zarr stores (default: a temporary one)")
     args = parser.parse_args()
@@ -33,18 +35,24 @@ def main() -> None:
     rng = np.random.default_rng(0)
     n, k, m = args.n, 3 * args.n // 4, args.n // 2
     for name, shape in (("a", (n, k)), ("b", (k, m))):
-        store = zarr.create_array(os.path.join(out, f"{name}.zarr"), shape=shape,
-                                  chunks=(args.chunk, args.chunk), dtype="float32",
-                                  overwrite=True)
+        store = zarr.create_array(
+            os.path.join(out, f"{name}.zarr"),
+            shape=shape,
+            chunks=(args.chunk, args.chunk),
+            dtype="float32",
+            overwrite=True,
+        )
         store[:] = rng.standard_normal(shape, dtype=np.float32)
 
     a, b = dc.open(os.path.join(out, "a.zarr")), dc.open(os.path.join(out, "b.zarr"))
-    product = dc.matmul(a, b, engine="tensorflow")       # lazy: nothing computed yet
+    product = dc.matmul(a, b, engine="tensorflow")  # lazy: nothing computed yet
     start = time.perf_counter()
     dc.save(product, os.path.join(out, "ab.zarr"), overwrite=True, progress=False)
     seconds = time.perf_counter() - start
-    print(f"A {a.shape} @ B {b.shape} -> {product.shape} in {seconds:.2f} s "
-          f"({2 * n * k * m / seconds / 1e9:.2f} GFLOP/s) -> {out}/ab.zarr")
+    print(
+        f"A {a.shape} @ B {b.shape} -> {product.shape} in {seconds:.2f} s "
+        f"({2 * n * k * m / seconds / 1e9:.2f} GFLOP/s) -> {out}/ab.zarr"
+    )
 
     # Check against NumPy in float64 (small sizes only: this reads both matrices into memory).
     if n <= 4096:

@@ -43,8 +43,13 @@ class KeyedCache(Generic[V]):
     which tests use to look inside.
     """
 
-    def __init__(self, maxsize: int | None = None, *, policy: Literal["lru", "fifo"] = "lru",
-                 compute_under_lock: bool = False) -> None:
+    def __init__(
+        self,
+        maxsize: int | None = None,
+        *,
+        policy: Literal["lru", "fifo"] = "lru",
+        compute_under_lock: bool = False,
+    ) -> None:
         if policy not in ("lru", "fifo"):
             raise ValueError(f"unknown eviction policy {policy!r}; choose 'lru' or 'fifo'")
         self.maxsize = maxsize
@@ -117,8 +122,7 @@ class KeyedCache(Generic[V]):
         return len(self._entries)
 
     def __repr__(self) -> str:
-        return (f"KeyedCache({len(self)} entries, maxsize={self.maxsize}, "
-                f"policy={self.policy!r})")
+        return f"KeyedCache({len(self)} entries, maxsize={self.maxsize}, policy={self.policy!r})"
 
 
 _MISSING = object()

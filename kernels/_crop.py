@@ -33,9 +33,7 @@ def valid_crop(block_shape: Sequence[int], weights_shape: Sequence[int]) -> tupl
         ``block_shape[i] - weights_shape[i] + 1`` samples per axis, starting at
         ``weights_shape[i] // 2``.
     """
-    return tuple(
-        slice(w // 2, w // 2 + b - w + 1) for b, w in zip(block_shape, weights_shape)
-    )
+    return tuple(slice(w // 2, w // 2 + b - w + 1) for b, w in zip(block_shape, weights_shape))
 
 
 def valid_crop_axis(shape: Sequence[int], axis: int, size: int) -> tuple[slice, ...]:
@@ -60,8 +58,9 @@ def valid_crop_axis(shape: Sequence[int], axis: int, size: int) -> tuple[slice, 
     return tuple(crop)
 
 
-def circular_valid(block_shape: Sequence[int], weights_shape: Sequence[int],
-                   axes: Iterable[int]) -> tuple[slice, ...]:
+def circular_valid(
+    block_shape: Sequence[int], weights_shape: Sequence[int], axes: Iterable[int]
+) -> tuple[slice, ...]:
     """Slices keeping, on ``axes``, the samples where a circular correlation is exact.
 
     Parameters

@@ -29,8 +29,15 @@ from cupyx.scipy import ndimage
 from distconv.kernels._cache import KeyedCache
 from distconv.kernels._crop import circular_valid, valid_crop, valid_crop_axis
 
-__all__ = ["correlate_direct", "correlate_fft", "correlate_separable", "device_info", "map_chunk",
-           "matmul", "multiply"]
+__all__ = [
+    "correlate_direct",
+    "correlate_fft",
+    "correlate_separable",
+    "device_info",
+    "map_chunk",
+    "matmul",
+    "multiply",
+]
 
 
 def correlate_direct(block, weights):
@@ -101,8 +108,10 @@ def device_info() -> str:
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         memory = props["totalGlobalMem"] / 2**30
         names.append(f"{index}: {name} ({memory:.0f} GiB, sm {props['major']}.{props['minor']})")
-    return (f"{'; '.join(names)} (CuPy {cupy.__version__}, "
-            f"CUDA runtime {version // 1000}.{version % 1000 // 10})")
+    return (
+        f"{'; '.join(names)} (CuPy {cupy.__version__}, "
+        f"CUDA runtime {version // 1000}.{version % 1000 // 10})"
+    )
 
 
 def map_chunk(fn, kwargs: dict, *blocks):
@@ -118,6 +127,7 @@ def map_chunk(fn, kwargs: dict, *blocks):
 # --------------------------------------------------------------------------------------------
 # Placement and per-device caches
 # --------------------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def _placement(*arrays) -> Iterator[tuple]:
@@ -164,9 +174,9 @@ def _weights_spectrum(weights, dtype, lengths, axes):
     key = (cupy.cuda.Device().id, host.dtype.str, host.shape, host.tobytes(), lengths, axes)
 
     def compute():
-        flipped = host[tuple(slice(None, None, -1) if a in axes else slice(None)
-                             for a in range(host.ndim))]
+        flipped = host[
+            tuple(slice(None, None, -1) if a in axes else slice(None) for a in range(host.ndim))
+        ]
         return cupy.fft.rfftn(cupy.asarray(flipped), s=lengths, axes=axes)
 
     return _SPECTRA.get(key, compute)
-

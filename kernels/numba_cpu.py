@@ -7,10 +7,10 @@ holds this engine's ranks, dtypes and cost model): the block arrives padded for 
 One compiled loop does all the correlation work. A C-contiguous block is seen as a set of output
 *rows* along its last axis; every nonzero tap is a fixed offset into the flattened input, so the
 valid correlation of a row segment is ``acc[j] += w[t] * x[base + offset[t] + j]`` summed over the
-taps. The inner loop over ``j`` is contiguous and vectorises (LLVM emits packed FMAs), the accumulator
-segment stays in L1, and taps are applied four at a time so each pass over ``acc`` does four
-multiply-adds per load/store. The same loop therefore serves any rank, and a separable pass along
-axis ``k`` is the same loop on the ``(before, n, after)`` view with a 1-D kernel.
+taps. The inner loop over ``j`` is contiguous and vectorises (LLVM emits packed FMAs), the
+accumulator segment stays in L1, and taps are applied four at a time so each pass over ``acc`` does
+four multiply-adds per load/store. The same loop therefore serves any rank, and a separable pass
+along axis ``k`` is the same loop on the ``(before, n, after)`` view with a 1-D kernel.
 
 Threads: Dask runs several tasks in one worker process at once. The kernels are serial
 ``@njit(nogil=True)`` functions, so those threads run truly in parallel and Dask supplies the
@@ -23,7 +23,7 @@ are passed as data, so one compiled artefact serves every kernel.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numba
 import numpy as np
@@ -71,17 +71,14 @@ def correlate_direct(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
         raise TypeError(f"correlate_direct needs a float32 or float64 block, got {block.dtype}")
     weights = np.asarray(weights)
     if weights.ndim != block.ndim:
-        raise ValueError(
-            f"weights have {weights.ndim} dimension(s) but the block has {block.ndim}"
-        )
+        raise ValueError(f"weights have {weights.ndim} dimension(s) but the block has {block.ndim}")
     out_shape = tuple(b - w + 1 for b, w in zip(block.shape, weights.shape))
     if min(out_shape) < 0:
         raise ValueError(f"block {block.shape} is smaller than the weights {weights.shape}")
     return _correlate(block, weights, out_shape)
 
 
-def correlate_separable(block: np.ndarray,
-                        factors: Sequence[np.ndarray | None]) -> np.ndarray:
+def correlate_separable(block: np.ndarray, factors: Sequence[np.ndarray | None]) -> np.ndarray:
     """Valid correlation with a rank-1 kernel, one compiled 1-D pass per filtered axis.
 
     Parameters
@@ -116,7 +113,7 @@ def correlate_separable(block: np.ndarray,
         if size > n:
             raise ValueError(f"factor of length {size} is longer than axis {axis} ({n})")
         before = int(np.prod(out.shape[:axis], dtype=np.int64))
-        after = int(np.prod(out.shape[axis + 1:], dtype=np.int64))
+        after = int(np.prod(out.shape[axis + 1 :], dtype=np.int64))
         # A pass along `axis` is a direct correlation of the (before, n, after) view with a
         # kernel of shape (1, size, 1); the row loop then runs along n*after contiguous samples.
         view = out.reshape(before, n, after)
@@ -128,10 +125,23 @@ def correlate_separable(block: np.ndarray,
 
 
 # dtypes the compiled multiply loop handles exactly as NumPy does (float16 and bool go to NumPy).
-_MULTIPLY_DTYPES = frozenset(np.dtype(t) for t in (
-    np.float32, np.float64, np.complex64, np.complex128,
-    np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
-))
+_MULTIPLY_DTYPES = frozenset(
+    np.dtype(t)
+    for t in (
+        np.float32,
+        np.float64,
+        np.complex64,
+        np.complex128,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+    )
+)
 
 
 def multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -174,20 +184,22 @@ def device_info() -> str:
         cpu = binding.get_host_cpu_name()
     except Exception:  # informational only: never fail `distconv engines` over it
         cpu = "unknown cpu"
-    return (f"CPU (numba {numba.__version__}, {cpu}, {os.cpu_count()} cores; serial nogil "
-            f"kernels, parallel across Dask threads, threading layer unused)")
+    return (
+        f"CPU (numba {numba.__version__}, {cpu}, {os.cpu_count()} cores; serial nogil "
+        f"kernels, parallel across Dask threads, threading layer unused)"
+    )
 
 
-def _correlate(block: np.ndarray, weights: np.ndarray,
-               out_shape: tuple[int, ...]) -> np.ndarray:
+def _correlate(block: np.ndarray, weights: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
     """Run the row kernel for a C-contiguous block and a same-rank kernel."""
     out = np.empty(out_shape, dtype=block.dtype)
     if out.size == 0:
         return out
     taps = np.nonzero(weights)
     ntaps = taps[0].shape[0]
-    acc_dtype = (np.float32 if block.dtype == np.float32 and ntaps <= _FLOAT32_ACC_MAX_TAPS
-                 else np.float64)
+    acc_dtype = (
+        np.float32 if block.dtype == np.float32 and ntaps <= _FLOAT32_ACC_MAX_TAPS else np.float64
+    )
     values = weights[taps].astype(acc_dtype)
     strides = np.array(block.strides, dtype=np.int64) // block.itemsize
     offsets = np.zeros(ntaps, dtype=np.int64)
@@ -246,20 +258,20 @@ def _correlate_rows(x, values, offsets, row_shape, row_strides, acc, out):  # pr
                 w1 = values[t + 1]
                 w2 = values[t + 2]
                 w3 = values[t + 3]
-                x0 = x[start + offsets[t]:start + offsets[t] + m]
-                x1 = x[start + offsets[t + 1]:start + offsets[t + 1] + m]
-                x2 = x[start + offsets[t + 2]:start + offsets[t + 2] + m]
-                x3 = x[start + offsets[t + 3]:start + offsets[t + 3] + m]
+                x0 = x[start + offsets[t] : start + offsets[t] + m]
+                x1 = x[start + offsets[t + 1] : start + offsets[t + 1] + m]
+                x2 = x[start + offsets[t + 2] : start + offsets[t + 2] + m]
+                x3 = x[start + offsets[t + 3] : start + offsets[t + 3] + m]
                 for j in range(m):
                     a[j] += (w0 * x0[j] + w1 * x1[j]) + (w2 * x2[j] + w3 * x3[j])
                 t += 4
             while t < ntaps:
                 w0 = values[t]
-                x0 = x[start + offsets[t]:start + offsets[t] + m]
+                x0 = x[start + offsets[t] : start + offsets[t] + m]
                 for j in range(m):
                     a[j] += w0 * x0[j]
                 t += 1
-            o = out[r, j0:j0 + m]
+            o = out[r, j0 : j0 + m]
             for j in range(m):
                 o[j] = a[j]
 

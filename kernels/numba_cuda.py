@@ -61,9 +61,21 @@ from distconv.kernels._cache import KeyedCache
 from distconv.kernels._numba_cuda_sources import SOURCES, python_kernel, signature
 from distconv.kernels.registry import FLOAT_DTYPES  # the dtypes the kernels are compiled for
 
-__all__ = ["CORRELATE_THREADS", "FLOAT_DTYPES", "MATMUL_TILE", "MAX_GRID_YZ",
-           "MAX_MULTIPLY_BLOCKS", "MULTIPLY_THREADS", "SHARED_LIMIT", "SIMULATOR",
-           "correlate_direct", "device_info", "map_chunk", "matmul", "multiply"]
+__all__ = [
+    "CORRELATE_THREADS",
+    "FLOAT_DTYPES",
+    "MATMUL_TILE",
+    "MAX_GRID_YZ",
+    "MAX_MULTIPLY_BLOCKS",
+    "MULTIPLY_THREADS",
+    "SHARED_LIMIT",
+    "SIMULATOR",
+    "correlate_direct",
+    "device_info",
+    "map_chunk",
+    "matmul",
+    "multiply",
+]
 
 #: True when numba runs kernels in its CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
 SIMULATOR: bool = bool(_numba_config.ENABLE_CUDASIM)
@@ -99,7 +111,8 @@ def _kernel(name: str, dtype: np.dtype, device_id: int, tile: int | None = None)
     """
     key = (name, device_id, np.dtype(dtype).str, tile)
     return _KERNELS.get(
-        key, lambda: cuda.jit(signature(name, dtype))(python_kernel(name, dtype, tile)))
+        key, lambda: cuda.jit(signature(name, dtype))(python_kernel(name, dtype, tile))
+    )
 
 
 def _compile_ptx(cc: tuple[int, int] = (9, 0)) -> dict[str, str]:
@@ -113,8 +126,7 @@ def _compile_ptx(cc: tuple[int, int] = (9, 0)) -> dict[str, str]:
         for dtype in FLOAT_DTYPES:
             tile = MATMUL_TILE if name == "matmul" else None
             source = python_kernel(name, dtype, tile)
-            ptx[f"{name}-{dtype}"] = cuda.compile_ptx(source, signature(name, dtype).args,
-                                                      cc=cc)[0]
+            ptx[f"{name}-{dtype}"] = cuda.compile_ptx(source, signature(name, dtype).args, cc=cc)[0]
     return ptx
 
 
@@ -122,6 +134,7 @@ def _compile_ptx(cc: tuple[int, int] = (9, 0)) -> dict[str, str]:
 # Array placement: CuPy in -> CuPy out (on the block's device, CuPy's stream); NumPy in -> copy
 # to the device, run, copy back.
 # --------------------------------------------------------------------------------------------
+
 
 def _is_cupy(a) -> bool:
     return type(a).__module__.split(".")[0] == "cupy"
@@ -219,8 +232,15 @@ def _check_float(dtype) -> np.dtype:
 # Engine operations (the per-chunk contract of distconv.kernels.registry)
 # --------------------------------------------------------------------------------------------
 
-def correlate_direct(block, weights, *, threads: tuple[int, int] | None = None,
-                     shared: bool | None = None, max_grid: int = MAX_GRID_YZ):
+
+def correlate_direct(
+    block,
+    weights,
+    *,
+    threads: tuple[int, int] | None = None,
+    shared: bool | None = None,
+    max_grid: int = MAX_GRID_YZ,
+):
     """Valid correlation of a haloed block with the tiled shared-memory CUDA kernel.
 
     Parameters
@@ -245,8 +265,10 @@ def correlate_direct(block, weights, *, threads: tuple[int, int] | None = None,
     """
     dtype = _check_float(block.dtype)
     if not 1 <= block.ndim <= 3 or np.ndim(weights) != block.ndim:
-        raise ValueError(f"numba-cuda correlate_direct needs 1-D to 3-D blocks and weights of "
-                         f"the same rank, got {block.ndim}-D and {np.ndim(weights)}-D")
+        raise ValueError(
+            f"numba-cuda correlate_direct needs 1-D to 3-D blocks and weights of "
+            f"the same rank, got {block.ndim}-D and {np.ndim(weights)}-D"
+        )
     out_shape = tuple(b - w + 1 for b, w in zip(block.shape, np.shape(weights)))
     if min(out_shape) < 1:
         raise ValueError(f"weights {np.shape(weights)} are larger than block {block.shape}")
@@ -260,12 +282,16 @@ def correlate_direct(block, weights, *, threads: tuple[int, int] | None = None,
         kd, kh, kw = w.shape
         tile_bytes = (by + kh - 1) * (bx + kw - 1) * dtype.itemsize
         use_shared = tile_bytes <= SHARED_LIMIT if shared is None else shared
-        grid = (math.ceil(out.shape[2] / bx), min(math.ceil(out.shape[1] / by), max_grid),
-                min(out.shape[0], max_grid))
+        grid = (
+            math.ceil(out.shape[2] / bx),
+            min(math.ceil(out.shape[1] / by), max_grid),
+            min(out.shape[0], max_grid),
+        )
         name = "correlate_shared" if use_shared else "correlate_global"
         kernel = _kernel(name, dtype, call.device_id)
         kernel[grid, (bx, by, 1), call.stream, tile_bytes if use_shared else 0](
-            call.to_kernel(x), call.to_kernel(w), out)
+            call.to_kernel(x), call.to_kernel(w), out
+        )
         return result().reshape(out_shape)
 
 
@@ -290,8 +316,7 @@ def matmul(a, b, *, tile: int | None = None, max_grid: int = MAX_GRID_YZ):
     with call.active():
         a = call.array(a, a.dtype)
         b = call.array(b, b.dtype)
-        if (dtype not in FLOAT_DTYPES or a.ndim < 2 or b.ndim < 2 or 0 in a.shape
-                or 0 in b.shape):
+        if dtype not in FLOAT_DTYPES or a.ndim < 2 or b.ndim < 2 or 0 in a.shape or 0 in b.shape:
             return call.xp.matmul(a, b)
         if a.shape[-1] != b.shape[-2]:
             raise ValueError(f"matmul: inner dimensions differ: {a.shape} @ {b.shape}")
@@ -304,8 +329,7 @@ def matmul(a, b, *, tile: int | None = None, max_grid: int = MAX_GRID_YZ):
         out, result = call.empty((count, m, n), dtype)
         grid = (math.ceil(n / tile), min(math.ceil(m / tile), max_grid), min(count, max_grid))
         kernel = _kernel("matmul", dtype, call.device_id, tile)
-        kernel[grid, (tile, tile, 1), call.stream, 0](call.to_kernel(a3), call.to_kernel(b3),
-                                                     out)
+        kernel[grid, (tile, tile, 1), call.stream, 0](call.to_kernel(a3), call.to_kernel(b3), out)
         return result().reshape(batch + (m, n))
 
 
@@ -346,8 +370,7 @@ def multiply(a, b, *, threads: int | None = None, max_blocks: int = MAX_MULTIPLY
         threads = threads or MULTIPLY_THREADS
         grid = min(math.ceil(flat_a.size / threads), max_blocks)
         kernel = _kernel("multiply", dtype, call.device_id)
-        kernel[grid, threads, call.stream, 0](call.to_kernel(flat_a), call.to_kernel(flat_b),
-                                             out)
+        kernel[grid, threads, call.stream, 0](call.to_kernel(flat_a), call.to_kernel(flat_b), out)
         return result().reshape(a.shape)
 
 

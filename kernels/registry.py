@@ -34,7 +34,7 @@ import importlib
 import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from types import ModuleType
 from typing import Any
 
@@ -43,12 +43,32 @@ import numpy as np
 from distconv.errors import EngineError
 
 __all__ = [
-    "CHUNK_ENGINES", "CORRELATE_OPS", "CPU_PREFERENCE", "ENGINES", "EngineSpec",
-    "FFT_COST_DUCC0", "FFT_COST_SCIPY", "FLOAT_DTYPES", "GPU_ENGINES", "GPU_PREFERENCE",
-    "LINALG_OPS", "TENSORFLOW_MATMUL_NATIVE", "TENSORFLOW_MATMUL_WIDEN",
-    "TENSORFLOW_MULTIPLY_NATIVE", "TENSORFLOW_MULTIPLY_WIDEN", "chunk_runner", "ducc0_installed",
-    "engine_names", "get_engine", "get_op", "installed_engines", "is_gpu_engine", "is_installed",
-    "resolve_engine", "run_direct", "supports",
+    "CHUNK_ENGINES",
+    "CORRELATE_OPS",
+    "CPU_PREFERENCE",
+    "ENGINES",
+    "EngineSpec",
+    "FFT_COST_DUCC0",
+    "FFT_COST_SCIPY",
+    "FLOAT_DTYPES",
+    "GPU_ENGINES",
+    "GPU_PREFERENCE",
+    "LINALG_OPS",
+    "TENSORFLOW_MATMUL_NATIVE",
+    "TENSORFLOW_MATMUL_WIDEN",
+    "TENSORFLOW_MULTIPLY_NATIVE",
+    "TENSORFLOW_MULTIPLY_WIDEN",
+    "chunk_runner",
+    "ducc0_installed",
+    "engine_names",
+    "get_engine",
+    "get_op",
+    "installed_engines",
+    "is_gpu_engine",
+    "is_installed",
+    "resolve_engine",
+    "run_direct",
+    "supports",
 ]
 
 CORRELATE_OPS = ("correlate_direct", "correlate_fft", "correlate_separable")
@@ -63,6 +83,7 @@ Runner = Callable[[Callable, str, dict, tuple], Any]
 
 # --- which ranks and dtypes each engine takes (pure: no engine import) -----------------------
 
+
 def _numba_rule(op: str, ndim: int, dtype) -> bool:
     """numba: correlation of float32/float64 blocks of any rank >= 1 (the row loop does not
     depend on the rank) and ``multiply`` of any numeric dtype (NumPy fallback beyond the
@@ -75,16 +96,22 @@ def _numba_rule(op: str, ndim: int, dtype) -> bool:
     return False
 
 
-TENSORFLOW_MATMUL_NATIVE = frozenset(np.dtype(t) for t in (
-    np.float16, np.float32, np.float64, np.int32, np.int64, np.complex64, np.complex128))
+TENSORFLOW_MATMUL_NATIVE = frozenset(
+    np.dtype(t)
+    for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.complex64, np.complex128)
+)
 # Integer types TensorFlow's matmul lacks: computed in a wider integer, then wrapped back, which
 # gives NumPy's modular result exactly.
 TENSORFLOW_MATMUL_WIDEN: Mapping[np.dtype, np.dtype] = {
-    np.dtype(np.int8): np.dtype(np.int32), np.dtype(np.int16): np.dtype(np.int32),
-    np.dtype(np.uint8): np.dtype(np.int32), np.dtype(np.uint16): np.dtype(np.int32),
-    np.dtype(np.uint32): np.dtype(np.int64)}
-TENSORFLOW_MULTIPLY_NATIVE = (TENSORFLOW_MATMUL_NATIVE | set(TENSORFLOW_MATMUL_WIDEN)
-                              | {np.dtype(np.uint64)})
+    np.dtype(np.int8): np.dtype(np.int32),
+    np.dtype(np.int16): np.dtype(np.int32),
+    np.dtype(np.uint8): np.dtype(np.int32),
+    np.dtype(np.uint16): np.dtype(np.int32),
+    np.dtype(np.uint32): np.dtype(np.int64),
+}
+TENSORFLOW_MULTIPLY_NATIVE = (
+    TENSORFLOW_MATMUL_NATIVE | set(TENSORFLOW_MATMUL_WIDEN) | {np.dtype(np.uint64)}
+)
 TENSORFLOW_MULTIPLY_WIDEN: Mapping[np.dtype, np.dtype] = {np.dtype(bool): np.dtype(np.uint8)}
 
 
@@ -99,11 +126,11 @@ def _tensorflow_rule(op: str, ndim: int, dtype) -> bool:
     if op in CORRELATE_OPS:
         return ndim >= 1 and dtype in FLOAT_DTYPES
     if op == "matmul":
-        return ndim >= 1 and (dtype in TENSORFLOW_MATMUL_NATIVE
-                              or dtype in TENSORFLOW_MATMUL_WIDEN)
+        return ndim >= 1 and (dtype in TENSORFLOW_MATMUL_NATIVE or dtype in TENSORFLOW_MATMUL_WIDEN)
     if op == "multiply":
-        return ndim >= 0 and (dtype in TENSORFLOW_MULTIPLY_NATIVE
-                              or dtype in TENSORFLOW_MULTIPLY_WIDEN)
+        return ndim >= 0 and (
+            dtype in TENSORFLOW_MULTIPLY_NATIVE or dtype in TENSORFLOW_MULTIPLY_WIDEN
+        )
     return False
 
 
@@ -132,7 +159,8 @@ def _numba_cuda_rule(op: str, ndim: int, dtype) -> bool:
 # fft = 2 x padded samples x log2(padded samples). A method an engine does not price falls back
 # to scipy's constant.
 
-@lru_cache(maxsize=None)
+
+@cache
 def ducc0_installed() -> bool:
     """Whether ducc0 (the ``fft`` extra) can be imported; it is not imported here."""
     return importlib.util.find_spec("ducc0") is not None
@@ -144,9 +172,11 @@ def ducc0_installed() -> bool:
 # benchmarks/RESULTS.md).
 FFT_COST_SCIPY = 7.0e-10
 FFT_COST_DUCC0 = 0.67 * FFT_COST_SCIPY
-_SCIPY_COST = {"direct": (9.7e-9, 1.5e-9),
-               "fft": (0.0, FFT_COST_DUCC0 if ducc0_installed() else FFT_COST_SCIPY),
-               "separable": (1.2e-8, 9.0e-10)}
+_SCIPY_COST = {
+    "direct": (9.7e-9, 1.5e-9),
+    "fft": (0.0, FFT_COST_DUCC0 if ducc0_installed() else FFT_COST_SCIPY),
+    "separable": (1.2e-8, 9.0e-10),
+}
 
 # numba: fitted with ``python benchmarks/engines.py --fit --engines numba`` on 1024x1024 float32
 # blocks (kernels 3..31) on the 2-core CI machine, in the same run as a refit of the scipy
@@ -160,8 +190,11 @@ _NUMBA_COST = {"direct": (6.0e-10, 1.6e-10), "separable": (2.6e-9, 1.2e-10)}
 # to scipy's COST from the same run (x0.92). TensorFlow's conv is 2.4-5.4x scipy.ndimage there
 # and its separable passes ~2.2x, while its FFT is ~0.7x scipy.fft; the model puts the
 # direct/FFT crossover at ~10x10 (measured: FFT is faster from 9x9 on).
-_TENSORFLOW_COST = {"direct": (7.0e-9, 3.3e-10), "fft": (0.0, 9.0e-10),
-                    "separable": (6.4e-9, 3.6e-10)}
+_TENSORFLOW_COST = {
+    "direct": (7.0e-9, 3.3e-10),
+    "fft": (0.0, 9.0e-10),
+    "separable": (6.4e-9, 3.6e-10),
+}
 
 # cupy: UNMEASURED order-of-magnitude estimates for an H100 written without a GPU (cupyx's
 # generic correlate kernel ~2e12 taps/s; cuFFT bandwidth-bound ~3e12 sample·log2/s; 1-D passes
@@ -175,6 +208,7 @@ _NUMBA_CUDA_COST = {"direct": 5e-13}
 
 
 # --- how distconv.map_chunks calls a user function on each engine ----------------------------
+
 
 def run_direct(fn: Callable, token: str, kwargs: dict, blocks: tuple) -> np.ndarray:
     """Call ``fn`` on NumPy blocks (engines ``numpy``, ``scipy``, ``numba``).
@@ -210,6 +244,7 @@ def _run_numba_cuda(fn: Callable, token: str, kwargs: dict, blocks: tuple):
 
 
 # --- the registry ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class EngineSpec:
@@ -264,27 +299,66 @@ class EngineSpec:
 ENGINES: dict[str, EngineSpec] = {
     spec.name: spec
     for spec in (
-        EngineSpec("scipy", "scipy", ("scipy", "numpy"), "", "cpu", CORRELATE_OPS + LINALG_OPS,
-                   cost=_SCIPY_COST),
-        EngineSpec("numba", "numba_cpu", ("numba",), "numba", "cpu",
-                   CORRELATE_OPS[::2] + ("multiply",), rule=_numba_rule, cost=_NUMBA_COST),
-        EngineSpec("tensorflow", "tensorflow", ("tensorflow",), "tensorflow", "cpu",
-                   CORRELATE_OPS + LINALG_OPS, rule=_tensorflow_rule, cost=_TENSORFLOW_COST,
-                   map_chunk=_run_tensorflow),
-        EngineSpec("cupy", "cupy", ("cupy",), "gpu", "gpu", CORRELATE_OPS + LINALG_OPS,
-                   rule=_cupy_rule, cost=_CUPY_COST, map_chunk=_run_cupy),
+        EngineSpec(
+            "scipy",
+            "scipy",
+            ("scipy", "numpy"),
+            "",
+            "cpu",
+            CORRELATE_OPS + LINALG_OPS,
+            cost=_SCIPY_COST,
+        ),
+        EngineSpec(
+            "numba",
+            "numba_cpu",
+            ("numba",),
+            "numba",
+            "cpu",
+            CORRELATE_OPS[::2] + ("multiply",),
+            rule=_numba_rule,
+            cost=_NUMBA_COST,
+        ),
+        EngineSpec(
+            "tensorflow",
+            "tensorflow",
+            ("tensorflow",),
+            "tensorflow",
+            "cpu",
+            CORRELATE_OPS + LINALG_OPS,
+            rule=_tensorflow_rule,
+            cost=_TENSORFLOW_COST,
+            map_chunk=_run_tensorflow,
+        ),
+        EngineSpec(
+            "cupy",
+            "cupy",
+            ("cupy",),
+            "gpu",
+            "gpu",
+            CORRELATE_OPS + LINALG_OPS,
+            rule=_cupy_rule,
+            cost=_CUPY_COST,
+            map_chunk=_run_cupy,
+        ),
         # map_chunks runs numba-cuda on NumPy chunks without CuPy (e.g. the CUDA simulator).
-        EngineSpec("numba-cuda", "numba_cuda", ("numba", "cupy"), "gpu", "gpu",
-                   ("correlate_direct", "matmul", "multiply"), rule=_numba_cuda_rule,
-                   cost=_NUMBA_CUDA_COST, map_chunk=_run_numba_cuda,
-                   map_chunk_requires=("numba",)),
+        EngineSpec(
+            "numba-cuda",
+            "numba_cuda",
+            ("numba", "cupy"),
+            "gpu",
+            "gpu",
+            ("correlate_direct", "matmul", "multiply"),
+            rule=_numba_cuda_rule,
+            cost=_NUMBA_CUDA_COST,
+            map_chunk=_run_numba_cuda,
+            map_chunk_requires=("numba",),
+        ),
     )
 }
 
 #: The engines that compute on a GPU, in ``engine="auto"``'s order of preference for CuPy
 #: chunks. The one list of GPU engines: everything else asks :func:`is_gpu_engine`.
-GPU_ENGINES: tuple[str, ...] = tuple(name for name, spec in ENGINES.items()
-                                     if spec.device == "gpu")
+GPU_ENGINES: tuple[str, ...] = tuple(name for name, spec in ENGINES.items() if spec.device == "gpu")
 GPU_PREFERENCE: tuple[str, ...] = GPU_ENGINES
 
 # What ``engine="auto"`` picks on CPU chunks, per operation, best first. The order comes from
@@ -403,16 +477,18 @@ def chunk_runner(engine: str) -> Runner:
         The name is not a map_chunks engine, or a package it needs is missing.
     """
     if engine not in CHUNK_ENGINES:
-        raise EngineError(f"unknown map_chunks engine {engine!r}; choose one of: "
-                          f"{', '.join(CHUNK_ENGINES)}")
+        raise EngineError(
+            f"unknown map_chunks engine {engine!r}; choose one of: {', '.join(CHUNK_ENGINES)}"
+        )
     if engine == "numpy":
         return run_direct
     spec = ENGINES[engine]
     needed = spec.requires if spec.map_chunk_requires is None else spec.map_chunk_requires
     missing = [p for p in needed if importlib.util.find_spec(p) is None]
     if missing:
-        raise EngineError(f"engine {engine!r} needs {', '.join(missing)} "
-                          f"(pip install 'distconv[{spec.extra}]')")
+        raise EngineError(
+            f"engine {engine!r} needs {', '.join(missing)} (pip install 'distconv[{spec.extra}]')"
+        )
     return spec.map_chunk
 
 
@@ -436,6 +512,6 @@ def _require_installed(name: str) -> EngineSpec:
     return spec
 
 
-@lru_cache(maxsize=None)
+@cache
 def _import(module: str) -> ModuleType:
     return importlib.import_module(f"{__package__}.{module}")

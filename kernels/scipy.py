@@ -19,8 +19,15 @@ from distconv.kernels._cache import KeyedCache
 from distconv.kernels._crop import circular_valid, valid_crop, valid_crop_axis
 from distconv.kernels.registry import ducc0_installed
 
-__all__ = ["correlate_direct", "correlate_fft", "correlate_separable", "device_info", "matmul",
-           "multiply", "use_ducc0"]
+__all__ = [
+    "correlate_direct",
+    "correlate_fft",
+    "correlate_separable",
+    "device_info",
+    "matmul",
+    "multiply",
+    "use_ducc0",
+]
 
 # Read by use_ducc0() at every call, so that tests can switch the FFT library.
 _DUCC0_INSTALLED = ducc0_installed()
@@ -67,8 +74,9 @@ def correlate_fft(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
         spectrum = scipy.fft.ifft(spectrum, axis=axis, overwrite_x=True)
         spectrum = spectrum[circular_valid(block.shape, weights.shape, (axis,))]
     full = scipy.fft.irfft(spectrum, n=lengths[-1], axis=real_axis)
-    return np.ascontiguousarray(full[circular_valid(block.shape, weights.shape, (real_axis,))],
-                                dtype=block.dtype)
+    return np.ascontiguousarray(
+        full[circular_valid(block.shape, weights.shape, (real_axis,))], dtype=block.dtype
+    )
 
 
 def use_ducc0() -> bool:
@@ -76,8 +84,9 @@ def use_ducc0() -> bool:
     return _DUCC0_INSTALLED
 
 
-def _correlate_fft_ducc0(block: np.ndarray, weights: np.ndarray, axes: tuple[int, ...],
-                         lengths: tuple[int, ...]) -> np.ndarray:
+def _correlate_fft_ducc0(
+    block: np.ndarray, weights: np.ndarray, axes: tuple[int, ...], lengths: tuple[int, ...]
+) -> np.ndarray:
     """:func:`correlate_fft` with ducc0: the same passes, in place in one spectrum buffer."""
     import ducc0.fft
 
@@ -85,16 +94,18 @@ def _correlate_fft_ducc0(block: np.ndarray, weights: np.ndarray, axes: tuple[int
     real_dtype = np.float64 if block.dtype == np.float64 else np.float32
     complex_dtype = np.complex128 if real_dtype == np.float64 else np.complex64
     # ducc0 transforms full lengths only: zero-pad the real axis, then the complex axes.
-    padded = np.zeros(block.shape[:real_axis] + (lengths[-1],) + block.shape[real_axis + 1:],
-                      dtype=real_dtype)
+    padded = np.zeros(
+        block.shape[:real_axis] + (lengths[-1],) + block.shape[real_axis + 1 :], dtype=real_dtype
+    )
     padded[tuple(slice(0, n) for n in block.shape)] = block
     shape = list(block.shape)
     for axis, length in zip(complex_axes, lengths):
         shape[axis] = length
     shape[real_axis] = lengths[-1] // 2 + 1
     spectrum = np.zeros(shape, dtype=complex_dtype)
-    filled = tuple(slice(0, block.shape[a]) if a in complex_axes else slice(None)
-                   for a in range(block.ndim))
+    filled = tuple(
+        slice(0, block.shape[a]) if a in complex_axes else slice(None) for a in range(block.ndim)
+    )
     ducc0.fft.r2c(padded, axes=(real_axis,), out=spectrum[filled])
     del padded
     if complex_axes:
@@ -103,10 +114,10 @@ def _correlate_fft_ducc0(block: np.ndarray, weights: np.ndarray, axes: tuple[int
     for axis in reversed(complex_axes):
         ducc0.fft.c2c(spectrum, axes=(axis,), forward=False, inorm=2, out=spectrum)
         spectrum = spectrum[circular_valid(block.shape, weights.shape, (axis,))]
-    full = ducc0.fft.c2r(spectrum, axes=(real_axis,), lastsize=lengths[-1], forward=False,
-                         inorm=2)
-    return np.ascontiguousarray(full[circular_valid(block.shape, weights.shape, (real_axis,))],
-                                dtype=block.dtype)
+    full = ducc0.fft.c2r(spectrum, axes=(real_axis,), lastsize=lengths[-1], forward=False, inorm=2)
+    return np.ascontiguousarray(
+        full[circular_valid(block.shape, weights.shape, (real_axis,))], dtype=block.dtype
+    )
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -134,8 +145,9 @@ def _weights_spectrum(weights: np.ndarray, lengths, axes) -> np.ndarray:
     key = (weights.tobytes(), weights.shape, weights.dtype.str, lengths, axes)
 
     def compute() -> np.ndarray:
-        flipped = weights[tuple(slice(None, None, -1) if a in axes else slice(None)
-                                for a in range(weights.ndim))]
+        flipped = weights[
+            tuple(slice(None, None, -1) if a in axes else slice(None) for a in range(weights.ndim))
+        ]
         return scipy.fft.rfftn(flipped, s=lengths, axes=axes)
 
     return _SPECTRA.get(key, compute)

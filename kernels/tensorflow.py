@@ -26,25 +26,41 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.fft
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep INFO banners out of worker logs
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
-from distconv.kernels._cache import KeyedCache  # noqa: E402
-from distconv.kernels.registry import (  # noqa: E402
+from distconv.kernels._cache import KeyedCache
+from distconv.kernels.registry import (
     TENSORFLOW_MATMUL_NATIVE as _MATMUL_NATIVE,
+)
+from distconv.kernels.registry import (
     TENSORFLOW_MATMUL_WIDEN as _MATMUL_WIDEN,
+)
+from distconv.kernels.registry import (
     TENSORFLOW_MULTIPLY_NATIVE as _MULTIPLY_NATIVE,
+)
+from distconv.kernels.registry import (
     TENSORFLOW_MULTIPLY_WIDEN as _MULTIPLY_WIDEN,
 )
 
-__all__ = ["DIRECT_TILE", "MAX_SPATIAL", "THREADS", "TRACES", "correlate_direct",
-           "correlate_fft", "correlate_separable", "device_info", "map_chunk", "matmul",
-           "multiply"]
+__all__ = [
+    "DIRECT_TILE",
+    "MAX_SPATIAL",
+    "THREADS",
+    "TRACES",
+    "correlate_direct",
+    "correlate_fft",
+    "correlate_separable",
+    "device_info",
+    "map_chunk",
+    "matmul",
+    "multiply",
+]
 
 # Number of traces per (operation, rank, dtype name); the traced Python body increments it, and
 # that body only runs while TensorFlow traces.
@@ -109,8 +125,11 @@ def _build_direct(key: tuple, rank: int, dtype: tf.DType) -> Callable:
     return tf.function(direct, input_signature=[_spec(rank + 1, dtype), _spec(rank, dtype)])
 
 
-_RFFT = {1: (tf.signal.rfft, tf.signal.irfft), 2: (tf.signal.rfft2d, tf.signal.irfft2d),
-         3: (tf.signal.rfft3d, tf.signal.irfft3d)}
+_RFFT = {
+    1: (tf.signal.rfft, tf.signal.irfft),
+    2: (tf.signal.rfft2d, tf.signal.irfft2d),
+    3: (tf.signal.rfft3d, tf.signal.irfft3d),
+}
 
 
 def _build_fft(key: tuple, rank: int, dtype: tf.DType) -> Callable:
@@ -126,8 +145,12 @@ def _build_fft(key: tuple, rank: int, dtype: tf.DType) -> Callable:
         size = tf.concat([[-1], valid], axis=0)
         return tf.slice(full, begin, size)
 
-    signature = [_spec(rank + 1, dtype), _spec(rank, complex_dtype),
-                 tf.TensorSpec([rank], tf.int32), tf.TensorSpec([rank], tf.int32)]
+    signature = [
+        _spec(rank + 1, dtype),
+        _spec(rank, complex_dtype),
+        tf.TensorSpec([rank], tf.int32),
+        tf.TensorSpec([rank], tf.int32),
+    ]
     return tf.function(fft, input_signature=signature)
 
 
@@ -185,6 +208,7 @@ def _function(op: str, rank: int, dtype: np.dtype) -> Callable:
 
 # --- correlations ---------------------------------------------------------------------------
 
+
 def correlate_direct(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Valid correlation of a padded block with ``tf.nn.convolution`` (padding ``"VALID"``).
 
@@ -225,15 +249,15 @@ def _direct_tiled(function: Callable, part: np.ndarray, kernel: np.ndarray) -> n
     if per_item <= DIRECT_TILE:  # many small items: whole items per call
         step = DIRECT_TILE // per_item
         for start in range(0, batch, step):
-            out[start:start + step] = function(part[start:start + step], kernel).numpy()
+            out[start : start + step] = function(part[start : start + step], kernel).numpy()
         return out
     # Large items: bands along the first spatial axis, each with the kernel's overlap.
     rows = max(1, DIRECT_TILE // (per_item // spatial_out[0]))
     for item in range(batch):
         for start in range(0, spatial_out[0], rows):
             stop = min(start + rows, spatial_out[0])
-            band = part[item:item + 1, start:stop + kernel.shape[0] - 1]
-            out[item:item + 1, start:stop] = function(band, kernel).numpy()
+            band = part[item : item + 1, start : stop + kernel.shape[0] - 1]
+            out[item : item + 1, start:stop] = function(band, kernel).numpy()
     return out
 
 
@@ -263,8 +287,9 @@ def correlate_fft(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
         lengths = tuple(scipy.fft.next_fast_len(n, real=True) for n in part.shape[1:])
         spectrum = _weights_spectrum(kernel, lengths)
         function = _function("correlate_fft", kernel.ndim, part.dtype)
-        return function(part, spectrum, np.array(lengths, np.int32),
-                        np.array(kernel.shape, np.int32)).numpy()
+        return function(
+            part, spectrum, np.array(lengths, np.int32), np.array(kernel.shape, np.int32)
+        ).numpy()
 
     return _correlate(block, weights, run, skip_zero_taps=False)
 
@@ -297,9 +322,12 @@ def correlate_separable(block: np.ndarray, factors: Sequence[np.ndarray | None])
     return restore(out.numpy(), [block.shape[a] - len(factors[a]) + 1 for a in axes])
 
 
-def _correlate(block: np.ndarray, weights: np.ndarray,
-               run: Callable[[np.ndarray, np.ndarray], np.ndarray],
-               skip_zero_taps: bool) -> np.ndarray:
+def _correlate(
+    block: np.ndarray,
+    weights: np.ndarray,
+    run: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    skip_zero_taps: bool,
+) -> np.ndarray:
     """Bring a correlation to the batched layout ``run`` takes; peel axes beyond the third.
 
     ``run(part, kernel)`` correlates ``part`` of shape ``[batch, *spatial]`` with ``kernel`` of
@@ -360,6 +388,7 @@ def _weights_spectrum(kernel: np.ndarray, lengths: tuple[int, ...]) -> np.ndarra
 
 
 # --- linear algebra ---------------------------------------------------------------------------
+
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``numpy.matmul`` on one pair of blocks with ``tf.linalg.matmul``.
@@ -426,6 +455,7 @@ def multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # --- user functions (distconv.map_chunks) --------------------------------------------------
 
+
 def map_chunk(fn: Callable, token: str, kwargs: dict, *blocks: np.ndarray) -> np.ndarray:
     """Run a user's TensorFlow function on NumPy blocks as a cached ``tf.function``.
 
@@ -464,8 +494,9 @@ def map_chunk(fn: Callable, token: str, kwargs: dict, *blocks: np.ndarray) -> np
     with tf.device(_compute_device()):
         out = function(*blocks)
     if not isinstance(out, (tf.Tensor, np.ndarray)):
-        raise TypeError(f"the function returned {type(out).__name__}; map_chunks needs one "
-                        "tensor per chunk")
+        raise TypeError(
+            f"the function returned {type(out).__name__}; map_chunks needs one tensor per chunk"
+        )
     return out.numpy() if isinstance(out, tf.Tensor) else out
 
 
@@ -476,10 +507,13 @@ def _compute_device() -> str:
 
 # --- information -----------------------------------------------------------------------------
 
+
 def device_info() -> str:
     """One line for ``distconv engines``: the device TensorFlow computes on and its threads."""
     gpus = tf.config.get_visible_devices("GPU")
     where = f"GPU {gpus[0].name}" if gpus else "CPU"
     threads = tf.config.threading.get_intra_op_parallelism_threads() or THREADS
-    return (f"{where} (TensorFlow {tf.__version__}, {threads} intra-op threads, "
-            f"{len(_FUNCTIONS)} compiled functions)")
+    return (
+        f"{where} (TensorFlow {tf.__version__}, {threads} intra-op threads, "
+        f"{len(_FUNCTIONS)} compiled functions)"
+    )

@@ -45,8 +45,7 @@ def _reference(x, w):
     import numpy as np
     from scipy import ndimage
 
-    full = ndimage.correlate(np.asarray(x, np.float64), np.asarray(w, np.float64),
-                             mode="constant")
+    full = ndimage.correlate(np.asarray(x, np.float64), np.asarray(w, np.float64), mode="constant")
     return full[tuple(slice(s // 2, s // 2 + b - s + 1) for b, s in zip(x.shape, w.shape))]
 
 
@@ -73,6 +72,7 @@ def _corr_case(nc, rng, shape, wshape, dtype, **options):
 
 # ---- correlation ----------------------------------------------------------------------------
 
+
 def correlate_2d_multi_tile(nc, rng, np):
     """12x10 blocks with 4x4 thread blocks: several tiles, partial tiles at the far edges."""
     for dtype in (np.float64, np.float32):
@@ -96,8 +96,7 @@ def correlate_grid_stride(nc, rng, np):
     """max_grid=1 forces the grid-stride loops over planes and row tiles (CUDA's 65535 cap)."""
     _corr_case(nc, rng, (12, 10), (3, 3), np.float64, threads=(2, 4), max_grid=1)
     _corr_case(nc, rng, (5, 4, 3), (2, 2, 2), np.float64, threads=(2, 2), max_grid=1)
-    _corr_case(nc, rng, (5, 4, 3), (2, 2, 2), np.float64, threads=(2, 2), max_grid=1,
-               shared=False)
+    _corr_case(nc, rng, (5, 4, 3), (2, 2, 2), np.float64, threads=(2, 2), max_grid=1, shared=False)
 
 
 def correlate_3d(nc, rng, np):
@@ -132,8 +131,9 @@ def correlate_shared_limit_fallback(nc, rng, np):
         for key in [key for key in nc._KERNELS if key[0] == "correlate_global"]:
             del nc._KERNELS[key]  # so that its reappearance shows this call used it
         _corr_case(nc, rng, (12, 10), (3, 4), np.float64, threads=(4, 4))
-        assert any(key[0] == "correlate_global" for key in nc._KERNELS), \
+        assert any(key[0] == "correlate_global" for key in nc._KERNELS), (
             "the global-memory kernel was not used"
+        )
     finally:
         nc.SHARED_LIMIT = saved
 
@@ -149,8 +149,8 @@ def correlate_weights_are_arguments(nc, rng, np):
 def correlate_rejects_bad_input(nc, rng, np):
     x = rng.standard_normal((6, 5))
     cases = [
-        (lambda: nc.correlate_direct(x, np.ones(3)), ValueError),           # rank mismatch
-        (lambda: nc.correlate_direct(x, np.ones((7, 2))), ValueError),      # weights too large
+        (lambda: nc.correlate_direct(x, np.ones(3)), ValueError),  # rank mismatch
+        (lambda: nc.correlate_direct(x, np.ones((7, 2))), ValueError),  # weights too large
         (lambda: nc.correlate_direct(x.astype(np.int32), np.ones((3, 3), np.int32)), TypeError),
         (lambda: nc.correlate_direct(np.ones((2, 2, 2, 2)), np.ones((1, 1, 1, 1))), ValueError),
     ]
@@ -164,6 +164,7 @@ def correlate_rejects_bad_input(nc, rng, np):
 
 # ---- matmul and multiply --------------------------------------------------------------------
 
+
 def _matmul_case(nc, a, b, **options):
     import numpy as np
 
@@ -174,8 +175,9 @@ def _matmul_case(nc, a, b, **options):
     assert got.shape == expected.shape, (got.shape, expected.shape)
     scale = float(np.abs(a).max() * np.abs(b).max() * a.shape[-1])
     atol = scale * (1e-12 if dtype == np.float64 else 1e-5)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=atol,
-                               err_msg=f"{a.shape} @ {b.shape} {options}")
+    np.testing.assert_allclose(
+        got, expected, rtol=0, atol=atol, err_msg=f"{a.shape} @ {b.shape} {options}"
+    )
 
 
 def matmul_2d(nc, rng, np):
@@ -185,19 +187,26 @@ def matmul_2d(nc, rng, np):
         b = rng.standard_normal((7, 5)).astype(dtype)
         _matmul_case(nc, a, b, tile=4)
     _matmul_case(nc, rng.standard_normal((9, 7)), rng.standard_normal((7, 5)))
-    _matmul_case(nc, rng.standard_normal((9, 7)), rng.standard_normal((7, 5)).T.copy().T,
-                 tile=4)  # Fortran-ordered operand
-    _matmul_case(nc, rng.standard_normal((5, 3)).astype(np.float32),
-                 rng.standard_normal((3, 2)), tile=4)  # mixed dtypes promote to float64
+    _matmul_case(
+        nc, rng.standard_normal((9, 7)), rng.standard_normal((7, 5)).T.copy().T, tile=4
+    )  # Fortran-ordered operand
+    _matmul_case(
+        nc, rng.standard_normal((5, 3)).astype(np.float32), rng.standard_normal((3, 2)), tile=4
+    )  # mixed dtypes promote to float64
 
 
 def matmul_batched(nc, rng, np):
     """Batches along grid z, broadcasting as numpy.matmul, grid-stride with max_grid=1."""
     _matmul_case(nc, rng.standard_normal((2, 9, 7)), rng.standard_normal((7, 5)), tile=4)
-    _matmul_case(nc, rng.standard_normal((3, 1, 4, 6)), rng.standard_normal((2, 6, 3)),
-                 tile=4, max_grid=1)
-    _matmul_case(nc, rng.standard_normal((5, 4)).astype(np.float32),
-                 rng.standard_normal((2, 4, 3)).astype(np.float32), tile=2)
+    _matmul_case(
+        nc, rng.standard_normal((3, 1, 4, 6)), rng.standard_normal((2, 6, 3)), tile=4, max_grid=1
+    )
+    _matmul_case(
+        nc,
+        rng.standard_normal((5, 4)).astype(np.float32),
+        rng.standard_normal((2, 4, 3)).astype(np.float32),
+        tile=2,
+    )
 
 
 def matmul_fallbacks(nc, rng, np):
@@ -250,6 +259,7 @@ def supports_and_device_info(nc, rng, np):
 
 # ---- drivers ----------------------------------------------------------------------------------
 
+
 def _emit(**result) -> None:
     print(PREFIX + json.dumps(result), flush=True)
 
@@ -273,8 +283,12 @@ def run_simulator_checks(names) -> int:
             globals()[name](nc, rng, np)
         except Exception:
             failures += 1
-            _emit(name=name, ok=False, seconds=time.perf_counter() - start,
-                  detail=traceback.format_exc(limit=6))
+            _emit(
+                name=name,
+                ok=False,
+                seconds=time.perf_counter() - start,
+                detail=traceback.format_exc(limit=6),
+            )
         else:
             _emit(name=name, ok=True, seconds=time.perf_counter() - start, detail="")
     return 1 if failures else 0
@@ -292,12 +306,15 @@ def run_ptx_check() -> int:
             out[0] = 1.0
 
         from numba import float32, types
+
         cuda.compile_ptx(probe, (types.Array(float32, 1, "C"),), cc=(8, 0))
     except Exception as error:
-        _emit(unavailable=f"no CUDA compiler toolchain for numba ({type(error).__name__}: "
-                          f"{str(error).splitlines()[0] if str(error) else ''}); install a CUDA "
-                          "toolkit or nvidia-cuda-nvcc-cu12 (+ nvidia-cuda-nvrtc-cu12 for "
-                          "numba-cuda) and set CUDA_HOME")
+        _emit(
+            unavailable=f"no CUDA compiler toolchain for numba ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); install a CUDA "
+            "toolkit or nvidia-cuda-nvcc-cu12 (+ nvidia-cuda-nvrtc-cu12 for "
+            "numba-cuda) and set CUDA_HOME"
+        )
         return 0
     from distconv.kernels import numba_cuda as nc
 
@@ -306,15 +323,26 @@ def run_ptx_check() -> int:
         compiled = {}
         for cc in ((8, 0), (9, 0)):
             ptx = nc._compile_ptx(cc)
-            assert all(".shared" in text for key, text in ptx.items()
-                       if key.startswith(("correlate_shared", "matmul"))), "no shared memory"
+            assert all(
+                ".shared" in text
+                for key, text in ptx.items()
+                if key.startswith(("correlate_shared", "matmul"))
+            ), "no shared memory"
             compiled.update({f"sm{cc[0]}{cc[1]}-{key}": len(text) for key, text in ptx.items()})
     except Exception:
-        _emit(name="ptx", ok=False, seconds=time.perf_counter() - start,
-              detail=traceback.format_exc(limit=8))
+        _emit(
+            name="ptx",
+            ok=False,
+            seconds=time.perf_counter() - start,
+            detail=traceback.format_exc(limit=8),
+        )
         return 1
-    _emit(name="ptx", ok=True, seconds=time.perf_counter() - start,
-          detail=f"{len(compiled)} kernels compiled ({getattr(cuda, 'implementation', '?')})")
+    _emit(
+        name="ptx",
+        ok=True,
+        seconds=time.perf_counter() - start,
+        detail=f"{len(compiled)} kernels compiled ({getattr(cuda, 'implementation', '?')})",
+    )
     return 0
 
 

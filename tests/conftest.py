@@ -9,8 +9,8 @@ import pytest
 
 os.environ.setdefault("DASK_DISTCONV__PROGRESS", "False")
 
-from distconv import kernels  # noqa: E402
-from distconv.plan import METHOD_OPS  # noqa: E402
+from distconv import kernels
+from distconv.plan import METHOD_OPS
 
 
 def engines_under_test() -> list[str]:

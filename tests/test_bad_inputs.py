@@ -15,10 +15,10 @@ import sys
 import numpy as np
 import pytest
 import zarr
+from test_cli import tree_digest
 
 import distconv as dc
 from distconv.cli import main
-from test_cli import tree_digest
 
 DISTCONV = os.path.join(os.path.dirname(sys.executable), "distconv")
 
@@ -29,8 +29,9 @@ def folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad")
     rng = np.random.default_rng(0)
     data = rng.random((40, 30), dtype=np.float32)
-    zarr.create_array(str(folder / "big.zarr"), shape=data.shape, chunks=(16, 16),
-                      dtype=data.dtype)[:] = data
+    zarr.create_array(
+        str(folder / "big.zarr"), shape=data.shape, chunks=(16, 16), dtype=data.dtype
+    )[:] = data
     np.save(folder / "kernel.npy", rng.standard_normal((5, 3)))
     np.save(folder / "nan.npy", np.array([[1.0, np.nan], [0.0, 1.0]]))
     np.save(folder / "inf.npy", np.array([[1.0, np.inf], [0.0, 1.0]]))
@@ -46,18 +47,23 @@ def folder(tmp_path_factory):
     zarr.create_array(str(folder / "complex.zarr"), shape=(4, 4), chunks=(4, 4), dtype="c8")
     group = zarr.open_group(str(folder / "group.zarr"), mode="w")
     group.create_array("raw", shape=(4, 4), dtype="f4")[:] = 1.0
-    corrupt = zarr.create_array(str(folder / "corrupt.zarr"), shape=data.shape, chunks=(16, 16),
-                                dtype=data.dtype)
+    corrupt = zarr.create_array(
+        str(folder / "corrupt.zarr"), shape=data.shape, chunks=(16, 16), dtype=data.dtype
+    )
     corrupt[:] = data
     (folder / "corrupt.zarr" / "c" / "1" / "1").write_bytes(b"not a zstd frame at all")
     os.makedirs(folder / "plain_dir")
     (folder / "plain_dir" / "notes.txt").write_text("not zarr")
     os.makedirs(folder / "data")
-    zarr.create_array(str(folder / "data" / "in.zarr"), shape=(8, 8), chunks=(4, 4),
-                      dtype="f4")[:] = 1.0
+    zarr.create_array(str(folder / "data" / "in.zarr"), shape=(8, 8), chunks=(4, 4), dtype="f4")[
+        :
+    ] = 1.0
     # An interrupted job that a different job must not "resume".
-    dc.save(dc.convolve(dc.open(folder / "big.zarr"), np.ones((3, 3))), folder / "part.zarr",
-            progress=False)
+    dc.save(
+        dc.convolve(dc.open(folder / "big.zarr"), np.ones((3, 3))),
+        folder / "part.zarr",
+        progress=False,
+    )
     produced = zarr.open_array(str(folder / "part.zarr"), mode="r+")
     produced.attrs.update({"distconv": {**produced.attrs["distconv"], "complete": False}})
     zarr.create_array(str(folder / "done.zarr"), shape=(2,), dtype="f4")[:] = 1.0
@@ -85,8 +91,7 @@ CASES = [
     ("axis out of range", ["big.zarr", "kernel.npy", "--axes", "0,5"], "out of range"),
     ("complex input", ["complex.zarr", "kernel.npy"], "complex"),
     ("bool output dtype", ["big.zarr", "kernel.npy", "--dtype", "bool"], "not supported"),
-    ("complex output dtype", ["big.zarr", "kernel.npy", "--dtype", "complex64"],
-     "not supported"),
+    ("complex output dtype", ["big.zarr", "kernel.npy", "--dtype", "complex64"], "not supported"),
     ("unknown output dtype", ["big.zarr", "kernel.npy", "--dtype", "float7"], "dtype"),
     ("origin out of range", ["big.zarr", "kernel.npy", "--origin", "3"], "invalid origin"),
     ("origin not integers", ["big.zarr", "kernel.npy", "--origin", "1.5"], "integers"),
@@ -99,18 +104,26 @@ CASES = [
     ("output inside the input", ["big.zarr", "kernel.npy", "-o", "big.zarr/sub"], "inside"),
     ("output contains the input", ["data/in.zarr", "kernel.npy", "-o", "data"], "contains"),
     ("output exists", ["big.zarr", "kernel.npy", "-o", "done.zarr"], "already exists"),
-    ("overwrite a non-zarr folder", ["big.zarr", "kernel.npy", "-o", "plain_dir",
-                                     "--overwrite"], "not a zarr store"),
-    ("overwrite and resume", ["big.zarr", "kernel.npy", "-o", "part.zarr", "--overwrite",
-                              "--resume"], "choose one"),
-    ("resume a different job", ["big.zarr", "kernel.npy", "-o", "part.zarr", "--resume"],
-     "weights differ"),
+    (
+        "overwrite a non-zarr folder",
+        ["big.zarr", "kernel.npy", "-o", "plain_dir", "--overwrite"],
+        "not a zarr store",
+    ),
+    (
+        "overwrite and resume",
+        ["big.zarr", "kernel.npy", "-o", "part.zarr", "--overwrite", "--resume"],
+        "choose one",
+    ),
+    (
+        "resume a different job",
+        ["big.zarr", "kernel.npy", "-o", "part.zarr", "--resume"],
+        "weights differ",
+    ),
     ("unknown mode", ["big.zarr", "kernel.npy", "--mode", "bogus"], "reflect"),
     ("unknown method", ["big.zarr", "kernel.npy", "--method", "bogus"], "fft"),
     ("unknown engine", ["big.zarr", "kernel.npy", "--engine", "bogus"], "scipy"),
     ("unknown cluster", ["big.zarr", "kernel.npy", "--cluster", "moon"], "local, threads"),
-    ("separable weights not rank 1", ["big.zarr", "kernel.npy", "--method", "separable"],
-     "rank-1"),
+    ("separable weights not rank 1", ["big.zarr", "kernel.npy", "--method", "separable"], "rank-1"),
     ("zero workers", ["big.zarr", "kernel.npy", "--workers", "0"], "--workers"),
 ]
 
@@ -123,8 +136,7 @@ def _args(name: str, args: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("name, args, words", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_one_line_exit_2_nothing_written(folder, monkeypatch, capsys, name, args,
-                                                   words):
+def test_bad_input_one_line_exit_2_nothing_written(folder, monkeypatch, capsys, name, args, words):
     monkeypatch.chdir(folder)
     before = tree_digest(folder)
     with pytest.raises(SystemExit) as exited:
@@ -143,15 +155,27 @@ def test_the_table_has_at_least_20_distinct_cases():
     assert len({name for name, _, _ in CASES}) == len(CASES) >= 20
 
 
-@pytest.mark.parametrize("name", ["corrupt chunk in the input", "pickled .npy weights",
-                                  "output inside the input", "unknown engine"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "corrupt chunk in the input",
+        "pickled .npy weights",
+        "output inside the input",
+        "unknown engine",
+    ],
+)
 def test_bad_input_through_the_real_command(folder, name):
     """The installed script in its own process: same line, same exit code, nothing written."""
     args = next(a for n, a, _ in CASES if n == name)
     words = next(w for n, _, w in CASES if n == name)
     before = tree_digest(folder)
-    result = subprocess.run([DISTCONV, "correlate", *_args(name, args)], cwd=folder,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [DISTCONV, "correlate", *_args(name, args)],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and words.lower() in lines[0].lower(), result.stderr
@@ -172,8 +196,11 @@ def test_weights_and_inputs_never_unpickle(tmp_path):
     marker = tmp_path / "unpickled"
     with open(tmp_path / "evil.npy", "wb") as handle:
         pickle.dump(_Payload(str(marker)), handle)
-    np.save(tmp_path / "evil_object.npy", np.array([_Payload(str(marker))], dtype=object),
-            allow_pickle=True)
+    np.save(
+        tmp_path / "evil_object.npy",
+        np.array([_Payload(str(marker))], dtype=object),
+        allow_pickle=True,
+    )
     np.savez(tmp_path / "evil.npz", w=np.array([_Payload(str(marker))], dtype=object))
     for name in ("evil.npy", "evil_object.npy", "evil.npz"):
         with pytest.raises(dc.DistconvError, match="pickle|object"):
@@ -184,9 +211,16 @@ def test_weights_and_inputs_never_unpickle(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("spec", ["gaussian:sigma=__import__('os').getpid()",
-                                  "box:size=1+1", "sobel:axis=exec('1')", "laplace;rm",
-                                  "gaussian:sigma=2,truncate=eval"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "gaussian:sigma=__import__('os').getpid()",
+        "box:size=1+1",
+        "sobel:axis=exec('1')",
+        "laplace;rm",
+        "gaussian:sigma=2,truncate=eval",
+    ],
+)
 def test_named_kernels_are_parsed_never_evaluated(spec):
     with pytest.raises(dc.DistconvError):
         dc.load_weights(spec, ndim=2)

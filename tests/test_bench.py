@@ -17,15 +17,39 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _distconv(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "DASK_DISTCONV__PROGRESS": "False"}
-    return subprocess.run([sys.executable, "-m", "distconv.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "distconv.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_bench_convolve_smoke(tmp_path):
     out = tmp_path / "results"
-    done = _distconv("bench", "convolve", "--size", "192", "--chunk", "64", "--kernels", "3,9",
-                     "--engines", "scipy", "--repeats", "1", "--workers", "1",
-                     "--output-dir", str(out), "--workdir", str(tmp_path), cwd=tmp_path)
+    done = _distconv(
+        "bench",
+        "convolve",
+        "--size",
+        "192",
+        "--chunk",
+        "64",
+        "--kernels",
+        "3,9",
+        "--engines",
+        "scipy",
+        "--repeats",
+        "1",
+        "--workers",
+        "1",
+        "--output-dir",
+        str(out),
+        "--workdir",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     data = json.loads((out / "bench-convolve.json").read_text())
     assert data["benchmark"] == "convolve" and data["setup"]["size"] == 192
@@ -33,8 +57,9 @@ def test_bench_convolve_smoke(tmp_path):
     for k in ("3×3", "9×9"):
         floor, ours = rows[(k, "Zarr→Zarr copy")], rows[(k, "distconv scipy")]
         assert floor["vs_floor"] == 1.0 and len(floor["runs"]) == 1
-        assert ours["seconds"] > 0 and ours["rate"] == pytest.approx(192 * 192 / 1e6 /
-                                                                     ours["seconds"])
+        assert ours["seconds"] > 0 and ours["rate"] == pytest.approx(
+            192 * 192 / 1e6 / ours["seconds"]
+        )
         assert ours["vs_floor"] == pytest.approx(ours["seconds"] / floor["seconds"])
         assert ours["error"] < 1e-5  # the output really is scipy.ndimage.convolve's
         assert ours["method"] in ("direct", "fft", "separable") and ours["engine"] == "scipy"
@@ -49,8 +74,15 @@ def test_bench_convolve_smoke(tmp_path):
 def test_bench_matmul_in_process_threads(tmp_path):
     from distconv import bench
 
-    result = bench.run("matmul", size=96, engines=["scipy"], chunk=32, repeats=1,
-                       cluster="threads", workdir=tmp_path)
+    result = bench.run(
+        "matmul",
+        size=96,
+        engines=["scipy"],
+        chunk=32,
+        repeats=1,
+        cluster="threads",
+        workdir=tmp_path,
+    )
     names = [row.contender for row in result.rows]
     assert names == ["numpy.matmul, in memory", "distconv.matmul scipy", "dask.array.matmul"]
     ours = result.rows[1]
@@ -61,12 +93,15 @@ def test_bench_matmul_in_process_threads(tmp_path):
     assert "| matmul | distconv.matmul scipy |" in bench.markdown(result)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["convolve", "--engines", "numba-foo"], "unknown engine"),
-    (["convolve", "--kernels", "3,x"], "--kernels must be integers"),
-    (["convolve", "--size", "16", "--kernels", "31"], "larger than the image"),
-    (["matmul", "--engines", "numba"], "cannot matmul"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["convolve", "--engines", "numba-foo"], "unknown engine"),
+        (["convolve", "--kernels", "3,x"], "--kernels must be integers"),
+        (["convolve", "--size", "16", "--kernels", "31"], "larger than the image"),
+        (["matmul", "--engines", "numba"], "cannot matmul"),
+    ],
+)
 def test_bench_bad_arguments_one_line_exit_2_nothing_written(tmp_path, capsys, args, message):
     from distconv.cli import main
 

@@ -19,8 +19,9 @@ DISTCONV = os.path.join(os.path.dirname(sys.executable), "distconv")
 
 
 def distconv(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([DISTCONV, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [DISTCONV, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def tree_digest(path) -> str:
@@ -40,8 +41,9 @@ def tree_digest(path) -> str:
 def image(tmp_path):
     rng = np.random.default_rng(7)
     data = rng.random((120, 90), dtype=np.float32)
-    array = zarr.create_array(str(tmp_path / "big.zarr"), shape=data.shape, chunks=(32, 40),
-                              dtype=data.dtype)
+    array = zarr.create_array(
+        str(tmp_path / "big.zarr"), shape=data.shape, chunks=(32, 40), dtype=data.dtype
+    )
     array[:] = data
     np.save(tmp_path / "kernel.npy", rng.standard_normal((5, 4)))
     return tmp_path, data
@@ -62,12 +64,27 @@ def test_convolve_default_output_beside_input(image):
 def test_convolve_options_on_the_local_cluster(image):
     """The default embedded LocalCluster, with mode, origin and method from the command line."""
     folder, data = image
-    result = distconv("convolve", "big.zarr", "kernel.npy", "-o", "out.zarr", "--mode",
-                      "mirror", "--origin", "1", "--method", "fft", "--workers", "2", cwd=folder)
+    result = distconv(
+        "convolve",
+        "big.zarr",
+        "kernel.npy",
+        "-o",
+        "out.zarr",
+        "--mode",
+        "mirror",
+        "--origin",
+        "1",
+        "--method",
+        "fft",
+        "--workers",
+        "2",
+        cwd=folder,
+    )
     assert result.returncode == 0, result.stderr
     assert "dashboard: http://127.0.0.1:" in result.stderr
-    expected = ndimage.convolve(data.astype(np.float64), np.load(folder / "kernel.npy"),
-                                mode="mirror", origin=1)
+    expected = ndimage.convolve(
+        data.astype(np.float64), np.load(folder / "kernel.npy"), mode="mirror", origin=1
+    )
     out = zarr.open_array(str(folder / "out.zarr"), mode="r")
     np.testing.assert_allclose(out[:], expected, atol=1e-4)
     step = out.attrs["distconv"]["steps"][0]
@@ -78,55 +95,111 @@ def test_correlate_named_kernel_in_a_v2_group_with_axes(tmp_path):
     rng = np.random.default_rng(3)
     data = rng.integers(0, 255, (3, 50, 60)).astype(np.uint8)
     group = zarr.open_group(str(tmp_path / "big.zarr"), mode="w", zarr_format=2)
-    raw = group.create_group("raw").create_array("0", shape=data.shape, chunks=(1, 16, 16),
-                                                 dtype=data.dtype)
+    raw = group.create_group("raw").create_array(
+        "0", shape=data.shape, chunks=(1, 16, 16), dtype=data.dtype
+    )
     raw[:] = data
-    result = distconv("correlate", "big.zarr/raw/0", "gaussian:sigma=2", "-o", "smooth.zarr",
-                      "--axes", "1,2", "--cluster", "threads", "-q", cwd=tmp_path)
+    result = distconv(
+        "correlate",
+        "big.zarr/raw/0",
+        "gaussian:sigma=2",
+        "-o",
+        "smooth.zarr",
+        "--axes",
+        "1,2",
+        "--cluster",
+        "threads",
+        "-q",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and result.stderr == ""  # --quiet
     out = zarr.open_array(str(tmp_path / "smooth.zarr"), mode="r")
     assert out.metadata.zarr_format == 2  # the input's format
-    np.testing.assert_allclose(out[:], ndimage.gaussian_filter(data.astype(float), (0, 2, 2)),
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        out[:], ndimage.gaussian_filter(data.astype(float), (0, 2, 2)), atol=1e-3
+    )
 
 
 def test_info_reports_provenance_and_completeness(image):
     folder, _ = image
-    distconv("convolve", "big.zarr", "kernel.npy", "-o", "out.zarr", "--cluster", "threads",
-             cwd=folder)
+    distconv(
+        "convolve", "big.zarr", "kernel.npy", "-o", "out.zarr", "--cluster", "threads", cwd=folder
+    )
     result = distconv("info", "out.zarr", cwd=folder)
     assert result.returncode == 0, result.stderr
-    for expected in ("shape:        120×90", "dtype:        float32", "chunks:       32×40",
-                     "status:       complete", "operation:    convolve", "sha256", "codecs:"):
+    for expected in (
+        "shape:        120×90",
+        "dtype:        float32",
+        "chunks:       32×40",
+        "status:       complete",
+        "operation:    convolve",
+        "sha256",
+        "codecs:",
+    ):
         assert expected in result.stdout
 
 
 def test_overwrite_replaces_an_existing_output(image):
     folder, _ = image
-    assert distconv("convolve", "big.zarr", "box:size=3", "-o", "o.zarr", "--cluster",
-                    "threads", cwd=folder).returncode == 0
-    refused = distconv("convolve", "big.zarr", "box:size=3", "-o", "o.zarr", "--cluster",
-                       "threads", cwd=folder)
+    assert (
+        distconv(
+            "convolve", "big.zarr", "box:size=3", "-o", "o.zarr", "--cluster", "threads", cwd=folder
+        ).returncode
+        == 0
+    )
+    refused = distconv(
+        "convolve", "big.zarr", "box:size=3", "-o", "o.zarr", "--cluster", "threads", cwd=folder
+    )
     assert refused.returncode == 2 and "already exists" in refused.stderr
-    replaced = distconv("convolve", "big.zarr", "box:size=5", "-o", "o.zarr", "--overwrite",
-                        "--cluster", "threads", cwd=folder)
+    replaced = distconv(
+        "convolve",
+        "big.zarr",
+        "box:size=5",
+        "-o",
+        "o.zarr",
+        "--overwrite",
+        "--cluster",
+        "threads",
+        cwd=folder,
+    )
     assert replaced.returncode == 0, replaced.stderr
 
 
 def test_info_counts_the_chunks_of_a_partial_output(image):
     """An interrupted job's output: ``info`` says how far it got, ``--resume`` finishes it."""
     folder, data = image
-    assert distconv("correlate", "big.zarr", "kernel.npy", "-o", "p.zarr", "--cluster",
-                    "threads", "-q", cwd=folder).returncode == 0
+    assert (
+        distconv(
+            "correlate",
+            "big.zarr",
+            "kernel.npy",
+            "-o",
+            "p.zarr",
+            "--cluster",
+            "threads",
+            "-q",
+            cwd=folder,
+        ).returncode
+        == 0
+    )
     array = zarr.open_array(str(folder / "p.zarr"), mode="r+")
     array.attrs.update({"distconv": {**array.attrs["distconv"], "complete": False}})
     for key in ("c/0/0", "c/3/1"):
         os.remove(folder / "p.zarr" / key)
     described = distconv("info", "p.zarr", cwd=folder)
     assert "status:       partial: 10 of 12 chunks written" in described.stdout
-    resumed = distconv("correlate", "big.zarr", "kernel.npy", "-o", "p.zarr", "--cluster",
-                       "threads", "--resume", cwd=folder)
+    resumed = distconv(
+        "correlate",
+        "big.zarr",
+        "kernel.npy",
+        "-o",
+        "p.zarr",
+        "--cluster",
+        "threads",
+        "--resume",
+        cwd=folder,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed p.zarr: 10 of 12 chunks were already written" in resumed.stdout
     assert "status:       complete" in distconv("info", "p.zarr", cwd=folder).stdout
@@ -174,8 +247,9 @@ def test_cluster_help_is_one_text_listing_every_form():
                 helps[" ".join(path)] = param.help
 
     walk(cli, ())
-    assert {"convolve", "correlate", "matmul", "multiply", "cluster info",
-            "bench convolve"} <= set(helps)
+    assert {"convolve", "correlate", "matmul", "multiply", "cluster info", "bench convolve"} <= set(
+        helps
+    )
     assert len(set(helps.values())) == 1, helps
     for form in SPEC_FORMS.split(", "):
         assert form in next(iter(helps.values()))

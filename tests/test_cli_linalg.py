@@ -8,16 +8,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from test_cli import distconv, tree_digest
 
 from distconv import kernels
-from test_cli import distconv, tree_digest
 
 THREADS = ("--cluster", "threads")
 
 
 def write_store(path, data: np.ndarray, chunks, zarr_format: int = 3) -> None:
-    array = zarr.create_array(str(path), shape=data.shape, chunks=chunks, dtype=data.dtype,
-                              zarr_format=zarr_format)
+    array = zarr.create_array(
+        str(path), shape=data.shape, chunks=chunks, dtype=data.dtype, zarr_format=zarr_format
+    )
     array[:] = data
 
 
@@ -60,12 +61,24 @@ def test_matmul_default_output_beside_a(operands):
 
 def test_matmul_zarr_v2_several_k_panels(tmp_path):
     rng = np.random.default_rng(12)
-    a, b = rng.integers(-50, 50, (3, 140, 600)).astype(np.int32), \
-        rng.integers(-50, 50, (600, 130)).astype(np.int16)
+    a, b = (
+        rng.integers(-50, 50, (3, 140, 600)).astype(np.int32),
+        rng.integers(-50, 50, (600, 130)).astype(np.int16),
+    )
     write_store(tmp_path / "a.zarr", a, (2, 64, 100), zarr_format=2)
     write_store(tmp_path / "b.zarr", b, (90, 64), zarr_format=2)
-    result = distconv("matmul", "a.zarr", "b.zarr", "-o", "c.zarr", "--memory-budget",
-                      "500KiB", *THREADS, "--quiet", cwd=tmp_path)
+    result = distconv(
+        "matmul",
+        "a.zarr",
+        "b.zarr",
+        "-o",
+        "c.zarr",
+        "--memory-budget",
+        "500KiB",
+        *THREADS,
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     out = zarr.open_array(str(tmp_path / "c.zarr"), mode="r")
@@ -75,17 +88,26 @@ def test_matmul_zarr_v2_several_k_panels(tmp_path):
     np.testing.assert_array_equal(out[:], expected)
     step = out.attrs["distconv"]["steps"][-1]
     # k split: in panels summed in a tree, or streamed in steps inside each task.
-    assert (step["plan"]["k_panels"] > 1 and "tree sum" in step["method"]) or \
-        (step["plan"]["stream_k"] > 0 and "streamed" in step["method"])
+    assert (step["plan"]["k_panels"] > 1 and "tree sum" in step["method"]) or (
+        step["plan"]["stream_k"] > 0 and "streamed" in step["method"]
+    )
 
 
 def test_matmul_dry_run_prints_the_plan_and_writes_nothing(operands):
     folder, _, _ = operands
-    result = distconv("matmul", "a.zarr", "b.zarr", "--dry-run", "--memory-budget", "2GiB",
-                      *THREADS, cwd=folder)
+    result = distconv(
+        "matmul", "a.zarr", "b.zarr", "--dry-run", "--memory-budget", "2GiB", *THREADS, cwd=folder
+    )
     assert result.returncode == 0, result.stderr
-    for needle in ("matmul plan", "output chunks", "tasks", "bytes read", "peak memory/task",
-                   "FLOPs", "2.00 GiB per task"):
+    for needle in (
+        "matmul plan",
+        "output chunks",
+        "tasks",
+        "bytes read",
+        "peak memory/task",
+        "FLOPs",
+        "2.00 GiB per task",
+    ):
         assert needle in result.stdout
     assert not (folder / "a.matmul.zarr").exists()
 
@@ -93,8 +115,18 @@ def test_matmul_dry_run_prints_the_plan_and_writes_nothing(operands):
 @pytest.mark.skipif(not kernels.is_installed("tensorflow"), reason="tensorflow not installed")
 def test_matmul_with_the_tensorflow_engine(operands):
     folder, a, b = operands
-    result = distconv("matmul", "a.zarr", "b.zarr", "-o", "tf.zarr", "--engine", "tensorflow",
-                      *THREADS, "-q", cwd=folder)
+    result = distconv(
+        "matmul",
+        "a.zarr",
+        "b.zarr",
+        "-o",
+        "tf.zarr",
+        "--engine",
+        "tensorflow",
+        *THREADS,
+        "-q",
+        cwd=folder,
+    )
     assert result.returncode == 0, result.stderr
     out = zarr.open_array(str(folder / "tf.zarr"), mode="r")
     np.testing.assert_allclose(out[:], float64_product(a, b), rtol=0, atol=1e-4)
@@ -104,8 +136,11 @@ def test_matmul_with_the_tensorflow_engine(operands):
 def test_matmul_shape_mismatch_is_numpys_message(operands):
     folder, _, _ = operands
     result = distconv("matmul", "b.zarr", "b.zarr", *THREADS, cwd=folder)
-    assert_one_line_error(result, "matmul: Input operand 1 has a mismatch in its core "
-                                  "dimension 0", "(size 50 is different from 40)")
+    assert_one_line_error(
+        result,
+        "matmul: Input operand 1 has a mismatch in its core dimension 0",
+        "(size 50 is different from 40)",
+    )
     assert not (folder / "b.matmul.zarr").exists()
 
 
@@ -117,18 +152,25 @@ def test_matmul_missing_input(operands):
 
 def test_existing_output_needs_overwrite(operands):
     folder, a, b = operands
-    assert distconv("matmul", "a.zarr", "b.zarr", "-o", "c.zarr", *THREADS, "-q",
-                    cwd=folder).returncode == 0
+    assert (
+        distconv(
+            "matmul", "a.zarr", "b.zarr", "-o", "c.zarr", *THREADS, "-q", cwd=folder
+        ).returncode
+        == 0
+    )
     again = distconv("matmul", "a.zarr", "b.zarr", "-o", "c.zarr", *THREADS, cwd=folder)
     assert_one_line_error(again, "already exists", "--overwrite")
     write_store(folder / "b2.zarr", b * 2, (10, 10))
-    replaced = distconv("matmul", "a.zarr", "b2.zarr", "-o", "c.zarr", "--overwrite", *THREADS,
-                        "-q", cwd=folder)
+    replaced = distconv(
+        "matmul", "a.zarr", "b2.zarr", "-o", "c.zarr", "--overwrite", *THREADS, "-q", cwd=folder
+    )
     assert replaced.returncode == 0, replaced.stderr
-    np.testing.assert_allclose(zarr.open_array(str(folder / "c.zarr"))[:],
-                               float64_product(a, b * 2), rtol=0, atol=2e-4)
-    into_input = distconv("multiply", "a.zarr", "2", "-o", "a.zarr", "--overwrite", *THREADS,
-                          cwd=folder)
+    np.testing.assert_allclose(
+        zarr.open_array(str(folder / "c.zarr"))[:], float64_product(a, b * 2), rtol=0, atol=2e-4
+    )
+    into_input = distconv(
+        "multiply", "a.zarr", "2", "-o", "a.zarr", "--overwrite", *THREADS, cwd=folder
+    )
     assert_one_line_error(into_input, "is the input")
 
 
@@ -147,8 +189,7 @@ def test_multiply_arrays_broadcast(tmp_path):
     assert out.attrs["distconv"]["steps"][-1]["operation"] == "multiply"
 
 
-@pytest.mark.parametrize("scalar,dtype", [("0.5", np.float32), ("3", np.int16),
-                                          ("2.5", np.int16)])
+@pytest.mark.parametrize("scalar,dtype", [("0.5", np.float32), ("3", np.int16), ("2.5", np.int16)])
 def test_multiply_by_a_number(tmp_path, scalar, dtype):
     rng = np.random.default_rng(14)
     a = (rng.random((30, 20)) * 100 + 1).astype(dtype)
@@ -167,8 +208,9 @@ def test_multiply_errors(tmp_path):
     write_store(tmp_path / "a.zarr", a, (2, 2))
     write_store(tmp_path / "b.zarr", a.T.copy(), (2, 2))
     mismatch = distconv("multiply", "a.zarr", "b.zarr", *THREADS, cwd=tmp_path)
-    assert_one_line_error(mismatch, "operands could not be broadcast together with shapes "
-                                    "(3,4) (4,3)")
+    assert_one_line_error(
+        mismatch, "operands could not be broadcast together with shapes (3,4) (4,3)"
+    )
     overflow = distconv("multiply", "a.zarr", "1000", *THREADS, cwd=tmp_path)
     assert_one_line_error(overflow, "Python integer 1000 out of bounds for int8")
     missing = distconv("multiply", "a.zarr", "missing.zarr", *THREADS, cwd=tmp_path)
@@ -177,8 +219,9 @@ def test_multiply_errors(tmp_path):
 
 def test_matmul_on_the_default_local_cluster(operands):
     folder, a, b = operands
-    result = distconv("matmul", "a.zarr", "b.zarr", "-o", "local.zarr", "--workers", "2",
-                      cwd=folder)
+    result = distconv(
+        "matmul", "a.zarr", "b.zarr", "-o", "local.zarr", "--workers", "2", cwd=folder
+    )
     assert result.returncode == 0, result.stderr
     assert "dashboard:" in result.stderr  # a LocalCluster really started
     out = zarr.open_array(str(folder / "local.zarr"), mode="r")
@@ -195,8 +238,7 @@ def test_resume_computes_only_the_missing_chunks(tmp_path, operation):
     write_store(tmp_path / "a.zarr", a, (16, 24) if operation == "matmul" else (16, 16))
     write_store(tmp_path / "b.zarr", b, (24, 16) if operation == "matmul" else (16, 16))
     expected = float64_product(a, b) if operation == "matmul" else np.multiply(a, b)
-    first = distconv(operation, "a.zarr", "b.zarr", "-o", "c.zarr", *THREADS, "-q",
-                     cwd=tmp_path)
+    first = distconv(operation, "a.zarr", "b.zarr", "-o", "c.zarr", *THREADS, "-q", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     # What an interrupted run leaves: some chunk objects missing, "complete" false.
     out = zarr.open_array(str(tmp_path / "c.zarr"), mode="r+")
@@ -207,8 +249,9 @@ def test_resume_computes_only_the_missing_chunks(tmp_path, operation):
         (tmp_path / "c.zarr" / key).unlink()
     out[:16, :16] = -1.0  # a chunk already written: resume must keep it, not recompute it
 
-    resumed = distconv(operation, "a.zarr", "b.zarr", "-o", "c.zarr", "--resume", *THREADS,
-                       cwd=tmp_path)
+    resumed = distconv(
+        operation, "a.zarr", "b.zarr", "-o", "c.zarr", "--resume", *THREADS, cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed c.zarr: 10 of 12 chunks were already written" in resumed.stdout
     out = zarr.open_array(str(tmp_path / "c.zarr"), mode="r")
@@ -222,9 +265,19 @@ def test_resume_computes_only_the_missing_chunks(tmp_path, operation):
     if operation == "multiply":
         return  # the refusals below are save()'s, the same for both commands
     write_store(tmp_path / "b2.zarr", b * 2, (16, 16))
-    other = distconv(operation, "a.zarr", "b2.zarr", "-o", "c.zarr", "--resume", *THREADS,
-                     cwd=tmp_path)
+    other = distconv(
+        operation, "a.zarr", "b2.zarr", "-o", "c.zarr", "--resume", *THREADS, cwd=tmp_path
+    )
     assert_one_line_error(other, "cannot resume c.zarr", "inputs differ")
-    both = distconv(operation, "a.zarr", "b.zarr", "-o", "c.zarr", "--resume", "--overwrite",
-                    *THREADS, cwd=tmp_path)
+    both = distconv(
+        operation,
+        "a.zarr",
+        "b.zarr",
+        "-o",
+        "c.zarr",
+        "--resume",
+        "--overwrite",
+        *THREADS,
+        cwd=tmp_path,
+    )
     assert_one_line_error(both, "--overwrite", "--resume")

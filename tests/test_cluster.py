@@ -54,8 +54,9 @@ def test_spec_from_dask_config():
 def test_local_cluster_job_equals_scipy_and_plugins_apply(tmp_path):
     rng = np.random.default_rng(5)
     data = rng.random((300, 200), dtype=np.float32)
-    source = zarr.create_array(str(tmp_path / "in.zarr"), shape=data.shape, chunks=(64, 64),
-                               dtype=data.dtype)
+    source = zarr.create_array(
+        str(tmp_path / "in.zarr"), shape=data.shape, chunks=(64, 64), dtype=data.dtype
+    )
     source[:] = data
     w = rng.standard_normal((9, 9))
     with dc.cluster("local", workers=2, quiet=True) as client:
@@ -79,16 +80,22 @@ def test_local_cluster_job_equals_scipy_and_plugins_apply(tmp_path):
             import numba
             from threadpoolctl import threadpool_info
 
-            return ({lib["num_threads"] for lib in threadpool_info()},
-                    numba.config.NUMBA_NUM_THREADS, os.environ["TF_NUM_INTRAOP_THREADS"])
+            return (
+                {lib["num_threads"] for lib in threadpool_info()},
+                numba.config.NUMBA_NUM_THREADS,
+                os.environ["TF_NUM_INTRAOP_THREADS"],
+            )
 
         for blas, numba_threads, tf_threads in client.run(pools).values():
             assert blas == {2} and numba_threads == 2 and tf_threads == "2"
         register_plugins(client)  # back to the worker's share for the job
         for report in client.run(plugin_report).values():
             assert set(report["distconv-thread-limits"]["threadpoolctl"].values()) == {1}
-        dc.save(dc.convolve(dc.open(tmp_path / "in.zarr"), w, mode="wrap", engine="scipy"),
-                tmp_path / "o.zarr", progress=False)
+        dc.save(
+            dc.convolve(dc.open(tmp_path / "in.zarr"), w, mode="wrap", engine="scipy"),
+            tmp_path / "o.zarr",
+            progress=False,
+        )
     out = zarr.open_array(str(tmp_path / "o.zarr"), mode="r")
     expected = ndimage.convolve(data.astype(np.float64), w, mode="wrap")
     np.testing.assert_allclose(out[:], expected, atol=1e-4)
@@ -111,16 +118,25 @@ def test_local_cluster_reuses_chunk_buffers_and_keeps_a_read_ready(clean_malloc_
     with dc.cluster("local", workers=1, quiet=True) as client:
         environs = list(client.run(malloc_environ).values())
         saturation = client.cluster.scheduler.WORKER_SATURATION
-    assert environs == [{"MALLOC_TRIM_THRESHOLD_": str(32 * 2**20),
-                         "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_ARENA_MAX": "2"}]
+    assert environs == [
+        {
+            "MALLOC_TRIM_THRESHOLD_": str(32 * 2**20),
+            "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+            "MALLOC_ARENA_MAX": "2",
+        }
+    ]
     assert saturation == 2.5
 
 
 def test_local_cluster_keeps_the_users_own_malloc_and_saturation_settings(clean_malloc_environ):
     import dask
 
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 4096,
-                          "distributed.scheduler.worker-saturation": 1.0}):
+    with dask.config.set(
+        {
+            "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 4096,
+            "distributed.scheduler.worker-saturation": 1.0,
+        }
+    ):
         with dc.cluster("local", workers=1, quiet=True) as client:
             environs = list(client.run(malloc_environ).values())
             saturation = client.cluster.scheduler.WORKER_SATURATION
@@ -141,6 +157,7 @@ def test_rmm_pool_needs_the_cuda_cluster():
 
 # --- cuda ---------------------------------------------------------------------------------------
 
+
 def _gpu_count() -> int:
     """CUDA devices here, from NVML (no CUDA context); 0 without a driver."""
     try:
@@ -152,8 +169,10 @@ def _gpu_count() -> int:
         return 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("dask_cuda") is not None and _gpu_count() > 0,
-                    reason="a GPU and dask-cuda are present: the real test runs instead")
+@pytest.mark.skipif(
+    importlib.util.find_spec("dask_cuda") is not None and _gpu_count() > 0,
+    reason="a GPU and dask-cuda are present: the real test runs instead",
+)
 def test_cuda_without_a_gpu_or_dask_cuda_is_one_line():
     with pytest.raises(dc.DistconvError) as caught:
         with dc.cluster("cuda", quiet=True):
@@ -165,14 +184,16 @@ def test_cuda_without_a_gpu_or_dask_cuda_is_one_line():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(_gpu_count() == 0, reason="no CUDA device (NVML reports none)")
-@pytest.mark.skipif(importlib.util.find_spec("dask_cuda") is None or
-                    importlib.util.find_spec("cupy") is None,
-                    reason="dask-cuda and cupy are needed (pip install 'distconv[cuda]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("dask_cuda") is None or importlib.util.find_spec("cupy") is None,
+    reason="dask-cuda and cupy are needed (pip install 'distconv[cuda]')",
+)
 def test_cuda_cluster_one_worker_per_gpu_no_context_in_client(tmp_path):
     """A cupy convolve on ``--cluster cuda``: one GPU worker per device, the client process
     imports no CUDA library, and the output equals SciPy's."""
     script = tmp_path / "client.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys, json
         import numpy as np, zarr
         import distconv as dc
@@ -192,9 +213,11 @@ def test_cuda_cluster_one_worker_per_gpu_no_context_in_client(tmp_path):
             cuda_modules = sorted(m for m in ("cupy", "numba.cuda", "tensorflow", "rmm")
                                   if m in sys.modules)
             print(json.dumps({{"info": info, "reports": reports, "cuda_modules": cuda_modules}}))
-    """))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=300)
+    """)
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     import json
 
@@ -210,5 +233,9 @@ def test_cuda_cluster_one_worker_per_gpu_no_context_in_client(tmp_path):
         assert report["distconv-gpu-setup"]["cupy"].startswith("CuPy pool")
     data = zarr.open_array(str(tmp_path / "in.zarr"))[:].astype(np.float64)
     w = np.random.default_rng(1).standard_normal((7, 7))
-    np.testing.assert_allclose(zarr.open_array(str(tmp_path / "out.zarr"))[:],
-                               ndimage.convolve(data, w), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        zarr.open_array(str(tmp_path / "out.zarr"))[:],
+        ndimage.convolve(data, w),
+        rtol=1e-4,
+        atol=1e-4,
+    )

@@ -73,13 +73,25 @@ def test_slurm_file_gives_the_expected_job_script(tmp_path):
     finally:
         cluster.close()
     directives = [line for line in script.splitlines() if line.startswith("#SBATCH")]
-    assert directives == ["#SBATCH -J dask-worker", "#SBATCH -p compute", "#SBATCH -A proj42",
-                          "#SBATCH -n 1", "#SBATCH --cpus-per-task=16", "#SBATCH --mem=60G",
-                          "#SBATCH -t 02:00:00", "#SBATCH --gres=gpu:1"]
+    assert directives == [
+        "#SBATCH -J dask-worker",
+        "#SBATCH -p compute",
+        "#SBATCH -A proj42",
+        "#SBATCH -n 1",
+        "#SBATCH --cpus-per-task=16",
+        "#SBATCH --mem=60G",
+        "#SBATCH -t 02:00:00",
+        "#SBATCH --gres=gpu:1",
+    ]
     command = script.strip().splitlines()[-1]
     # 4 workers of 16/4 threads and 64GB/4 each; GPU nodes declare the resource routing uses.
-    for part in ("-m distributed.cli.dask_worker tcp://", "--nthreads 4", "--nworkers 4",
-                 "--memory-limit 14.90GiB", "--resources GPU=1"):
+    for part in (
+        "-m distributed.cli.dask_worker tcp://",
+        "--nthreads 4",
+        "--nworkers 4",
+        "--memory-limit 14.90GiB",
+        "--resources GPU=1",
+    ):
         assert part in command, (part, command)
 
 
@@ -96,20 +108,30 @@ def test_pbs_file_gives_the_expected_job_script_and_adapt_bounds(tmp_path):
     finally:
         cluster.close()
     directives = [line for line in script.splitlines() if line.startswith("#PBS")]
-    assert directives == ["#PBS -N dask-worker", "#PBS -q workq", "#PBS -A proj42",
-                          "#PBS -l select=1:ncpus=8:mem=32GB", "#PBS -l walltime=01:00:00"]
+    assert directives == [
+        "#PBS -N dask-worker",
+        "#PBS -q workq",
+        "#PBS -A proj42",
+        "#PBS -l select=1:ncpus=8:mem=32GB",
+        "#PBS -l walltime=01:00:00",
+    ]
     assert "--nthreads 4" in script and "--nworkers 2" in script
 
 
-@pytest.mark.parametrize("system,marker", [("sge", "#$ -l h_rt=00:30:00"),
-                                           ("lsf", "#BSUB -W 00:30")])
+@pytest.mark.parametrize(
+    "system,marker", [("sge", "#$ -l h_rt=00:30:00"), ("lsf", "#BSUB -W 00:30")]
+)
 def test_sge_and_lsf_files(tmp_path, system, marker):
     walltime = "00:30:00" if system == "sge" else "00:30"  # each system's own format
-    path = write(tmp_path, f"{system}.yaml", f"""\
+    path = write(
+        tmp_path,
+        f"{system}.yaml",
+        f"""\
         system: {system}
         cluster: {{cores: 4, memory: 8GB, walltime: "{walltime}"}}
         adapt: {{maximum_jobs: 2}}
-    """)
+    """,
+    )
     cluster = build_cluster(load_spec(path))
     try:
         assert marker in cluster.job_script()
@@ -117,20 +139,32 @@ def test_sge_and_lsf_files(tmp_path, system, marker):
         cluster.close()
 
 
-@pytest.mark.parametrize("text,message", [
-    ("system: torque\ncluster: {cores: 1}\nscale: {jobs: 1}\n", "system must be one of slurm"),
-    ("system: slurm\ncluster: {cores: 1, memory: 1GB}\n", "exactly one of 'scale'"),
-    ("system: slurm\ncluster: {cores: 1, memory: 1GB}\nscale: {jobs: 1}\nadapt: {maximum: 2}\n",
-     "exactly one of 'scale'"),
-    ("system: slurm\ncluster: {cores: 1, memory: 1GB}\nscale: {nodes: 2}\n",
-     "unknown scale key(s) nodes"),
-    ("system: slurm\ncluster: {cores: 1, memory: 1GB}\nadapt: {max: 2}\n",
-     "unknown adapt key(s) max"),
-    ("system: slurm\nqueue: x\nscale: {jobs: 1}\n", "unknown key(s) queue"),
-    ("system: slurm\ncluster: {cores: 1, memory: 1GB, color: red}\nscale: {jobs: 1}\n",
-     "SLURMCluster rejects the 'cluster' arguments"),
-    ("system: [slurm\n", "is not valid YAML (line"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("system: torque\ncluster: {cores: 1}\nscale: {jobs: 1}\n", "system must be one of slurm"),
+        ("system: slurm\ncluster: {cores: 1, memory: 1GB}\n", "exactly one of 'scale'"),
+        (
+            "system: slurm\ncluster: {cores: 1, memory: 1GB}\nscale: {jobs: 1}\n"
+            "adapt: {maximum: 2}\n",
+            "exactly one of 'scale'",
+        ),
+        (
+            "system: slurm\ncluster: {cores: 1, memory: 1GB}\nscale: {nodes: 2}\n",
+            "unknown scale key(s) nodes",
+        ),
+        (
+            "system: slurm\ncluster: {cores: 1, memory: 1GB}\nadapt: {max: 2}\n",
+            "unknown adapt key(s) max",
+        ),
+        ("system: slurm\nqueue: x\nscale: {jobs: 1}\n", "unknown key(s) queue"),
+        (
+            "system: slurm\ncluster: {cores: 1, memory: 1GB, color: red}\nscale: {jobs: 1}\n",
+            "SLURMCluster rejects the 'cluster' arguments",
+        ),
+        ("system: [slurm\n", "is not valid YAML (line"),
+    ],
+)
 def test_bad_cluster_files_are_one_line_errors(tmp_path, text, message):
     path = write(tmp_path, "bad.yaml", text)
     with pytest.raises(dc.DistconvError) as caught:
@@ -156,10 +190,12 @@ def test_bad_cluster_file_on_the_cli(tmp_path, capsys):
     path = write(tmp_path, "bad.yaml", "system: slurm\ncluster: {cores: 1}\nadapt: {max: 2}\n")
     code, _, err = run_main("cluster", "info", "--cluster", path, capsys=capsys)
     assert code == 2, err
-    assert err == (f"distconv: error: cluster file {path}: unknown adapt key(s) max; "
-                           "allowed: minimum_jobs, maximum_jobs, minimum, maximum, minimum_cores, "
-                           "maximum_cores, minimum_memory, maximum_memory, interval, wait_count, "
-                           "target_duration\n")
+    assert err == (
+        f"distconv: error: cluster file {path}: unknown adapt key(s) max; "
+        "allowed: minimum_jobs, maximum_jobs, minimum, maximum, minimum_cores, "
+        "maximum_cores, minimum_memory, maximum_memory, interval, wait_count, "
+        "target_duration\n"
+    )
 
 
 def test_missing_cluster_file(tmp_path):
@@ -179,13 +215,15 @@ def test_cluster_info_prints_the_job_script(tmp_path, capsys):
 
 # --- a real single-node SLURM ---------------------------------------------------------------------
 
+
 def _slurm_running() -> str | None:
     """None when a SLURM controller answers here, else why the test skips."""
     if shutil.which("slurmctld") is None or shutil.which("sbatch") is None:
         return "no slurmctld/sbatch on this machine (apt-get install slurm-wlm)"
     try:
-        done = subprocess.run(["sinfo", "-h", "-o", "%a %t"], capture_output=True, text=True,
-                              timeout=10)
+        done = subprocess.run(
+            ["sinfo", "-h", "-o", "%a %t"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"sinfo failed: {exc}"
     if done.returncode != 0 or not done.stdout.startswith("up"):
@@ -209,7 +247,10 @@ def test_convolve_on_a_real_slurm(tmp_path):
         # PartitionName=debug Nodes=$(hostname) Default=YES MaxTime=INFINITE State=UP
         slurmctld && slurmd && sinfo          # debug* up infinite 1 idle
     """
-    path = write(tmp_path, "slurm.yaml", f"""\
+    path = write(
+        tmp_path,
+        "slurm.yaml",
+        f"""\
         system: slurm
         cluster:
           cores: 1
@@ -221,17 +262,21 @@ def test_convolve_on_a_real_slurm(tmp_path):
           scheduler_options: {{host: 127.0.0.1}}
         scale:
           jobs: 2
-    """)
+    """,
+    )
     data = np.random.default_rng(4).random((200, 150))
-    store = zarr.create_array(str(tmp_path / "in.zarr"), shape=data.shape, chunks=(50, 50),
-                              dtype=data.dtype)
+    store = zarr.create_array(
+        str(tmp_path / "in.zarr"), shape=data.shape, chunks=(50, 50), dtype=data.dtype
+    )
     store[:] = data
     w = np.random.default_rng(5).standard_normal((5, 5))
     with dc.cluster(path, quiet=True) as client:
         client.wait_for_workers(2, timeout=120)
         jobs = subprocess.run(["squeue", "-h", "-o", "%j %T"], capture_output=True, text=True)
         assert jobs.stdout.count("dask-worker RUNNING") >= 2, jobs.stdout
-        dc.save(dc.convolve(dc.open(tmp_path / "in.zarr"), w), tmp_path / "out.zarr",
-                progress=False)
-    np.testing.assert_allclose(zarr.open_array(str(tmp_path / "out.zarr"))[:],
-                               ndimage.convolve(data, w), atol=1e-10)
+        dc.save(
+            dc.convolve(dc.open(tmp_path / "in.zarr"), w), tmp_path / "out.zarr", progress=False
+        )
+    np.testing.assert_allclose(
+        zarr.open_array(str(tmp_path / "out.zarr"))[:], ndimage.convolve(data, w), atol=1e-10
+    )

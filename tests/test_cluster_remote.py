@@ -41,8 +41,9 @@ def free_port() -> int:
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:
     handle = open(log, "wb")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+    return subprocess.Popen(
+        args, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
@@ -60,14 +61,37 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 
 def scheduler_args(port: int, *tls: str) -> list[str]:
     protocol = ["--protocol", "tls"] if tls else []
-    return [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-            "--port", str(port), "--no-dashboard", *protocol, *tls]
+    return [
+        sys.executable,
+        "-m",
+        "distributed.cli.dask_scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-dashboard",
+        *protocol,
+        *tls,
+    ]
 
 
 def worker_args(address: str, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "distributed.cli.dask_worker", address, "--host", "127.0.0.1",
-            "--nthreads", "1", "--name", name, "--memory-limit", "2GiB", "--no-dashboard",
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "distributed.cli.dask_worker",
+        address,
+        "--host",
+        "127.0.0.1",
+        "--nthreads",
+        "1",
+        "--name",
+        name,
+        "--memory-limit",
+        "2GiB",
+        "--no-dashboard",
+        *extra,
+    ]
 
 
 def wait_for(address: str, n_workers: int, processes, security=None) -> None:
@@ -94,8 +118,9 @@ def tcp_cluster(tmp_path_factory):
     address = f"tcp://127.0.0.1:{port}"
     processes = [_spawn(scheduler_args(port), logs / "scheduler.log")]
     try:
-        processes.append(_spawn(worker_args(address, "gpu", "--resources", "GPU=1"),
-                                logs / "gpu.log"))
+        processes.append(
+            _spawn(worker_args(address, "gpu", "--resources", "GPU=1"), logs / "gpu.log")
+        )
         processes.append(_spawn(worker_args(address, "cpu"), logs / "cpu.log"))
         wait_for(address, 2, processes)
         yield address
@@ -105,23 +130,41 @@ def tcp_cluster(tmp_path_factory):
 
 def make_input(folder: Path, shape=(256, 192), chunks=(64, 64), seed=0) -> np.ndarray:
     data = np.random.default_rng(seed).random(shape)
-    store = zarr.create_array(str(folder / "in.zarr"), shape=shape, chunks=chunks,
-                              dtype=data.dtype)
+    store = zarr.create_array(str(folder / "in.zarr"), shape=shape, chunks=chunks, dtype=data.dtype)
     store[:] = data
     return data
 
 
 def run_cli(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "distconv.cli", *args], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **(env or {})}, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "distconv.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
 
 
 def test_cli_job_on_a_remote_scheduler(tcp_cluster, tmp_path):
     data = make_input(tmp_path)
     w = np.random.default_rng(1).standard_normal((5, 7))
     np.save(tmp_path / "k.npy", w)
-    done = run_cli("convolve", "in.zarr", "k.npy", "-o", "out.zarr", "--mode", "mirror",
-                   "--engine", "scipy", "--cluster", tcp_cluster, "-q", cwd=tmp_path)
+    done = run_cli(
+        "convolve",
+        "in.zarr",
+        "k.npy",
+        "-o",
+        "out.zarr",
+        "--mode",
+        "mirror",
+        "--engine",
+        "scipy",
+        "--cluster",
+        tcp_cluster,
+        "-q",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     out = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")
     np.testing.assert_allclose(out[:], ndimage.convolve(data, w, mode="mirror"), atol=1e-10)
@@ -156,8 +199,9 @@ def test_gpu_plugin_acts_on_the_gpu_worker_only(tcp_cluster):
         return os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH")
 
     with dc.cluster(tcp_cluster) as client:
-        names = {a: str(w["name"]) for a, w in
-                 client.scheduler_info(n_workers=-1)["workers"].items()}
+        names = {
+            a: str(w["name"]) for a, w in client.scheduler_info(n_workers=-1)["workers"].items()
+        }
         reports = {names[a]: r["distconv-gpu-setup"] for a, r in client.run(plugin_report).items()}
         env = {names[a]: value for a, value in client.run(growth).items()}
     assert reports["cpu"] == {"gpu": False} and env["cpu"] is None
@@ -172,8 +216,18 @@ def test_unreachable_scheduler_is_one_line(tmp_path, monkeypatch, capsys):
     make_input(tmp_path, shape=(32, 32), chunks=(16, 16))
     monkeypatch.chdir(tmp_path)
     with dask.config.set({"distconv.connect-timeout": "1s"}), pytest.raises(SystemExit) as code:
-        main(["convolve", "in.zarr", "box:size=3", "-o", "o.zarr", "--cluster",
-              f"tcp://127.0.0.1:{free_port()}", "-q"])
+        main(
+            [
+                "convolve",
+                "in.zarr",
+                "box:size=3",
+                "-o",
+                "o.zarr",
+                "--cluster",
+                f"tcp://127.0.0.1:{free_port()}",
+                "-q",
+            ]
+        )
     err = capsys.readouterr().err
     assert code.value.code == 2
     assert err.startswith("distconv: error: cannot reach the scheduler at tcp://")
@@ -182,6 +236,7 @@ def test_unreachable_scheduler_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 # --- GPU routing on a mixed cluster ------------------------------------------------------------
+
 
 def _workers_that_ran(client, run) -> dict[str, set[str]]:
     """Run ``run()`` recording the scheduler's task stream; key prefix → worker names."""
@@ -243,9 +298,12 @@ def test_annotations_alone_are_dropped_by_fusion(tcp_cluster, tmp_path):
 
 # --- fault tolerance -----------------------------------------------------------------------------
 
+
 def _worker_pids(client) -> dict[str, int]:
-    return {str(client.scheduler_info(n_workers=-1)["workers"][a]["name"]): pid
-            for a, pid in client.run(os.getpid).items()}
+    return {
+        str(client.scheduler_info(n_workers=-1)["workers"][a]["name"]): pid
+        for a, pid in client.run(os.getpid).items()
+    }
 
 
 @pytest.mark.parametrize("kill_at", [0.1, 0.4, 0.7])
@@ -255,8 +313,9 @@ def test_job_survives_a_killed_worker(tcp_cluster, tmp_path, kill_at):
     same values, and the output equals SciPy's."""
     data = make_input(tmp_path, shape=(512, 512), chunks=(64, 64), seed=int(kill_at * 10))
     w = np.random.default_rng(3).standard_normal((5, 5))
-    y = dc.convolve(dc.open(tmp_path / "in.zarr"), w, mode="nearest", engine="scipy",
-                    method="direct")
+    y = dc.convolve(
+        dc.open(tmp_path / "in.zarr"), w, mode="nearest", engine="scipy", method="direct"
+    )
     total = 8 * 8
     errors: list[BaseException] = []
 
@@ -290,6 +349,7 @@ def test_job_survives_a_killed_worker(tcp_cluster, tmp_path, kill_at):
 
 # --- TLS ------------------------------------------------------------------------------------------
 
+
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
@@ -300,29 +360,84 @@ def tls_cluster(tmp_path_factory):
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is needed to make test certificates")
     certs = tmp_path_factory.mktemp("certs")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-             "ca.pem", "-days", "2", "-subj", "/CN=distconv test CA", cwd=certs)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key", "-out", "node.csr",
-             "-subj", "/CN=127.0.0.1", cwd=certs)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=distconv test CA",
+        cwd=certs,
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "node.key",
+        "-out",
+        "node.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+        cwd=certs,
+    )
     (certs / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "node.pem", "-days", "2", "-extfile", "san.ext", cwd=certs)
-    tls = ("--tls-ca-file", str(certs / "ca.pem"), "--tls-cert", str(certs / "node.pem"),
-           "--tls-key", str(certs / "node.key"))
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "node.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "node.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        cwd=certs,
+    )
+    tls = (
+        "--tls-ca-file",
+        str(certs / "ca.pem"),
+        "--tls-cert",
+        str(certs / "node.pem"),
+        "--tls-key",
+        str(certs / "node.key"),
+    )
     port = free_port()
     address = f"tls://127.0.0.1:{port}"
     processes = [_spawn(scheduler_args(port, *tls), certs / "scheduler.log")]
     try:
         processes.append(_spawn(worker_args(address, "tls-worker", *tls), certs / "worker.log"))
-        env = {"DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(certs / "ca.pem"),
-               "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": str(certs / "node.pem"),
-               "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": str(certs / "node.key")}
+        env = {
+            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(certs / "ca.pem"),
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": str(certs / "node.pem"),
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": str(certs / "node.key"),
+        }
         from distributed import Security
 
-        wait_for(address, 1, processes, security=Security(
-            tls_ca_file=env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"],
-            tls_client_cert=env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT"],
-            tls_client_key=env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"]))
+        wait_for(
+            address,
+            1,
+            processes,
+            security=Security(
+                tls_ca_file=env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"],
+                tls_client_cert=env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT"],
+                tls_client_key=env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"],
+            ),
+        )
         yield address, env
     finally:
         _stop(processes[::-1])
@@ -331,13 +446,25 @@ def tls_cluster(tmp_path_factory):
 def test_cli_job_over_tls(tls_cluster, tmp_path):
     address, env = tls_cluster
     data = make_input(tmp_path, shape=(128, 96), chunks=(32, 32))
-    done = run_cli("correlate", "in.zarr", "gaussian:sigma=1.5", "-o", "out.zarr",
-                   "--engine", "scipy", "--cluster", address, "-q", env=env, cwd=tmp_path)
+    done = run_cli(
+        "correlate",
+        "in.zarr",
+        "gaussian:sigma=1.5",
+        "-o",
+        "out.zarr",
+        "--engine",
+        "scipy",
+        "--cluster",
+        address,
+        "-q",
+        env=env,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
-    expected = ndimage.correlate(data, dc.load_weights("gaussian:sigma=1.5", ndim=2),
-                                 mode="reflect")
-    np.testing.assert_allclose(zarr.open_array(str(tmp_path / "out.zarr"))[:], expected,
-                               atol=1e-10)
+    expected = ndimage.correlate(
+        data, dc.load_weights("gaussian:sigma=1.5", ndim=2), mode="reflect"
+    )
+    np.testing.assert_allclose(zarr.open_array(str(tmp_path / "out.zarr"))[:], expected, atol=1e-10)
 
 
 def test_tls_without_config_is_one_line(tls_cluster, monkeypatch):

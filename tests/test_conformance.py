@@ -10,13 +10,21 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from conftest import engine_method_params, random_weights, tolerance
 from scipy import ndimage
 
 import distconv as dc
-from conftest import engine_method_params, random_weights, tolerance
 
-MODES = ["reflect", "constant", "nearest", "mirror", "wrap",
-         "grid-mirror", "grid-constant", "grid-wrap"]
+MODES = [
+    "reflect",
+    "constant",
+    "nearest",
+    "mirror",
+    "wrap",
+    "grid-mirror",
+    "grid-constant",
+    "grid-wrap",
+]
 
 
 def reference(x, w, convolution, **kwargs):
@@ -38,26 +46,41 @@ def test_modes_sizes_origins(rng, engine, method, mode, size, convolution):
     w = random_weights(rng, (size, size - 1), separable=method == "separable")
     for origin in {(-(size // 2), 0), (0, 0), ((size - 1) // 2, -((size - 1) // 2))}:
         expected = reference(x, w, convolution, mode=mode, cval=0.7, origin=origin)
-        got = run(x, w, convolution, (7, 5), mode=mode, cval=0.7, origin=origin,
-                  method=method, engine=engine)
-        np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance(x, w, np.float64),
-                                   err_msg=f"origin {origin}")
+        got = run(
+            x,
+            w,
+            convolution,
+            (7, 5),
+            mode=mode,
+            cval=0.7,
+            origin=origin,
+            method=method,
+            engine=engine,
+        )
+        np.testing.assert_allclose(
+            got, expected, rtol=0, atol=tolerance(x, w, np.float64), err_msg=f"origin {origin}"
+        )
 
 
 @pytest.mark.parametrize("engine,method", engine_method_params())
-@pytest.mark.parametrize("chunks", [
-    (2, 3),            # thinner than the halo: merged first
-    (10, 4),           # uneven edge chunks
-    (50, 50),          # one chunk
-    ((1, 8, 2, 12), (16, 1)),  # explicit irregular chunks, a 1-wide chunk
-], ids=["thin", "uneven", "single", "irregular"])
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        (2, 3),  # thinner than the halo: merged first
+        (10, 4),  # uneven edge chunks
+        (50, 50),  # one chunk
+        ((1, 8, 2, 12), (16, 1)),  # explicit irregular chunks, a 1-wide chunk
+    ],
+    ids=["thin", "uneven", "single", "irregular"],
+)
 @pytest.mark.parametrize("mode", ["reflect", "wrap", "constant", "mirror"])
 def test_chunkings(rng, engine, method, chunks, mode):
     x = rng.random((23, 17))
     w = random_weights(rng, (7, 6), separable=method == "separable")
     got = run(x, w, False, chunks, mode=mode, method=method, engine=engine)
-    np.testing.assert_allclose(got, reference(x, w, False, mode=mode), rtol=0,
-                               atol=tolerance(x, w, np.float64))
+    np.testing.assert_allclose(
+        got, reference(x, w, False, mode=mode), rtol=0, atol=tolerance(x, w, np.float64)
+    )
 
 
 @pytest.mark.parametrize("engine,method", engine_method_params())
@@ -67,8 +90,9 @@ def test_kernel_larger_than_image(rng, engine, method, mode):
     x = rng.random((3, 5))
     w = random_weights(rng, (9, 8), separable=method == "separable")
     got = run(x, w, True, (2, 2), mode=mode, method=method, engine=engine)
-    np.testing.assert_allclose(got, reference(x, w, True, mode=mode), rtol=0,
-                               atol=tolerance(x, w, np.float64))
+    np.testing.assert_allclose(
+        got, reference(x, w, True, mode=mode), rtol=0, atol=tolerance(x, w, np.float64)
+    )
 
 
 @pytest.mark.parametrize("ndim", [1, 2, 3, 4])
@@ -84,17 +108,30 @@ def test_ranks(rng, ndim, method):
     chunks = tuple(max(2, s // 3) for s in shape)
     for engine in engines:
         for convolution in (False, True):
-            got = run(x, w, convolution, chunks, mode="mirror", origin=(1,) + (0,) * (ndim - 1),
-                      method=method, engine=engine)
-            expected = reference(x, w, convolution, mode="mirror",
-                                 origin=(1,) + (0,) * (ndim - 1))
-            np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance(x, w, np.float64),
-                                       err_msg=f"{engine} convolve={convolution}")
+            got = run(
+                x,
+                w,
+                convolution,
+                chunks,
+                mode="mirror",
+                origin=(1,) + (0,) * (ndim - 1),
+                method=method,
+                engine=engine,
+            )
+            expected = reference(x, w, convolution, mode="mirror", origin=(1,) + (0,) * (ndim - 1))
+            np.testing.assert_allclose(
+                got,
+                expected,
+                rtol=0,
+                atol=tolerance(x, w, np.float64),
+                err_msg=f"{engine} convolve={convolution}",
+            )
 
 
 @pytest.mark.parametrize("engine,method", engine_method_params(ndim=3))
-@pytest.mark.parametrize("axes,wshape", [((1, 2), (5, 4)), ((2, 0), (3, 6)), ((-1,), (7,)),
-                                         ((0,), (2,))])
+@pytest.mark.parametrize(
+    "axes,wshape", [((1, 2), (5, 4)), ((2, 0), (3, 6)), ((-1,), (7,)), ((0,), (2,))]
+)
 def test_axes_with_fewer_weight_dims(rng, engine, method, axes, wshape):
     x = rng.random((11, 14, 13))
     w = random_weights(rng, wshape, separable=method == "separable")
@@ -102,11 +139,21 @@ def test_axes_with_fewer_weight_dims(rng, engine, method, axes, wshape):
     # The reference: the same kernel placed on the named axes of a full-rank kernel.
     positive = [a % 3 for a in axes]
     full = np.transpose(w, np.argsort(positive)).reshape(
-        [w.shape[positive.index(a)] if a in positive else 1 for a in range(3)])
+        [w.shape[positive.index(a)] if a in positive else 1 for a in range(3)]
+    )
     full_origin = [origin[positive.index(a)] if a in positive else 0 for a in range(3)]
     expected = reference(x, full, True, mode="nearest", origin=full_origin)
-    got = run(x, w, True, (4, 5, 6), mode="nearest", origin=origin, axes=axes, method=method,
-              engine=engine)
+    got = run(
+        x,
+        w,
+        True,
+        (4, 5, 6),
+        mode="nearest",
+        origin=origin,
+        axes=axes,
+        method=method,
+        engine=engine,
+    )
     np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance(x, w, np.float64))
 
 
@@ -114,15 +161,19 @@ def test_axes_with_fewer_weight_dims(rng, engine, method, axes, wshape):
 @pytest.mark.parametrize("dtype", ["uint8", "int16", "int32", "float16", "float32", "float64"])
 def test_input_dtypes(rng, engine, method, dtype):
     info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
-    x = (rng.integers(info.min // 2 if info.min else 0, info.max // 2, (30, 20)) if info
-         else rng.standard_normal((30, 20))).astype(dtype)
+    x = (
+        rng.integers(info.min // 2 if info.min else 0, info.max // 2, (30, 20))
+        if info
+        else rng.standard_normal((30, 20))
+    ).astype(dtype)
     w = random_weights(rng, (5, 5), separable=method == "separable")
     y = dc.correlate(da.from_array(x, chunks=(8, 7)), w, method=method, engine=engine)
     compute = np.float64 if dtype == "float64" else np.float32
     assert y.dtype == compute
     got = y.compute(scheduler="sync")
-    np.testing.assert_allclose(got, reference(x, w, False), rtol=0,
-                               atol=tolerance(x.astype(float), w, compute))
+    np.testing.assert_allclose(
+        got, reference(x, w, False), rtol=0, atol=tolerance(x.astype(float), w, compute)
+    )
 
 
 @pytest.mark.parametrize("out_dtype", ["uint8", "int16", "int32", "float32"])
@@ -130,7 +181,7 @@ def test_integer_output_is_rounded_and_clipped(rng, out_dtype):
     """Integer output: rounded to nearest and clipped to the dtype's range, never wrapped."""
     x = rng.integers(0, 256, (40, 30)).astype(np.uint8)
     w = np.ones((3, 3)) * 2.0 - rng.random((3, 3))  # sums far beyond 255: must clip, not wrap
-    w[1, 1] = -9.0                                  # and go negative: must clip at 0 for uint
+    w[1, 1] = -9.0  # and go negative: must clip at 0 for uint
     got = dc.correlate(x, w, dtype=out_dtype).compute(scheduler="sync")
     assert got.dtype == np.dtype(out_dtype)
     exact = reference(x, w, False)
@@ -153,16 +204,21 @@ def test_int32_output_near_the_limit_does_not_wrap():
 def test_input_kinds_give_the_same_result(tmp_path, rng):
     x = rng.random((40, 33)).astype(np.float32)
     w = rng.random((5, 3))
-    z = zarr.create_array(str(tmp_path / "x.zarr"), shape=x.shape, chunks=(16, 16),
-                          dtype=x.dtype)
+    z = zarr.create_array(str(tmp_path / "x.zarr"), shape=x.shape, chunks=(16, 16), dtype=x.dtype)
     z[:] = x
     expected = reference(x, w, True)
-    for given in (x, da.from_array(x, chunks=(9, 9)), z, str(tmp_path / "x.zarr"),
-                  tmp_path / "x.zarr"):
+    for given in (
+        x,
+        da.from_array(x, chunks=(9, 9)),
+        z,
+        str(tmp_path / "x.zarr"),
+        tmp_path / "x.zarr",
+    ):
         y = dc.convolve(given, w)
         assert isinstance(y, da.Array)
-        np.testing.assert_allclose(y.compute(scheduler="sync"), expected, rtol=0,
-                                   atol=tolerance(x, w, np.float32))
+        np.testing.assert_allclose(
+            y.compute(scheduler="sync"), expected, rtol=0, atol=tolerance(x, w, np.float32)
+        )
     assert dc.convolve(z, w).chunks == da.from_zarr(z).chunks  # chunked like the input
 
 
@@ -176,8 +232,7 @@ def test_auto_method_is_per_chunk_cost_model(rng, monkeypatch, fft_library):
 
     tiny = plan_correlation((512, 512), np.float32, rng.random((3, 3)), engine="scipy")
     large = plan_correlation((512, 512), np.float32, rng.random((31, 31)), engine="scipy")
-    box = plan_correlation((512, 512), np.float32, dc.load_weights("box:size=3", 2),
-                           engine="scipy")
+    box = plan_correlation((512, 512), np.float32, dc.load_weights("box:size=3", 2), engine="scipy")
     assert large.method_for((512, 512)) == "fft"
     if fft_library == "scipy.fft":
         assert tiny.method_for((512, 512)) == "direct"

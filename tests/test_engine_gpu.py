@@ -31,8 +31,10 @@ def _no_gpu_reason() -> str | None:
 
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as error:  # no driver, driver too old, ...: CuPy raises CUDARuntimeError
-        return (f"no CUDA device: cupy.cuda.runtime.getDeviceCount() failed "
-                f"({type(error).__name__}: {error})")
+        return (
+            f"no CUDA device: cupy.cuda.runtime.getDeviceCount() failed "
+            f"({type(error).__name__}: {error})"
+        )
     if count == 0:
         return "no CUDA device: cupy.cuda.runtime.getDeviceCount() == 0"
     return None
@@ -58,8 +60,10 @@ needs_numba_cuda = pytest.mark.skipif(NO_NUMBA_CUDA is not None, reason=NO_NUMBA
 TOL = {np.float32: 1e-5, np.float64: 1e-10}
 SHAPES = {2: (61, 47), 3: (19, 16, 13)}
 KERNELS = {
-    (2, "odd"): (5, 3), (2, "even"): (4, 6),
-    (3, "odd"): (3, 5, 3), (3, "even"): (2, 4, 4),
+    (2, "odd"): (5, 3),
+    (2, "even"): (4, 6),
+    (3, "odd"): (3, 5, 3),
+    (3, "even"): (2, 4, 4),
 }
 
 
@@ -96,8 +100,7 @@ def rng(request) -> np.random.Generator:
 
 def valid_reference(x, w) -> np.ndarray:
     """scipy.ndimage.correlate in float64, cropped to the valid part (the engine contract)."""
-    full = ndimage.correlate(np.asarray(x, np.float64), np.asarray(w, np.float64),
-                             mode="constant")
+    full = ndimage.correlate(np.asarray(x, np.float64), np.asarray(w, np.float64), mode="constant")
     return full[tuple(slice(s // 2, s // 2 + b - s + 1) for b, s in zip(x.shape, w.shape))]
 
 
@@ -118,6 +121,7 @@ def assert_close_to(got, expected, x, w, dtype, cp):
 
 
 # ---- CuPy engine, one block -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("kind", ["odd", "even"])
@@ -158,8 +162,9 @@ def test_cupy_numpy_block_round_trip(cupy_engine, rng):
     w = rng.standard_normal((3, 3)).astype(np.float32)
     got = cupy_engine.correlate_direct(x, w)
     assert type(got) is np.ndarray and got.dtype == np.float32
-    np.testing.assert_allclose(got, valid_reference(x, w), rtol=0,
-                               atol=1e-5 * np.abs(w).sum() * np.abs(x).max())
+    np.testing.assert_allclose(
+        got, valid_reference(x, w), rtol=0, atol=1e-5 * np.abs(w).sum() * np.abs(x).max()
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
@@ -168,8 +173,9 @@ def test_cupy_matmul_multiply(cp, cupy_engine, rng, dtype):
     b = (rng.standard_normal((30, 20)) * 10).astype(dtype)
     got = cupy_engine.matmul(cp.asarray(a), cp.asarray(b))
     assert isinstance(got, cp.ndarray) and got.dtype == dtype
-    np.testing.assert_allclose(got.get(), np.matmul(a, b),
-                               rtol=1e-5 if dtype == np.float32 else 1e-12)
+    np.testing.assert_allclose(
+        got.get(), np.matmul(a, b), rtol=1e-5 if dtype == np.float32 else 1e-12
+    )
     row = a[0, :1]  # a NumPy operand of shape (1, 30): broadcasts against (3, 40, 30)
     got = cupy_engine.multiply(cp.asarray(a), row)
     assert isinstance(got, cp.ndarray)
@@ -185,6 +191,7 @@ def test_cupy_device_info(cp, cupy_engine):
 
 # ---- end to end through distconv with CuPy chunks -------------------------------------------
 
+
 @pytest.mark.parametrize("method", ["direct", "fft", "separable"])
 @pytest.mark.parametrize("mode", ["reflect", "constant", "nearest", "mirror", "wrap"])
 def test_cupy_end_to_end(cp, rng, method, mode):
@@ -198,8 +205,9 @@ def test_cupy_end_to_end(cp, rng, method, mode):
     got = y.compute(scheduler="threads")
     assert isinstance(got, cp.ndarray)
     expected = ndimage.correlate(x, w, mode=mode, cval=0.5)
-    np.testing.assert_allclose(got.get(), expected, rtol=0,
-                               atol=1e-10 * np.abs(w).sum() * np.abs(x).max())
+    np.testing.assert_allclose(
+        got.get(), expected, rtol=0, atol=1e-10 * np.abs(w).sum() * np.abs(x).max()
+    )
 
 
 @pytest.mark.parametrize("engine", ["auto", "cupy"])
@@ -210,19 +218,28 @@ def test_convolve_3d_float32_end_to_end(cp, rng, engine):
     got = distconv.convolve(chunks, w, mode="reflect", engine=engine).compute()
     assert isinstance(got, cp.ndarray) and got.dtype == np.float32
     expected = ndimage.convolve(x.astype(np.float64), w, mode="reflect")
-    np.testing.assert_allclose(got.get(), expected, rtol=0,
-                               atol=1e-5 * np.abs(w).sum() * np.abs(x).max())
+    np.testing.assert_allclose(
+        got.get(), expected, rtol=0, atol=1e-5 * np.abs(w).sum() * np.abs(x).max()
+    )
 
 
 # ---- numba-cuda kernels on the device -------------------------------------------------------
 
+
 @needs_numba_cuda
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("shape,wshape", [
-    ((200,), (7,)), ((200,), (4,)),
-    ((61, 47), (5, 3)), ((61, 47), (4, 6)), ((300, 257), (9, 9)),
-    ((19, 16, 13), (3, 5, 3)), ((19, 16, 13), (2, 4, 4)),
-])
+@pytest.mark.parametrize(
+    "shape,wshape",
+    [
+        ((200,), (7,)),
+        ((200,), (4,)),
+        ((61, 47), (5, 3)),
+        ((61, 47), (4, 6)),
+        ((300, 257), (9, 9)),
+        ((19, 16, 13), (3, 5, 3)),
+        ((19, 16, 13), (2, 4, 4)),
+    ],
+)
 def test_numba_cuda_correlate_direct(cp, nc, rng, shape, wshape, dtype):
     x = rng.standard_normal(shape).astype(dtype)
     w = rng.standard_normal(wshape).astype(dtype)
@@ -231,8 +248,14 @@ def test_numba_cuda_correlate_direct(cp, nc, rng, shape, wshape, dtype):
     got = nc.correlate_direct(block, w)
     assert_close_to(got, valid_reference(x, w), x, w, dtype, cp)
     for shared in (False, True):
-        assert_close_to(nc.correlate_direct(block, w, shared=shared, threads=(4, 8)),
-                        valid_reference(x, w), x, w, dtype, cp)
+        assert_close_to(
+            nc.correlate_direct(block, w, shared=shared, threads=(4, 8)),
+            valid_reference(x, w),
+            x,
+            w,
+            dtype,
+            cp,
+        )
 
 
 @needs_numba_cuda
@@ -286,8 +309,9 @@ def test_numba_cuda_numpy_round_trip_and_info(cp, nc, rng):
     w = rng.standard_normal((3, 4))
     got = nc.correlate_direct(x, w)
     assert type(got) is np.ndarray
-    np.testing.assert_allclose(got, valid_reference(x, w), rtol=0,
-                               atol=1e-10 * np.abs(w).sum() * np.abs(x).max())
+    np.testing.assert_allclose(
+        got, valid_reference(x, w), rtol=0, atol=1e-10 * np.abs(w).sum() * np.abs(x).max()
+    )
     name = cp.cuda.runtime.getDeviceProperties(0)["name"]
     name = name.decode() if isinstance(name, bytes) else name
     assert name in nc.device_info()
@@ -316,5 +340,9 @@ def test_numba_cuda_end_to_end(cp, nc, rng, ndim):
     y = distconv.correlate(chunks, w, mode="mirror", engine="numba-cuda", method="direct")
     got = y.compute(scheduler="threads")
     assert isinstance(got, cp.ndarray)
-    np.testing.assert_allclose(got.get(), ndimage.correlate(x, w, mode="mirror"), rtol=0,
-                               atol=1e-10 * np.abs(w).sum() * np.abs(x).max())
+    np.testing.assert_allclose(
+        got.get(),
+        ndimage.correlate(x, w, mode="mirror"),
+        rtol=0,
+        atol=1e-10 * np.abs(w).sum() * np.abs(x).max(),
+    )

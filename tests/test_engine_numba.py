@@ -25,8 +25,16 @@ import distconv  # noqa: E402
 from distconv import kernels  # noqa: E402
 from distconv.kernels import numba_cpu  # noqa: E402
 
-MODES = ["reflect", "constant", "nearest", "mirror", "wrap",
-         "grid-mirror", "grid-constant", "grid-wrap"]
+MODES = [
+    "reflect",
+    "constant",
+    "nearest",
+    "mirror",
+    "wrap",
+    "grid-mirror",
+    "grid-constant",
+    "grid-wrap",
+]
 # Relative to the largest reference value (the float32 figure is distconv's float32 tolerance).
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 
@@ -46,8 +54,7 @@ def _random_weights(rng: np.random.Generator, shape, dtype) -> np.ndarray:
 
 def _valid_reference(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """The valid part of scipy.ndimage.correlate, computed in float64."""
-    full = ndimage.correlate(block.astype(np.float64), weights.astype(np.float64),
-                             mode="constant")
+    full = ndimage.correlate(block.astype(np.float64), weights.astype(np.float64), mode="constant")
     crop = tuple(slice(w // 2, w // 2 + b - w + 1) for b, w in zip(block.shape, weights.shape))
     return full[crop]
 
@@ -60,10 +67,10 @@ def _assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float) -> None
 DIRECT_CASES = [
     ((64,), (3,)),
     ((57,), (4,)),
-    ((3000,), (7,)),           # longer than one accumulator segment
+    ((3000,), (7,)),  # longer than one accumulator segment
     ((33, 40), (3, 3)),
     ((31, 28), (4, 6)),
-    ((20, 2100), (2, 5)),      # rows longer than one segment
+    ((20, 2100), (2, 5)),  # rows longer than one segment
     ((17, 18, 19), (3, 3, 3)),
     ((14, 15, 16), (2, 5, 4)),
     ((16, 15, 3), (3, 4, 1)),  # trailing unfiltered axis merged into the row
@@ -178,19 +185,28 @@ def test_multiply_equal_shapes_compiled(dtype):
     np.testing.assert_array_equal(out, expected)
 
 
-@pytest.mark.parametrize(("ashape", "bshape", "adtype", "bdtype"), [
-    ((4, 5), (5,), np.float32, np.float32),      # broadcasting
-    ((4, 1), (1, 6), np.float64, np.float64),
-    ((4, 5), (4, 5), np.float32, np.float64),    # mixed dtypes promote
-    ((4, 5), (4, 5), np.float16, np.float16),
-    ((3, 4), (3, 4), np.bool_, np.bool_),
-])
+@pytest.mark.parametrize(
+    ("ashape", "bshape", "adtype", "bdtype"),
+    [
+        ((4, 5), (5,), np.float32, np.float32),  # broadcasting
+        ((4, 1), (1, 6), np.float64, np.float64),
+        ((4, 5), (4, 5), np.float32, np.float64),  # mixed dtypes promote
+        ((4, 5), (4, 5), np.float16, np.float16),
+        ((3, 4), (3, 4), np.bool_, np.bool_),
+    ],
+)
 def test_multiply_falls_back_to_numpy(ashape, bshape, adtype, bdtype):
     rng = _rng("multiply-fallback", ashape, bshape)
-    a = (rng.standard_normal(ashape) > 0 if adtype is np.bool_
-         else rng.standard_normal(ashape).astype(adtype))
-    b = (rng.standard_normal(bshape) > 0 if bdtype is np.bool_
-         else rng.standard_normal(bshape).astype(bdtype))
+    a = (
+        rng.standard_normal(ashape) > 0
+        if adtype is np.bool_
+        else rng.standard_normal(ashape).astype(adtype)
+    )
+    b = (
+        rng.standard_normal(bshape) > 0
+        if bdtype is np.bool_
+        else rng.standard_normal(bshape).astype(bdtype)
+    )
     out = numba_cpu.multiply(a, b)
     expected = np.multiply(a, b)
     assert out.dtype == expected.dtype
@@ -214,8 +230,10 @@ def test_supports_cost_and_device_info():
 
 
 def test_import_distconv_does_not_import_numba():
-    code = ("import sys, distconv, distconv.kernels; "
-            "assert 'numba' not in sys.modules, 'numba imported'")
+    code = (
+        "import sys, distconv, distconv.kernels; "
+        "assert 'numba' not in sys.modules, 'numba imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -239,6 +257,7 @@ def test_correlate_direct_from_four_threads():
 
 # End to end: distconv's graph (halo exchange, edge padding, origin) with the numba engine.
 
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("function", ["correlate", "convolve"])
 def test_end_to_end_2d_every_mode(function, mode):
@@ -247,8 +266,9 @@ def test_end_to_end_2d_every_mode(function, mode):
     weights = _random_weights(rng, (4, 3), np.float64)
     d = da.from_array(x, chunks=((10, 7, 12, 8), (9, 5, 15)))
     for origin in (0, (1, -1)):
-        y = getattr(distconv, function)(d, weights, mode=mode, cval=1.5, origin=origin,
-                                        engine="numba", method="direct")
+        y = getattr(distconv, function)(
+            d, weights, mode=mode, cval=1.5, origin=origin, engine="numba", method="direct"
+        )
         expected = getattr(ndimage, function)(x, weights, mode=mode, cval=1.5, origin=origin)
         assert y.dtype == np.float64
         _assert_close(y.compute(scheduler="threads"), expected, 1e-12)
@@ -260,11 +280,13 @@ def test_end_to_end_3d_float32(mode):
     x = rng.standard_normal((13, 16, 11)).astype(np.float32)
     weights = _random_weights(rng, (3, 2, 4), np.float64)
     d = da.from_array(x, chunks=((5, 8), (6, 4, 6), (7, 4)))
-    y = distconv.correlate(d, weights, mode=mode, cval=-0.5, origin=(0, 0, 1),
-                           engine="numba", method="direct")
+    y = distconv.correlate(
+        d, weights, mode=mode, cval=-0.5, origin=(0, 0, 1), engine="numba", method="direct"
+    )
     assert y.dtype == np.float32
-    expected = ndimage.correlate(x.astype(np.float64), weights, mode=mode, cval=-0.5,
-                                 origin=(0, 0, 1))
+    expected = ndimage.correlate(
+        x.astype(np.float64), weights, mode=mode, cval=-0.5, origin=(0, 0, 1)
+    )
     _assert_close(y.compute(scheduler="threads"), expected, 1e-5)
 
 
@@ -273,15 +295,25 @@ def test_end_to_end_1d_and_axes(mode):
     rng = _rng("e2e1", mode)
     x = rng.standard_normal(101)
     weights = _random_weights(rng, (6,), np.float64)
-    y = distconv.convolve(da.from_array(x, chunks=(30, 21, 40, 10)), weights, mode=mode,
-                          engine="numba", method="direct")
-    _assert_close(y.compute(scheduler="threads"), ndimage.convolve(x, weights, mode=mode),
-                  1e-12)
+    y = distconv.convolve(
+        da.from_array(x, chunks=(30, 21, 40, 10)),
+        weights,
+        mode=mode,
+        engine="numba",
+        method="direct",
+    )
+    _assert_close(y.compute(scheduler="threads"), ndimage.convolve(x, weights, mode=mode), 1e-12)
 
     # A 1-D kernel along one axis of a 3-D array (weights of size 1 on the other axes).
     x3 = rng.standard_normal((9, 14, 12))
-    y3 = distconv.correlate(da.from_array(x3, chunks=(4, 5, 7)), weights, mode=mode, axes=(1,),
-                            engine="numba", method="direct")
+    y3 = distconv.correlate(
+        da.from_array(x3, chunks=(4, 5, 7)),
+        weights,
+        mode=mode,
+        axes=(1,),
+        engine="numba",
+        method="direct",
+    )
     expected = ndimage.correlate1d(x3, weights, axis=1, mode=mode)
     _assert_close(y3.compute(scheduler="threads"), expected, 1e-12)
 
@@ -292,8 +324,7 @@ def test_end_to_end_separable(mode):
     x = rng.standard_normal((31, 26)).astype(np.float32)
     weights = np.multiply.outer(rng.uniform(0.5, 1.5, 5), rng.uniform(-1.0, 1.0, 4))
     d = da.from_array(x, chunks=((12, 9, 10), (8, 11, 7)))
-    y = distconv.correlate(d, weights, mode=mode, cval=2.0, engine="numba",
-                           method="separable")
+    y = distconv.correlate(d, weights, mode=mode, cval=2.0, engine="numba", method="separable")
     expected = ndimage.correlate(x.astype(np.float64), weights, mode=mode, cval=2.0)
     _assert_close(y.compute(scheduler="threads"), expected, 1e-5)
 

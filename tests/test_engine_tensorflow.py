@@ -16,12 +16,12 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 import dask.array as da  # noqa: E402
+from conftest import random_weights, tolerance  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 import distconv as dc  # noqa: E402
 from distconv import kernels  # noqa: E402
 from distconv.kernels import tensorflow as engine  # noqa: E402
-from conftest import random_weights, tolerance  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
 
@@ -42,10 +42,10 @@ CASES = [
 
 def valid_reference(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """The contract's valid correlation, from scipy.ndimage in float64."""
-    full = ndimage.correlate(block.astype(np.float64), weights.astype(np.float64),
-                             mode="constant")
-    return full[tuple(slice(w // 2, w // 2 + b - w + 1)
-                      for b, w in zip(block.shape, weights.shape))]
+    full = ndimage.correlate(block.astype(np.float64), weights.astype(np.float64), mode="constant")
+    return full[
+        tuple(slice(w // 2, w // 2 + b - w + 1) for b, w in zip(block.shape, weights.shape))
+    ]
 
 
 def factors_of(rng, shape, dtype):
@@ -53,8 +53,7 @@ def factors_of(rng, shape, dtype):
     weights = np.ones([1] * len(shape))
     for axis, factor in enumerate(factors):
         if factor is not None:
-            weights = weights * factor.reshape([-1 if a == axis else 1
-                                                for a in range(len(shape))])
+            weights = weights * factor.reshape([-1 if a == axis else 1 for a in range(len(shape))])
     return factors, weights
 
 
@@ -83,10 +82,12 @@ def test_kernel_functions_match_scipy(rng, method, case, dtype):
 def test_kernel_functions_edge_cases(rng):
     block = rng.standard_normal((7, 5)).astype(np.float32)
     # A kernel that filters no axis is a scale factor; separable with no factors is a copy.
-    np.testing.assert_allclose(engine.correlate_direct(block, np.full((1, 1), 2.0, np.float32)),
-                               2 * block)
-    np.testing.assert_allclose(engine.correlate_fft(block, np.full((1, 1), 2.0, np.float32)),
-                               2 * block)
+    np.testing.assert_allclose(
+        engine.correlate_direct(block, np.full((1, 1), 2.0, np.float32)), 2 * block
+    )
+    np.testing.assert_allclose(
+        engine.correlate_fft(block, np.full((1, 1), 2.0, np.float32)), 2 * block
+    )
     assert np.array_equal(engine.correlate_separable(block, [None, None]), block)
     # Non-contiguous input and a kernel as large as the block (one output sample).
     view = rng.standard_normal((12, 10))[::2, ::2]
@@ -102,12 +103,14 @@ def test_direct_bands_large_blocks(rng, monkeypatch):
     monkeypatch.setattr(engine, "DIRECT_TILE", 50)
     block = rng.standard_normal((23, 19))
     w = rng.standard_normal((5, 4))
-    np.testing.assert_allclose(engine.correlate_direct(block, w), valid_reference(block, w),
-                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        engine.correlate_direct(block, w), valid_reference(block, w), rtol=0, atol=1e-12
+    )
     batched = rng.standard_normal((6, 9, 8))  # unfiltered leading axis: the batch
     w = rng.standard_normal((1, 3, 3))
-    np.testing.assert_allclose(engine.correlate_direct(batched, w),
-                               valid_reference(batched, w), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        engine.correlate_direct(batched, w), valid_reference(batched, w), rtol=0, atol=1e-12
+    )
 
 
 MODES = ["reflect", "constant", "nearest", "mirror", "wrap", "grid-wrap"]
@@ -119,36 +122,56 @@ MODES = ["reflect", "constant", "nearest", "mirror", "wrap", "grid-wrap"]
 def test_end_to_end_2d(rng, method, mode, convolution):
     x = rng.random((23, 18))
     w = random_weights(rng, (5, 4), separable=method == "separable")
-    function, reference = ((dc.convolve, ndimage.convolve) if convolution
-                           else (dc.correlate, ndimage.correlate))
+    function, reference = (
+        (dc.convolve, ndimage.convolve) if convolution else (dc.correlate, ndimage.correlate)
+    )
     for origin in [(0, 0), (-2, 1), (2, -2)]:
-        got = function(da.from_array(x, chunks=(7, 5)), w, mode=mode, cval=0.3, origin=origin,
-                       engine="tensorflow", method=method).compute(scheduler="sync")
+        got = function(
+            da.from_array(x, chunks=(7, 5)),
+            w,
+            mode=mode,
+            cval=0.3,
+            origin=origin,
+            engine="tensorflow",
+            method=method,
+        ).compute(scheduler="sync")
         expected = reference(x, w, mode=mode, cval=0.3, origin=origin)
         assert got.dtype == np.float64
-        np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance(x, w, np.float64),
-                                   err_msg=f"origin {origin}")
+        np.testing.assert_allclose(
+            got, expected, rtol=0, atol=tolerance(x, w, np.float64), err_msg=f"origin {origin}"
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("method", ["auto", "direct", "fft", "separable"])
-@pytest.mark.parametrize("shape,chunks,kshape,axes", [
-    ((57,), (10,), (7,), None),
-    ((17, 14, 11), (6, 5, 4), (3, 4, 3), None),
-    ((16, 13, 5), (5, 4, 5), (5, 2), (0, 1)),
-    ((11, 7, 12), (4, 3, 5), (4, 3), (2, 0)),
-], ids=["1d", "3d", "3d-axes01", "3d-axes20"])
+@pytest.mark.parametrize(
+    "shape,chunks,kshape,axes",
+    [
+        ((57,), (10,), (7,), None),
+        ((17, 14, 11), (6, 5, 4), (3, 4, 3), None),
+        ((16, 13, 5), (5, 4, 5), (5, 2), (0, 1)),
+        ((11, 7, 12), (4, 3, 5), (4, 3), (2, 0)),
+    ],
+    ids=["1d", "3d", "3d-axes01", "3d-axes20"],
+)
 def test_end_to_end_ranks(rng, method, dtype, shape, chunks, kshape, axes):
     x = rng.random(shape).astype(dtype)
     w = random_weights(rng, kshape, separable=method == "separable")
-    got = dc.convolve(da.from_array(x, chunks=chunks), w, mode="mirror", axes=axes,
-                      engine="tensorflow", method=method).compute(scheduler="threads")
+    got = dc.convolve(
+        da.from_array(x, chunks=chunks),
+        w,
+        mode="mirror",
+        axes=axes,
+        engine="tensorflow",
+        method=method,
+    ).compute(scheduler="threads")
     if axes is None:
         full_w = w
     else:  # scipy.ndimage needs the kernel spread over all axes, in the input's axis order
         order = sorted(range(len(axes)), key=lambda i: axes[i])
         full_w = w.transpose(order).reshape(
-            [w.shape[axes.index(a)] if a in axes else 1 for a in range(x.ndim)])
+            [w.shape[axes.index(a)] if a in axes else 1 for a in range(x.ndim)]
+        )
     expected = ndimage.convolve(x.astype(np.float64), full_w, mode="mirror")
     assert got.dtype == np.dtype(dtype)
     np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance(x, w, dtype))
@@ -156,34 +179,38 @@ def test_end_to_end_ranks(rng, method, dtype, shape, chunks, kshape, axes):
 
 def test_trace_once_per_op_rank_dtype(rng):
     """Many chunk shapes and a second kernel reuse one graph per (operation, rank, dtype)."""
-    x = da.from_array(rng.random((61, 53)).astype(np.float32),
-                      chunks=((9, 14, 11, 16, 11), (8, 13, 15, 17)))
+    x = da.from_array(
+        rng.random((61, 53)).astype(np.float32), chunks=((9, 14, 11, 16, 11), (8, 13, 15, 17))
+    )
     kernel_a = rng.standard_normal((5, 5))
     kernel_b = rng.standard_normal((3, 6))
     separable = np.outer(rng.standard_normal(5), rng.standard_normal(4))
-    ops = {"direct": "correlate_direct", "fft": "correlate_fft",
-           "separable": "correlate_separable"}
+    ops = {"direct": "correlate_direct", "fft": "correlate_fft", "separable": "correlate_separable"}
     for method, op in ops.items():
         first = kernel_a if method != "separable" else separable
         second = kernel_b if method != "separable" else separable[::-1, :3]
         dc.correlate(x, first, method=method, engine="tensorflow").compute(scheduler="threads")
         key = (op, 2, "float32")
         assert engine.TRACES[key] == 1, engine.TRACES
-        dc.correlate(x, second, mode="wrap", method=method,
-                     engine="tensorflow").compute(scheduler="threads")
+        dc.correlate(x, second, mode="wrap", method=method, engine="tensorflow").compute(
+            scheduler="threads"
+        )
         assert engine.TRACES[key] == 1, engine.TRACES
     for key, count in engine.TRACES.items():
         assert count == 1, key
 
 
-@pytest.mark.parametrize("a_shape,b_shape", [
-    ((5, 7), (7, 3)),
-    ((4, 5, 7), (7, 2)),
-    ((3, 1, 5, 6), (2, 6, 4)),
-    ((7,), (7, 3)),
-    ((4, 5, 7), (7,)),
-    ((6,), (6,)),
-])
+@pytest.mark.parametrize(
+    "a_shape,b_shape",
+    [
+        ((5, 7), (7, 3)),
+        ((4, 5, 7), (7, 2)),
+        ((3, 1, 5, 6), (2, 6, 4)),
+        ((7,), (7, 3)),
+        ((4, 5, 7), (7,)),
+        ((6,), (6,)),
+    ],
+)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.complex64])
 def test_matmul_matches_numpy(rng, a_shape, b_shape, dtype):
     a = (rng.standard_normal(a_shape) * 10).astype(dtype)
@@ -191,8 +218,9 @@ def test_matmul_matches_numpy(rng, a_shape, b_shape, dtype):
     got = engine.matmul(a, b)
     expected = np.matmul(a, b)
     assert got.dtype == expected.dtype and got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, rtol=1e-5 if dtype in (np.float32, np.complex64)
-                               else 1e-12)
+    np.testing.assert_allclose(
+        got, expected, rtol=1e-5 if dtype in (np.float32, np.complex64) else 1e-12
+    )
 
 
 def test_matmul_dtypes_and_errors(rng):
@@ -212,14 +240,18 @@ def test_matmul_dtypes_and_errors(rng):
         engine.matmul(np.float64(2.0), np.ones(2))
 
 
-@pytest.mark.parametrize("a_shape,b_shape", [
-    ((6, 5), (6, 5)),
-    ((6, 5), (5,)),
-    ((4, 1, 3), (2, 1)),
-    ((), (3, 2)),
-])
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int8, np.uint64,
-                                   np.complex128, np.bool_])
+@pytest.mark.parametrize(
+    "a_shape,b_shape",
+    [
+        ((6, 5), (6, 5)),
+        ((6, 5), (5,)),
+        ((4, 1, 3), (2, 1)),
+        ((), (3, 2)),
+    ],
+)
+@pytest.mark.parametrize(
+    "dtype", [np.float16, np.float32, np.float64, np.int8, np.uint64, np.complex128, np.bool_]
+)
 def test_multiply_matches_numpy(rng, a_shape, b_shape, dtype):
     a = (rng.standard_normal(a_shape) * 50).astype(dtype)
     b = (rng.standard_normal(b_shape) * 50).astype(dtype)
@@ -232,8 +264,12 @@ def test_multiply_matches_numpy(rng, a_shape, b_shape, dtype):
 def test_multiply_in_a_dask_graph(rng):
     a = rng.standard_normal((40, 30)).astype(np.float32)
     b = rng.standard_normal((30,)).astype(np.float32)
-    got = da.map_blocks(engine.multiply, da.from_array(a, chunks=(7, 11)),
-                        da.from_array(b, chunks=11), dtype=np.float32)
+    got = da.map_blocks(
+        engine.multiply,
+        da.from_array(a, chunks=(7, 11)),
+        da.from_array(b, chunks=11),
+        dtype=np.float32,
+    )
     np.testing.assert_array_equal(got.compute(scheduler="threads"), a * b)
 
 
@@ -262,8 +298,10 @@ def test_supports_and_registry():
 
 
 def test_import_distconv_does_not_import_tensorflow():
-    code = ("import sys, distconv, distconv.kernels, distconv.plan; "
-            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    code = (
+        "import sys, distconv, distconv.kernels, distconv.plan; "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -274,19 +312,30 @@ def test_threads_follow_the_dask_worker(rng):
     def worker_state():
         from distconv.kernels import tensorflow as worker_engine
 
-        return (tf.config.threading.get_intra_op_parallelism_threads(),
-                tf.config.threading.get_inter_op_parallelism_threads(),
-                dict(worker_engine.TRACES))
+        return (
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+            dict(worker_engine.TRACES),
+        )
 
     x = rng.random((40, 30)).astype(np.float32)
     w = rng.standard_normal((3, 3))
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        got = dc.correlate(da.from_array(x, chunks=(13, 9)), w, method="direct",
-                           engine="tensorflow").compute()
-        (intra, inter, traces), = client.run(worker_state).values()
-    np.testing.assert_allclose(got, ndimage.correlate(x.astype(np.float64), w, mode="reflect"),
-                               rtol=0, atol=tolerance(x, w, np.float32))
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        got = dc.correlate(
+            da.from_array(x, chunks=(13, 9)), w, method="direct", engine="tensorflow"
+        ).compute()
+        ((intra, inter, traces),) = client.run(worker_state).values()
+    np.testing.assert_allclose(
+        got,
+        ndimage.correlate(x.astype(np.float64), w, mode="reflect"),
+        rtol=0,
+        atol=tolerance(x, w, np.float32),
+    )
     assert (intra, inter) == (1, 1)
     assert traces == {("correlate_direct", 2, "float32"): 1}
 
@@ -299,8 +348,9 @@ def test_large_image_31x31(method):
     rng = np.random.default_rng(31)
     x = rng.random((n, n), dtype=np.float32)
     w = rng.standard_normal((31, 31))
-    y = dc.convolve(da.from_array(x, chunks=2048), w, mode="reflect", method=method,
-                    engine="tensorflow").compute()
+    y = dc.convolve(
+        da.from_array(x, chunks=2048), w, mode="reflect", method=method, engine="tensorflow"
+    ).compute()
     assert y.shape == (n, n) and y.dtype == np.float32
     corners = [(0, 0), (n - tile, n - tile), (0, n - tile)]
     corners += [tuple(rng.integers(0, n - tile, 2)) for _ in range(2)]
@@ -311,7 +361,13 @@ def test_large_image_31x31(method):
         r0, c0 = max(r - half, 0), max(c - half, 0)
         r1, c1 = min(r + tile + half, n), min(c + tile + half, n)
         window = x[r0:r1, c0:c1].astype(np.float64)
-        expected = ndimage.convolve(window, w, mode="reflect")[r - r0:r - r0 + tile,
-                                                               c - c0:c - c0 + tile]
-        np.testing.assert_allclose(y[r:r + tile, c:c + tile], expected, rtol=0,
-                                   atol=tolerance(x, w, np.float32), err_msg=f"tile {(r, c)}")
+        expected = ndimage.convolve(window, w, mode="reflect")[
+            r - r0 : r - r0 + tile, c - c0 : c - c0 + tile
+        ]
+        np.testing.assert_allclose(
+            y[r : r + tile, c : c + tile],
+            expected,
+            rtol=0,
+            atol=tolerance(x, w, np.float32),
+            err_msg=f"tile {(r, c)}",
+        )

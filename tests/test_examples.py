@@ -29,8 +29,14 @@ ARGS = {
     "pipeline": ["--size", "256", "--chunk", "128", "--workers", "1", "--check"],
     "multi_gpu": ["--size", "256", "--chunk", "128"],
 }
-NEEDS = {"tf_matmul": "tensorflow", "rgb_to_gray": "tensorflow", "multiply_engines": "tensorflow",
-         "convolve_engines": None, "pipeline": None, "multi_gpu": None}
+NEEDS = {
+    "tf_matmul": "tensorflow",
+    "rgb_to_gray": "tensorflow",
+    "multiply_engines": "tensorflow",
+    "convolve_engines": None,
+    "pipeline": None,
+    "multi_gpu": None,
+}
 
 
 def test_every_example_is_covered():
@@ -52,14 +58,24 @@ def runs(tmp_path_factory):
         if needed and importlib.util.find_spec(needed) is None:
             return name, None, None
         folder = root / name
-        proc = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), *ARGS[name],
-                               "--out", str(folder)], env=env, capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run(
+            [sys.executable, str(EXAMPLES / f"{name}.py"), *ARGS[name], "--out", str(folder)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         return name, proc, folder
 
     # The slowest (a cluster start, TensorFlow imports) first, so the pool ends together.
-    order = ["pipeline", "convolve_engines", "multiply_engines", "tf_matmul", "rgb_to_gray",
-             "multi_gpu"]
+    order = [
+        "pipeline",
+        "convolve_engines",
+        "multiply_engines",
+        "tf_matmul",
+        "rgb_to_gray",
+        "multi_gpu",
+    ]
     with ThreadPoolExecutor(max_workers=3) as pool:
         return {name: (proc, folder) for name, proc, folder in pool.map(run, order)}
 
@@ -95,9 +111,12 @@ def test_rgb_to_gray(runs):
 
 def test_multiply_engines(runs):
     out, folder = _result(runs, "multiply_engines")
-    rows = {m.group(1): float(m.group(2))
-            for m in re.finditer(r"^(numpy|tensorflow|numba-cuda)\s+\S+\s+\S+\s+(\S+)$", out,
-                                 re.MULTILINE)}
+    rows = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(
+            r"^(numpy|tensorflow|numba-cuda)\s+\S+\s+\S+\s+(\S+)$", out, re.MULTILINE
+        )
+    }
     assert set(rows) == {"numpy", "tensorflow", "numba-cuda"}, out
     assert all(error < 1e-6 for error in rows.values()), out
     a, b = (zarr.open_array(folder / f"{n}.zarr")[:] for n in "ab")

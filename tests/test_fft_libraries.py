@@ -13,13 +13,25 @@ import distconv as dc
 from distconv.kernels import scipy as engine
 
 LIBRARIES = [
-    pytest.param(True, id="ducc0", marks=pytest.mark.skipif(
-        importlib.util.find_spec("ducc0") is None, reason="ducc0 not installed (fft extra)")),
+    pytest.param(
+        True,
+        id="ducc0",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("ducc0") is None, reason="ducc0 not installed (fft extra)"
+        ),
+    ),
     pytest.param(False, id="scipy.fft"),
 ]
 
-CASES = [((70, 66), (9, 8)), ((40, 33, 21), (5, 4, 3)), ((50, 60), (1, 7)), ((50, 60), (7, 1)),
-         ((64,), (9,)), ((30, 20, 10), (1, 5, 1)), ((25, 24), (2, 2))]
+CASES = [
+    ((70, 66), (9, 8)),
+    ((40, 33, 21), (5, 4, 3)),
+    ((50, 60), (1, 7)),
+    ((50, 60), (7, 1)),
+    ((64,), (9,)),
+    ((30, 20, 10), (1, 5, 1)),
+    ((25, 24), (2, 2)),
+]
 
 
 @pytest.fixture
@@ -47,8 +59,9 @@ def test_chunked_convolve_on_each_library_matches_ndimage(library):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((90, 77))
     w = rng.standard_normal((13, 11))
-    lazy = dc.convolve(da.from_array(x, chunks=30), w, method="fft", engine="scipy",
-                       dtype=np.float64)
+    lazy = dc.convolve(
+        da.from_array(x, chunks=30), w, method="fft", engine="scipy", dtype=np.float64
+    )
     assert lazy.numblocks == (3, 3)
     got = lazy.compute(scheduler="sync")
     want = ndimage.convolve(x, w, mode="reflect")

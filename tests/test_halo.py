@@ -16,8 +16,10 @@ def expected_block(a: np.ndarray, merged: da.Array, index, depth, mode, cval):
     offsets = [np.cumsum((0,) + c)[i] for c, i in zip(merged.chunks, index)]
     sizes = [c[i] for c, i in zip(merged.chunks, index)]
     if mode is None:
-        region = tuple(slice(max(o - d, 0), min(o + s + d, n))
-                       for o, s, d, n in zip(offsets, sizes, depth, a.shape))
+        region = tuple(
+            slice(max(o - d, 0), min(o + s + d, n))
+            for o, s, d, n in zip(offsets, sizes, depth, a.shape)
+        )
         return a[region]
     extra = {"constant_values": cval} if mode == "constant" else {}
     padded = np.pad(a, [(d, d) for d in depth], mode=mode, **extra)
@@ -33,8 +35,9 @@ def test_every_block_equals_numpy_pad_of_the_whole_array(seed):
     depth = tuple(int(rng.integers(0, 5)) for _ in shape)
     mode = [None, *PAD_MODES][seed % 6]
     a = rng.standard_normal(shape)
-    merged, haloed = exchange_halos(da.from_array(a, chunks=chunks), depth, mode, 2.5,
-                                    dtype=np.float32)
+    merged, haloed = exchange_halos(
+        da.from_array(a, chunks=chunks), depth, mode, 2.5, dtype=np.float32
+    )
     assert haloed.dtype == np.float32 and haloed.numblocks == merged.numblocks
     assert all(min(c) >= d for c, d in zip(merged.chunks, depth) if len(c) > 1)
     for index in np.ndindex(*haloed.numblocks):
@@ -66,12 +69,14 @@ def test_pad_in_place_matches_numpy_pad(mode):
     buffer = np.full([s + b + e for s, (b, e) in zip(inside.shape, pad)], np.nan)
     buffer[2:8, 3:10, :] = inside
     extra = {"constant_values": -1.5} if mode == "constant" else {}
-    np.testing.assert_array_equal(pad_in_place(buffer, pad, mode, -1.5),
-                                  np.pad(inside, pad, mode=mode, **extra))
+    np.testing.assert_array_equal(
+        pad_in_place(buffer, pad, mode, -1.5), np.pad(inside, pad, mode=mode, **extra)
+    )
 
 
 def test_pad_in_place_falls_back_to_numpy_pad_when_too_short_to_reflect():
     inside = np.array([1.0, 2.0])
     buffer = np.concatenate([np.zeros(5), inside, np.zeros(5)])
-    np.testing.assert_array_equal(pad_in_place(buffer, [(5, 5)], "reflect"),
-                                  np.pad(inside, 5, mode="reflect"))
+    np.testing.assert_array_equal(
+        pad_in_place(buffer, [(5, 5)], "reflect"), np.pad(inside, 5, mode="reflect")
+    )

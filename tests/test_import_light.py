@@ -22,8 +22,7 @@ assert not found, f"imported: {{found}}"
 
 def _run(body: str) -> None:
     code = _CHECK.format(body=body, heavy=HEAVY)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 

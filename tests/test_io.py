@@ -17,13 +17,19 @@ from distconv.io import regular_chunks
 def test_open_and_save_keep_the_format_and_chunks(tmp_path, zarr_format):
     rng = np.random.default_rng(1)
     data = rng.random((70, 45))
-    source = zarr.create_array(str(tmp_path / "in.zarr"), shape=data.shape, chunks=(20, 16),
-                               dtype=data.dtype, zarr_format=zarr_format)
+    source = zarr.create_array(
+        str(tmp_path / "in.zarr"),
+        shape=data.shape,
+        chunks=(20, 16),
+        dtype=data.dtype,
+        zarr_format=zarr_format,
+    )
     source[:] = data
     x = dc.open(tmp_path / "in.zarr")
     assert x.chunks == ((20, 20, 20, 10), (16, 16, 13))
-    written = dc.save(dc.correlate(x, dc.load_weights("laplace", ndim=2)), tmp_path / "out.zarr",
-                      progress=False)
+    written = dc.save(
+        dc.correlate(x, dc.load_weights("laplace", ndim=2)), tmp_path / "out.zarr", progress=False
+    )
     assert written.metadata.zarr_format == zarr_format
     assert written.chunks == (20, 16)
     np.testing.assert_allclose(written[:], ndimage.laplace(data), atol=1e-12)
@@ -32,8 +38,9 @@ def test_open_and_save_keep_the_format_and_chunks(tmp_path, zarr_format):
     assert attrs["inputs"] == [str((tmp_path / "in.zarr").resolve())]
     step = attrs["steps"][0]
     assert step["operation"] == "correlate"
-    assert step["engine"] == kernels.resolve_engine("auto", "correlate_" + step["method"], 2,
-                                                    np.float64)
+    assert step["engine"] == kernels.resolve_engine(
+        "auto", "correlate_" + step["method"], 2, np.float64
+    )
     assert len(step["weights_sha256"]) == 64
 
 
@@ -58,8 +65,13 @@ def test_open_refuses_groups_and_lists_arrays(tmp_path):
 
 
 def test_partial_output_is_refused_unless_asked(tmp_path):
-    array = zarr.create_array(str(tmp_path / "p.zarr"), shape=(4, 4), chunks=(2, 2), dtype="f4",
-                              attributes={"distconv": {"complete": False}})
+    array = zarr.create_array(
+        str(tmp_path / "p.zarr"),
+        shape=(4, 4),
+        chunks=(2, 2),
+        dtype="f4",
+        attributes={"distconv": {"complete": False}},
+    )
     array[:2, :2] = 1.0
     with pytest.raises(dc.DistconvError, match="partial"):
         dc.open(tmp_path / "p.zarr")
@@ -92,8 +104,7 @@ def test_save_refuses_to_clobber(tmp_path):
     (tmp_path / "notzarr").mkdir()
     (tmp_path / "notzarr" / "precious.txt").write_text("keep me")
     with pytest.raises(dc.OutputError, match="not a Zarr store"):
-        dc.save(da.from_array(data, chunks=2), tmp_path / "notzarr", overwrite=True,
-                progress=False)
+        dc.save(da.from_array(data, chunks=2), tmp_path / "notzarr", overwrite=True, progress=False)
     assert (tmp_path / "notzarr" / "precious.txt").read_text() == "keep me"
     source = dc.open(tmp_path / "a.zarr")
     with pytest.raises(dc.OutputError, match="is the input"):
@@ -104,8 +115,9 @@ def test_npy_input_is_memory_mapped(tmp_path):
     data = np.random.default_rng(4).random((30, 20)).astype(np.float32)
     np.save(tmp_path / "img.npy", data)
     y = dc.correlate(str(tmp_path / "img.npy"), np.ones((3, 3)) / 9)
-    np.testing.assert_allclose(y.compute(), ndimage.uniform_filter(data.astype(float), 3),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        y.compute(), ndimage.uniform_filter(data.astype(float), 3), atol=1e-5
+    )
 
 
 def test_all_zero_chunks_are_written_so_partial_counts_are_true(tmp_path):

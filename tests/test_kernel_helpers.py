@@ -88,5 +88,4 @@ def test_crops_give_the_valid_correlation(shape, wshape):
     flipped = w[(slice(None, None, -1),) * w.ndim]
     spectrum = np.fft.rfftn(x, lengths, axes) * np.fft.rfftn(flipped, lengths, axes)
     circular = np.fft.irfftn(spectrum, lengths, axes)
-    np.testing.assert_allclose(circular[circular_valid(x.shape, w.shape, axes)], want,
-                               atol=1e-12)
+    np.testing.assert_allclose(circular[circular_valid(x.shape, w.shape, axes)], want, atol=1e-12)

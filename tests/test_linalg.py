@@ -13,30 +13,34 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from conftest import engines_under_test
 
 import distconv as dc
 from distconv import kernels
 from distconv.ops.matmul import matmul_with_plan, plan_for
 from distconv.plan.matmul import MAX_FAN_IN, SAFETY_FRACTION, Resources, plan_matmul
-from conftest import engines_under_test
 
 
 def engines_for(op: str) -> list[str]:
     """Installed CPU engines (narrowed by DISTCONV_TEST_ENGINES) that implement ``op``."""
-    return [name for name in engines_under_test()
-            if kernels.ENGINES[name].device == "cpu" and op in kernels.ENGINES[name].ops]
+    return [
+        name
+        for name in engines_under_test()
+        if kernels.ENGINES[name].device == "cpu" and op in kernels.ENGINES[name].ops
+    ]
 
 
 MATMUL_ENGINES = engines_for("matmul")
 MULTIPLY_ENGINES = engines_for("multiply")
-TWO_THREADS = Resources(parallel_tasks=2, cores_per_task=1, memory_budget=2**30,
-                        budget_source="test")
+TWO_THREADS = Resources(
+    parallel_tasks=2, cores_per_task=1, memory_budget=2**30, budget_source="test"
+)
 
 
 def random_array(rng: np.random.Generator, shape, dtype=np.float64) -> np.ndarray:
     """Signed random values, never all zeros; small integers so products stay meaningful."""
     dtype = np.dtype(dtype)
-    if dtype == bool:
+    if dtype == np.dtype(bool):
         return rng.random(shape) < 0.6
     if dtype.kind in "iu":
         low = 1 if dtype.kind == "u" else -100
@@ -82,14 +86,18 @@ def test_matmul_matches_numpy(rng, engine, a_shape, b_shape, a_chunks, b_chunks)
 
 
 @pytest.mark.parametrize("engine", MATMUL_ENGINES)
-@pytest.mark.parametrize("a_shape,b_shape", [
-    ((150, 1100), (1100, 140)),
-    ((1100,), (1100, 140)),
-    ((2, 130, 700), (700, 129)),
-], ids=["2d", "1d@2d", "batched"])
+@pytest.mark.parametrize(
+    "a_shape,b_shape",
+    [
+        ((150, 1100), (1100, 140)),
+        ((1100,), (1100, 140)),
+        ((2, 130, 700), (700, 129)),
+    ],
+    ids=["2d", "1d@2d", "batched"],
+)
 def test_matmul_k_panels_are_summed_in_a_tree(rng, engine, a_shape, b_shape):
     a, b = random_array(rng, a_shape), random_array(rng, b_shape)
-    x, y = da.from_array(a, chunks=100), da.from_array(b, chunks=(70, 50)[-b.ndim:])
+    x, y = da.from_array(a, chunks=100), da.from_array(b, chunks=(70, 50)[-b.ndim :])
     plan = plan_for(x, y, engine=engine, memory_budget="600KiB")
     assert plan.k_panels > 2 and plan.fits_budget
     assert plan.sum_tasks >= plan.output_blocks  # a tree: at least one add task per block
@@ -98,15 +106,18 @@ def test_matmul_k_panels_are_summed_in_a_tree(rng, engine, a_shape, b_shape):
 
 
 @pytest.mark.parametrize("engine", MATMUL_ENGINES)
-@pytest.mark.parametrize("a_dtype,b_dtype", [
-    (np.int8, np.int8),        # NumPy wraps int8 products: so must the partial sums
-    (np.int16, np.int32),
-    (np.uint8, np.int64),
-    (np.int32, np.float32),    # → float64, as NumPy promotes
-    (np.float32, np.float32),
-    (np.float32, np.float64),
-    (bool, bool),              # logical or of ands
-])
+@pytest.mark.parametrize(
+    "a_dtype,b_dtype",
+    [
+        (np.int8, np.int8),  # NumPy wraps int8 products: so must the partial sums
+        (np.int16, np.int32),
+        (np.uint8, np.int64),
+        (np.int32, np.float32),  # → float64, as NumPy promotes
+        (np.float32, np.float32),
+        (np.float32, np.float64),
+        (bool, bool),  # logical or of ands
+    ],
+)
 def test_matmul_dtypes_promote_as_numpy(rng, engine, a_dtype, b_dtype):
     if not kernels.supports(engine, "matmul", 2, np.result_type(a_dtype, b_dtype)):
         pytest.skip(f"{engine} does not run matmul on {np.result_type(a_dtype, b_dtype)}")
@@ -122,13 +133,16 @@ def test_matmul_dtypes_promote_as_numpy(rng, engine, a_dtype, b_dtype):
             assert_matches(got, expected, 300)
 
 
-@pytest.mark.parametrize("a_shape,b_shape", [
-    ((3, 4), (5, 6)),
-    ((4,), (5,)),
-    ((), (3,)),
-    ((2, 3, 4), (5, 4, 3)),
-    ((3, 4), (3,)),
-])
+@pytest.mark.parametrize(
+    "a_shape,b_shape",
+    [
+        ((3, 4), (5, 6)),
+        ((4,), (5,)),
+        ((), (3,)),
+        ((2, 3, 4), (5, 4, 3)),
+        ((3, 4), (3,)),
+    ],
+)
 def test_matmul_shape_errors_are_numpys(a_shape, b_shape):
     with pytest.raises(ValueError) as numpy_error:
         np.matmul(np.ones(a_shape), np.ones(b_shape))
@@ -142,31 +156,55 @@ def test_matmul_shape_errors_are_numpys(a_shape, b_shape):
 
 
 def test_plan_uses_one_k_panel_when_it_fits():
-    plan = plan_matmul((8192, 8192), (8192, 8192), np.float32, np.float32,
-                       a_chunks=((1024,) * 8,) * 2, b_chunks=((1024,) * 8,) * 2,
-                       resources=TWO_THREADS)
+    plan = plan_matmul(
+        (8192, 8192),
+        (8192, 8192),
+        np.float32,
+        np.float32,
+        a_chunks=((1024,) * 8,) * 2,
+        b_chunks=((1024,) * 8,) * 2,
+        resources=TWO_THREADS,
+    )
     assert plan.k_panels == 1 and plan.sum_tasks == 0
     assert plan.output_blocks % 2 == 0  # both threads busy, none idle at the end
     assert plan.output_chunks == (1024, 1024)  # written in the inputs' chunk size
     assert plan.peak_task_bytes <= TWO_THREADS.memory_budget
-    assert plan.flops == 2 * 8192 ** 3
+    assert plan.flops == 2 * 8192**3
 
 
 def test_plan_splits_k_only_when_the_budget_requires():
     budget = 64 * 2**20
-    plan = plan_matmul((4096, 2**20), (2**20, 4096), np.float32, np.float32,
-                       memory_budget=budget, resources=TWO_THREADS)
+    plan = plan_matmul(
+        (4096, 2**20),
+        (2**20, 4096),
+        np.float32,
+        np.float32,
+        memory_budget=budget,
+        resources=TWO_THREADS,
+    )
     assert plan.k_panels > 1
     assert plan.peak_task_bytes <= budget and plan.fits_budget
     assert 2 <= plan.fan_in <= MAX_FAN_IN
-    roomy = plan_matmul((4096, 2**20), (2**20, 4096), np.float32, np.float32,
-                        memory_budget=64 * budget, resources=TWO_THREADS)
+    roomy = plan_matmul(
+        (4096, 2**20),
+        (2**20, 4096),
+        np.float32,
+        np.float32,
+        memory_budget=64 * budget,
+        resources=TWO_THREADS,
+    )
     assert roomy.k_panels < plan.k_panels
 
 
 def test_plan_reports_an_impossible_budget():
-    plan = plan_matmul((4096, 4096), (4096, 4096), np.float64, np.float64,
-                       memory_budget=1000, resources=TWO_THREADS)
+    plan = plan_matmul(
+        (4096, 4096),
+        (4096, 4096),
+        np.float64,
+        np.float64,
+        memory_budget=1000,
+        resources=TWO_THREADS,
+    )
     assert not plan.fits_budget
     assert "OVER the budget" in plan.describe()
 
@@ -174,8 +212,7 @@ def test_plan_reports_an_impossible_budget():
 def test_plan_describe_lists_what_dry_run_promises():
     plan = plan_matmul((3, 500, 300), (300, 200), np.float32, np.int16, resources=TWO_THREADS)
     text = plan.describe()
-    for needle in ("output chunks", "tasks", "bytes read", "peak memory/task", "FLOPs",
-                   "float32"):
+    for needle in ("output chunks", "tasks", "bytes read", "peak memory/task", "FLOPs", "float32"):
         assert needle in text
     assert plan.dtype == np.result_type(np.float32, np.int16)
 
@@ -185,18 +222,21 @@ def test_plan_gives_idle_cores_to_fewer_tasks():
     four = Resources(parallel_tasks=4, cores_per_task=1, memory_budget=2**30, budget_source="")
     alone = plan_matmul((1, 64), (64, 1), np.float64, np.float64, resources=four)
     assert alone.output_blocks == 1 and alone.blas_threads == 4
-    many = plan_matmul((4096, 4096), (4096, 4096), np.float64, np.float64, resources=four,
-                       memory_budget=50 * 2**20)
+    many = plan_matmul(
+        (4096, 4096), (4096, 4096), np.float64, np.float64, resources=four, memory_budget=50 * 2**20
+    )
     assert many.matmul_tasks >= 4 and many.blas_threads == 1
 
 
 def test_plan_budget_parses_sizes():
-    plan = plan_matmul((10, 10), (10, 10), np.float64, np.float64, memory_budget="2GiB",
-                       resources=TWO_THREADS)
+    plan = plan_matmul(
+        (10, 10), (10, 10), np.float64, np.float64, memory_budget="2GiB", resources=TWO_THREADS
+    )
     assert plan.resources.memory_budget == 2 * 2**30
     with pytest.raises(dc.DistconvError, match="memory budget"):
-        plan_matmul((10, 10), (10, 10), np.float64, np.float64, memory_budget="lots",
-                    resources=TWO_THREADS)
+        plan_matmul(
+            (10, 10), (10, 10), np.float64, np.float64, memory_budget="lots", resources=TWO_THREADS
+        )
 
 
 _BLAS_LIMIT_CHECK = """
@@ -224,8 +264,9 @@ def test_limit_blas_threads_sets_and_restores():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", _BLAS_LIMIT_CHECK], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", _BLAS_LIMIT_CHECK], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -243,8 +284,9 @@ def test_matmul_zarr_to_zarr_with_provenance(rng, tmp_path, zarr_format):
     product = dc.matmul(x, y, memory_budget="200KiB")  # several k panels, mismatched chunks
     written = dc.save(product, tmp_path / "c.zarr", progress=False)
     assert written.metadata.zarr_format == zarr_format
-    assert_matches(written[:], np.matmul(a.astype(np.float64), b.astype(np.float64))
-                   .astype(np.float32), 260)
+    assert_matches(
+        written[:], np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.float32), 260
+    )
     record = dict(written.attrs)["distconv"]
     assert record["complete"] is True
     assert sorted(record["inputs"]) == sorted(str(tmp_path / n) for n in ("a.zarr", "b.zarr"))
@@ -255,21 +297,32 @@ def test_matmul_zarr_to_zarr_with_provenance(rng, tmp_path, zarr_format):
 
 
 def write_store(path, data: np.ndarray, chunks, zarr_format: int = 3) -> None:
-    store = zarr.create_array(str(path), shape=data.shape, chunks=chunks, dtype=data.dtype,
-                              zarr_format=zarr_format)
+    store = zarr.create_array(
+        str(path), shape=data.shape, chunks=chunks, dtype=data.dtype, zarr_format=zarr_format
+    )
     store[:] = data
 
 
 @pytest.mark.parametrize("engine", MATMUL_ENGINES)
-@pytest.mark.parametrize("a_shape,b_shape,a_chunks,b_chunks,budget", [
-    *[pytest.param(*case.values, None, id=case.id) for case in MATMUL_CASES],
-    pytest.param((150, 1100), (1100, 140), (100, 100), (70, 50), "600KiB", id="k-panels"),
-    pytest.param((2, 130, 700), (3, 1, 700, 129), (1, 100, 100), (1, 1, 70, 50), "600KiB",
-                 id="batched-k-panels"),
-    pytest.param((40000,), (40000,), (3000,), (7000,), "200KiB", id="dot-k-panels"),
-])
-def test_matmul_tasks_read_their_panels_from_zarr(rng, tmp_path, engine, a_shape, b_shape,
-                                                  a_chunks, b_chunks, budget):
+@pytest.mark.parametrize(
+    "a_shape,b_shape,a_chunks,b_chunks,budget",
+    [
+        *[pytest.param(*case.values, None, id=case.id) for case in MATMUL_CASES],
+        pytest.param((150, 1100), (1100, 140), (100, 100), (70, 50), "600KiB", id="k-panels"),
+        pytest.param(
+            (2, 130, 700),
+            (3, 1, 700, 129),
+            (1, 100, 100),
+            (1, 1, 70, 50),
+            "600KiB",
+            id="batched-k-panels",
+        ),
+        pytest.param((40000,), (40000,), (3000,), (7000,), "200KiB", id="dot-k-panels"),
+    ],
+)
+def test_matmul_tasks_read_their_panels_from_zarr(
+    rng, tmp_path, engine, a_shape, b_shape, a_chunks, b_chunks, budget
+):
     a, b = random_array(rng, a_shape), random_array(rng, b_shape)
     write_store(tmp_path / "a.zarr", a, a_chunks)
     write_store(tmp_path / "b.zarr", b, b_chunks)
@@ -284,12 +337,16 @@ def test_matmul_tasks_read_their_panels_from_zarr(rng, tmp_path, engine, a_shape
 
 
 @pytest.mark.parametrize("engine", MATMUL_ENGINES)
-@pytest.mark.parametrize("a_shape,b_shape,dtype", [
-    ((90, 700), (700, 80), np.float64),
-    ((3, 40, 700), (700,), np.int8),       # wraps: the streamed sum must wrap the same way
-    ((700,), (2, 700, 30), bool),
-    ((700,), (700,), np.float32),          # a scalar result
-], ids=["2d", "batched@1d-int8", "1d@batched-bool", "dot"])
+@pytest.mark.parametrize(
+    "a_shape,b_shape,dtype",
+    [
+        ((90, 700), (700, 80), np.float64),
+        ((3, 40, 700), (700,), np.int8),  # wraps: the streamed sum must wrap the same way
+        ((700,), (2, 700, 30), bool),
+        ((700,), (700,), np.float32),  # a scalar result
+    ],
+    ids=["2d", "batched@1d-int8", "1d@batched-bool", "dot"],
+)
 def test_streamed_k_equals_numpy(rng, tmp_path, engine, a_shape, b_shape, dtype):
     """A task that reads k in steps (unaligned with the chunks, a short last step) and adds
     the products in place gives numpy.matmul's result."""
@@ -297,8 +354,11 @@ def test_streamed_k_equals_numpy(rng, tmp_path, engine, a_shape, b_shape, dtype)
         pytest.skip(f"{engine} does not run matmul on {np.dtype(dtype)}")
     a, b = random_array(rng, a_shape, dtype), random_array(rng, b_shape, dtype)
     write_store(tmp_path / "a.zarr", a, a_shape[:-1] + (128,))
-    write_store(tmp_path / "b.zarr", b, (100,) + b_shape[1:] if len(b_shape) == 1 else
-                b_shape[:-2] + (100, 16))
+    write_store(
+        tmp_path / "b.zarr",
+        b,
+        (100,) + b_shape[1:] if len(b_shape) == 1 else b_shape[:-2] + (100, 16),
+    )
     x, y = dc.open(tmp_path / "a.zarr"), dc.open(tmp_path / "b.zarr")
     plan = dataclasses.replace(plan_for(x, y, engine=engine), stream_k=150)
     assert plan.k_panels == 1 and plan.stream_steps == 5
@@ -318,14 +378,30 @@ def test_plan_streams_k_when_tasks_read_zarr():
     shape_a, shape_b = (4096, 2**16), (2**16, 4096)
     chunks_a, chunks_b = regular(shape_a, (1024, 1024)), regular(shape_b, (1024, 1024))
     budget = 256 * 2**20
-    streamed = plan_matmul(shape_a, shape_b, np.float32, np.float32, memory_budget=budget,
-                           a_chunks=chunks_a, b_chunks=chunks_b, panels_from_zarr=(True, True),
-                           resources=TWO_THREADS)
+    streamed = plan_matmul(
+        shape_a,
+        shape_b,
+        np.float32,
+        np.float32,
+        memory_budget=budget,
+        a_chunks=chunks_a,
+        b_chunks=chunks_b,
+        panels_from_zarr=(True, True),
+        resources=TWO_THREADS,
+    )
     assert streamed.k_panels == 1 and streamed.sum_tasks == 0 and streamed.stream_steps > 1
     assert streamed.fits_budget and streamed.peak_task_bytes <= budget
     assert streamed.matmul_tasks == 2 and streamed.bytes_read <= 2 * sum(streamed.input_bytes)
-    shared = plan_matmul(shape_a, shape_b, np.float32, np.float32, memory_budget=budget,
-                         a_chunks=chunks_a, b_chunks=chunks_b, resources=TWO_THREADS)
+    shared = plan_matmul(
+        shape_a,
+        shape_b,
+        np.float32,
+        np.float32,
+        memory_budget=budget,
+        a_chunks=chunks_a,
+        b_chunks=chunks_b,
+        resources=TWO_THREADS,
+    )
     assert shared.stream_steps == 1 and shared.matmul_tasks > streamed.matmul_tasks
     assert shared.panel_bytes_moved > streamed.bytes_read
 
@@ -341,16 +417,26 @@ def test_plan_counts_the_chunks_tasks_decode(block):
     brute force over the tasks; the dry run says how often each input is read."""
     n, k, m = 8192, 8192, 6000
     a_chunks, b_chunks = (1024, 1000), (1000, 768)
-    plan = plan_matmul((n, k), (k, m), np.float32, np.float32, a_chunks=regular((n, k), a_chunks),
-                       b_chunks=regular((k, m), b_chunks), panels_from_zarr=(True, True),
-                       resources=TWO_THREADS)
+    plan = plan_matmul(
+        (n, k),
+        (k, m),
+        np.float32,
+        np.float32,
+        a_chunks=regular((n, k), a_chunks),
+        b_chunks=regular((k, m), b_chunks),
+        panels_from_zarr=(True, True),
+        resources=TWO_THREADS,
+    )
     plan = dataclasses.replace(plan, block_n=block[0], block_k=block[1], block_m=block[2])
     expected = 0
     for n0 in range(0, n, plan.block_n):
         for k0 in range(0, k, plan.block_k):
             for m0 in range(0, m, plan.block_m):
-                n1, k1, m1 = min(n, n0 + plan.block_n), min(k, k0 + plan.block_k), \
-                    min(m, m0 + plan.block_m)
+                n1, k1, m1 = (
+                    min(n, n0 + plan.block_n),
+                    min(k, k0 + plan.block_k),
+                    min(m, m0 + plan.block_m),
+                )
                 a_rows = whole_chunks(n0, n1, 1024, n)
                 a_cols = b_rows = whole_chunks(k0, k1, 1000, k)
                 b_cols = whole_chunks(m0, m1, 768, m)
@@ -364,10 +450,16 @@ def test_plan_counts_the_chunks_tasks_decode(block):
 def test_plan_prefers_blocks_that_reread_less():
     """Two tasks for two threads: split the axis whose re-read costs least (here B is small,
     so A is split into row panels and B read by both tasks)."""
-    plan = plan_matmul((8192, 8192), (8192, 512), np.float32, np.float32,
-                       a_chunks=regular((8192, 8192), (1024, 1024)),
-                       b_chunks=regular((8192, 512), (1024, 512)),
-                       panels_from_zarr=(True, True), resources=TWO_THREADS)
+    plan = plan_matmul(
+        (8192, 8192),
+        (8192, 512),
+        np.float32,
+        np.float32,
+        a_chunks=regular((8192, 8192), (1024, 1024)),
+        b_chunks=regular((8192, 512), (1024, 512)),
+        panels_from_zarr=(True, True),
+        resources=TWO_THREADS,
+    )
     a_read, b_read = plan.operand_bytes_read
     assert plan.matmul_tasks >= 2
     assert a_read == plan.input_bytes[0]  # the large input is read exactly once
@@ -419,8 +511,12 @@ def test_gpu_matmul_sums_partials_on_the_device(rng, engine):
     assert any(name.startswith("to_numpy") for name in host.dask.layers)  # summed on device
     assert type(host._meta) is np.ndarray  # host chunks in, host chunks out
     assert_matches(host.compute(scheduler="sync"), np.matmul(a, b), 1100)
-    on_device = dc.matmul(x.map_blocks(cupy.asarray), y.map_blocks(cupy.asarray),
-                          engine=engine, memory_budget="600KiB")
+    on_device = dc.matmul(
+        x.map_blocks(cupy.asarray),
+        y.map_blocks(cupy.asarray),
+        engine=engine,
+        memory_budget="600KiB",
+    )
     got = on_device.compute(scheduler="sync")
     assert isinstance(got, cupy.ndarray)
     assert_matches(cupy.asnumpy(got), np.matmul(a, b), 1100)
@@ -448,15 +544,19 @@ def test_multiply_matches_numpy(rng, engine, a_shape, b_shape, a_chunks, b_chunk
 
 
 @pytest.mark.parametrize("engine", MULTIPLY_ENGINES)
-@pytest.mark.parametrize("a_dtype,b", [
-    (np.int8, 3),                  # weak Python int: stays int8 (and wraps as NumPy does)
-    (np.float32, 0.5),             # weak Python float: stays float32
-    (np.int16, 2.5),               # int array times a float: float64
-    (np.float32, np.float64(2.0)),  # NumPy scalars are strong: float64
-    (np.uint8, np.int8),           # two arrays: uint8·int8 → int16
-    (bool, bool),
-    (np.int32, np.float32),        # → float64
-], ids=["int8*3", "f32*0.5", "i16*2.5", "f32*f64scalar", "u8*i8", "bool*bool", "i32*f32"])
+@pytest.mark.parametrize(
+    "a_dtype,b",
+    [
+        (np.int8, 3),  # weak Python int: stays int8 (and wraps as NumPy does)
+        (np.float32, 0.5),  # weak Python float: stays float32
+        (np.int16, 2.5),  # int array times a float: float64
+        (np.float32, np.float64(2.0)),  # NumPy scalars are strong: float64
+        (np.uint8, np.int8),  # two arrays: uint8·int8 → int16
+        (bool, bool),
+        (np.int32, np.float32),  # → float64
+    ],
+    ids=["int8*3", "f32*0.5", "i16*2.5", "f32*f64scalar", "u8*i8", "bool*bool", "i32*f32"],
+)
 def test_multiply_dtypes_promote_as_numpy(rng, engine, a_dtype, b):
     a = random_array(rng, (9, 11), a_dtype)
     b = random_array(rng, (9, 11), b) if isinstance(b, type) else b
@@ -464,8 +564,7 @@ def test_multiply_dtypes_promote_as_numpy(rng, engine, a_dtype, b):
     if not kernels.supports(engine, "multiply", 2, expected.dtype):
         pytest.skip(f"{engine} does not multiply {expected.dtype}")
     y = da.from_array(b, chunks=(4, 5)) if isinstance(b, np.ndarray) else b
-    got = dc.multiply(da.from_array(a, chunks=(4, 3)), y, engine=engine).compute(
-        scheduler="sync")
+    got = dc.multiply(da.from_array(a, chunks=(4, 3)), y, engine=engine).compute(scheduler="sync")
     assert got.dtype == expected.dtype
     np.testing.assert_array_equal(got, expected)
 
@@ -488,8 +587,9 @@ def test_multiply_scalar_first_and_errors(rng):
 def test_multiply_zarr_to_zarr_keeps_chunks(rng, tmp_path):
     a, b = random_array(rng, (40, 30), np.float32), random_array(rng, (30,), np.float32)
     write_store(tmp_path / "a.zarr", a, (16, 10))
-    written = dc.save(dc.multiply(dc.open(tmp_path / "a.zarr"), b), tmp_path / "m.zarr",
-                      progress=False)
+    written = dc.save(
+        dc.multiply(dc.open(tmp_path / "a.zarr"), b), tmp_path / "m.zarr", progress=False
+    )
     np.testing.assert_array_equal(written[:], a * b)
     assert tuple(written.chunks) == (16, 10)
     assert dict(written.attrs)["distconv"]["steps"][-1]["operation"] == "multiply"

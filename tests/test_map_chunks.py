@@ -33,11 +33,18 @@ def image(rng):
     return a, da.from_array(a, chunks=(16, 10))
 
 
-@pytest.mark.parametrize("boundary, mode, cval", [
-    ("reflect", "reflect", 0.0), ("mirror", "mirror", 0.0), ("nearest", "nearest", 0.0),
-    ("wrap", "wrap", 0.0), ("periodic", "wrap", 0.0), (0.5, "constant", 0.5),
-    ("grid-mirror", "reflect", 0.0),
-])
+@pytest.mark.parametrize(
+    "boundary, mode, cval",
+    [
+        ("reflect", "reflect", 0.0),
+        ("mirror", "mirror", 0.0),
+        ("nearest", "nearest", 0.0),
+        ("wrap", "wrap", 0.0),
+        ("periodic", "wrap", 0.0),
+        (0.5, "constant", 0.5),
+        ("grid-mirror", "reflect", 0.0),
+    ],
+)
 def test_halo_and_boundary_match_scipy(image, boundary, mode, cval):
     a, x = image
     y = dc.map_chunks(box3, x, depth=2, boundary=boundary)
@@ -49,8 +56,9 @@ def test_halo_and_boundary_match_scipy(image, boundary, mode, cval):
 def test_constant_boundary_uses_cval(image):
     a, x = image
     y = dc.map_chunks(box3, x, depth={0: 1, 1: 1}, boundary="constant", cval=-2.0)
-    np.testing.assert_allclose(y.compute(), ndi.uniform_filter(a, 3, mode="constant", cval=-2.0),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        y.compute(), ndi.uniform_filter(a, 3, mode="constant", cval=-2.0), atol=1e-12
+    )
 
 
 def test_boundary_none_gives_edge_blocks_no_outer_halo(image):
@@ -95,8 +103,9 @@ def test_multiple_arrays_are_aligned(rng):
     x = da.from_array(a, chunks=(16, 16))
     y = da.from_array(b, chunks=(10, 30))  # rechunked like x
     out = dc.map_chunks(lambda p, q: box3(p) * q, x, y, depth=1)
-    np.testing.assert_allclose(out.compute(), ndi.uniform_filter(a, 3, mode="reflect") * b,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        out.compute(), ndi.uniform_filter(a, 3, mode="reflect") * b, atol=1e-12
+    )
     with pytest.raises(DistconvError, match="same shape"):
         dc.map_chunks(np.add, x, da.ones((40, 31)))
 
@@ -174,8 +183,16 @@ def test_error_crosses_a_local_cluster(image):
 
     _, x = image
     y = dc.map_chunks(failing_function, x[:, :10], depth=1, dtype="f8", chunks=x[:, :10].chunks)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster):
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        Client(cluster),
+    ):
         with pytest.raises(dc.ChunkError) as info:
             y.compute()
     _check_chunk_error(info.value)
@@ -193,8 +210,9 @@ def test_save_records_map_chunks_provenance(tmp_path, rng):
     y = dc.map_chunks(box3, dc.open(tmp_path / "in.zarr"), depth=1, boundary="nearest")
     dc.save(y, tmp_path / "out.zarr")
     out = zarr.open_array(tmp_path / "out.zarr")
-    np.testing.assert_allclose(out[:], ndi.uniform_filter(a.astype(np.float64), 3,
-                                                           mode="nearest"), rtol=1e-6)
+    np.testing.assert_allclose(
+        out[:], ndi.uniform_filter(a.astype(np.float64), 3, mode="nearest"), rtol=1e-6
+    )
     record = out.attrs["distconv"]
     assert record["complete"] is True
     step = record["steps"][-1]
@@ -210,8 +228,13 @@ def test_numba_engine_calls_a_jitted_function(image):
         out = np.empty((block.shape[0] - 2, block.shape[1] - 2))
         for i in range(out.shape[0]):
             for j in range(out.shape[1]):
-                out[i, j] = (block[i, j + 1] + block[i + 2, j + 1] + block[i + 1, j]
-                             + block[i + 1, j + 2] - 4 * block[i + 1, j + 1])
+                out[i, j] = (
+                    block[i, j + 1]
+                    + block[i + 2, j + 1]
+                    + block[i + 1, j]
+                    + block[i + 1, j + 2]
+                    - 4 * block[i + 1, j + 1]
+                )
         return out
 
     a, x = image
@@ -238,23 +261,26 @@ def test_tensorflow_edges_match_scipy_and_trace_once_per_signature(rng):
     from distconv.kernels import tensorflow as ktf
 
     def new_traces(before):
-        return {k[2]: n for k, n in ktf.TRACES.items() if k[0] == "map_chunks" and
-                n != before.get(k, 0)}
+        return {
+            k[2]: n for k, n in ktf.TRACES.items() if k[0] == "map_chunks" and n != before.get(k, 0)
+        }
 
     a = rng.random((70, 45)).astype(np.float32)
     x = da.from_array(a, chunks=(32, 20))  # 3 x 3 chunks of 4 different shapes
     before = dict(ktf.TRACES)
-    y = dc.map_chunks(tf_edges, x, depth=1, boundary="reflect", engine="tensorflow",
-                      dtype="float32", trim=False)
-    expected = np.hypot(ndi.correlate(a.astype(np.float64), SOBEL, mode="reflect"),
-                        ndi.correlate(a.astype(np.float64), SOBEL.T, mode="reflect"))
+    y = dc.map_chunks(
+        tf_edges, x, depth=1, boundary="reflect", engine="tensorflow", dtype="float32", trim=False
+    )
+    expected = np.hypot(
+        ndi.correlate(a.astype(np.float64), SOBEL, mode="reflect"),
+        ndi.correlate(a.astype(np.float64), SOBEL.T, mode="reflect"),
+    )
     np.testing.assert_allclose(y.compute(scheduler="threads"), expected, rtol=1e-5, atol=1e-5)
     assert new_traces(before) == {((2, "float32"),): 1}  # probe + 9 chunks: one trace
 
     # The same function on float64 chunks: one more trace, for the new signature only.
     before = dict(ktf.TRACES)
-    y64 = dc.map_chunks(tf_edges, x.astype(np.float64), depth=1, engine="tensorflow",
-                        trim=False)
+    y64 = dc.map_chunks(tf_edges, x.astype(np.float64), depth=1, engine="tensorflow", trim=False)
     np.testing.assert_allclose(y64.compute(scheduler="threads"), expected, rtol=1e-12)
     y.compute(scheduler="threads")
     assert new_traces(before) == {((2, "float64"),): 1}
@@ -262,8 +288,9 @@ def test_tensorflow_edges_match_scipy_and_trace_once_per_signature(rng):
 
 def test_tensorflow_rgb_to_grayscale(rng):
     rgb = rng.integers(0, 256, (40, 30, 3)).astype(np.uint8)
-    gray = dc.map_chunks(tf.image.rgb_to_grayscale, da.from_array(rgb, chunks=(16, 16, 3)),
-                         engine="tensorflow")
+    gray = dc.map_chunks(
+        tf.image.rgb_to_grayscale, da.from_array(rgb, chunks=(16, 16, 3)), engine="tensorflow"
+    )
     assert gray.shape == (40, 30, 1) and gray.dtype == np.uint8
     expected = rgb.astype(np.float64) @ np.array([0.2989, 0.5870, 0.1140])
     assert np.abs(gray.compute()[..., 0] - expected).max() <= 1.0  # uint8 rounding
@@ -271,8 +298,9 @@ def test_tensorflow_rgb_to_grayscale(rng):
 
 def test_tensorflow_error_names_the_chunk(image):
     _, x = image
-    y = dc.map_chunks(lambda t: tf.reshape(t, [3, -1]), x, engine="tensorflow", dtype="f8",
-                      chunks=x.chunks)
+    y = dc.map_chunks(
+        lambda t: tf.reshape(t, [3, -1]), x, engine="tensorflow", dtype="f8", chunks=x.chunks
+    )
     with pytest.raises(dc.ChunkError, match=r"failed on chunk \(\d, \d\)") as info:
         y.compute(scheduler="single-threaded")
     assert isinstance(info.value.__cause__, tf.errors.InvalidArgumentError)
@@ -323,8 +351,13 @@ def _run_numba_cuda_script(simulator: bool) -> None:
         env["NUMBA_ENABLE_CUDASIM"] = "1"
     else:
         env.pop("NUMBA_ENABLE_CUDASIM", None)
-    proc = subprocess.run([sys.executable, "-c", NUMBA_CUDA_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", NUMBA_CUDA_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
@@ -345,8 +378,9 @@ def test_cupy_engine_on_a_gpu(image):
     import cupyx.scipy.ndimage as cndi
 
     a, x = image
-    y = dc.map_chunks(lambda b: cndi.uniform_filter(b, 3, mode="constant"), x, depth=1,
-                      engine="cupy")
+    y = dc.map_chunks(
+        lambda b: cndi.uniform_filter(b, 3, mode="constant"), x, depth=1, engine="cupy"
+    )
     assert isinstance(y._meta, np.ndarray)  # host in, host out
     np.testing.assert_allclose(y.compute(), ndi.uniform_filter(a, 3, mode="reflect"), atol=1e-12)
     on_gpu = dc.map_chunks(lambda b: b * 2, x.map_blocks(cupy.asarray), engine="cupy")

@@ -24,8 +24,10 @@ _spec = importlib.util.spec_from_file_location("_cudasim_checks", HELPER)
 checks = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(checks)  # only names and constants: imports no numba
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
-                                reason="numba is not installed (pip install 'distconv[numba]')")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("numba") is None,
+    reason="numba is not installed (pip install 'distconv[numba]')",
+)
 
 
 def _run_helper(args: list[str], simulator: bool, timeout: float) -> tuple[dict, str]:
@@ -34,15 +36,22 @@ def _run_helper(args: list[str], simulator: bool, timeout: float) -> tuple[dict,
         env["NUMBA_ENABLE_CUDASIM"] = "1"
     else:
         env.pop("NUMBA_ENABLE_CUDASIM", None)
-    proc = subprocess.run([sys.executable, str(HELPER), *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(HELPER), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     results = {}
     for line in proc.stdout.splitlines():
         if line.startswith(checks.PREFIX):
-            record = json.loads(line[len(checks.PREFIX):])
+            record = json.loads(line[len(checks.PREFIX) :])
             results[record.get("name", "unavailable")] = record
-    log = f"exit status {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n" \
-          f"{proc.stderr[-4000:]}"
+    log = (
+        f"exit status {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n"
+        f"{proc.stderr[-4000:]}"
+    )
     return results, log
 
 

@@ -25,16 +25,29 @@ CHECK = (
 
 def test_editable_install_imports_the_subpackages(tmp_path):
     # Run from an unrelated directory so the source tree is not on sys.path by accident.
-    result = subprocess.run([sys.executable, "-c", CHECK], cwd=tmp_path, capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK], cwd=tmp_path, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.slow
 def test_wheel_ships_only_the_distconv_package(tmp_path):
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"),
-         str(ROOT)], capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert built.returncode == 0, built.stderr
     wheel = next((tmp_path / "dist").glob("distconv-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
@@ -44,11 +57,28 @@ def test_wheel_ships_only_the_distconv_package(tmp_path):
 
     target = tmp_path / "site"
     installed = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
-         str(wheel)], capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert installed.returncode == 0, installed.stderr
-    result = subprocess.run([sys.executable, "-c", CHECK], cwd=tmp_path, capture_output=True,
-                            text=True, env={**os.environ, "PYTHONPATH": str(target)})
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(target)},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().startswith(str(target))  # the wheel's copy, not the source
 

@@ -32,8 +32,11 @@ def chunk_files(path) -> list[str]:
     root = os.path.join(path, "c")
     found = []
     for folder, _, files in os.walk(root):
-        found += [os.path.relpath(os.path.join(folder, f), path) for f in files
-                  if not f.endswith(".partial")]
+        found += [
+            os.path.relpath(os.path.join(folder, f), path)
+            for f in files
+            if not f.endswith(".partial")
+        ]
     return sorted(found)
 
 
@@ -50,8 +53,7 @@ def chunk_digest(path) -> str:
 def make_input(folder, shape=(64, 48), chunks=(16, 16), seed=0):
     rng = np.random.default_rng(seed)
     data = rng.random(shape, dtype=np.float32)
-    array = zarr.create_array(str(folder / "in.zarr"), shape=shape, chunks=chunks,
-                              dtype=data.dtype)
+    array = zarr.create_array(str(folder / "in.zarr"), shape=shape, chunks=chunks, dtype=data.dtype)
     array[:] = data
     weights = rng.standard_normal((5, 3))
     np.save(folder / "k.npy", weights)
@@ -84,8 +86,10 @@ def test_resume_computes_only_missing_chunks_and_marks_complete(tmp_path):
     assert described["chunks_initialized"] == described["chunks_total"] - dropped
     with pytest.raises(dc.DistconvError, match="partial"):
         dc.open(tmp_path / "out.zarr")
-    before = {k: os.stat(tmp_path / "out.zarr" / k).st_mtime_ns
-              for k in chunk_files(tmp_path / "out.zarr")}
+    before = {
+        k: os.stat(tmp_path / "out.zarr" / k).st_mtime_ns
+        for k in chunk_files(tmp_path / "out.zarr")
+    }
 
     resumed = dc.save(job(), tmp_path / "out.zarr", resume=True, progress=False)
 
@@ -96,34 +100,44 @@ def test_resume_computes_only_missing_chunks_and_marks_complete(tmp_path):
     assert after == before  # chunks already written were not rewritten
     assert not leftover.exists()
     assert chunk_digest(tmp_path / "out.zarr") == chunk_digest(tmp_path / "ref.zarr")
-    np.testing.assert_allclose(resumed[:], ndimage.correlate(data.astype(float), weights,
-                                                             mode="nearest"), atol=1e-4)
+    np.testing.assert_allclose(
+        resumed[:], ndimage.correlate(data.astype(float), weights, mode="nearest"), atol=1e-4
+    )
     # Resuming a complete output computes nothing and keeps it complete.
     again = dc.save(job(), tmp_path / "out.zarr", resume=True, progress=False)
     assert again.attrs["distconv"]["resumed"][-1]["chunks_already_written"] == 12
     assert dc.open(tmp_path / "out.zarr").shape == data.shape
 
 
-@pytest.mark.parametrize("change, words", [
-    (dict(weights_scale=2.0), "weights differ"),
-    (dict(mode="wrap"), "mode differs"),
-    (dict(origin=1), "origin differs"),
-    (dict(operation="convolve"), "operation differs"),
-    (dict(dtype="float64"), "dtype differ"),
-    (dict(other_input=True), "inputs differ"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (dict(weights_scale=2.0), "weights differ"),
+        (dict(mode="wrap"), "mode differs"),
+        (dict(origin=1), "origin differs"),
+        (dict(operation="convolve"), "operation differs"),
+        (dict(dtype="float64"), "dtype differ"),
+        (dict(other_input=True), "inputs differ"),
+    ],
+)
 def test_resume_refuses_a_different_job(tmp_path, change, words):
     data, weights = make_input(tmp_path)
-    zarr.create_array(str(tmp_path / "other.zarr"), shape=data.shape, chunks=(16, 16),
-                      dtype=data.dtype)[:] = data
-    dc.save(dc.correlate(dc.open(tmp_path / "in.zarr"), weights), tmp_path / "out.zarr",
-            progress=False)
+    zarr.create_array(
+        str(tmp_path / "other.zarr"), shape=data.shape, chunks=(16, 16), dtype=data.dtype
+    )[:] = data
+    dc.save(
+        dc.correlate(dc.open(tmp_path / "in.zarr"), weights), tmp_path / "out.zarr", progress=False
+    )
     mark_partial(tmp_path / "out.zarr", 2)
     function = dc.convolve if change.get("operation") == "convolve" else dc.correlate
     source = tmp_path / ("other.zarr" if change.get("other_input") else "in.zarr")
-    y = function(dc.open(source), weights * change.get("weights_scale", 1.0),
-                 mode=change.get("mode", "reflect"), origin=change.get("origin", 0),
-                 dtype=change.get("dtype"))
+    y = function(
+        dc.open(source),
+        weights * change.get("weights_scale", 1.0),
+        mode=change.get("mode", "reflect"),
+        origin=change.get("origin", 0),
+        dtype=change.get("dtype"),
+    )
     with pytest.raises(dc.OutputError, match=f"cannot resume .*{words}") as raised:
         dc.save(y, tmp_path / "out.zarr", resume=True, progress=False)
     assert "\n" not in str(raised.value)
@@ -134,29 +148,50 @@ def test_resume_ignores_the_engine(tmp_path):
     """Engines agree to rounding: a job may be finished by another engine than it started on."""
     data, weights = make_input(tmp_path)
     x = dc.open(tmp_path / "in.zarr")
-    dc.save(dc.correlate(x, weights, engine="scipy", method="direct"), tmp_path / "out.zarr",
-            progress=False)
+    dc.save(
+        dc.correlate(x, weights, engine="scipy", method="direct"),
+        tmp_path / "out.zarr",
+        progress=False,
+    )
     mark_partial(tmp_path / "out.zarr", 2)
-    done = dc.save(dc.correlate(x, weights, method="fft"), tmp_path / "out.zarr", resume=True,
-                   progress=False)
-    np.testing.assert_allclose(done[:], ndimage.correlate(data.astype(float), weights),
-                               atol=1e-4)
+    done = dc.save(
+        dc.correlate(x, weights, method="fft"), tmp_path / "out.zarr", resume=True, progress=False
+    )
+    np.testing.assert_allclose(done[:], ndimage.correlate(data.astype(float), weights), atol=1e-4)
 
 
 def _big_job(folder, size=512, chunk=32, seed=1):
     """256 chunks: a second or more of work, far longer than the 5 ms between polls."""
     rng = np.random.default_rng(seed)
     data = rng.random((size, size), dtype=np.float32)
-    zarr.create_array(str(folder / "big.zarr"), shape=data.shape, chunks=(chunk, chunk),
-                      dtype=data.dtype)[:] = data
+    zarr.create_array(
+        str(folder / "big.zarr"), shape=data.shape, chunks=(chunk, chunk), dtype=data.dtype
+    )[:] = data
     np.save(folder / "k.npy", rng.standard_normal((9, 9)))
-    return ["convolve", "big.zarr", "k.npy", "-o", "out.zarr", "--method", "direct",
-            "--engine", "scipy", "--cluster", "threads"]
+    return [
+        "convolve",
+        "big.zarr",
+        "k.npy",
+        "-o",
+        "out.zarr",
+        "--method",
+        "direct",
+        "--engine",
+        "scipy",
+        "--cluster",
+        "threads",
+    ]
 
 
 def _start(args, folder) -> subprocess.Popen:
-    return subprocess.Popen([DISTCONV, *args], cwd=folder, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [DISTCONV, *args],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait_for_chunks(process, output, count: int, timeout: float = 60) -> int:
@@ -187,14 +222,20 @@ def test_ctrl_c_cancels_says_how_to_resume_and_exits_130(tmp_path):
     assert described["complete"] is False
     assert written <= described["chunks_initialized"] < described["chunks_total"]
 
-    finished = subprocess.run([DISTCONV, *shlex.split(command)[1:]], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
+    finished = subprocess.run(
+        [DISTCONV, *shlex.split(command)[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert finished.returncode == 0, finished.stderr
     assert "resumed out.zarr" in finished.stdout
     out = dc.open(tmp_path / "out.zarr")  # complete: no allow_partial needed
     data = zarr.open_array(str(tmp_path / "big.zarr"))[:].astype(float)
-    np.testing.assert_allclose(out.compute(), ndimage.convolve(data, np.load(tmp_path / "k.npy")),
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        out.compute(), ndimage.convolve(data, np.load(tmp_path / "k.npy")), atol=1e-3
+    )
 
 
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
@@ -203,9 +244,15 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     args = _big_job(tmp_path)
     total = (512 // 32) ** 2
     reference = dc.save(
-        dc.convolve(dc.open(tmp_path / "big.zarr"), dc.load_weights(str(tmp_path / "k.npy")),
-                    method="direct", engine="scipy"),
-        tmp_path / "ref.zarr", progress=False)
+        dc.convolve(
+            dc.open(tmp_path / "big.zarr"),
+            dc.load_weights(str(tmp_path / "k.npy")),
+            method="direct",
+            engine="scipy",
+        ),
+        tmp_path / "ref.zarr",
+        progress=False,
+    )
     choices = random.Random(20261122)
     written = 0
     kills = 0
@@ -219,8 +266,9 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
         process.communicate(timeout=60)
         assert dc.info(tmp_path / "out.zarr")["complete"] is False
     assert kills >= 2
-    finished = subprocess.run([DISTCONV, *args, "--resume"], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=300)
+    finished = subprocess.run(
+        [DISTCONV, *args, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert finished.returncode == 0, finished.stderr
     assert dc.info(tmp_path / "out.zarr")["complete"] is True
     assert chunk_digest(tmp_path / "out.zarr") == chunk_digest(tmp_path / "ref.zarr")
@@ -230,8 +278,9 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
 def _mount_tmpfs(where, options: str) -> bool:
     """A small tmpfs (root only; CI without it skips). Returns True when mounted."""
     where.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                            capture_output=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True
+    )
     return result.returncode == 0
 
 
@@ -253,9 +302,22 @@ def read_only_dir(tmp_path):
 
 def test_read_only_target_fails_loudly_and_writes_nothing(tmp_path, read_only_dir):
     make_input(tmp_path)
-    result = subprocess.run([DISTCONV, "convolve", "in.zarr", "k.npy", "-o",
-                             str(read_only_dir / "out.zarr"), "--cluster", "threads"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            DISTCONV,
+            "convolve",
+            "in.zarr",
+            "k.npy",
+            "-o",
+            str(read_only_dir / "out.zarr"),
+            "--cluster",
+            "threads",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot create output" in lines[0], result.stderr
@@ -274,9 +336,22 @@ def tiny_disk(tmp_path):
 def test_disk_full_fails_loudly_and_the_output_stays_partial(tmp_path, tiny_disk):
     """576 KiB of incompressible float32 into 128 KiB: ENOSPC in a task, exit 1, never complete."""
     make_input(tmp_path, shape=(384, 384), chunks=(64, 64))
-    result = subprocess.run([DISTCONV, "convolve", "in.zarr", "k.npy", "-o",
-                             str(tiny_disk / "out.zarr"), "--cluster", "threads"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            DISTCONV,
+            "convolve",
+            "in.zarr",
+            "k.npy",
+            "-o",
+            str(tiny_disk / "out.zarr"),
+            "--cluster",
+            "threads",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -293,8 +368,9 @@ def _die_on_a_worker(block, block_info=None):
 
 def test_a_lost_worker_fails_loudly_and_nothing_is_marked_complete(tmp_path):
     rng = np.random.default_rng(5)
-    x = da.from_array(rng.random((64, 64)), chunks=(16, 16)).map_blocks(_die_on_a_worker,
-                                                                        dtype=float)
+    x = da.from_array(rng.random((64, 64)), chunks=(16, 16)).map_blocks(
+        _die_on_a_worker, dtype=float
+    )
     # One death is enough to call the task poisoned: no restarts, a fast test.
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         with dc.cluster("local", workers=1, quiet=True) as client:

@@ -28,8 +28,13 @@ def test_unsafe_or_invalid_files_are_refused(tmp_path):
     np.save(tmp_path / "obj.npy", np.array([1, "a"], dtype=object), allow_pickle=True)
     np.savez(tmp_path / "two.npz", a=np.ones(2), b=np.ones(2))
     np.save(tmp_path / "inf.npy", np.array([1.0, np.inf]))
-    for name, words in (("evil.npy", "pickled"), ("obj.npy", "object"), ("two.npz", "exactly one"),
-                        ("inf.npy", "NaN or infinity"), ("missing.npy", "no such")):
+    for name, words in (
+        ("evil.npy", "pickled"),
+        ("obj.npy", "object"),
+        ("two.npz", "exactly one"),
+        ("inf.npy", "NaN or infinity"),
+        ("missing.npy", "no such"),
+    ):
         with pytest.raises(dc.DistconvError, match=words):
             dc.load_weights(tmp_path / name)
 
@@ -50,19 +55,22 @@ def test_named_kernels_match_scipy():
         np.testing.assert_allclose(got, expected, atol=1e-12, err_msg=spec)
 
 
-@pytest.mark.parametrize("spec,words", [
-    ("gaussian", "needs sigma"),
-    ("gaussian:sigma=0", "positive"),
-    ("gaussian:sigma=nan", "finite"),
-    ("gaussian:sigma=2,sigma=3", "repeats"),
-    ("gaussian:size=3", "takes: sigma, truncate"),
-    ("box:size=2.5", "integer"),
-    ("box:size=0", "at least 1"),
-    ("sobel:axis=5", "out of range"),
-    ("laplace:size=3", "takes: none"),
-    ("os.system('true')", "named kernel"),
-    ("gaussian:sigma=__import__('os')", "not a valid number"),
-])
+@pytest.mark.parametrize(
+    "spec,words",
+    [
+        ("gaussian", "needs sigma"),
+        ("gaussian:sigma=0", "positive"),
+        ("gaussian:sigma=nan", "finite"),
+        ("gaussian:sigma=2,sigma=3", "repeats"),
+        ("gaussian:size=3", "takes: sigma, truncate"),
+        ("box:size=2.5", "integer"),
+        ("box:size=0", "at least 1"),
+        ("sobel:axis=5", "out of range"),
+        ("laplace:size=3", "takes: none"),
+        ("os.system('true')", "named kernel"),
+        ("gaussian:sigma=__import__('os')", "not a valid number"),
+    ],
+)
 def test_named_kernel_specs_are_parsed_strictly(spec, words):
     with pytest.raises(dc.DistconvError, match=words):
         dc.load_weights(spec, ndim=2)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from distconv.bench.report import Result, markdown, print_table, write_chart, write_json
 
@@ -21,11 +21,22 @@ BENCHMARKS = ("convolve", "matmul", "multiply")
 __all__ = ["BENCHMARKS", "Result", "markdown", "print_table", "run", "write_outputs"]
 
 
-def run(benchmark: str, *, size: int, engines: Sequence[str], kernels: Sequence[int] = (),
-        chunk: int | None = None, repeats: int = 3, cluster: str | None = "local",
-        workers: int | None = None, threads_per_worker: int | None = None,
-        workdir: str | os.PathLike | None = None, references: bool = True,
-        max_seconds: float = 30.0, log: Callable[[str], None] | None = None) -> Result:
+def run(
+    benchmark: str,
+    *,
+    size: int,
+    engines: Sequence[str],
+    kernels: Sequence[int] = (),
+    chunk: int | None = None,
+    repeats: int = 3,
+    cluster: str | None = "local",
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    workdir: str | os.PathLike | None = None,
+    references: bool = True,
+    max_seconds: float = 30.0,
+    log: Callable[[str], None] | None = None,
+) -> Result:
     """Run one benchmark on a cluster started here and return its :class:`Result`.
 
     Parameters
@@ -55,20 +66,41 @@ def run(benchmark: str, *, size: int, engines: Sequence[str], kernels: Sequence[
     if benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {benchmark!r}")
     chunk = min(chunk or (2048 if benchmark == "convolve" else 1024), size)
-    with tempfile.TemporaryDirectory(prefix="distconv-bench-", dir=workdir) as tmp, \
-            dc.cluster(cluster, workers=workers, threads_per_worker=threads_per_worker,
-                       quiet=True) as client:
+    with (
+        tempfile.TemporaryDirectory(prefix="distconv-bench-", dir=workdir) as tmp,
+        dc.cluster(
+            cluster, workers=workers, threads_per_worker=threads_per_worker, quiet=True
+        ) as client,
+    ):
         if benchmark == "convolve":
             from distconv.bench.convolve import bench_convolve
 
-            result = bench_convolve(size, kernels, engines, chunk=chunk, repeats=repeats,
-                                    workdir=tmp, client=client, references=references,
-                                    max_seconds=max_seconds, log=log)
+            result = bench_convolve(
+                size,
+                kernels,
+                engines,
+                chunk=chunk,
+                repeats=repeats,
+                workdir=tmp,
+                client=client,
+                references=references,
+                max_seconds=max_seconds,
+                log=log,
+            )
         else:
             from distconv.bench.linalg import bench_linalg
 
-            result = bench_linalg(benchmark, size, engines, chunk=chunk, repeats=repeats,
-                                  workdir=tmp, client=client, references=references, log=log)
+            result = bench_linalg(
+                benchmark,
+                size,
+                engines,
+                chunk=chunk,
+                repeats=repeats,
+                workdir=tmp,
+                client=client,
+                references=references,
+                log=log,
+            )
         result.setup["cluster"] = cluster_text(client)
     return result
 
@@ -89,5 +121,6 @@ def write_outputs(result: Result, output_dir: str | os.PathLike) -> tuple[Path, 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = output_dir / f"bench-{result.benchmark}"
-    return write_json(result, stem.with_suffix(".json")), \
-        write_chart(result, stem.with_suffix(".png"))
+    return write_json(result, stem.with_suffix(".json")), write_chart(
+        result, stem.with_suffix(".png")
+    )

@@ -16,17 +16,18 @@ import shutil
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from distconv.clusters.resources import gpu_count
 
 
-def make_input(path: str | os.PathLike, size: int | tuple[int, ...], chunk: int,
-               seed: int, dtype="float32") -> None:
+def make_input(
+    path: str | os.PathLike, size: int | tuple[int, ...], chunk: int, seed: int, dtype="float32"
+) -> None:
     """Write a random array in [0.5, 1.5) (seeded, never zeros) to a new Zarr v3 array.
 
     Written strip by strip along the first axis, so a 32768² input never sits in memory.
@@ -35,12 +36,14 @@ def make_input(path: str | os.PathLike, size: int | tuple[int, ...], chunk: int,
 
     shape = (size, size) if isinstance(size, int) else tuple(size)
     rng = np.random.default_rng(seed)
-    array = zarr.create_array(str(path), shape=shape,
-                              chunks=tuple(min(chunk, s) for s in shape), dtype=dtype)
+    array = zarr.create_array(
+        str(path), shape=shape, chunks=tuple(min(chunk, s) for s in shape), dtype=dtype
+    )
     for start in range(0, shape[0], chunk):
         rows = min(chunk, shape[0] - start)
-        array[start:start + rows] = (rng.random((rows, *shape[1:]), dtype=np.float32)
-                                     + 0.5).astype(dtype, copy=False)
+        array[start : start + rows] = (
+            rng.random((rows, *shape[1:]), dtype=np.float32) + 0.5
+        ).astype(dtype, copy=False)
 
 
 def fresh(path: str | os.PathLike) -> str:
@@ -72,9 +75,13 @@ class Contender:
         return statistics.median(self.runs) if self.runs else None
 
 
-def run_alternating(contenders: list[Contender], repeats: int, warmup: bool = True,
-                    log: Callable[[str], None] | None = None,
-                    warmed: set[str] | None = None) -> None:
+def run_alternating(
+    contenders: list[Contender],
+    repeats: int,
+    warmup: bool = True,
+    log: Callable[[str], None] | None = None,
+    warmed: set[str] | None = None,
+) -> None:
     """Time every contender ``repeats`` times, in turn, after one warm-up run each.
 
     The order is reversed every other repeat so no contender always follows the same one, and
@@ -97,8 +104,7 @@ def run_alternating(contenders: list[Contender], repeats: int, warmup: bool = Tr
             flush_writes()
             contender.runs.append(timed(contender.function))
             if log:
-                log(f"repeat {repeat + 1}/{repeats}: {contender.name}: "
-                    f"{contender.runs[-1]:.2f} s")
+                log(f"repeat {repeat + 1}/{repeats}: {contender.name}: {contender.runs[-1]:.2f} s")
 
 
 def flush_writes() -> None:
@@ -122,7 +128,7 @@ class PeakMemory:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 
@@ -154,8 +160,13 @@ def machine() -> dict[str, object]:
 
     import distconv
 
-    versions = {"distconv": distconv.__version__, "numpy": np.__version__,
-                "scipy": scipy.__version__, "dask": dask.__version__, "zarr": zarr.__version__}
+    versions = {
+        "distconv": distconv.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "dask": dask.__version__,
+        "zarr": zarr.__version__,
+    }
     for name in ("numba", "tensorflow", "cupy", "dask_image"):
         version = _installed_version(name)
         if version:
@@ -178,9 +189,11 @@ def machine_text(info: dict[str, object]) -> str:
     """One line of :func:`machine` for tables and RESULTS.md."""
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     gpus = info["gpus"]
-    return (f"{info['cores']} cores ({info['cpu']}), {info['memory_gib']:.0f} GiB, {info['os']}, "
-            f"Python {info['python']}, {versions}; GPU: {gpus or 'none'}; "
-            f"load {info['load_average'][0]:.1f}; {info['date']}")
+    return (
+        f"{info['cores']} cores ({info['cpu']}), {info['memory_gib']:.0f} GiB, {info['os']}, "
+        f"Python {info['python']}, {versions}; GPU: {gpus or 'none'}; "
+        f"load {info['load_average'][0]:.1f}; {info['date']}"
+    )
 
 
 def _installed_version(module: str) -> str | None:

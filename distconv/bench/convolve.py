@@ -1,18 +1,19 @@
 """Zarr → Zarr convolution: distconv per engine vs the copy floor and the reference tools.
 
 Per kernel size, on the same seeded input: the Zarr → Zarr copy (``dask.array.from_zarr`` →
-``to_zarr``, the floor no Zarr → Zarr filter can beat), ``distconv.convolve`` with each engine
-(the plan picks the method per chunk), dask-image's ``ndfilters.convolve`` when installed, and
-in-memory ``scipy.ndimage.convolve`` and ``scipy.signal.oaconvolve`` on one core. Cells the cost model expects to take longer than
-``max_seconds`` are listed as skipped, with the estimate, instead of run.
+``to_zarr``, the floor no Zarr → Zarr filter can beat), ``distconv.convolve`` with each engine (the
+plan picks the method per chunk), dask-image's ``ndfilters.convolve`` when installed, and in-memory
+``scipy.ndimage.convolve`` and ``scipy.signal.oaconvolve`` on one core. Cells the cost model
+expects to take longer than ``max_seconds`` are listed as skipped, with the estimate, instead of
+run.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -26,8 +27,9 @@ def kernel_for(size: int, ndim: int = 2) -> np.ndarray:
     return np.random.default_rng(size).standard_normal((size,) * ndim)
 
 
-def _distconv_estimate(shape, chunk: int, kernel: np.ndarray, engine: str,
-                       workers: int) -> tuple[str, float]:
+def _distconv_estimate(
+    shape, chunk: int, kernel: np.ndarray, engine: str, workers: int
+) -> tuple[str, float]:
     """The method the plan picks for a full chunk and the cost model's wall-seconds."""
     from distconv.plan import method_costs, plan_correlation
 
@@ -67,11 +69,19 @@ def check_window(source: str, output: str, kernel: np.ndarray, chunk: int) -> fl
     return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-30))
 
 
-def bench_convolve(size: int = 8192, kernel_sizes: Sequence[int] = (3, 9, 31, 127),
-                   engines: Sequence[str] = ("scipy",), *, chunk: int = 2048,
-                   repeats: int = 3, workdir: str | os.PathLike, client=None,
-                   references: bool = True, max_seconds: float = 30.0,
-                   log: Callable[[str], None] | None = None) -> Result:
+def bench_convolve(
+    size: int = 8192,
+    kernel_sizes: Sequence[int] = (3, 9, 31, 127),
+    engines: Sequence[str] = ("scipy",),
+    *,
+    chunk: int = 2048,
+    repeats: int = 3,
+    workdir: str | os.PathLike,
+    client=None,
+    references: bool = True,
+    max_seconds: float = 30.0,
+    log: Callable[[str], None] | None = None,
+) -> Result:
     """Time a Zarr → Zarr convolve of ``size``² float32 per engine and kernel size.
 
     Parameters
@@ -105,10 +115,20 @@ def bench_convolve(size: int = 8192, kernel_sizes: Sequence[int] = (3, 9, 31, 12
     pixels = float(size * size)
     in_memory = {}
     warmed: set[str] = set()  # contenders warm up once, at the first kernel they run
-    result = Result("convolve", unit="Mpx/s", work=pixels / 1e6,
-                    setup={"size": size, "chunk": chunk, "dtype": "float32",
-                           "kernels": list(kernel_sizes), "engines": list(engines),
-                           "repeats": repeats, "workers": workers})
+    result = Result(
+        "convolve",
+        unit="Mpx/s",
+        work=pixels / 1e6,
+        setup={
+            "size": size,
+            "chunk": chunk,
+            "dtype": "float32",
+            "kernels": list(kernel_sizes),
+            "engines": list(engines),
+            "repeats": repeats,
+            "workers": workers,
+        },
+    )
     for k in kernel_sizes:
         kernel = kernel_for(k)
         group = f"{k}×{k}"
@@ -118,49 +138,78 @@ def bench_convolve(size: int = 8192, kernel_sizes: Sequence[int] = (3, 9, 31, 12
 
         contenders = [Contender("Zarr→Zarr copy", copy, kind="floor")]
         # What engine="auto" would run for a full chunk, whether or not "auto" is timed.
-        result.setup.setdefault("auto_choice", {})[group] = \
-            _distconv_estimate(shape, chunk, kernel, "auto", workers)[0]
+        result.setup.setdefault("auto_choice", {})[group] = _distconv_estimate(
+            shape, chunk, kernel, "auto", workers
+        )[0]
         for engine in engines:
             how, estimate = _distconv_estimate(shape, chunk, kernel, engine, workers)
 
-            def run(engine=engine):
-                dc.save(dc.convolve(dc.open(source), kernel, engine=engine),
-                        fresh(workdir / f"dc-{engine}.zarr"), progress=False)
+            def run(engine=engine, kernel=kernel):
+                dc.save(
+                    dc.convolve(dc.open(source), kernel, engine=engine),
+                    fresh(workdir / f"dc-{engine}.zarr"),
+                    progress=False,
+                )
 
             method, resolved = how.split("/")
-            contenders.append(Contender(
-                f"distconv {engine}", run, engine=resolved, method=method,
-                skip=f"skipped (≈{estimate:.0f} s)" if estimate > max_seconds else None))
+            contenders.append(
+                Contender(
+                    f"distconv {engine}",
+                    run,
+                    engine=resolved,
+                    method=method,
+                    skip=f"skipped (≈{estimate:.0f} s)" if estimate > max_seconds else None,
+                )
+            )
         if references:
-            contenders += _references(source, workdir, kernel, pixels, workers, max_seconds,
-                                      in_memory)
-        run_alternating(contenders, repeats, log=(lambda text: log(f"k={k} {text}"))
-                        if log else None, warmed=warmed)
+            contenders += _references(
+                source, workdir, kernel, pixels, workers, max_seconds, in_memory
+            )
+        run_alternating(
+            contenders,
+            repeats,
+            log=(lambda text, k=k: log(f"k={k} {text}")) if log else None,
+            warmed=warmed,
+        )
         errors = {}
         for engine in engines:
             output = workdir / f"dc-{engine}.zarr"
             if output.exists():
-                errors[f"distconv {engine}"] = check_window(str(source), str(output), kernel,
-                                                            chunk)
+                errors[f"distconv {engine}"] = check_window(str(source), str(output), kernel, chunk)
         floor = contenders[0].seconds
         # dask-image when it ran for this kernel, else SciPy in memory.
         ran = [c for c in contenders if c.seconds is not None]
-        chosen = next((c for c in ran if c.kind == "reference"), None) or \
-            next((c for c in ran if c.kind == "baseline"), None)
+        chosen = next((c for c in ran if c.kind == "reference"), None) or next(
+            (c for c in ran if c.kind == "baseline"), None
+        )
         reference = chosen.seconds if chosen else None
         result.references[group] = chosen.name if chosen else None
         for contender in contenders:
-            result.rows.append(Row.from_contender(
-                group, contender, floor=floor, reference=reference, work=result.work,
-                error=errors.get(contender.name)))
+            result.rows.append(
+                Row.from_contender(
+                    group,
+                    contender,
+                    floor=floor,
+                    reference=reference,
+                    work=result.work,
+                    error=errors.get(contender.name),
+                )
+            )
         for engine in engines:
             fresh(workdir / f"dc-{engine}.zarr")
     in_memory.clear()
     return result
 
 
-def _references(source: Path, workdir: Path, kernel: np.ndarray, pixels: float, workers: int,
-                max_seconds: float, in_memory: dict) -> list[Contender]:
+def _references(
+    source: Path,
+    workdir: Path,
+    kernel: np.ndarray,
+    pixels: float,
+    workers: int,
+    max_seconds: float,
+    in_memory: dict,
+) -> list[Contender]:
     """dask-image (Zarr → Zarr, same cluster) and SciPy on the whole array in memory."""
     import dask.array as da
     import zarr
@@ -176,10 +225,16 @@ def _references(source: Path, workdir: Path, kernel: np.ndarray, pixels: float, 
             dask_image_convolve(x, kernel).to_zarr(fresh(workdir / "dask-image.zarr"))
 
         estimate = direct / workers
-        found.append(Contender(
-            "dask-image", dask_image, kind="reference",
-            method="direct", engine="scipy.ndimage",
-            skip=f"skipped (≈{estimate:.0f} s)" if estimate > max_seconds else None))
+        found.append(
+            Contender(
+                "dask-image",
+                dask_image,
+                kind="reference",
+                method="direct",
+                engine="scipy.ndimage",
+                skip=f"skipped (≈{estimate:.0f} s)" if estimate > max_seconds else None,
+            )
+        )
     except ImportError:
         pass
     memory_needed = 3 * pixels * 4  # input, output and scipy's float32 work copy
@@ -195,9 +250,16 @@ def _references(source: Path, workdir: Path, kernel: np.ndarray, pixels: float, 
             in_memory["x"] = zarr.open_array(str(source))[:]
         ndimage.convolve(in_memory["x"], kernel)
 
-    found.append(Contender("scipy.ndimage in memory (1 core)", scipy_in_memory,
-                           kind="baseline", method="direct", engine="scipy.ndimage",
-                           skip=skip))
+    found.append(
+        Contender(
+            "scipy.ndimage in memory (1 core)",
+            scipy_in_memory,
+            kind="baseline",
+            method="direct",
+            engine="scipy.ndimage",
+            skip=skip,
+        )
+    )
 
     # SciPy's own FFT route on the whole array (zero-padded edges, so only a speed reference):
     # the in-memory yardstick where scipy.ndimage is too slow to run (large kernels).
@@ -210,8 +272,16 @@ def _references(source: Path, workdir: Path, kernel: np.ndarray, pixels: float, 
             in_memory["x"] = zarr.open_array(str(source))[:]
         oaconvolve(in_memory["x"], kernel32, mode="same")
 
-    found.append(Contender("scipy.signal.oaconvolve in memory (1 core)", oaconvolve_in_memory,
-                           kind="baseline", method="fft", engine="scipy.signal",
-                           skip="skipped (does not fit in a quarter of memory)"
-                           if memory_needed > available else None))
+    found.append(
+        Contender(
+            "scipy.signal.oaconvolve in memory (1 core)",
+            oaconvolve_in_memory,
+            kind="baseline",
+            method="fft",
+            engine="scipy.signal",
+            skip="skipped (does not fit in a quarter of memory)"
+            if memory_needed > available
+            else None,
+        )
+    )
     return found

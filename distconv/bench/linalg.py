@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import collections
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -32,8 +32,14 @@ def make_operands(workdir: Path, size: int, chunk: int) -> tuple[Path, Path]:
     return a_path, b_path
 
 
-def matmul_contenders(a_path: Path, b_path: Path, workdir: Path, engines: Sequence[str],
-                      memory: dict, references: bool = True) -> list[Contender]:
+def matmul_contenders(
+    a_path: Path,
+    b_path: Path,
+    workdir: Path,
+    engines: Sequence[str],
+    memory: dict,
+    references: bool = True,
+) -> list[Contender]:
     """numpy.matmul in memory (floor), distconv.matmul per engine, dask.array.matmul."""
     import dask.array as da
 
@@ -43,16 +49,24 @@ def matmul_contenders(a_path: Path, b_path: Path, workdir: Path, engines: Sequen
     found = [Contender("numpy.matmul, in memory", numpy_matmul, kind="floor", engine="BLAS")]
     found += _distconv_contenders("matmul", a_path, b_path, workdir / "c", engines)
     if references:
+
         def dask_matmul():
-            da.matmul(da.from_zarr(str(a_path)), da.from_zarr(str(b_path))) \
-                .to_zarr(fresh(workdir / "c-dask.zarr"))
+            da.matmul(da.from_zarr(str(a_path)), da.from_zarr(str(b_path))).to_zarr(
+                fresh(workdir / "c-dask.zarr")
+            )
 
         found.append(Contender("dask.array.matmul", dask_matmul, kind="reference"))
     return found
 
 
-def multiply_contenders(a_path: Path, b_path: Path, workdir: Path, engines: Sequence[str],
-                        memory: dict, references: bool = True) -> list[Contender]:
+def multiply_contenders(
+    a_path: Path,
+    b_path: Path,
+    workdir: Path,
+    engines: Sequence[str],
+    memory: dict,
+    references: bool = True,
+) -> list[Contender]:
     """Zarr → Zarr copy (floor), distconv.multiply per engine, dask.array a * b, NumPy."""
     import dask.array as da
 
@@ -62,9 +76,11 @@ def multiply_contenders(a_path: Path, b_path: Path, workdir: Path, engines: Sequ
     found = [Contender("Zarr→Zarr copy of A (floor)", copy, kind="floor")]
     found += _distconv_contenders("multiply", a_path, b_path, workdir / "m", engines)
     if references:
+
         def dask_multiply():
-            (da.from_zarr(str(a_path)) * da.from_zarr(str(b_path))) \
-                .to_zarr(fresh(workdir / "m-dask.zarr"))
+            (da.from_zarr(str(a_path)) * da.from_zarr(str(b_path))).to_zarr(
+                fresh(workdir / "m-dask.zarr")
+            )
 
         def numpy_multiply():
             np.multiply(*_in_memory(memory, a_path, b_path))
@@ -84,8 +100,9 @@ def _in_memory(memory: dict, a_path: Path, b_path: Path) -> tuple[np.ndarray, np
     return memory["a"], memory["b"]
 
 
-def _distconv_contenders(operation: str, a_path: Path, b_path: Path, output_stem: Path,
-                         engines: Sequence[str]) -> list[Contender]:
+def _distconv_contenders(
+    operation: str, a_path: Path, b_path: Path, output_stem: Path, engines: Sequence[str]
+) -> list[Contender]:
     """``distconv.<operation>`` Zarr → Zarr, one contender per engine."""
     import distconv as dc
 
@@ -93,23 +110,35 @@ def _distconv_contenders(operation: str, a_path: Path, b_path: Path, output_stem
 
     def contender(engine: str) -> Contender:
         def run():
-            dc.save(function(dc.open(a_path), dc.open(b_path), engine=engine),
-                    fresh(Path(f"{output_stem}-{engine}.zarr")), progress=False)
+            dc.save(
+                function(dc.open(a_path), dc.open(b_path), engine=engine),
+                fresh(Path(f"{output_stem}-{engine}.zarr")),
+                progress=False,
+            )
 
         return Contender(f"distconv.{operation} {engine}", run, engine=engine)
 
     return [contender(engine) for engine in engines]
 
 
-def bench_linalg(operation: str, size: int = 8192, engines: Sequence[str] = ("scipy",), *,
-                 chunk: int = 1024, repeats: int = 3, workdir: str | os.PathLike,
-                 client=None, references: bool = True,
-                 log: Callable[[str], None] | None = None) -> Result:
+def bench_linalg(
+    operation: str,
+    size: int = 8192,
+    engines: Sequence[str] = ("scipy",),
+    *,
+    chunk: int = 1024,
+    repeats: int = 3,
+    workdir: str | os.PathLike,
+    client=None,
+    references: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Result:
     """Time ``matmul`` or ``multiply`` of two size² float32 Zarr arrays per engine.
 
     Parameters are those of :func:`distconv.bench.convolve.bench_convolve`; the result's rate is
     GFLOP/s for matmul (2 n³) and million elements per second for multiply, and its floor is
-    in-memory BLAS (matmul) or the Zarr → Zarr copy of one operand (multiply). The distconv outputs are checked against float64 NumPy.
+    in-memory BLAS (matmul) or the Zarr → Zarr copy of one operand (multiply). The distconv
+    outputs are checked against float64 NumPy.
     """
     import zarr
 
@@ -120,11 +149,21 @@ def bench_linalg(operation: str, size: int = 8192, engines: Sequence[str] = ("sc
     build = matmul_contenders if operation == "matmul" else multiply_contenders
     contenders = build(a_path, b_path, workdir, engines, memory, references)
     # matmul: GFLOP (2 n³); multiply: million elements (n²), its cost is memory, not FLOPs.
-    work = 2.0 * size ** 3 / 1e9 if operation == "matmul" else size * size / 1e6
-    result = Result(operation, unit="GFLOP/s" if operation == "matmul" else "Melem/s", work=work,
-                    floor_name="BLAS" if operation == "matmul" else "Zarr→Zarr copy",
-                    setup={"size": size, "chunk": chunk, "dtype": "float32",
-                           "engines": list(engines), "repeats": repeats, "workers": workers})
+    work = 2.0 * size**3 / 1e9 if operation == "matmul" else size * size / 1e6
+    result = Result(
+        operation,
+        unit="GFLOP/s" if operation == "matmul" else "Melem/s",
+        work=work,
+        floor_name="BLAS" if operation == "matmul" else "Zarr→Zarr copy",
+        setup={
+            "size": size,
+            "chunk": chunk,
+            "dtype": "float32",
+            "engines": list(engines),
+            "repeats": repeats,
+            "workers": workers,
+        },
+    )
     run_alternating(contenders, repeats, log=log)
     a = zarr.open_array(str(a_path))[:].astype(np.float64)
     b = zarr.open_array(str(b_path))[:].astype(np.float64)
@@ -136,19 +175,28 @@ def bench_linalg(operation: str, size: int = 8192, engines: Sequence[str] = ("sc
     for engine in engines:
         got = zarr.open_array(str(workdir / f"{prefix}-{engine}.zarr"))[:]
         errors[f"distconv.{operation} {engine}"] = float(
-            np.abs(got - expected).max() / np.abs(expected).max())
+            np.abs(got - expected).max() / np.abs(expected).max()
+        )
     del expected
     floor = contenders[0].seconds
     chosen = next((c for c in contenders if c.kind == "reference" and c.seconds), None)
     result.references[operation] = chosen.name if chosen else None
     for contender in contenders:
-        result.rows.append(Row.from_contender(
-            operation, contender, floor=floor, reference=chosen.seconds if chosen else None,
-            work=work, error=errors.get(contender.name)))
+        result.rows.append(
+            Row.from_contender(
+                operation,
+                contender,
+                floor=floor,
+                reference=chosen.seconds if chosen else None,
+                work=work,
+                error=errors.get(contender.name),
+            )
+        )
     return result
 
 
 # --- What benchmarks/linalg.py adds for RESULTS.md: where the time goes. ---------------------
+
 
 def profile(client, function) -> tuple[float, dict[str, float]]:
     """Wall seconds and the seconds workers spent per task kind (compute and transfer)."""
@@ -172,12 +220,15 @@ def profile_text(name: str, seconds: float, spent: dict[str, float], workers: in
     busy = sorted(spent.items(), key=lambda item: -item[1])
     parts = ", ".join(f"{label} {value:.1f} s" for label, value in busy[:6])
     idle = max(0.0, total - sum(spent.values()))
-    return (f"- {name}: {seconds:.1f} s wall × {workers} workers = {total:.1f} worker-s: "
-            f"{parts}; idle/overhead {idle:.1f} s")
+    return (
+        f"- {name}: {seconds:.1f} s wall × {workers} workers = {total:.1f} worker-s: "
+        f"{parts}; idle/overhead {idle:.1f} s"
+    )
 
 
-def io_floor(a_path: Path, b_path: Path, product: np.ndarray, chunks, bytes_read: int,
-             scratch: Path) -> tuple[float, float]:
+def io_floor(
+    a_path: Path, b_path: Path, product: np.ndarray, chunks, bytes_read: int, scratch: Path
+) -> tuple[float, float]:
     """Core-seconds (all threads of this process) to decode what the plan reads, and to encode
     and write the product once, with the stores' codecs and the output's chunks."""
     import time
@@ -187,8 +238,9 @@ def io_floor(a_path: Path, b_path: Path, product: np.ndarray, chunks, bytes_read
     start = time.process_time()
     inputs = zarr.open_array(str(a_path))[:].nbytes + zarr.open_array(str(b_path))[:].nbytes
     decode = (time.process_time() - start) * bytes_read / inputs
-    target = zarr.create_array(fresh(scratch), shape=product.shape, chunks=chunks,
-                               dtype=product.dtype)
+    target = zarr.create_array(
+        fresh(scratch), shape=product.shape, chunks=chunks, dtype=product.dtype
+    )
     start = time.process_time()
     target[:] = product
     return decode, time.process_time() - start
@@ -198,8 +250,8 @@ def task_gemm_rate(a: np.ndarray, b: np.ndarray, plan) -> float:
     """GFLOP/s of one matmul task's GEMM alone (its panels in memory, its BLAS threads)."""
     from threadpoolctl import threadpool_limits
 
-    a_panel = np.ascontiguousarray(a[:plan.block_n, :plan.block_k])
-    b_panel = np.ascontiguousarray(b[:plan.block_k, :plan.block_m])
+    a_panel = np.ascontiguousarray(a[: plan.block_n, : plan.block_k])
+    b_panel = np.ascontiguousarray(b[: plan.block_k, : plan.block_m])
     with threadpool_limits(limits=plan.blas_threads, user_api="blas"):
         seconds = timed(lambda: np.matmul(a_panel, b_panel))
     return 2.0 * a_panel.shape[0] * a_panel.shape[1] * b_panel.shape[1] / seconds / 1e9
@@ -214,19 +266,28 @@ def io_floor_percent(decode: float, encode: float, numpy_seconds: float) -> floa
 
 def floor_text(decode: float, encode: float, numpy_seconds: float) -> str:
     gemm = numpy_seconds * (os.cpu_count() or 1)
-    return (f"- Zarr I/O alone (measured in this process): decoding the panels distconv's plan "
-            f"reads costs {decode:.1f} core-s and encoding + writing the product "
-            f"{encode:.1f} core-s, next to {gemm:.1f} core-s of GEMM (in-memory numpy.matmul "
-            f"× {os.cpu_count()} cores). With every core busy, Zarr → Zarr can reach at most "
-            f"{io_floor_percent(decode, encode, numpy_seconds):.0f} % of the in-memory rate "
-            "here.")
+    return (
+        f"- Zarr I/O alone (measured in this process): decoding the panels distconv's plan "
+        f"reads costs {decode:.1f} core-s and encoding + writing the product "
+        f"{encode:.1f} core-s, next to {gemm:.1f} core-s of GEMM (in-memory numpy.matmul "
+        f"× {os.cpu_count()} cores). With every core busy, Zarr → Zarr can reach at most "
+        f"{io_floor_percent(decode, encode, numpy_seconds):.0f} % of the in-memory rate "
+        "here."
+    )
 
 
-def verdict_text(matmul_percent: float, floor_percent: float, dask_percent: float,
-                 multiply_ratio: float, gemm_percent: float) -> str:
+def verdict_text(
+    matmul_percent: float,
+    floor_percent: float,
+    dask_percent: float,
+    multiply_ratio: float,
+    gemm_percent: float,
+) -> str:
     """What the numbers say about the targets (≥ 90 % of in-memory BLAS; multiply ≤ 1.05×)."""
-    matmul = (f"Target ≥ 90 % of in-memory BLAS: {'met' if matmul_percent >= 90 else 'not met'}"
-              f" ({matmul_percent:.0f} %; dask.array {dask_percent:.0f} %).")
+    matmul = (
+        f"Target ≥ 90 % of in-memory BLAS: {'met' if matmul_percent >= 90 else 'not met'}"
+        f" ({matmul_percent:.0f} %; dask.array {dask_percent:.0f} %)."
+    )
     if matmul_percent < 90:
         matmul += (
             f" The profile says why: one distconv task's GEMM alone (its panels, its BLAS "
@@ -234,10 +295,17 @@ def verdict_text(matmul_percent: float, floor_percent: float, dask_percent: floa
             f"stores are zstd-compressed and the in-memory run decodes and encodes nothing. On "
             f"{os.cpu_count()} cores those codec core-seconds cannot hide behind the GEMM, so "
             f"the Zarr I/O floor above ({floor_percent:.0f} %) bounds any Zarr → Zarr matmul "
-            + (f"here; distconv is {floor_percent - matmul_percent:.0f} points below it (task "
-               "hand-over and the write tail in the task stream, and the other jobs on the "
-               "machine)." if matmul_percent < floor_percent else "here, and distconv reaches it."))
-    multiply = (f"Target multiply ≤ 1.05× dask.array: "
-                f"{'met' if multiply_ratio <= 1.05 else 'not met'} "
-                f"({multiply_ratio:.2f}×, medians).")
+            + (
+                f"here; distconv is {floor_percent - matmul_percent:.0f} points below it (task "
+                "hand-over and the write tail in the task stream, and the other jobs on the "
+                "machine)."
+                if matmul_percent < floor_percent
+                else "here, and distconv reaches it."
+            )
+        )
+    multiply = (
+        f"Target multiply ≤ 1.05× dask.array: "
+        f"{'met' if multiply_ratio <= 1.05 else 'not met'} "
+        f"({multiply_ratio:.2f}×, medians)."
+    )
     return f"{matmul} {multiply}"

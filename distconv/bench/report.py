@@ -29,18 +29,30 @@ class Row:
     error: float | None = None  # max relative error vs float64 SciPy/NumPy, when checked
 
     @classmethod
-    def from_contender(cls, group: str, contender: Contender, *, floor: float | None,
-                       reference: float | None, work: float,
-                       error: float | None = None) -> "Row":
+    def from_contender(
+        cls,
+        group: str,
+        contender: Contender,
+        *,
+        floor: float | None,
+        reference: float | None,
+        work: float,
+        error: float | None = None,
+    ) -> Row:
         seconds = contender.seconds
         return cls(
-            group=group, contender=contender.name, kind=contender.kind,
-            engine=contender.engine, method=contender.method, seconds=seconds,
+            group=group,
+            contender=contender.name,
+            kind=contender.kind,
+            engine=contender.engine,
+            method=contender.method,
+            seconds=seconds,
             runs=[round(r, 4) for r in contender.runs],
             rate=work / seconds if seconds else None,
             vs_floor=seconds / floor if seconds and floor else None,
             vs_reference=seconds / reference if seconds and reference else None,
-            note=contender.skip or "", error=error,
+            note=contender.skip or "",
+            error=error,
         )
 
 
@@ -65,15 +77,23 @@ class Result:
         return list(dict.fromkeys(row.group for row in self.rows))
 
 
-HEADERS = ("{group}", "contender", "method/engine", "seconds", "{unit}", "× {floor}",
-           "× reference", "runs", "note")
+HEADERS = (
+    "{group}",
+    "contender",
+    "method/engine",
+    "seconds",
+    "{unit}",
+    "× {floor}",
+    "× reference",
+    "runs",
+    "note",
+)
 
 
 def table_cells(result: Result) -> tuple[list[str], list[list[str]]]:
     """Header and text cells shared by the terminal table and the Markdown table."""
     group = "kernel" if result.benchmark == "convolve" else "operation"
-    headers = [h.format(group=group, unit=result.unit, floor=result.floor_name)
-               for h in HEADERS]
+    headers = [h.format(group=group, unit=result.unit, floor=result.floor_name) for h in HEADERS]
     cells = []
     for row in result.rows:
         how = "/".join(p for p in (row.method, row.engine) if p)
@@ -81,11 +101,19 @@ def table_cells(result: Result) -> tuple[list[str], list[list[str]]]:
         note = row.note or ("reference" if row.contender == reference else "")
         if row.error is not None:
             note = (note + "; " if note else "") + f"max rel. error {row.error:.1e}"
-        cells.append([
-            row.group, row.contender, how, _number(row.seconds, "{:.2f}"),
-            _number(row.rate, "{:.1f}"), _number(row.vs_floor, "{:.2f}"),
-            _number(row.vs_reference, "{:.2f}"), str(len(row.runs)), note,
-        ])
+        cells.append(
+            [
+                row.group,
+                row.contender,
+                how,
+                _number(row.seconds, "{:.2f}"),
+                _number(row.rate, "{:.1f}"),
+                _number(row.vs_floor, "{:.2f}"),
+                _number(row.vs_reference, "{:.2f}"),
+                str(len(row.runs)),
+                note,
+            ]
+        )
     return headers, cells
 
 
@@ -115,8 +143,12 @@ def print_table(result: Result, console=None) -> None:
 def markdown(result: Result) -> str:
     """The table as Markdown, with the setup and machine above it."""
     headers, cells = table_cells(result)
-    lines = [f"{_setup_text(result)}. Machine: {machine_text(result.machine)}.", "",
-             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines = [
+        f"{_setup_text(result)}. Machine: {machine_text(result.machine)}.",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
     if result.notes:
         lines += ["", *result.notes]
@@ -159,15 +191,22 @@ def write_chart(result: Result, path: str | os.PathLike) -> Path:
         bars = axis.bar(x + (index - (len(names) - 1) / 2) * width, heights, width, label=name)
         for bar, value in zip(bars, values):
             if value is None:  # skipped or not applicable: mark the gap
-                axis.annotate("skip", (bar.get_x() + bar.get_width() / 2, 0), fontsize=6,
-                              ha="center", va="bottom", rotation=90,
-                              xycoords=("data", "axes fraction"))
+                axis.annotate(
+                    "skip",
+                    (bar.get_x() + bar.get_width() / 2, 0),
+                    fontsize=6,
+                    ha="center",
+                    va="bottom",
+                    rotation=90,
+                    xycoords=("data", "axes fraction"),
+                )
     axis.set_xticks(x, groups)
     if any(v for v in seconds.values()):
         axis.set_yscale("log")
     axis.set_ylabel("seconds (median, lower is better)")
-    axis.set_title(f"distconv bench {result.benchmark}: {result.setup['size']}² float32",
-                   fontsize=10)
+    axis.set_title(
+        f"distconv bench {result.benchmark}: {result.setup['size']}² float32", fontsize=10
+    )
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     path = Path(path)

@@ -8,7 +8,7 @@ exits 130.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import click
 
@@ -33,9 +33,16 @@ def cli(debug: bool) -> None:
     CommandState.debug = debug
 
 
-for _command in (filters.convolve_command, filters.correlate_command, info.info_command,
-                 info.engines_command, linalg.matmul_command, linalg.multiply_command,
-                 cluster.cluster_group, bench.bench_group):
+for _command in (
+    filters.convolve_command,
+    filters.correlate_command,
+    info.info_command,
+    info.engines_command,
+    linalg.matmul_command,
+    linalg.multiply_command,
+    cluster.cluster_group,
+    bench.bench_group,
+):
     cli.add_command(_command)
 
 

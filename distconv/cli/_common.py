@@ -13,7 +13,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import click
 
@@ -43,12 +44,15 @@ class Interrupted(Exception):
 
 # Options ---------------------------------------------------------------------------------------
 
+
 def options(*decorators: Callable) -> Callable:
     """Apply click option decorators in the order given (the order ``--help`` lists them)."""
+
     def apply(command: Callable) -> Callable:
         for decorator in reversed(decorators):
             command = decorator(command)
         return command
+
     return apply
 
 
@@ -59,18 +63,24 @@ def output_option(default: str) -> Callable:
 
 def engine_option(unit: str = "chunk") -> Callable:
     """``--engine``: auto or any engine distconv knows (installed or not: the error says how)."""
-    return click.option("--engine", type=click.Choice(["auto", *kernels.engine_names()]),
-                        default=None,
-                        help=f"Engine computing each {unit} [default: config, auto].")
+    return click.option(
+        "--engine",
+        type=click.Choice(["auto", *kernels.engine_names()]),
+        default=None,
+        help=f"Engine computing each {unit} [default: config, auto].",
+    )
 
 
 def write_options(must_match: str) -> Callable:
     """``--overwrite`` and ``--resume``; ``must_match`` names what a resumed run must repeat."""
     return options(
         click.option("--overwrite", is_flag=True, help="Replace an existing output store."),
-        click.option("--resume", is_flag=True,
-                     help="Finish an interrupted run into the same output: only chunks not yet "
-                          f"written are computed ({must_match} must match)."),
+        click.option(
+            "--resume",
+            is_flag=True,
+            help="Finish an interrupted run into the same output: only chunks not yet "
+            f"written are computed ({must_match} must match).",
+        ),
     )
 
 
@@ -78,15 +88,23 @@ def cluster_options(*, rmm: bool = False) -> Callable:
     """``--cluster`` (every form of :data:`distconv.clusters.SPEC_FORMS`) and its sizing."""
     decorators = [
         click.option("--cluster", "cluster_spec", default=None, help=CLUSTER_HELP),
-        click.option("--workers", type=click.IntRange(min=1),
-                     help="Worker processes (local, cuda)."),
-        click.option("--threads-per-worker", type=click.IntRange(min=1),
-                     help="Threads per worker (local, cuda)."),
+        click.option(
+            "--workers", type=click.IntRange(min=1), help="Worker processes (local, cuda)."
+        ),
+        click.option(
+            "--threads-per-worker",
+            type=click.IntRange(min=1),
+            help="Threads per worker (local, cuda).",
+        ),
     ]
     if rmm:
-        decorators.append(click.option("--rmm-pool-size", default=None,
-                                       help="RMM pool per GPU worker (--cluster cuda), "
-                                            "e.g. 24GB."))
+        decorators.append(
+            click.option(
+                "--rmm-pool-size",
+                default=None,
+                help="RMM pool per GPU worker (--cluster cuda), e.g. 24GB.",
+            )
+        )
     return options(*decorators)
 
 
@@ -96,6 +114,7 @@ def quiet_option(help: str = "No progress bar, links or summary.") -> Callable:
 
 
 # Outputs ---------------------------------------------------------------------------------------
+
 
 def default_output(input_path: str, operation: str) -> str:
     """The store a command writes without ``-o``: beside its (first) input.
@@ -118,7 +137,7 @@ def default_output(input_path: str, operation: str) -> str:
     for index, part in enumerate(parts):
         if part.endswith(".zarr"):
             stem = part[: -len(".zarr")]
-            inner = "-".join(parts[index + 1:])
+            inner = "-".join(parts[index + 1 :])
             name = f"{stem}.{inner}" if inner else stem
             return os.path.join(os.sep.join(parts[:index]) or "", f"{name}.{operation}.zarr")
     stem = os.path.splitext(path)[0]
@@ -134,8 +153,9 @@ def resume_command(argv: Sequence[str]) -> str:
     return shlex.join(["distconv", *args, "--resume"])
 
 
-def save_resumable(y, output: str, operation: str, *, overwrite: bool, resume: bool,
-                   quiet: bool) -> tuple[Any, float]:
+def save_resumable(
+    y, output: str, operation: str, *, overwrite: bool, resume: bool, quiet: bool
+) -> tuple[Any, float]:
     """``dc.save`` for a command: the command line goes into the provenance, and while the job
     runs an interruption's message names the exact ``--resume`` command.
 
@@ -147,23 +167,32 @@ def save_resumable(y, output: str, operation: str, *, overwrite: bool, resume: b
     import distconv as dc
 
     argv = list(CommandState.argv)
-    argv = argv[argv.index(operation):] if operation in argv else [operation]
+    argv = argv[argv.index(operation) :] if operation in argv else [operation]
     start = time.perf_counter()
     CommandState.resume_command = resume_command(argv)  # read on Ctrl-C or failure
-    written = dc.save(y, output, overwrite=overwrite, resume=resume, progress=not quiet,
-                      description=operation,
-                      attributes={"command": shlex.join(["distconv", *argv])})
+    written = dc.save(
+        y,
+        output,
+        overwrite=overwrite,
+        resume=resume,
+        progress=not quiet,
+        description=operation,
+        attributes={"command": shlex.join(["distconv", *argv])},
+    )
     CommandState.resume_command = None
     seconds = time.perf_counter() - start
     produced = written.attrs["distconv"]
     if not quiet and produced.get("resumed"):
         already = produced["resumed"][-1]["chunks_already_written"]
-        click.echo(f"resumed {output}: {already} of {y.npartitions} chunks were already "
-                   f"written, computed the other {y.npartitions - already}")
+        click.echo(
+            f"resumed {output}: {already} of {y.npartitions} chunks were already "
+            f"written, computed the other {y.npartitions - already}"
+        )
     return written, seconds
 
 
 # Ctrl-C ----------------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def workers_ignore_ctrl_c() -> Iterator[None]:
@@ -184,17 +213,27 @@ def workers_ignore_ctrl_c() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def command_cluster(cluster_spec: str | None, workers: int | None,
-                    threads_per_worker: int | None, quiet: bool,
-                    rmm_pool_size: str | None = None) -> Iterator[None]:
+def command_cluster(
+    cluster_spec: str | None,
+    workers: int | None,
+    threads_per_worker: int | None,
+    quiet: bool,
+    rmm_pool_size: str | None = None,
+) -> Iterator[None]:
     """The cluster a command's job runs on, its workers started with Ctrl-C ignored."""
     from distconv.clusters import cluster
 
     with contextlib.ExitStack() as stack:
         with workers_ignore_ctrl_c():
-            stack.enter_context(cluster(cluster_spec, workers=workers,
-                                        threads_per_worker=threads_per_worker,
-                                        rmm_pool_size=rmm_pool_size, quiet=quiet))
+            stack.enter_context(
+                cluster(
+                    cluster_spec,
+                    workers=workers,
+                    threads_per_worker=threads_per_worker,
+                    rmm_pool_size=rmm_pool_size,
+                    quiet=quiet,
+                )
+            )
         yield
 
 
@@ -208,6 +247,7 @@ def interruptible(job: Callable[..., None], *args: Any) -> None:
 
 
 # The command line ------------------------------------------------------------------------------
+
 
 def run_command_line(group: click.Group, argv: Sequence[str] | None) -> None:
     """Run ``group`` as the ``distconv`` program: one-line errors, exit 2 for bad input, 130 for
@@ -241,15 +281,19 @@ def run_command_line(group: click.Group, argv: Sequence[str] | None) -> None:
         if debug:
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        _fail(f"{type(exc).__name__}: {message} (rerun with --debug for the traceback)",
-              EXIT_FAILED)
+        _fail(
+            f"{type(exc).__name__}: {message} (rerun with --debug for the traceback)", EXIT_FAILED
+        )
 
 
 def _interrupted() -> None:
     """Ctrl-C: the workers' tasks were cancelled on the way out (executor.compute_blocks)."""
     if CommandState.resume_command:
-        _fail(f"interrupted; the output is partial, not marked complete; finish it with: "
-              f"{CommandState.resume_command}", EXIT_INTERRUPTED)
+        _fail(
+            f"interrupted; the output is partial, not marked complete; finish it with: "
+            f"{CommandState.resume_command}",
+            EXIT_INTERRUPTED,
+        )
     _fail("interrupted; no output was marked complete", EXIT_INTERRUPTED)
 
 

@@ -13,10 +13,16 @@ from distconv import kernels
 from distconv.cli._common import cluster_options, quiet_option
 from distconv.errors import DistconvError
 
-_OPS = {"convolve": ("correlate_direct", "correlate_fft", "correlate_separable"),
-        "matmul": ("matmul",), "multiply": ("multiply",)}
-_DEFAULT_ENGINES = {"convolve": "scipy,numba,tensorflow", "matmul": "scipy,tensorflow",
-                    "multiply": "scipy,numba,tensorflow"}
+_OPS = {
+    "convolve": ("correlate_direct", "correlate_fft", "correlate_separable"),
+    "matmul": ("matmul",),
+    "multiply": ("multiply",),
+}
+_DEFAULT_ENGINES = {
+    "convolve": "scipy,numba,tensorflow",
+    "matmul": "scipy,tensorflow",
+    "multiply": "scipy,numba,tensorflow",
+}
 
 
 def check_engines(benchmark: str, text: str | None) -> list[str]:
@@ -29,8 +35,12 @@ def check_engines(benchmark: str, text: str | None) -> list[str]:
     if text is None:
         found = [e for e in _DEFAULT_ENGINES[benchmark].split(",") if kernels.is_installed(e)]
         if gpu_count():
-            found += [e for e in kernels.GPU_ENGINES if kernels.is_installed(e)
-                      and any(op in kernels.ENGINES[e].ops for op in _OPS[benchmark])]
+            found += [
+                e
+                for e in kernels.GPU_ENGINES
+                if kernels.is_installed(e)
+                and any(op in kernels.ENGINES[e].ops for op in _OPS[benchmark])
+            ]
         return found
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
@@ -39,12 +49,14 @@ def check_engines(benchmark: str, text: str | None) -> list[str]:
         if name == "auto":  # what distconv picks by itself, per chunk and method
             continue
         if name not in kernels.ENGINES:
-            raise DistconvError(f"unknown engine {name!r}; choose from: auto, "
-                                f"{', '.join(kernels.engine_names())}")
+            raise DistconvError(
+                f"unknown engine {name!r}; choose from: auto, {', '.join(kernels.engine_names())}"
+            )
         if not kernels.is_installed(name):
             extra = kernels.ENGINES[name].extra
-            raise DistconvError(f"engine {name!r} is not installed here (pip install "
-                                f"'distconv[{extra}]')")
+            raise DistconvError(
+                f"engine {name!r} is not installed here (pip install 'distconv[{extra}]')"
+            )
         if not any(op in kernels.ENGINES[name].ops for op in _OPS[benchmark]):
             raise DistconvError(f"engine {name!r} cannot {benchmark}")
         if kernels.is_gpu_engine(name) and not gpu_count():
@@ -56,17 +68,30 @@ def _kernel_sizes(text: str) -> list[int]:
     try:
         sizes = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise DistconvError(f"--kernel-sizes/--kernels must be integers separated by commas, got {text!r}") \
-            from None
+        raise DistconvError(
+            f"--kernel-sizes/--kernels must be integers separated by commas, got {text!r}"
+        ) from None
     if not sizes or any(k < 1 for k in sizes):
         raise DistconvError(f"--kernel-sizes/--kernels must be positive integers, got {text!r}")
     return sizes
 
 
-def _run(benchmark: str, size: int, engines: str | None, chunk: int | None, repeats: int,
-         no_references: bool, output_dir: str, workdir: str | None, cluster_spec: str | None,
-         workers: int | None, threads_per_worker: int | None, quiet: bool,
-         kernels_text: str = "", max_seconds: float = 30.0) -> None:
+def _run(
+    benchmark: str,
+    size: int,
+    engines: str | None,
+    chunk: int | None,
+    repeats: int,
+    no_references: bool,
+    output_dir: str,
+    workdir: str | None,
+    cluster_spec: str | None,
+    workers: int | None,
+    threads_per_worker: int | None,
+    quiet: bool,
+    kernels_text: str = "",
+    max_seconds: float = 30.0,
+) -> None:
     import os
 
     from distconv.clusters import parse_spec
@@ -84,8 +109,10 @@ def _run(benchmark: str, size: int, engines: str | None, chunk: int | None, repe
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:  # the chart, written at the end
-        raise DistconvError("distconv bench draws its chart with matplotlib, which is not "
-                            "installed: pip install 'distconv[bench]'")
+        raise DistconvError(
+            "distconv bench draws its chart with matplotlib, which is not "
+            "installed: pip install 'distconv[bench]'"
+        )
     if workdir is not None and not os.path.isdir(workdir):
         raise DistconvError(f"--workdir {workdir}: no such directory")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
@@ -94,10 +121,20 @@ def _run(benchmark: str, size: int, engines: str | None, chunk: int | None, repe
     from distconv import bench
 
     result = bench.run(
-        benchmark, size=size, engines=engine_list, kernels=sizes, chunk=chunk,
-        repeats=repeats, cluster=cluster_spec or "local", workers=workers,
-        threads_per_worker=threads_per_worker, workdir=workdir, references=not no_references,
-        max_seconds=max_seconds, log=None if quiet else (lambda line: click.echo(line, err=True)))
+        benchmark,
+        size=size,
+        engines=engine_list,
+        kernels=sizes,
+        chunk=chunk,
+        repeats=repeats,
+        cluster=cluster_spec or "local",
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        workdir=workdir,
+        references=not no_references,
+        max_seconds=max_seconds,
+        log=None if quiet else (lambda line: click.echo(line, err=True)),
+    )
     result.setup["command"] = " ".join(["distconv", "bench", benchmark, *sys.argv[3:]])
     json_path, png_path = bench.write_outputs(result, output_dir)
     bench.print_table(result)
@@ -106,31 +143,67 @@ def _run(benchmark: str, size: int, engines: str | None, chunk: int | None, repe
 
 def _bench_command(benchmark: str) -> click.Command:
     options = [
-        click.option("--size", type=click.IntRange(min=8), default=8192, show_default=True,
-                     help="Side of the square float32 input(s)."),
-        click.option("--engines", default=None,
-                     help=f"Comma list [default: installed of {_DEFAULT_ENGINES[benchmark]}]."),
-        click.option("--chunk", type=click.IntRange(min=4), default=None,
-                     help="Zarr chunk side [default: 2048 convolve, 1024 matmul/multiply]."),
-        click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
-                     help="Timed runs per contender after one warm-up (median reported)."),
-        click.option("--no-references", is_flag=True,
-                     help="Skip dask-image / dask.array / in-memory SciPy and NumPy."),
-        click.option("--output-dir", default="distconv-bench", show_default=True,
-                     help=f"Where bench-{benchmark}.json and bench-{benchmark}.png go."),
-        click.option("--workdir", default=None,
-                     help="Scratch directory for the generated Zarr data [default: temp]."),
+        click.option(
+            "--size",
+            type=click.IntRange(min=8),
+            default=8192,
+            show_default=True,
+            help="Side of the square float32 input(s).",
+        ),
+        click.option(
+            "--engines",
+            default=None,
+            help=f"Comma list [default: installed of {_DEFAULT_ENGINES[benchmark]}].",
+        ),
+        click.option(
+            "--chunk",
+            type=click.IntRange(min=4),
+            default=None,
+            help="Zarr chunk side [default: 2048 convolve, 1024 matmul/multiply].",
+        ),
+        click.option(
+            "--repeats",
+            type=click.IntRange(min=1),
+            default=3,
+            show_default=True,
+            help="Timed runs per contender after one warm-up (median reported).",
+        ),
+        click.option(
+            "--no-references",
+            is_flag=True,
+            help="Skip dask-image / dask.array / in-memory SciPy and NumPy.",
+        ),
+        click.option(
+            "--output-dir",
+            default="distconv-bench",
+            show_default=True,
+            help=f"Where bench-{benchmark}.json and bench-{benchmark}.png go.",
+        ),
+        click.option(
+            "--workdir",
+            default=None,
+            help="Scratch directory for the generated Zarr data [default: temp].",
+        ),
         cluster_options(),
         quiet_option("No per-run lines while timing."),
     ]
     if benchmark == "convolve":
         options += [
-            click.option("--kernel-sizes", "--kernels", "kernels_text", default="3,9,31,127",
-                         show_default=True,
-                         help="Sides of the square weights, comma separated."),
-            click.option("--max-seconds", type=click.FloatRange(min=0), default=30.0,
-                         show_default=True,
-                         help="List a cell as skipped when its estimated time is longer."),
+            click.option(
+                "--kernel-sizes",
+                "--kernels",
+                "kernels_text",
+                default="3,9,31,127",
+                show_default=True,
+                help="Sides of the square weights, comma separated.",
+            ),
+            click.option(
+                "--max-seconds",
+                type=click.FloatRange(min=0),
+                default=30.0,
+                show_default=True,
+                help="List a cell as skipped when its estimated time is longer.",
+            ),
         ]
 
     def command(**kwargs) -> None:
@@ -162,7 +235,7 @@ _DOCS = {
     Examples:
       distconv bench matmul --size 8192 --engines scipy,tensorflow
     """,
-    "multiply": """Time Zarr → Zarr element-wise multiply per engine vs the copy floor and dask.array.
+    "multiply": """Time Zarr → Zarr element-wise multiply per engine vs the copy floor and dask.
 
     \b
     Examples:

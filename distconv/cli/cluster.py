@@ -20,11 +20,23 @@ def cluster_group() -> None:
 
 @cluster_group.command("info")
 @cluster_options(rmm=True)
-@click.option("--wait", "wait_workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Wait for this many workers first (a cluster file's jobs start later).")
+@click.option(
+    "--wait",
+    "wait_workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Wait for this many workers first (a cluster file's jobs start later).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def info_command(cluster_spec: str | None, workers: int | None, threads_per_worker: int | None,
-                 rmm_pool_size: str | None, wait_workers: int, as_json: bool) -> None:
+def info_command(
+    cluster_spec: str | None,
+    workers: int | None,
+    threads_per_worker: int | None,
+    rmm_pool_size: str | None,
+    wait_workers: int,
+    as_json: bool,
+) -> None:
     """Start or connect to the cluster SPEC names and list its workers: threads, memory,
     resources and GPUs. For a cluster file, also the job script dask-jobqueue submits.
 
@@ -41,12 +53,19 @@ def info_command(cluster_spec: str | None, workers: int | None, threads_per_work
         import dask.system
 
         text = {"kind": "threads", "threads": int(dask.system.CPU_COUNT)}
-        click.echo(json.dumps(text) if as_json else
-                   f"no cluster: Dask's threaded scheduler in this process, "
-                   f"{text['threads']} threads")
+        click.echo(
+            json.dumps(text)
+            if as_json
+            else f"no cluster: Dask's threaded scheduler in this process, {text['threads']} threads"
+        )
         return
-    with cluster(cluster_spec, workers=workers, threads_per_worker=threads_per_worker,
-                 rmm_pool_size=rmm_pool_size, quiet=True) as client:
+    with cluster(
+        cluster_spec,
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        rmm_pool_size=rmm_pool_size,
+        quiet=True,
+    ) as client:
         if wait_workers:
             client.wait_for_workers(wait_workers)
         description = {"kind": parsed.kind, **describe(client)}
@@ -63,18 +82,22 @@ def info_command(cluster_spec: str | None, workers: int | None, threads_per_work
     click.echo(f"{'kind:':12}{description['kind']}")
     click.echo(f"{'scheduler:':12}{description['scheduler']}")
     click.echo(f"{'dashboard:':12}{description['dashboard']}")
-    click.echo(f"{'workers:':12}{len(description['workers'])} "
-               f"({description['total_threads']} threads, "
-               f"{_gib(description['total_memory'])} memory, {description['gpus']} GPUs)")
+    click.echo(
+        f"{'workers:':12}{len(description['workers'])} "
+        f"({description['total_threads']} threads, "
+        f"{_gib(description['total_memory'])} memory, {description['gpus']} GPUs)"
+    )
     for worker in description["workers"]:
         resources = ",".join(f"{k}={v:g}" for k, v in worker["resources"].items())
         gpu = worker["gpu"] or ""
         if worker["gpu_memory"]:
             gpu += f" ({_gib(worker['gpu_memory'])})"
-        click.echo(f"  {worker['address']}  {worker['threads']} threads  "
-                   f"{_gib(worker['memory_limit'])}"
-                   + (f"  resources {resources}" if resources else "")
-                   + (f"  gpu {gpu}" if gpu else ""))
+        click.echo(
+            f"  {worker['address']}  {worker['threads']} threads  "
+            f"{_gib(worker['memory_limit'])}"
+            + (f"  resources {resources}" if resources else "")
+            + (f"  gpu {gpu}" if gpu else "")
+        )
     if parsed.kind == "jobqueue":
         click.echo(f"{'system:':12}{description['system']} ({description['bounds']})")
         click.echo("job script:")

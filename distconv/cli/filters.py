@@ -6,9 +6,18 @@ from typing import Any
 
 import click
 
-from distconv.cli._common import (cluster_options, command_cluster, default_output,
-                                  engine_option, interruptible, options, output_option,
-                                  quiet_option, save_resumable, write_options)
+from distconv.cli._common import (
+    cluster_options,
+    command_cluster,
+    default_output,
+    engine_option,
+    interruptible,
+    options,
+    output_option,
+    quiet_option,
+    save_resumable,
+    write_options,
+)
 from distconv.errors import DistconvError
 from distconv.plan import METHODS, MODES, check_output_dtype, check_weights_fit
 
@@ -19,13 +28,29 @@ def _int_list(value: str | None, name: str) -> tuple[int, ...] | None:
     try:
         return tuple(int(v) for v in value.split(","))
     except ValueError:
-        raise DistconvError(f"{name} must be integers separated by commas, got {value!r}") \
-            from None
+        raise DistconvError(f"{name} must be integers separated by commas, got {value!r}") from None
 
 
-def _filter_job(operation, input, weights, output, mode, cval, origin, axes, method, engine,
-                dtype, overwrite, resume, cluster_spec, workers, threads_per_worker,
-                rmm_pool_size, quiet) -> None:
+def _filter_job(
+    operation,
+    input,
+    weights,
+    output,
+    mode,
+    cval,
+    origin,
+    axes,
+    method,
+    engine,
+    dtype,
+    overwrite,
+    resume,
+    cluster_spec,
+    workers,
+    threads_per_worker,
+    rmm_pool_size,
+    quiet,
+) -> None:
     import distconv as dc
     from distconv.clusters import parse_spec
     from distconv.io import check_output_path
@@ -39,16 +64,27 @@ def _filter_job(operation, input, weights, output, mode, cval, origin, axes, met
     w = dc.load_weights(weights, ndim=len(axes_t) if axes_t else x.ndim)
     check_output_dtype(dtype)
     function = dc.convolve if operation == "convolve" else dc.correlate
-    y = function(x, w, mode=mode, cval=cval, origin=origin_arg, axes=axes_t, method=method,
-                 engine=engine, dtype=dtype)
+    y = function(
+        x,
+        w,
+        mode=mode,
+        cval=cval,
+        origin=origin_arg,
+        axes=axes_t,
+        method=method,
+        engine=engine,
+        dtype=dtype,
+    )
     check_weights_fit(w.shape, x.shape, axes_t)  # the API accepts these, as scipy.ndimage does
-    output = output or default_output(input, "convolved" if operation == "convolve"
-                                      else "correlated")
+    output = output or default_output(
+        input, "convolved" if operation == "convolve" else "correlated"
+    )
     check_output_path(output, source_paths(y), overwrite, resume)  # before any cluster starts
 
     with command_cluster(cluster_spec, workers, threads_per_worker, quiet, rmm_pool_size):
-        written, seconds = save_resumable(y, output, operation, overwrite=overwrite,
-                                          resume=resume, quiet=quiet)
+        written, seconds = save_resumable(
+            y, output, operation, overwrite=overwrite, resume=resume, quiet=quiet
+        )
     if not quiet:
         record = written.attrs["distconv"]["steps"][-1]
         pixels = float(x.size)
@@ -78,27 +114,74 @@ def _filter_command(operation: str) -> click.Command:
     @click.argument("input", metavar="INPUT")
     @click.argument("weights", metavar="WEIGHTS")
     @output_option("INPUT.<op>.zarr beside it")
-    @click.option("--mode", type=click.Choice(list(MODES)), default="reflect", show_default=True,
-                  help="How the input extends past its edges (scipy.ndimage).")
-    @click.option("--cval", type=float, default=0.0, show_default=True,
-                  help="Fill value for --mode constant.")
-    @click.option("--origin", default="0", show_default=True,
-                  help="Kernel origin shift: one integer or one per filtered axis (1,0).")
+    @click.option(
+        "--mode",
+        type=click.Choice(list(MODES)),
+        default="reflect",
+        show_default=True,
+        help="How the input extends past its edges (scipy.ndimage).",
+    )
+    @click.option(
+        "--cval", type=float, default=0.0, show_default=True, help="Fill value for --mode constant."
+    )
+    @click.option(
+        "--origin",
+        default="0",
+        show_default=True,
+        help="Kernel origin shift: one integer or one per filtered axis (1,0).",
+    )
     @click.option("--axes", help="Input axes the kernel filters, e.g. 1,2.")
-    @click.option("--method", type=click.Choice(list(METHODS)), default=None,
-                  help="direct | fft | separable | auto [default: config, auto].")
+    @click.option(
+        "--method",
+        type=click.Choice(list(METHODS)),
+        default=None,
+        help="direct | fft | separable | auto [default: config, auto].",
+    )
     @engine_option("chunk")
     @click.option("--dtype", help="Output dtype (e.g. float32, uint16) [default: float].")
-    @options(write_options("inputs, weights and parameters"), cluster_options(rmm=True),
-             quiet_option())
-    def command(input: str, weights: str, output: str | None, mode: str, cval: float,
-                origin: str, axes: str | None, method: str | None, engine: str | None,
-                dtype: str | None, overwrite: bool, resume: bool, cluster_spec: str | None,
-                workers: int | None, threads_per_worker: int | None,
-                rmm_pool_size: str | None, quiet: bool) -> None:
-        interruptible(_filter_job, operation, input, weights, output, mode, cval, origin, axes,
-                      method, engine, dtype, overwrite, resume, cluster_spec, workers,
-                      threads_per_worker, rmm_pool_size, quiet)
+    @options(
+        write_options("inputs, weights and parameters"), cluster_options(rmm=True), quiet_option()
+    )
+    def command(
+        input: str,
+        weights: str,
+        output: str | None,
+        mode: str,
+        cval: float,
+        origin: str,
+        axes: str | None,
+        method: str | None,
+        engine: str | None,
+        dtype: str | None,
+        overwrite: bool,
+        resume: bool,
+        cluster_spec: str | None,
+        workers: int | None,
+        threads_per_worker: int | None,
+        rmm_pool_size: str | None,
+        quiet: bool,
+    ) -> None:
+        interruptible(
+            _filter_job,
+            operation,
+            input,
+            weights,
+            output,
+            mode,
+            cval,
+            origin,
+            axes,
+            method,
+            engine,
+            dtype,
+            overwrite,
+            resume,
+            cluster_spec,
+            workers,
+            threads_per_worker,
+            rmm_pool_size,
+            quiet,
+        )
 
     command.__doc__ = (
         f"{operation.capitalize()} INPUT (a Zarr array, v2 or v3, or a path inside a group) "

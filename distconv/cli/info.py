@@ -36,15 +36,20 @@ def info_command(path: str, as_json: bool) -> None:
     if description["complete"]:
         click.echo(f"{'status:':14}complete")
     else:
-        click.echo(f"{'status:':14}partial: {description['chunks_initialized']:,} of "
-                   f"{description['chunks_total']:,} chunks written")
+        click.echo(
+            f"{'status:':14}partial: {description['chunks_initialized']:,} of "
+            f"{description['chunks_total']:,} chunks written"
+        )
     for step in produced.get("steps", []):
         params = ", ".join(f"{k}={v}" for k, v in step.get("parameters", {}).items())
-        click.echo(f"{'operation:':14}{step.get('operation')} ({params}); method "
-                   f"{step.get('method')}, engine {step.get('engine')}")
+        click.echo(
+            f"{'operation:':14}{step.get('operation')} ({params}); method "
+            f"{step.get('method')}, engine {step.get('engine')}"
+        )
         if "weights_sha256" in step:
-            click.echo(f"{'weights:':14}{step.get('weights_shape')} "
-                       f"sha256 {step['weights_sha256'][:16]}…")
+            click.echo(
+                f"{'weights:':14}{step.get('weights_shape')} sha256 {step['weights_sha256'][:16]}…"
+            )
     for key in ("inputs", "command", "version", "created", "finished"):
         if key in produced:
             click.echo(f"{key + ':':14}{_fmt(produced[key])}")
@@ -52,8 +57,13 @@ def info_command(path: str, as_json: bool) -> None:
 
 def _fmt(value) -> str:
     if isinstance(value, (list, tuple)):
-        return ", ".join(map(str, value)) if value and isinstance(value[0], str) else \
-            "×".join(map(str, value)) if all(isinstance(v, int) for v in value) else str(value)
+        return (
+            ", ".join(map(str, value))
+            if value and isinstance(value[0], str)
+            else "×".join(map(str, value))
+            if all(isinstance(v, int) for v in value)
+            else str(value)
+        )
     return str(value)
 
 
@@ -76,14 +86,17 @@ def engines_command() -> None:
         if installed:
             try:
                 module = kernels.get_engine(name)
-                check = getattr(module, "usable", None)
-                usable, reason = check() if check else (True, "")
-                device = getattr(module, "device_info", lambda: spec.device)()
-                if not usable:
-                    device = reason
+                describe_device = getattr(module, "device_info", None)
+                usable = True
+                device = describe_device() if describe_device else spec.device
             except Exception as exc:  # an engine whose import fails is reported, not fatal
                 device = f"import failed: {str(exc).splitlines()[0][:60]}"
-        table.add_row(name, "yes" if installed else "no", "yes" if usable else "no", device,
-                      ", ".join(op.replace("correlate_", "") for op in spec.ops),
-                      f"distconv[{spec.extra}]" if spec.extra else "(core)")
+        table.add_row(
+            name,
+            "yes" if installed else "no",
+            "yes" if usable else "no",
+            device,
+            ", ".join(op.replace("correlate_", "") for op in spec.ops),
+            f"distconv[{spec.extra}]" if spec.extra else "(core)",
+        )
     Console().print(table)

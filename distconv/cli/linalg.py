@@ -11,9 +11,18 @@ import os
 
 import click
 
-from distconv.cli._common import (cluster_options, command_cluster, default_output,
-                                  engine_option, interruptible, options, output_option,
-                                  quiet_option, save_resumable, write_options)
+from distconv.cli._common import (
+    cluster_options,
+    command_cluster,
+    default_output,
+    engine_option,
+    interruptible,
+    options,
+    output_option,
+    quiet_option,
+    save_resumable,
+    write_options,
+)
 
 # The options of every command that writes a store, in the order --help lists them.
 _common_options = options(
@@ -29,15 +38,30 @@ _common_options = options(
 @click.argument("a", metavar="A")
 @click.argument("b", metavar="B")
 @_common_options
-@click.option("--memory-budget", default=None,
-              help="Memory one task may use, e.g. 2GiB [default: half a worker's memory per "
-                   "thread].")
-@click.option("--dry-run", is_flag=True,
-              help="Print the plan (blocks, tasks, bytes, peak memory, FLOPs); write nothing.")
-def matmul_command(a: str, b: str, output: str | None, engine: str | None, overwrite: bool,
-                   resume: bool, cluster_spec: str | None, workers: int | None,
-                   threads_per_worker: int | None, quiet: bool, memory_budget: str | None,
-                   dry_run: bool) -> None:
+@click.option(
+    "--memory-budget",
+    default=None,
+    help="Memory one task may use, e.g. 2GiB [default: half a worker's memory per thread].",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan (blocks, tasks, bytes, peak memory, FLOPs); write nothing.",
+)
+def matmul_command(
+    a: str,
+    b: str,
+    output: str | None,
+    engine: str | None,
+    overwrite: bool,
+    resume: bool,
+    cluster_spec: str | None,
+    workers: int | None,
+    threads_per_worker: int | None,
+    quiet: bool,
+    memory_budget: str | None,
+    dry_run: bool,
+) -> None:
     """Matrix product A @ B of two Zarr arrays, as numpy.matmul (stacks and 1-D included).
 
     \b
@@ -52,12 +76,37 @@ def matmul_command(a: str, b: str, output: str | None, engine: str | None, overw
       distconv matmul stack.zarr/raw b.zarr --cluster threads --quiet
       distconv matmul a.zarr b.zarr -o c.zarr --resume        # finish an interrupted run
     """
-    interruptible(_matmul_job, a, b, output, engine, overwrite, resume, cluster_spec, workers,
-                  threads_per_worker, quiet, memory_budget, dry_run)
+    interruptible(
+        _matmul_job,
+        a,
+        b,
+        output,
+        engine,
+        overwrite,
+        resume,
+        cluster_spec,
+        workers,
+        threads_per_worker,
+        quiet,
+        memory_budget,
+        dry_run,
+    )
 
 
-def _matmul_job(a, b, output, engine, overwrite, resume, cluster_spec, workers,
-                threads_per_worker, quiet, memory_budget, dry_run) -> None:
+def _matmul_job(
+    a,
+    b,
+    output,
+    engine,
+    overwrite,
+    resume,
+    cluster_spec,
+    workers,
+    threads_per_worker,
+    quiet,
+    memory_budget,
+    dry_run,
+) -> None:
     import distconv as dc
     from distconv.io import check_output_path
     from distconv.ops.matmul import plan_for
@@ -73,23 +122,35 @@ def _matmul_job(a, b, output, engine, overwrite, resume, cluster_spec, workers,
             click.echo(plan_for(x, y, engine=engine, memory_budget=memory_budget).describe())
             return
         product = dc.matmul(x, y, engine=engine, memory_budget=memory_budget)
-        seconds = save_resumable(product, output, "matmul", overwrite=overwrite,
-                                 resume=resume, quiet=quiet)[1]
+        seconds = save_resumable(
+            product, output, "matmul", overwrite=overwrite, resume=resume, quiet=quiet
+        )[1]
     if not quiet:
         flops = 2 * int(product.size) * x.shape[-1]  # one multiply-add per k per element
         step = dc.info(output)["provenance"]["steps"][-1]
-        click.echo(f"wrote {output}: {_shape(product.shape)} {product.dtype}, "
-                   f"{product.npartitions} chunks, engine {step['engine']}, {step['method']}; "
-                   f"{seconds:.2f} s, {flops / seconds / 1e9:.1f} GFLOP/s")
+        click.echo(
+            f"wrote {output}: {_shape(product.shape)} {product.dtype}, "
+            f"{product.npartitions} chunks, engine {step['engine']}, {step['method']}; "
+            f"{seconds:.2f} s, {flops / seconds / 1e9:.1f} GFLOP/s"
+        )
 
 
 @click.command("multiply")
 @click.argument("a", metavar="A")
 @click.argument("b", metavar="B")
 @_common_options
-def multiply_command(a: str, b: str, output: str | None, engine: str | None, overwrite: bool,
-                     resume: bool, cluster_spec: str | None, workers: int | None,
-                     threads_per_worker: int | None, quiet: bool) -> None:
+def multiply_command(
+    a: str,
+    b: str,
+    output: str | None,
+    engine: str | None,
+    overwrite: bool,
+    resume: bool,
+    cluster_spec: str | None,
+    workers: int | None,
+    threads_per_worker: int | None,
+    quiet: bool,
+) -> None:
     """Element-wise product of a Zarr array A and a Zarr array or number B, as numpy.multiply.
 
     \b
@@ -103,12 +164,24 @@ def multiply_command(a: str, b: str, output: str | None, engine: str | None, ove
       distconv multiply volume.zarr mask.zarr --cluster threads --quiet
       distconv multiply a.zarr b.zarr -o m.zarr --resume      # finish an interrupted run
     """
-    interruptible(_multiply_job, a, b, output, engine, overwrite, resume, cluster_spec,
-                  workers, threads_per_worker, quiet)
+    interruptible(
+        _multiply_job,
+        a,
+        b,
+        output,
+        engine,
+        overwrite,
+        resume,
+        cluster_spec,
+        workers,
+        threads_per_worker,
+        quiet,
+    )
 
 
-def _multiply_job(a, b, output, engine, overwrite, resume, cluster_spec, workers,
-                  threads_per_worker, quiet) -> None:
+def _multiply_job(
+    a, b, output, engine, overwrite, resume, cluster_spec, workers, threads_per_worker, quiet
+) -> None:
     import distconv as dc
     from distconv.io import check_output_path
 
@@ -118,15 +191,17 @@ def _multiply_job(a, b, output, engine, overwrite, resume, cluster_spec, workers
         y = dc.open(b)
     product = dc.multiply(x, y, engine=engine)  # NumPy's broadcasting error, before a cluster
     output = output or default_output(a, "multiply")
-    check_output_path(output, [a] + ([] if isinstance(y, (int, float)) else [b]), overwrite,
-                      resume)
+    check_output_path(output, [a] + ([] if isinstance(y, (int, float)) else [b]), overwrite, resume)
     with command_cluster(cluster_spec, workers, threads_per_worker, quiet):
-        seconds = save_resumable(product, output, "multiply", overwrite=overwrite,
-                                 resume=resume, quiet=quiet)[1]
+        seconds = save_resumable(
+            product, output, "multiply", overwrite=overwrite, resume=resume, quiet=quiet
+        )[1]
     if not quiet:
-        click.echo(f"wrote {output}: {_shape(product.shape)} {product.dtype}, "
-                   f"{product.npartitions} chunks; {seconds:.2f} s, "
-                   f"{product.nbytes / seconds / 2**20:.0f} MiB/s written")
+        click.echo(
+            f"wrote {output}: {_shape(product.shape)} {product.dtype}, "
+            f"{product.npartitions} chunks; {seconds:.2f} s, "
+            f"{product.nbytes / seconds / 2**20:.0f} MiB/s written"
+        )
 
 
 def _number(text: str) -> int | float | None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["limit_blas_threads"]
 
@@ -35,8 +36,9 @@ def limit_blas_threads(threads: int) -> Iterator[None]:
             # engine's BLAS) are limited too, and a controller kept from before can go stale.
             from threadpoolctl import ThreadpoolController
 
-            _BLAS_STATE["limit"] = ThreadpoolController().limit(limits=int(threads),
-                                                                user_api="blas")
+            _BLAS_STATE["limit"] = ThreadpoolController().limit(
+                limits=int(threads), user_api="blas"
+            )
         _BLAS_STATE["users"] += 1
     try:
         yield

@@ -7,7 +7,7 @@ from the chunk at the other end.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import dask.array as da
 import numpy as np
@@ -17,14 +17,23 @@ from distconv.backend import array_module, cast_output, is_gpu_array, to_device
 from distconv.config import get_default
 from distconv.io import as_dask_array
 from distconv.ops.halo import exchange_halos
+from distconv.plan import METHOD_OPS, CorrelationPlan, plan_correlation
 from distconv.provenance import remember_provenance
 from distconv.weights import weights_digest
-from distconv.plan import METHOD_OPS, CorrelationPlan, plan_correlation
 
 
-def correlate(input, weights, mode: str = "reflect", cval: float = 0.0, origin=0, *,
-              axes: Sequence[int] | None = None, method: str | None = None,
-              engine: str | None = None, dtype=None) -> da.Array:
+def correlate(
+    input,
+    weights,
+    mode: str = "reflect",
+    cval: float = 0.0,
+    origin=0,
+    *,
+    axes: Sequence[int] | None = None,
+    method: str | None = None,
+    engine: str | None = None,
+    dtype=None,
+) -> da.Array:
     """Multidimensional correlation, as :func:`scipy.ndimage.correlate`, chunk by chunk.
 
     Parameters
@@ -58,9 +67,18 @@ def correlate(input, weights, mode: str = "reflect", cval: float = 0.0, origin=0
     return _filter(input, weights, mode, cval, origin, axes, method, engine, dtype, False)
 
 
-def convolve(input, weights, mode: str = "reflect", cval: float = 0.0, origin=0, *,
-             axes: Sequence[int] | None = None, method: str | None = None,
-             engine: str | None = None, dtype=None) -> da.Array:
+def convolve(
+    input,
+    weights,
+    mode: str = "reflect",
+    cval: float = 0.0,
+    origin=0,
+    *,
+    axes: Sequence[int] | None = None,
+    method: str | None = None,
+    engine: str | None = None,
+    dtype=None,
+) -> da.Array:
     """Multidimensional convolution, as :func:`scipy.ndimage.convolve`, chunk by chunk.
 
     Same parameters as :func:`correlate`; the weights are flipped on every filtered axis and the
@@ -69,34 +87,50 @@ def convolve(input, weights, mode: str = "reflect", cval: float = 0.0, origin=0,
     return _filter(input, weights, mode, cval, origin, axes, method, engine, dtype, True)
 
 
-def _filter(input, weights, mode, cval, origin, axes, method, engine, dtype,
-            convolution: bool) -> da.Array:
+def _filter(
+    input, weights, mode, cval, origin, axes, method, engine, dtype, convolution: bool
+) -> da.Array:
     x = as_dask_array(input)
     plan = plan_correlation(
-        x.shape, x.dtype, weights, mode=mode, cval=cval, origin=origin, axes=axes,
-        method=method or get_default("method"), engine=engine or get_default("engine"),
-        dtype=dtype, convolution=convolution, gpu_chunks=is_gpu_array(x),
+        x.shape,
+        x.dtype,
+        weights,
+        mode=mode,
+        cval=cval,
+        origin=origin,
+        axes=axes,
+        method=method or get_default("method"),
+        engine=engine or get_default("engine"),
+        dtype=dtype,
+        convolution=convolution,
+        gpu_chunks=is_gpu_array(x),
     )
-    if not is_gpu_array(x) and any(kernels.is_gpu_engine(e)
-                                   for e in plan.engines.values()):
+    if not is_gpu_array(x) and any(kernels.is_gpu_engine(e) for e in plan.engines.values()):
         x = to_device(x)  # a GPU engine on host chunks: upload each chunk once, here
     y = correlate_with_plan(x, plan)
     largest = [max(c) for c in y.chunks]
     method_used = plan.method_for(largest)
-    return remember_provenance(y, {
-        "operation": "convolve" if convolution else "correlate",
-        "parameters": {
-            "mode": plan.mode, "cval": plan.cval, "origin": origin,
-            "axes": None if axes is None else list(axes), "dtype": str(plan.out_dtype),
-            "method": plan.method, "engine": engine or get_default("engine"),
+    return remember_provenance(
+        y,
+        {
+            "operation": "convolve" if convolution else "correlate",
+            "parameters": {
+                "mode": plan.mode,
+                "cval": plan.cval,
+                "origin": origin,
+                "axes": None if axes is None else list(axes),
+                "dtype": str(plan.out_dtype),
+                "method": plan.method,
+                "engine": engine or get_default("engine"),
+            },
+            "weights_sha256": weights_digest(np.asarray(weights, dtype=np.float64)),
+            "weights_shape": list(np.shape(weights)),
+            "method": method_used,
+            "engine": plan.engines[method_used],
+            "input_shape": list(x.shape),
+            "input_dtype": str(x.dtype),
         },
-        "weights_sha256": weights_digest(np.asarray(weights, dtype=np.float64)),
-        "weights_shape": list(np.shape(weights)),
-        "method": method_used,
-        "engine": plan.engines[method_used],
-        "input_shape": list(x.shape),
-        "input_dtype": str(x.dtype),
-    })
+    )
 
 
 def correlate_with_plan(x: da.Array, plan: CorrelationPlan) -> da.Array:
@@ -104,7 +138,11 @@ def correlate_with_plan(x: da.Array, plan: CorrelationPlan) -> da.Array:
     x, haloed = exchange_halos(x, plan.depth, plan.pad_mode, plan.cval, plan.compute_dtype)
     meta = array_module(x._meta).empty((0,) * x.ndim, dtype=plan.out_dtype)
     return haloed.map_blocks(
-        correlate_block, plan=plan, chunks=x.chunks, dtype=plan.out_dtype, meta=meta,
+        correlate_block,
+        plan=plan,
+        chunks=x.chunks,
+        dtype=plan.out_dtype,
+        meta=meta,
         token="distconv-correlate",
     )
 

@@ -11,10 +11,10 @@ tasks and two extra copies of every block).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from numbers import Number
-from typing import Sequence
 
 import dask.array as da
 import numpy as np
@@ -25,12 +25,18 @@ from distconv.backend import array_module
 from distconv.errors import DistconvError
 from distconv.plan.arguments import MODES, normalize_mode
 
-__all__ = ["exchange_halos", "merge_small_chunks", "normalize_boundary", "normalize_depth",
-           "pad_in_place"]
+__all__ = [
+    "exchange_halos",
+    "merge_small_chunks",
+    "normalize_boundary",
+    "normalize_depth",
+    "pad_in_place",
+]
 
 
-def exchange_halos(x: da.Array, depth: Sequence[int], pad_mode: str | None, cval: float = 0.0,
-                   dtype=None) -> tuple[da.Array, da.Array]:
+def exchange_halos(
+    x: da.Array, depth: Sequence[int], pad_mode: str | None, cval: float = 0.0, dtype=None
+) -> tuple[da.Array, da.Array]:
     """Give every block ``depth`` samples of its neighbours on both sides of every axis.
 
     Parameters
@@ -79,16 +85,25 @@ def exchange_halos(x: da.Array, depth: Sequence[int], pad_mode: str | None, cval
             wanted.append(source)
             strips.append((len(wanted) - 1, target))
             senders[receiver].append(sender)
-        layouts[receiver] = _BlockLayout(grid.block_shape(receiver), dtype,
-                                         grid.centre(receiver), tuple(strips),
-                                         grid.edge_padding(receiver), pad_mode, cval)
+        layouts[receiver] = _BlockLayout(
+            grid.block_shape(receiver),
+            dtype,
+            grid.centre(receiver),
+            tuple(strips),
+            grid.edge_padding(receiver),
+            pad_mode,
+            cval,
+        )
 
     graph: dict = {}
     for sender, regions in requests.items():
         graph[(cut_name,) + sender] = (partial(_cut_strips, tuple(regions)), (x.name,) + sender)
     for receiver, layout in layouts.items():
-        graph[(name,) + receiver] = (partial(_assemble, layout), (x.name,) + receiver,
-                                     *[(cut_name,) + sender for sender in senders[receiver]])
+        graph[(name,) + receiver] = (
+            partial(_assemble, layout),
+            (x.name,) + receiver,
+            *[(cut_name,) + sender for sender in senders[receiver]],
+        )
     hlg = HighLevelGraph.from_collections(name, graph, dependencies=[x])
     meta = array_module(x._meta).empty((0,) * x.ndim, dtype=dtype)
     return x, da.Array(hlg, name, grid.out_chunks(), meta=meta)
@@ -194,21 +209,25 @@ def normalize_boundary(boundary, cval: float) -> tuple[str | None, float]:
     if boundary == "periodic":
         boundary = "wrap"
     if not isinstance(boundary, str) or boundary not in MODES:
-        raise DistconvError(f"unknown boundary {boundary!r}; choose one of: "
-                            f"{', '.join(MODES)}, periodic, none, or a number")
+        raise DistconvError(
+            f"unknown boundary {boundary!r}; choose one of: "
+            f"{', '.join(MODES)}, periodic, none, or a number"
+        )
     return MODES[normalize_mode(boundary)], float(cval)
 
 
 class _HaloGrid:
     """The chunk grid's geometry: halo widths, neighbours, and where each strip goes."""
 
-    def __init__(self, chunks: tuple[tuple[int, ...], ...], depth: tuple[int, ...],
-                 pad_mode: str | None):
+    def __init__(
+        self, chunks: tuple[tuple[int, ...], ...], depth: tuple[int, ...], pad_mode: str | None
+    ):
         self.chunks, self.depth, self.pad_mode = chunks, depth, pad_mode
         self.counts = tuple(len(c) for c in chunks)
         # "wrap" on an axis with several chunks: the halo comes from the other end.
-        self.periodic = tuple(pad_mode == "wrap" and d > 0 and n > 1
-                              for d, n in zip(depth, self.counts))
+        self.periodic = tuple(
+            pad_mode == "wrap" and d > 0 and n > 1 for d, n in zip(depth, self.counts)
+        )
 
     def sides(self, axis: int, index: int) -> tuple[int, int]:
         """Halo width before and after chunk ``index`` along ``axis``."""
@@ -224,25 +243,34 @@ class _HaloGrid:
         return index % self.counts[axis] if self.periodic[axis] else None
 
     def out_chunks(self) -> tuple[tuple[int, ...], ...]:
-        return tuple(tuple(sum(self.sides(axis, j)) + size for j, size in enumerate(sizes))
-                     for axis, sizes in enumerate(self.chunks))
+        return tuple(
+            tuple(sum(self.sides(axis, j)) + size for j, size in enumerate(sizes))
+            for axis, sizes in enumerate(self.chunks)
+        )
 
     def block_shape(self, receiver: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(sum(self.sides(axis, i)) + self.chunks[axis][i]
-                     for axis, i in enumerate(receiver))
+        return tuple(
+            sum(self.sides(axis, i)) + self.chunks[axis][i] for axis, i in enumerate(receiver)
+        )
 
     def centre(self, receiver: tuple[int, ...]) -> tuple[slice, ...]:
         """Where the receiver's own chunk goes in its buffer."""
-        return tuple(slice(self.sides(axis, i)[0], self.sides(axis, i)[0] + self.chunks[axis][i])
-                     for axis, i in enumerate(receiver))
+        return tuple(
+            slice(self.sides(axis, i)[0], self.sides(axis, i)[0] + self.chunks[axis][i])
+            for axis, i in enumerate(receiver)
+        )
 
     def edge_padding(self, receiver: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
         """Widths to pad per side: true edges (no neighbour) that still carry a halo."""
         pad = []
         for axis, i in enumerate(receiver):
             before, after = self.sides(axis, i)
-            pad.append((before if self.neighbour(axis, i - 1) is None else 0,
-                        after if self.neighbour(axis, i + 1) is None else 0))
+            pad.append(
+                (
+                    before if self.neighbour(axis, i - 1) is None else 0,
+                    after if self.neighbour(axis, i + 1) is None else 0,
+                )
+            )
         return tuple(pad)
 
     def strips(self, receiver: tuple[int, ...]):
@@ -252,8 +280,9 @@ class _HaloGrid:
         for offset in offsets:
             if not any(offset):
                 continue
-            sender = tuple(self.neighbour(a, i + o)
-                           for a, (i, o) in enumerate(zip(receiver, offset)))
+            sender = tuple(
+                self.neighbour(a, i + o) for a, (i, o) in enumerate(zip(receiver, offset))
+            )
             if None in sender:
                 continue
             source, target = [], []
@@ -317,8 +346,11 @@ def pad_in_place(buffer, pad: Sequence[tuple[int, int]], mode: str, cval: float 
     """
     valid = tuple(slice(before, size - after) for size, (before, after) in zip(buffer.shape, pad))
     need = {"symmetric": 0, "wrap": 0, "reflect": 1}.get(mode, -1)
-    if any(max(before, after) + need > size - before - after
-           for size, (before, after) in zip(buffer.shape, pad) if before or after):
+    if any(
+        max(before, after) + need > size - before - after
+        for size, (before, after) in zip(buffer.shape, pad)
+        if before or after
+    ):
         xp = array_module(buffer)
         extra = {"constant_values": cval} if mode == "constant" else {}
         return xp.pad(buffer[valid], pad, mode=mode, **extra)
@@ -331,10 +363,13 @@ def pad_in_place(buffer, pad: Sequence[tuple[int, int]], mode: str, cval: float 
         frame = list(valid)
         frame[:axis] = [slice(None)] * axis
 
-        def at(start: int, stop: int, step: int = 1):
+        def at(start: int, stop: int, step: int = 1, frame=frame, axis=axis):
             index = list(frame)
-            index[axis] = slice(start, stop, step) if step > 0 else \
-                slice(stop - 1, start - 1 if start > 0 else None, -1)
+            index[axis] = (
+                slice(start, stop, step)
+                if step > 0
+                else slice(stop - 1, start - 1 if start > 0 else None, -1)
+            )
             return tuple(index)
 
         if before:

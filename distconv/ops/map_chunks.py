@@ -25,8 +25,8 @@ function on a tiny probe block. An exception raised by the function reaches the 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable, Sequence
 from numbers import Number
-from typing import Callable, Sequence
 
 import dask
 import dask.array as da
@@ -47,9 +47,21 @@ CHUNK_ENGINES = kernels.CHUNK_ENGINES
 PROBE_SIDE = 8
 
 
-def map_chunks(fn: Callable, *arrays, depth=0, boundary="reflect", cval: float = 0.0,
-               engine: str = "numpy", dtype=None, chunks=None, drop_axis=None, new_axis=None,
-               trim: bool = True, name: str | None = None, **kwargs) -> da.Array:
+def map_chunks(
+    fn: Callable,
+    *arrays,
+    depth=0,
+    boundary="reflect",
+    cval: float = 0.0,
+    engine: str = "numpy",
+    dtype=None,
+    chunks=None,
+    drop_axis=None,
+    new_axis=None,
+    trim: bool = True,
+    name: str | None = None,
+    **kwargs,
+) -> da.Array:
     """Apply ``fn`` to every chunk of ``arrays`` (with halos), on the engine of your choice.
 
     Parameters
@@ -105,8 +117,10 @@ def map_chunks(fn: Callable, *arrays, depth=0, boundary="reflect", cval: float =
     first = xs[0]
     for i, other in enumerate(xs[1:], start=1):
         if other.shape != first.shape:
-            raise DistconvError(f"map_chunks: array {i} has shape {other.shape}, array 0 "
-                                f"{first.shape}; the arrays must have the same shape")
+            raise DistconvError(
+                f"map_chunks: array {i} has shape {other.shape}, array 0 "
+                f"{first.shape}; the arrays must have the same shape"
+            )
     ndim = first.ndim
     depths = normalize_depth(depth, ndim)
     pad_mode, cval = normalize_boundary(boundary, cval)
@@ -116,8 +130,9 @@ def map_chunks(fn: Callable, *arrays, depth=0, boundary="reflect", cval: float =
         raise DistconvError(f"drop_axis {drop_axis} is out of range for {ndim}-D input")
     drop = sorted({a % ndim for a in drop})
     if any(depths[a] and trim for a in drop):
-        raise DistconvError("cannot trim a halo on an axis the function drops; use depth 0 "
-                            "on that axis")
+        raise DistconvError(
+            "cannot trim a halo on an axis the function drops; use depth 0 on that axis"
+        )
 
     if any(len(first.chunks[a]) > 1 for a in drop):
         # A dropped axis is reduced by the function, so each task must see all of it.
@@ -138,8 +153,13 @@ def map_chunks(fn: Callable, *arrays, depth=0, boundary="reflect", cval: float =
     in_chunks = merged.chunks
     # Sides that carry a halo in the block fn sees, per chunk, per axis (for trimming).
     halo_sides = tuple(
-        tuple((0 if pad_mode is None and j == 0 else d,
-               0 if pad_mode is None and j == len(c) - 1 else d) for j in range(len(c)))
+        tuple(
+            (
+                0 if pad_mode is None and j == 0 else d,
+                0 if pad_mode is None and j == len(c) - 1 else d,
+            )
+            for j in range(len(c))
+        )
         for c, d in zip(in_chunks, depths)
     )
 
@@ -154,41 +174,84 @@ def map_chunks(fn: Callable, *arrays, depth=0, boundary="reflect", cval: float =
     out_chunks = chunks
     if dtype is None or chunks is None:
         probe_dtype, inferred = _probe(
-            fn, runner, token, kwargs, xs, in_chunks, depths, trim, out_axes, out_ndim,
-            halo_sides, fn_name, infer_chunks=chunks is None)
+            fn,
+            runner,
+            token,
+            kwargs,
+            xs,
+            in_chunks,
+            depths,
+            trim,
+            out_axes,
+            out_ndim,
+            halo_sides,
+            fn_name,
+            infer_chunks=chunks is None,
+        )
         dtype = probe_dtype if dtype is None else dtype
         out_chunks = inferred if chunks is None else chunks
     dtype = np.dtype(dtype)
-    trim_axes = {out_axis: in_axis for out_axis, in_axis in out_axes.items()
-                 if trim and depths[in_axis]}
+    trim_axes = {
+        out_axis: in_axis for out_axis, in_axis in out_axes.items() if trim and depths[in_axis]
+    }
 
     xp = _output_module(keep_on_device and on_device)
     result = da.map_blocks(
-        _run_block, *haloed_all, runner=runner, fn=fn, fn_token=token, kwargs=kwargs,
+        _run_block,
+        *haloed_all,
+        runner=runner,
+        fn=fn,
+        fn_token=token,
+        kwargs=kwargs,
         trim_axes=trim_axes,
-        halo_sides=halo_sides, to_host=not keep_on_device, fn_name=fn_name,
-        out_ndim=out_ndim, out_dtype=dtype,
-        chunks=out_chunks, drop_axis=drop or None, new_axis=new or None, dtype=dtype,
+        halo_sides=halo_sides,
+        to_host=not keep_on_device,
+        fn_name=fn_name,
+        out_ndim=out_ndim,
+        out_dtype=dtype,
+        chunks=out_chunks,
+        drop_axis=drop or None,
+        new_axis=new or None,
+        dtype=dtype,
         meta=xp.empty((0,) * out_ndim, dtype=dtype),
         # The key names the function *and* everything it is applied to, so two calls with the
         # same function on different inputs never share keys.
-        name=f"{name or fn_name.rsplit('.', 1)[-1]}-" + tokenize(
-            token, [h.name for h in haloed_all], depths, pad_mode, cval, trim, dtype,
-            out_chunks, drop, new, keep_on_device),
+        name=f"{name or fn_name.rsplit('.', 1)[-1]}-"
+        + tokenize(
+            token,
+            [h.name for h in haloed_all],
+            depths,
+            pad_mode,
+            cval,
+            trim,
+            dtype,
+            out_chunks,
+            drop,
+            new,
+            keep_on_device,
+        ),
     )
-    return remember_provenance(result, {
-        "operation": "map_chunks",
-        "function": fn_name,
-        "parameters": {
-            "depth": list(depths), "boundary": boundary if isinstance(boundary, str)
-            else float(boundary), "cval": cval, "engine": engine, "trim": trim,
-            "drop_axis": drop, "new_axis": new, "dtype": str(dtype),
-            "kwargs": {k: repr(v) for k, v in kwargs.items()},
+    return remember_provenance(
+        result,
+        {
+            "operation": "map_chunks",
+            "function": fn_name,
+            "parameters": {
+                "depth": list(depths),
+                "boundary": boundary if isinstance(boundary, str) else float(boundary),
+                "cval": cval,
+                "engine": engine,
+                "trim": trim,
+                "drop_axis": drop,
+                "new_axis": new,
+                "dtype": str(dtype),
+                "kwargs": {k: repr(v) for k, v in kwargs.items()},
+            },
+            "engine": engine,
+            "input_shape": list(first.shape),
+            "input_dtype": [str(x.dtype) for x in xs],
         },
-        "engine": engine,
-        "input_shape": list(first.shape),
-        "input_dtype": [str(x.dtype) for x in xs],
-    })
+    )
 
 
 def _output_module(gpu: bool):
@@ -202,17 +265,33 @@ def _output_module(gpu: bool):
 
 # --- the task ---------------------------------------------------------------------------------
 
-def _run_block(*blocks, runner, fn, fn_token, kwargs, trim_axes, halo_sides, to_host, fn_name,
-               out_ndim, out_dtype, block_info=None):
+
+def _run_block(
+    *blocks,
+    runner,
+    fn,
+    fn_token,
+    kwargs,
+    trim_axes,
+    halo_sides,
+    to_host,
+    fn_name,
+    out_ndim,
+    out_dtype,
+    block_info=None,
+):
     """Call the function on haloed blocks through its engine, check and trim the result."""
     location = tuple(block_info[0]["chunk-location"])
     out = _call(runner, fn, fn_token, kwargs, blocks, location, fn_name)
     if to_host:
         out = to_numpy(out)
     if out.ndim != out_ndim:
-        raise ChunkError(f"{fn_name} returned a {out.ndim}-D array on chunk {location}; "
-                         f"the output is {out_ndim}-D (pass drop_axis/new_axis)", location,
-                         fn_name)
+        raise ChunkError(
+            f"{fn_name} returned a {out.ndim}-D array on chunk {location}; "
+            f"the output is {out_ndim}-D (pass drop_axis/new_axis)",
+            location,
+            fn_name,
+        )
     if trim_axes:
         window = [slice(None)] * out.ndim
         for out_axis, in_axis in trim_axes.items():
@@ -221,10 +300,13 @@ def _run_block(*blocks, runner, fn, fn_token, kwargs, trim_axes, halo_sides, to_
         out = out[tuple(window)]
     expected = tuple(block_info[None]["chunk-shape"])
     if tuple(out.shape) != expected:
-        raise ChunkError(f"{fn_name} returned shape {tuple(out.shape)} on chunk {location}"
-                         f"{' after trimming' if trim_axes else ''}; expected {expected} "
-                         "(pass chunks=, or trim=False if it drops the halo itself)",
-                         location, fn_name)
+        raise ChunkError(
+            f"{fn_name} returned shape {tuple(out.shape)} on chunk {location}"
+            f"{' after trimming' if trim_axes else ''}; expected {expected} "
+            "(pass chunks=, or trim=False if it drops the halo itself)",
+            location,
+            fn_name,
+        )
     return out.astype(out_dtype, copy=False)
 
 
@@ -235,11 +317,13 @@ def _call(runner, fn, token, kwargs, blocks, location, fn_name):
         raise
     except Exception as exc:
         where = "the probe block" if location is None else f"chunk {location}"
-        raise ChunkError(f"{fn_name} failed on {where}: {type(exc).__name__}: {exc}",
-                         location, fn_name) from exc
+        raise ChunkError(
+            f"{fn_name} failed on {where}: {type(exc).__name__}: {exc}", location, fn_name
+        ) from exc
 
 
 # --- arguments --------------------------------------------------------------------------------
+
 
 def _normalize_axes(axes) -> list[int]:
     if axes is None:
@@ -249,8 +333,7 @@ def _normalize_axes(axes) -> list[int]:
 
 def _qualname(fn) -> str:
     module = getattr(fn, "__module__", None) or ""
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) \
-        or type(fn).__name__
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
     return f"{module}.{name}" if module and module != "__main__" else name
 
 
@@ -263,8 +346,22 @@ def _output_axes(kept: Sequence[int], new: Sequence[int], out_ndim: int) -> dict
 
 # --- inferring the output from one tiny block ------------------------------------------------
 
-def _probe(fn, runner, token, kwargs, xs, in_chunks, depths, trim, axes, out_ndim,
-           halo_sides, fn_name, infer_chunks: bool):
+
+def _probe(
+    fn,
+    runner,
+    token,
+    kwargs,
+    xs,
+    in_chunks,
+    depths,
+    trim,
+    axes,
+    out_ndim,
+    halo_sides,
+    fn_name,
+    infer_chunks: bool,
+):
     """Run ``fn`` once on a tiny haloed block; return the output dtype and chunks.
 
     Each axis of the probe's core is ``PROBE_SIDE`` samples (the whole axis when it is one
@@ -272,8 +369,10 @@ def _probe(fn, runner, token, kwargs, xs, in_chunks, depths, trim, axes, out_ndi
     size) follows the input's chunks; one of another size is a fixed-size axis, allowed where
     the input axis is one chunk read whole by the probe (or for a new axis).
     """
-    core = tuple(size if len(c) == 1 and size <= 4 * PROBE_SIDE else min(c[0], PROBE_SIDE)
-                 for size, c in zip(xs[0].shape, in_chunks))
+    core = tuple(
+        size if len(c) == 1 and size <= 4 * PROBE_SIDE else min(c[0], PROBE_SIDE)
+        for size, c in zip(xs[0].shape, in_chunks)
+    )
     shape = tuple(p + 2 * d for p, d in zip(core, depths))
     rng = np.random.default_rng(0)
     samples = [_sample(rng, shape, x.dtype) for x in xs]
@@ -289,8 +388,10 @@ def _probe(fn, runner, token, kwargs, xs, in_chunks, depths, trim, axes, out_ndi
     # The probe runs where the chunks will (a GPU worker for GPU engines), via the scheduler.
     out = dask.delayed(run, pure=True)(*samples).compute()
     if out.ndim != out_ndim:
-        raise DistconvError(f"{fn_name} returned a {out.ndim}-D array for a {len(shape)}-D "
-                            f"block; expected {out_ndim}-D (pass drop_axis/new_axis)")
+        raise DistconvError(
+            f"{fn_name} returned a {out.ndim}-D array for a {len(shape)}-D "
+            f"block; expected {out_ndim}-D (pass drop_axis/new_axis)"
+        )
     if not infer_chunks:
         return out.dtype, None
     chunks = []
@@ -311,7 +412,8 @@ def _probe(fn, runner, token, kwargs, xs, in_chunks, depths, trim, axes, out_ndi
         else:
             raise DistconvError(
                 f"cannot infer the output chunks of {fn_name} on axis {out_axis}: a probe "
-                f"block of {p} samples (+{d} halo each side) gave {size}; pass chunks=")
+                f"block of {p} samples (+{d} halo each side) gave {size}; pass chunks="
+            )
     return out.dtype, tuple(chunks)
 
 

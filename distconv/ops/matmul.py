@@ -30,8 +30,7 @@ from distconv.provenance import remember_provenance, remember_source, source_of
 __all__ = ["matmul", "matmul_block", "matmul_stores_block", "matmul_with_plan", "plan_for"]
 
 
-def matmul(a, b, *, engine: str | None = None,
-           memory_budget: int | str | None = None) -> da.Array:
+def matmul(a, b, *, engine: str | None = None, memory_budget: int | str | None = None) -> da.Array:
     """Matrix product with :func:`numpy.matmul` semantics, planned against a memory budget.
 
     Parameters
@@ -64,23 +63,31 @@ def matmul(a, b, *, engine: str | None = None,
     x, y = as_dask_array(a), as_dask_array(b)
     plan = plan_for(x, y, engine=engine, memory_budget=memory_budget)
     result = matmul_with_plan(x, y, plan)
-    return remember_provenance(result, {
-        "operation": "matmul",
-        "parameters": {"engine": engine or get_default("engine")},
-        "engine": plan.engine,
-        "method": (f"k streamed in {plan.stream_steps} steps per task" if plan.stream_steps > 1
-                   else "one k panel" if plan.k_panels == 1
-                   else f"{plan.k_panels} k panels, tree sum"),
-        # The budget only changes how blocks are computed (like the engine), so a resumed save
-        # may use another; the chunks written, which must match, are checked by save().
-        "plan": {**plan.summary(), "memory_budget_given": memory_budget},
-        "input_shapes": [list(x.shape), list(y.shape)],
-        "input_dtypes": [str(x.dtype), str(y.dtype)],
-    })
+    return remember_provenance(
+        result,
+        {
+            "operation": "matmul",
+            "parameters": {"engine": engine or get_default("engine")},
+            "engine": plan.engine,
+            "method": (
+                f"k streamed in {plan.stream_steps} steps per task"
+                if plan.stream_steps > 1
+                else "one k panel"
+                if plan.k_panels == 1
+                else f"{plan.k_panels} k panels, tree sum"
+            ),
+            # The budget only changes how blocks are computed (like the engine), so a resumed save
+            # may use another; the chunks written, which must match, are checked by save().
+            "plan": {**plan.summary(), "memory_budget_given": memory_budget},
+            "input_shapes": [list(x.shape), list(y.shape)],
+            "input_dtypes": [str(x.dtype), str(y.dtype)],
+        },
+    )
 
 
-def plan_for(a: da.Array, b: da.Array, *, engine: str | None = None,
-             memory_budget: int | str | None = None) -> MatmulPlan:
+def plan_for(
+    a: da.Array, b: da.Array, *, engine: str | None = None, memory_budget: int | str | None = None
+) -> MatmulPlan:
     """:func:`~distconv.plan.matmul.plan_matmul` for two dask arrays (their chunks and sources
     taken into account).
 
@@ -98,8 +105,14 @@ def plan_for(a: da.Array, b: da.Array, *, engine: str | None = None,
     MatmulPlan
     """
     return plan_matmul(
-        a.shape, b.shape, a.dtype, b.dtype, engine=engine, memory_budget=memory_budget,
-        a_chunks=a.chunks, b_chunks=b.chunks,
+        a.shape,
+        b.shape,
+        a.dtype,
+        b.dtype,
+        engine=engine,
+        memory_budget=memory_budget,
+        a_chunks=a.chunks,
+        b_chunks=b.chunks,
         panels_from_zarr=(_zarr_source(a) is not None, _zarr_source(b) is not None),
         gpu_chunks=is_gpu_array(a) or is_gpu_array(b),
     )
@@ -122,8 +135,8 @@ def matmul_with_plan(a: da.Array, b: da.Array, plan: MatmulPlan) -> da.Array:
     """
     batch_ndim = len(plan.batch_shape)
     batch_ind = tuple(f"b{i}" for i in range(batch_ndim))
-    a_ind = batch_ind[batch_ndim - (a.ndim - 2):] + ("n", "k") if a.ndim > 1 else ("k",)
-    b_ind = batch_ind[batch_ndim - (b.ndim - 2):] + ("k", "m") if b.ndim > 1 else ("k",)
+    a_ind = batch_ind[batch_ndim - (a.ndim - 2) :] + ("n", "k") if a.ndim > 1 else ("k",)
+    b_ind = batch_ind[batch_ndim - (b.ndim - 2) :] + ("k", "m") if b.ndim > 1 else ("k",)
     core_ind = (() if plan.vector_a else ("n",)) + (() if plan.vector_b else ("m",))
     meta = array_module(a._meta).empty((0,) * len(plan.out_shape), dtype=plan.dtype)
     if plan.reads_in_tasks and _zarr_source(a) and _zarr_source(b):
@@ -134,22 +147,42 @@ def matmul_with_plan(a: da.Array, b: da.Array, plan: MatmulPlan) -> da.Array:
 
     if plan.k_panels == 1:
         product = da.blockwise(
-            matmul_block, batch_ind + core_ind, a_panels, a_ind, b_panels, b_ind,
-            concatenate=True, dtype=plan.dtype, meta=meta, engine=plan.engine,
-            dtype_=plan.dtype, blas_threads=plan.blas_threads, partial_axis=None,
+            matmul_block,
+            batch_ind + core_ind,
+            a_panels,
+            a_ind,
+            b_panels,
+            b_ind,
+            concatenate=True,
+            dtype=plan.dtype,
+            meta=meta,
+            engine=plan.engine,
+            dtype_=plan.dtype,
+            blas_threads=plan.blas_threads,
+            partial_axis=None,
         )
     else:
         on_device = _partials_on_device(plan, a)
         xp = _device_module() if on_device else array_module(a._meta)
         partials = da.blockwise(
-            matmul_block, batch_ind + ("k",) + core_ind, a_panels, a_ind, b_panels, b_ind,
-            adjust_chunks={"k": 1}, dtype=plan.dtype,
+            matmul_block,
+            batch_ind + ("k",) + core_ind,
+            a_panels,
+            a_ind,
+            b_panels,
+            b_ind,
+            adjust_chunks={"k": 1},
+            dtype=plan.dtype,
             meta=xp.empty((0,) * (len(plan.out_shape) + 1), dtype=plan.dtype),
-            engine=plan.engine, dtype_=plan.dtype, blas_threads=plan.blas_threads,
-            partial_axis=batch_ndim, on_device=on_device,
+            engine=plan.engine,
+            dtype_=plan.dtype,
+            blas_threads=plan.blas_threads,
+            partial_axis=batch_ndim,
+            on_device=on_device,
         )
-        product = _sum_partials(partials, plan,
-                                xp.empty((0,) * len(plan.out_shape), dtype=plan.dtype))
+        product = _sum_partials(
+            partials, plan, xp.empty((0,) * len(plan.out_shape), dtype=plan.dtype)
+        )
         if on_device:
             product = product.map_blocks(to_numpy, dtype=plan.dtype, meta=meta)
     return _as_output_chunks(product, plan)
@@ -157,8 +190,9 @@ def matmul_with_plan(a: da.Array, b: da.Array, plan: MatmulPlan) -> da.Array:
 
 def _as_output_chunks(product: da.Array, plan: MatmulPlan) -> da.Array:
     """Split computed blocks into the chunks the result is written with (slicing, no copy)."""
-    written = tuple(_regular(size, chunk) for size, chunk in zip(plan.out_shape,
-                                                                 plan.output_chunks))
+    written = tuple(
+        _regular(size, chunk) for size, chunk in zip(plan.out_shape, plan.output_chunks)
+    )
     return product if product.chunks == written else product.rechunk(written)
 
 
@@ -166,8 +200,15 @@ def _sum_partials(partials: da.Array, plan: MatmulPlan, meta) -> da.Array:
     """Tree-sum the length-1 partial-product axis (just after the batch axes) away."""
     axis = len(plan.batch_shape)
     return reduction(
-        partials, _keep_partial, _add_partials, combine=_add_partials, axis=axis,
-        dtype=plan.dtype, split_every={axis: plan.fan_in}, concatenate=False, meta=meta,
+        partials,
+        _keep_partial,
+        _add_partials,
+        combine=_add_partials,
+        axis=axis,
+        dtype=plan.dtype,
+        split_every={axis: plan.fan_in},
+        concatenate=False,
+        meta=meta,
         name="distconv-matmul-sum",
     )
 
@@ -178,20 +219,26 @@ def _product_reading_stores(a: da.Array, b: da.Array, plan: MatmulPlan, meta) ->
     No panel is held by the scheduler between tasks or copied between workers, so a worker's
     memory stays at its running tasks' panels however large the arrays are.
     """
-    chunks = tuple(_regular(size, chunk) for size, chunk in zip(plan.batch_shape,
-                                                                plan.batch_chunks))
+    chunks = tuple(
+        _regular(size, chunk) for size, chunk in zip(plan.batch_shape, plan.batch_chunks)
+    )
     partial = plan.k_panels > 1
     if partial:
         chunks += ((1,) * plan.k_panels,)
-    chunks += (() if plan.vector_a else (_regular(plan.n, plan.block_n),)) + \
-        (() if plan.vector_b else (_regular(plan.m, plan.block_m),))
+    chunks += (() if plan.vector_a else (_regular(plan.n, plan.block_n),)) + (
+        () if plan.vector_b else (_regular(plan.m, plan.block_m),)
+    )
     on_device = partial and _partials_on_device(plan, a)
     xp = _device_module() if on_device else np
     product = da.map_blocks(
-        matmul_stores_block, chunks=chunks, dtype=plan.dtype,
+        matmul_stores_block,
+        chunks=chunks,
+        dtype=plan.dtype,
         meta=xp.empty((0,) * len(chunks), dtype=plan.dtype),
         a_store=open_zarr_array(_zarr_source(a)["path"]),
-        b_store=open_zarr_array(_zarr_source(b)["path"]), plan=plan, on_device=on_device,
+        b_store=open_zarr_array(_zarr_source(b)["path"]),
+        plan=plan,
+        on_device=on_device,
         token="distconv-matmul-read",
     )
     # Carry the inputs' layers: save() finds the source stores (provenance, and its refusal to
@@ -210,8 +257,9 @@ def _partials_on_device(plan: MatmulPlan, a: da.Array) -> bool:
     return kernels.is_gpu_engine(plan.engine) and not is_gpu_array(a)
 
 
-def matmul_stores_block(plan: MatmulPlan, a_store, b_store, on_device: bool = False,
-                        block_info=None):
+def matmul_stores_block(
+    plan: MatmulPlan, a_store, b_store, on_device: bool = False, block_info=None
+):
     """Per-block function of the in-task read path: read both panels, then :func:`matmul_block`.
 
     ``block_info`` gives the output location; the panels follow from the plan: the same batch
@@ -246,20 +294,28 @@ def matmul_stores_block(plan: MatmulPlan, a_store, b_store, on_device: bool = Fa
     cols = None if plan.vector_b else slice(rest[-1].start, rest[-1].stop)
 
     def read(k: slice) -> tuple:
-        a_region = _operand_batch_region(plan.a_shape[:-2], batch) + \
-            ((k,) if rows is None else (rows, k))
-        b_region = _operand_batch_region(plan.b_shape[:-2], batch) + \
-            ((k,) if cols is None else (k, cols))
+        a_region = _operand_batch_region(plan.a_shape[:-2], batch) + (
+            (k,) if rows is None else (rows, k)
+        )
+        b_region = _operand_batch_region(plan.b_shape[:-2], batch) + (
+            (k,) if cols is None else (k, cols)
+        )
         return _read_panel(a_store, a_region), _read_panel(b_store, b_region)
 
     if plan.stream_steps > 1:
-        steps = [slice(start, min(plan.k, start + plan.stream_k))
-                 for start in range(0, plan.k, plan.stream_k)]
+        steps = [
+            slice(start, min(plan.k, start + plan.stream_k))
+            for start in range(0, plan.k, plan.stream_k)
+        ]
         return _streamed_product(read, steps, plan)
-    return matmul_block(*read(k), engine=plan.engine, dtype_=plan.dtype,
-                        blas_threads=plan.blas_threads,
-                        partial_axis=batch_ndim if plan.k_panels > 1 else None,
-                        on_device=on_device)
+    return matmul_block(
+        *read(k),
+        engine=plan.engine,
+        dtype_=plan.dtype,
+        blas_threads=plan.blas_threads,
+        partial_axis=batch_ndim if plan.k_panels > 1 else None,
+        on_device=on_device,
+    )
 
 
 def _streamed_product(read, steps: list[slice], plan: MatmulPlan):
@@ -278,8 +334,14 @@ def _streamed_product(read, steps: list[slice], plan: MatmulPlan):
             a, b = pending.result()
             if index + 1 < len(steps):
                 pending = pool.submit(read, steps[index + 1])
-            product = matmul_block(a, b, engine=plan.engine, dtype_=plan.dtype,
-                                   blas_threads=plan.blas_threads, partial_axis=None)
+            product = matmul_block(
+                a,
+                b,
+                engine=plan.engine,
+                dtype_=plan.dtype,
+                blas_threads=plan.blas_threads,
+                partial_axis=None,
+            )
             del a, b
             if total is None:  # the engine's own array, or a copy when it cannot be added to
                 writable = isinstance(product, np.ndarray) and product.flags.writeable
@@ -298,8 +360,10 @@ def _read_panel(store, region: tuple):
     except Exception as exc:
         where = ", ".join(f"{s.start}:{s.stop}" for s in region)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise InputReadError(f"{_store_name(store)}: the panel [{where}] cannot be read "
-                             f"({type(exc).__name__}: {reason}); the input is damaged") from None
+        raise InputReadError(
+            f"{_store_name(store)}: the panel [{where}] cannot be read "
+            f"({type(exc).__name__}: {reason}); the input is damaged"
+        ) from None
 
 
 def _store_name(store) -> str:
@@ -313,17 +377,19 @@ def _store_name(store) -> str:
 def _operand_batch_region(operand_batch: tuple[int, ...], batch: list[range]) -> tuple:
     """An operand's slices on the (right-aligned) batch axes; broadcast axes keep their one."""
     offset = len(batch) - len(operand_batch)
-    return tuple(slice(0, 1) if size == 1 else slice(batch[offset + i].start,
-                                                     batch[offset + i].stop)
-                 for i, size in enumerate(operand_batch))
+    return tuple(
+        slice(0, 1) if size == 1 else slice(batch[offset + i].start, batch[offset + i].stop)
+        for i, size in enumerate(operand_batch)
+    )
 
 
 def _panel_chunks(x: da.Array, index: tuple[str, ...], plan: MatmulPlan) -> tuple:
     """Chunks one operand needs: the plan's blocks, one chunk on broadcast (size-1) axes."""
     sizes = {"n": plan.block_n, "k": plan.block_k, "m": plan.block_m}
     sizes.update({f"b{i}": c for i, c in enumerate(plan.batch_chunks)})
-    return tuple(_regular(extent, 1 if extent == 1 else sizes[name])
-                 for extent, name in zip(x.shape, index))
+    return tuple(
+        _regular(extent, 1 if extent == 1 else sizes[name]) for extent, name in zip(x.shape, index)
+    )
 
 
 def _as_panels(x: da.Array, chunks: tuple) -> da.Array:
@@ -355,8 +421,16 @@ def _regular(extent: int, size: int) -> tuple[int, ...]:
     return (size,) * (extent // size) + ((extent % size,) if extent % size else ())
 
 
-def matmul_block(a, b, *, engine: str, dtype_: np.dtype, blas_threads: int,
-                 partial_axis: int | None, on_device: bool = False):
+def matmul_block(
+    a,
+    b,
+    *,
+    engine: str,
+    dtype_: np.dtype,
+    blas_threads: int,
+    partial_axis: int | None,
+    on_device: bool = False,
+):
     """Per-block function: cast to the result dtype, run the engine's matmul with BLAS threads
     limited to this task's share, and add a length-1 axis for a partial product to be summed.
 
@@ -416,4 +490,4 @@ def _add_partials(parts, axis=None, keepdims=False, dtype=None):
     if keepdims:
         return total
     (axis,) = axis if isinstance(axis, tuple) else (axis,)
-    return total.reshape(total.shape[:axis] + total.shape[axis + 1:])
+    return total.reshape(total.shape[:axis] + total.shape[axis + 1 :])

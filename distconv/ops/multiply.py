@@ -59,28 +59,53 @@ def multiply(a, b, *, engine: str | None = None) -> da.Array:
         scalar = None
         dtype = np.result_type(x.dtype, y.dtype)
         out_shape = broadcast_shape(x.shape, y.shape)
-    name = kernels.resolve_engine(engine or get_default("engine"), _MULTIPLY_OP, len(out_shape),
-                                  dtype, gpu_chunks=is_gpu_array(x) or is_gpu_array(y))
+    name = kernels.resolve_engine(
+        engine or get_default("engine"),
+        _MULTIPLY_OP,
+        len(out_shape),
+        dtype,
+        gpu_chunks=is_gpu_array(x) or is_gpu_array(y),
+    )
     meta = array_module(x._meta).empty((0,) * len(out_shape), dtype=dtype)
     if y is None:
-        product = x.map_blocks(multiply_block, b=scalar, dtype=dtype, meta=meta, engine=name,
-                               dtype_=dtype, token="distconv-multiply")
+        product = x.map_blocks(
+            multiply_block,
+            b=scalar,
+            dtype=dtype,
+            meta=meta,
+            engine=name,
+            dtype_=dtype,
+            token="distconv-multiply",
+        )
     else:
         out_ind = tuple(range(len(out_shape)))
         product = da.blockwise(
-            multiply_block, out_ind, x, out_ind[len(out_shape) - x.ndim:],
-            y, out_ind[len(out_shape) - y.ndim:], dtype=dtype, meta=meta, engine=name,
-            dtype_=dtype, token="distconv-multiply",
+            multiply_block,
+            out_ind,
+            x,
+            out_ind[len(out_shape) - x.ndim :],
+            y,
+            out_ind[len(out_shape) - y.ndim :],
+            dtype=dtype,
+            meta=meta,
+            engine=name,
+            dtype_=dtype,
+            token="distconv-multiply",
         )
-    return remember_provenance(product, {
-        "operation": "multiply",
-        "parameters": {"engine": engine or get_default("engine"),
-                       "scalar": None if scalar is None else scalar.item()},
-        "engine": name,
-        "method": "elementwise",
-        "input_shapes": [list(x.shape)] + ([] if y is None else [list(y.shape)]),
-        "input_dtypes": [str(x.dtype)] + ([] if y is None else [str(y.dtype)]),
-    })
+    return remember_provenance(
+        product,
+        {
+            "operation": "multiply",
+            "parameters": {
+                "engine": engine or get_default("engine"),
+                "scalar": None if scalar is None else scalar.item(),
+            },
+            "engine": name,
+            "method": "elementwise",
+            "input_shapes": [list(x.shape)] + ([] if y is None else [list(y.shape)]),
+            "input_dtypes": [str(x.dtype)] + ([] if y is None else [str(y.dtype)]),
+        },
+    )
 
 
 def multiply_block(a, b, *, engine: str, dtype_: np.dtype):
@@ -100,5 +125,6 @@ def multiply_block(a, b, *, engine: str, dtype_: np.dtype):
     array
         The product block, in the engine's array type.
     """
-    return kernels.get_op(engine, _MULTIPLY_OP)(a.astype(dtype_, copy=False),
-                                                b.astype(dtype_, copy=False))
+    return kernels.get_op(engine, _MULTIPLY_OP)(
+        a.astype(dtype_, copy=False), b.astype(dtype_, copy=False)
+    )

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -108,8 +109,12 @@ class BlockSearch:
         batch_options = _batch_options(self.batch)
         k_sizes = sorted(_candidate_sizes(self.k, hints["k"]), reverse=True)
         for bk in k_sizes:
-            scored = [self._score(batch_chunks, bn, bk, bm)
-                      for batch_chunks in batch_options for bn in n_sizes for bm in m_sizes]
+            scored = [
+                self._score(batch_chunks, bn, bk, bm)
+                for batch_chunks in batch_options
+                for bn in n_sizes
+                for bm in m_sizes
+            ]
             if bk == self.k and self.streams and all(self.panels_from_zarr):
                 # Tasks reading their own panels can also stream k: a block whose whole k
                 # range does not fit is read in the largest steps that do, and no partial
@@ -118,8 +123,9 @@ class BlockSearch:
                     if choice.fits:
                         continue
                     for step in k_sizes[1:]:
-                        streamed = self._score(choice.batch_chunks, choice.bn, bk, choice.bm,
-                                               step=step)
+                        streamed = self._score(
+                            choice.batch_chunks, choice.bn, bk, choice.bm, step=step
+                        )
                         if streamed.fits:
                             scored.append(streamed)
                             break
@@ -145,24 +151,51 @@ class BlockSearch:
         spare = max(1, self.resources.parallel_tasks // max(1, tasks))
         return max(1, self.resources.cores_per_task * spare)
 
-    def _score(self, batch_chunks: tuple[int, ...], bn: int, bk: int, bm: int,
-               step: int = 0) -> Choice:
-        a_panel = operand_batch_elements(self.a_batch, self.batch, batch_chunks) * bn * bk * \
-            self.a_dtype.itemsize
-        b_panel = operand_batch_elements(self.b_batch, self.batch, batch_chunks) * bk * bm * \
-            self.b_dtype.itemsize
+    def _score(
+        self, batch_chunks: tuple[int, ...], bn: int, bk: int, bm: int, step: int = 0
+    ) -> Choice:
+        a_panel = (
+            operand_batch_elements(self.a_batch, self.batch, batch_chunks)
+            * bn
+            * bk
+            * self.a_dtype.itemsize
+        )
+        b_panel = (
+            operand_batch_elements(self.b_batch, self.batch, batch_chunks)
+            * bk
+            * bm
+            * self.b_dtype.itemsize
+        )
         out_block = math.prod(batch_chunks) * bn * bm * self.dtype.itemsize
         k_panels = block_count(self.k, bk)
         budget = self.resources.memory_budget
         fan_in = max(2, min(MAX_FAN_IN, k_panels, budget // max(1, out_block) - 1))
-        peak = peak_task_bytes(a_panel, b_panel, out_block, self.a_dtype, self.b_dtype,
-                               self.dtype, k_panels, fan_in, self.panels_from_zarr)
+        peak = peak_task_bytes(
+            a_panel,
+            b_panel,
+            out_block,
+            self.a_dtype,
+            self.b_dtype,
+            self.dtype,
+            k_panels,
+            fan_in,
+            self.panels_from_zarr,
+        )
         steps = block_count(bk, step) if step else 1
         if steps > 1:
-            peak = stream_peak_bytes(a_panel * step // bk, b_panel * step // bk, out_block,
-                                     self.a_dtype, self.b_dtype, self.dtype)
-        blocks = math.prod(block_count(s, c) for s, c in zip(self.batch, batch_chunks)) * \
-            block_count(self.n, bn) * block_count(self.m, bm)
+            peak = stream_peak_bytes(
+                a_panel * step // bk,
+                b_panel * step // bk,
+                out_block,
+                self.a_dtype,
+                self.b_dtype,
+                self.dtype,
+            )
+        blocks = (
+            math.prod(block_count(s, c) for s, c in zip(self.batch, batch_chunks))
+            * block_count(self.n, bn)
+            * block_count(self.m, bm)
+        )
         tasks = blocks * k_panels
         rounds = math.ceil(tasks / self.resources.parallel_tasks)
         flops = 2 * math.prod(batch_chunks) * bn * bk * bm
@@ -171,28 +204,63 @@ class BlockSearch:
             # Tasks decode whole chunks from the stores, each panel once per block using it:
             # misaligned blocks and re-reads both cost decode time.
             moved = sum(
-                decoded_elements(**read_pattern(
-                    operand, self.a_shape, self.b_shape, self.batch, batch_chunks, bn,
-                    step or bk, bm, chunks)) * dtype.itemsize
-                for operand, chunks, dtype in (("a", self.a_chunk_sizes, self.a_dtype),
-                                               ("b", self.b_chunk_sizes, self.b_dtype)))
+                decoded_elements(
+                    **read_pattern(
+                        operand,
+                        self.a_shape,
+                        self.b_shape,
+                        self.batch,
+                        batch_chunks,
+                        bn,
+                        step or bk,
+                        bm,
+                        chunks,
+                    )
+                )
+                * dtype.itemsize
+                for operand, chunks, dtype in (
+                    ("a", self.a_chunk_sizes, self.a_dtype),
+                    ("b", self.b_chunk_sizes, self.b_dtype),
+                )
+            )
         else:
             moved = tasks * (a_panel + b_panel)
         per_task = flops / rate + moved / tasks / BYTES_PER_SECOND + SECONDS_PER_TASK
         # Streaming adds each step's product into the block: one more pass over it per step.
         per_task += (steps - 1) * 2 * out_block / MEMORY_BYTES_PER_SECOND
-        summing = blocks * tree_tasks(k_panels, fan_in) * (fan_in + 1) * out_block / \
-            BYTES_PER_SECOND / self.resources.parallel_tasks
+        summing = (
+            blocks
+            * tree_tasks(k_panels, fan_in)
+            * (fan_in + 1)
+            * out_block
+            / BYTES_PER_SECOND
+            / self.resources.parallel_tasks
+        )
         return Choice(
-            seconds=rounds * per_task + summing, moved=moved,
-            batch_chunks=batch_chunks, bn=bn, bk=bk, bm=bm, fan_in=fan_in, tasks=tasks,
-            fits=peak <= budget, step=step if steps > 1 else 0,
+            seconds=rounds * per_task + summing,
+            moved=moved,
+            batch_chunks=batch_chunks,
+            bn=bn,
+            bk=bk,
+            bm=bm,
+            fan_in=fan_in,
+            tasks=tasks,
+            fits=peak <= budget,
+            step=step if steps > 1 else 0,
         )
 
 
-def peak_task_bytes(a_panel: int, b_panel: int, out_block: int, a_dtype: np.dtype,
-                    b_dtype: np.dtype, dtype: np.dtype, k_panels: int, fan_in: int,
-                    panels_from_zarr: tuple[bool, bool]) -> int:
+def peak_task_bytes(
+    a_panel: int,
+    b_panel: int,
+    out_block: int,
+    a_dtype: np.dtype,
+    b_dtype: np.dtype,
+    dtype: np.dtype,
+    k_panels: int,
+    fan_in: int,
+    panels_from_zarr: tuple[bool, bool],
+) -> int:
     """Largest memory one task holds: a matmul task, a tree-sum task, or a panel assembly.
 
     Parameters
@@ -220,13 +288,15 @@ def peak_task_bytes(a_panel: int, b_panel: int, out_block: int, a_dtype: np.dtyp
     # A tree-sum task holds its fan-in of partial products and the running total.
     sum_task = (fan_in + 1) * out_block if k_panels > 1 else 0
     # Assembling a panel from smaller chunks holds the pieces and the panel at once.
-    assembly = max(0 if panels_from_zarr[0] else 2 * a_panel,
-                   0 if panels_from_zarr[1] else 2 * b_panel)
+    assembly = max(
+        0 if panels_from_zarr[0] else 2 * a_panel, 0 if panels_from_zarr[1] else 2 * b_panel
+    )
     return max(matmul_task, sum_task, assembly)
 
 
-def stream_peak_bytes(a_step: int, b_step: int, out_block: int, a_dtype: np.dtype,
-                      b_dtype: np.dtype, dtype: np.dtype) -> int:
+def stream_peak_bytes(
+    a_step: int, b_step: int, out_block: int, a_dtype: np.dtype, b_dtype: np.dtype, dtype: np.dtype
+) -> int:
     """Memory of a streaming task: this step's panels (and their casts), the next step's panels
     being read, the running block and this step's product.
 
@@ -288,8 +358,9 @@ def _batch_options(batch: tuple[int, ...]) -> list[tuple[int, ...]]:
     return sorted(set(options), key=math.prod)
 
 
-def operand_batch_elements(operand_batch: tuple[int, ...], batch: tuple[int, ...],
-                           batch_chunks: tuple[int, ...]) -> int:
+def operand_batch_elements(
+    operand_batch: tuple[int, ...], batch: tuple[int, ...], batch_chunks: tuple[int, ...]
+) -> int:
     """Matrices of one operand inside a batch block (broadcast axes hold one).
 
     Parameters
@@ -304,13 +375,22 @@ def operand_batch_elements(operand_batch: tuple[int, ...], batch: tuple[int, ...
     int
     """
     offset = len(batch) - len(operand_batch)
-    return math.prod(1 if size == 1 else batch_chunks[offset + i]
-                     for i, size in enumerate(operand_batch))
+    return math.prod(
+        1 if size == 1 else batch_chunks[offset + i] for i, size in enumerate(operand_batch)
+    )
 
 
-def read_pattern(operand: str, a_shape: tuple[int, ...], b_shape: tuple[int, ...],
-                 batch: tuple[int, ...], batch_chunks: tuple[int, ...], bn: int, bk: int,
-                 bm: int, chunk_sizes: tuple[int, ...]) -> dict[str, Any]:
+def read_pattern(
+    operand: str,
+    a_shape: tuple[int, ...],
+    b_shape: tuple[int, ...],
+    batch: tuple[int, ...],
+    batch_chunks: tuple[int, ...],
+    bn: int,
+    bk: int,
+    bm: int,
+    chunk_sizes: tuple[int, ...],
+) -> dict[str, Any]:
     """How the in-task reads cover one operand: its extents, block and chunk sizes per axis,
     and how many times each panel is read (once per output block along the axes it lacks).
 
@@ -339,23 +419,31 @@ def read_pattern(operand: str, a_shape: tuple[int, ...], b_shape: tuple[int, ...
         operand_batch = shape[:-2]
         core_blocks = (bn, bk) if operand == "a" else (bk, bm)
     offset = len(batch) - len(operand_batch)
-    batch_blocks = tuple(1 if size == 1 else batch_chunks[offset + i]
-                         for i, size in enumerate(operand_batch))
+    batch_blocks = tuple(
+        1 if size == 1 else batch_chunks[offset + i] for i, size in enumerate(operand_batch)
+    )
     # Output batch axes this operand lacks or broadcasts on: its panel is read once per block.
     repeats = math.prod(
-        block_count(batch[axis], batch_chunks[axis]) for axis in range(len(batch))
-        if axis < offset or operand_batch[axis - offset] == 1)
+        block_count(batch[axis], batch_chunks[axis])
+        for axis in range(len(batch))
+        if axis < offset or operand_batch[axis - offset] == 1
+    )
     if operand == "a":
         repeats *= 1 if len(b_shape) == 1 else block_count(b_shape[-1], bm)
     else:
         repeats *= 1 if len(a_shape) == 1 else block_count(a_shape[-2], bn)
     chunks = chunk_sizes if len(chunk_sizes) == len(shape) else (0,) * len(shape)
-    return {"extents": shape, "blocks": batch_blocks + core_blocks, "chunks": chunks,
-            "repeats": repeats}
+    return {
+        "extents": shape,
+        "blocks": batch_blocks + core_blocks,
+        "chunks": chunks,
+        "repeats": repeats,
+    }
 
 
-def decoded_elements(extents: Sequence[int], blocks: Sequence[int], chunks: Sequence[int],
-                     repeats: int) -> int:
+def decoded_elements(
+    extents: Sequence[int], blocks: Sequence[int], chunks: Sequence[int], repeats: int
+) -> int:
     """Elements decoded when a regular grid of blocks is read chunk by chunk, ``repeats`` times.
 
     A block decodes every chunk it touches; the grid is a product of axes, so the total is the

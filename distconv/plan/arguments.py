@@ -6,7 +6,7 @@ things with the same words.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -48,7 +48,6 @@ CANONICAL_MODE = {"grid-mirror": "reflect", "grid-constant": "constant", "grid-w
 METHODS = ("auto", "direct", "fft", "separable")
 
 
-
 def normalize_mode(mode: str) -> str:
     """Validate a scipy.ndimage boundary mode and return its canonical name.
 
@@ -70,7 +69,6 @@ def normalize_mode(mode: str) -> str:
     if mode not in MODES:
         raise DistconvError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
     return CANONICAL_MODE.get(mode, mode)
-
 
 
 def normalize_method(method: str) -> str:
@@ -95,7 +93,6 @@ def normalize_method(method: str) -> str:
     return method
 
 
-
 def compute_dtype_for(dtype: np.dtype) -> np.dtype:
     """float64 stays float64 (and 64-bit integers need it); everything else computes in float32.
 
@@ -115,14 +112,15 @@ def compute_dtype_for(dtype: np.dtype) -> np.dtype:
     """
     dtype = np.dtype(dtype)
     if dtype.kind == "c":
-        raise DistconvError(f"complex input ({dtype}) is not supported; filter the real and "
-                            "imaginary parts separately")
+        raise DistconvError(
+            f"complex input ({dtype}) is not supported; filter the real and "
+            "imaginary parts separately"
+        )
     if dtype.kind not in "biuf":
         raise DistconvError(f"input dtype {dtype} is not numeric")
     if dtype == np.float64 or (dtype.kind in "iu" and dtype.itemsize == 8):
         return np.dtype(np.float64)
     return np.dtype(np.float32)
-
 
 
 def check_weights(weights) -> np.ndarray:
@@ -152,7 +150,6 @@ def check_weights(weights) -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise DistconvError("weights contain NaN or infinity")
     return array
-
 
 
 def normalize_axes(axes, weights_ndim: int, input_ndim: int) -> tuple[int, ...]:
@@ -198,7 +195,6 @@ def normalize_axes(axes, weights_ndim: int, input_ndim: int) -> tuple[int, ...]:
     return tuple(normalized)
 
 
-
 def normalize_origins(origin, shape: Sequence[int]) -> tuple[int, ...]:
     """Origins per weights axis, checked against scipy.ndimage's allowed range.
 
@@ -240,7 +236,6 @@ def normalize_origins(origin, shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(result)
 
 
-
 def output_dtype_for(dtype, compute_dtype: np.dtype) -> np.dtype:
     """The output dtype: ``dtype`` when given, else the compute dtype.
 
@@ -267,7 +262,6 @@ def output_dtype_for(dtype, compute_dtype: np.dtype) -> np.dtype:
     if out.kind not in "biuf":
         raise DistconvError(f"output dtype {out} is not supported; use an integer or float type")
     return out
-
 
 
 def check_output_dtype(dtype) -> np.dtype | None:
@@ -299,9 +293,11 @@ def check_output_dtype(dtype) -> np.dtype | None:
     return out
 
 
-
-def check_weights_fit(weights_shape: Sequence[int], input_shape: Sequence[int],
-                      axes: int | Sequence[int] | None = None) -> None:
+def check_weights_fit(
+    weights_shape: Sequence[int],
+    input_shape: Sequence[int],
+    axes: int | Sequence[int] | None = None,
+) -> None:
     """Refuse weights larger than the input on a filtered axis (often INPUT and WEIGHTS swapped).
 
     The ``distconv`` command applies this rule; :func:`plan_correlation` does not, because
@@ -335,6 +331,8 @@ def check_weights_fit(weights_shape: Sequence[int], input_shape: Sequence[int],
         return
     for axis, size in zip(filtered, weights_shape):
         if -ndim <= axis < ndim and size > input_shape[axis]:
-            raise DistconvError(f"the weights are larger than the input on axis {axis} "
-                                f"({size} > {input_shape[axis]}); are INPUT and WEIGHTS "
-                                "swapped?")
+            raise DistconvError(
+                f"the weights are larger than the input on axis {axis} "
+                f"({size} > {input_shape[axis]}); are INPUT and WEIGHTS "
+                "swapped?"
+            )

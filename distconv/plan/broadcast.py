@@ -23,8 +23,9 @@ def is_scalar(value) -> bool:
     -------
     bool
     """
-    return isinstance(value, (Number, np.generic)) or \
-        (isinstance(value, np.ndarray) and value.ndim == 0)
+    return isinstance(value, (Number, np.generic)) or (
+        isinstance(value, np.ndarray) and value.ndim == 0
+    )
 
 
 def scalar_result_dtype(dtype: np.dtype, scalar) -> np.dtype:
@@ -42,8 +43,11 @@ def scalar_result_dtype(dtype: np.dtype, scalar) -> np.dtype:
     numpy.dtype
     """
     # Python scalars are "weak" in NumPy 2 (int8 array * 3 stays int8); NumPy scalars are not.
-    value = scalar if isinstance(scalar, np.generic) or not isinstance(scalar, np.ndarray) \
+    value = (
+        scalar
+        if isinstance(scalar, np.generic) or not isinstance(scalar, np.ndarray)
         else scalar.dtype
+    )
     return np.result_type(dtype, value)
 
 

@@ -7,8 +7,8 @@ into a Dask graph.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -131,8 +131,9 @@ def rank_one_factors(weights: np.ndarray) -> tuple[np.ndarray | None, ...] | Non
     return tuple(factors)
 
 
-def method_costs(weights: np.ndarray, out_shape: Sequence[int],
-                 engines: dict[str, str]) -> dict[str, float]:
+def method_costs(
+    weights: np.ndarray, out_shape: Sequence[int], engines: dict[str, str]
+) -> dict[str, float]:
     """Estimated seconds per method for one output block (only the ratios matter).
 
     ``engines`` maps each candidate method to the engine that would run it; each engine's
@@ -168,7 +169,9 @@ def method_costs(weights: np.ndarray, out_shape: Sequence[int],
             padded = float(np.prod([out_shape[a] + weights.shape[a] - 1 for a in filtered] or [1]))
             rest = pixels / float(np.prod([out_shape[a] for a in filtered] or [1]))
             work = 2 * rest * padded * max(math.log2(padded), 1.0)
-        per_pixel, per_unit = cost[method] if isinstance(cost[method], tuple) else (0.0, cost[method])
+        per_pixel, per_unit = (
+            cost[method] if isinstance(cost[method], tuple) else (0.0, cost[method])
+        )
         estimates[method] = per_pixel * pixels + per_unit * work
     return estimates
 
@@ -255,17 +258,23 @@ def plan_correlation(
     if factors is not None:
         factors = tuple(None if f is None else f.astype(compute_dtype) for f in factors)
     if method == "separable" and factors is None:
-        raise DistconvError("method 'separable' needs rank-1 weights (an outer product of 1-D "
-                            "kernels); these are not: use method 'direct' or 'fft'")
+        raise DistconvError(
+            "method 'separable' needs rank-1 weights (an outer product of 1-D "
+            "kernels); these are not: use method 'direct' or 'fft'"
+        )
 
-    candidates = [method] if method != "auto" else [
-        m for m in METHOD_OPS if m != "separable" or factors is not None
-    ]
+    candidates = (
+        [method]
+        if method != "auto"
+        else [m for m in METHOD_OPS if m != "separable" or factors is not None]
+    )
     engines: dict[str, str] = {}
     for candidate in candidates:
         op = METHOD_OPS[candidate]
-        if method == "auto" and engine != "auto" and not kernels.supports(
-            engine, op, ndim, compute_dtype
+        if (
+            method == "auto"
+            and engine != "auto"
+            and not kernels.supports(engine, op, ndim, compute_dtype)
         ):
             continue  # method="auto" only considers what the chosen engine can do
         engines[candidate] = kernels.resolve_engine(
@@ -284,5 +293,3 @@ def plan_correlation(
         engines=engines,
         factors=factors,
     )
-
-

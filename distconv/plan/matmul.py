@@ -11,8 +11,9 @@ inside the task. Pure: the cluster is asked (:mod:`distconv.clusters.resources`)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from dask.utils import format_bytes
@@ -20,7 +21,6 @@ from dask.utils import format_bytes
 from distconv import kernels
 from distconv.clusters.resources import SAFETY_FRACTION, Resources
 from distconv.config import get_default
-from distconv.plan.broadcast import raise_numpy_error
 from distconv.plan._block_search import (
     BYTES_PER_SECOND,
     FLOPS_PER_THREAD,
@@ -37,6 +37,7 @@ from distconv.plan._block_search import (
     stream_peak_bytes,
     tree_tasks,
 )
+from distconv.plan.broadcast import raise_numpy_error
 
 __all__ = [
     "BYTES_PER_SECOND",
@@ -131,8 +132,11 @@ class MatmulPlan:
 
     @property
     def output_blocks(self) -> int:
-        return self.batch_blocks * block_count(self.n, self.block_n) * \
-            block_count(self.m, self.block_m)
+        return (
+            self.batch_blocks
+            * block_count(self.n, self.block_n)
+            * block_count(self.m, self.block_m)
+        )
 
     @property
     def matmul_tasks(self) -> int:
@@ -152,8 +156,11 @@ class MatmulPlan:
         """Chunk sizes of the result (and of the Zarr array it is saved to)."""
         n_chunk = _split_size(self.block_n, self.natural_chunks[0])
         m_chunk = _split_size(self.block_m, self.natural_chunks[1])
-        return tuple(self.batch_chunks) + (() if self.vector_a else (n_chunk,)) + \
-            (() if self.vector_b else (m_chunk,))
+        return (
+            tuple(self.batch_chunks)
+            + (() if self.vector_a else (n_chunk,))
+            + (() if self.vector_b else (m_chunk,))
+        )
 
     @property
     def flops(self) -> int:
@@ -197,8 +204,10 @@ class MatmulPlan:
     @property
     def input_bytes(self) -> tuple[int, int]:
         """Bytes of A and of B (each input once)."""
-        return (math.prod(self.a_shape) * self.a_dtype.itemsize,
-                math.prod(self.b_shape) * self.b_dtype.itemsize)
+        return (
+            math.prod(self.a_shape) * self.a_dtype.itemsize,
+            math.prod(self.b_shape) * self.b_dtype.itemsize,
+        )
 
     @property
     def operand_bytes_read(self) -> tuple[int, int]:
@@ -210,8 +219,10 @@ class MatmulPlan:
         """
         if not self.reads_in_tasks:
             return self.input_bytes
-        return (decoded_elements(**self._read_pattern("a")) * self.a_dtype.itemsize,
-                decoded_elements(**self._read_pattern("b")) * self.b_dtype.itemsize)
+        return (
+            decoded_elements(**self._read_pattern("a")) * self.a_dtype.itemsize,
+            decoded_elements(**self._read_pattern("b")) * self.b_dtype.itemsize,
+        )
 
     @property
     def bytes_read(self) -> int:
@@ -221,38 +232,61 @@ class MatmulPlan:
     def _read_pattern(self, operand: str) -> dict[str, Any]:
         """Axes, block sizes, chunk sizes and repeat count of one operand's panel reads."""
         return read_pattern(
-            operand, self.a_shape, self.b_shape, self.batch_shape, self.batch_chunks,
-            self.block_n, self.stream_k or self.block_k, self.block_m,
-            self.a_chunk_sizes if operand == "a" else self.b_chunk_sizes)
+            operand,
+            self.a_shape,
+            self.b_shape,
+            self.batch_shape,
+            self.batch_chunks,
+            self.block_n,
+            self.stream_k or self.block_k,
+            self.block_m,
+            self.a_chunk_sizes if operand == "a" else self.b_chunk_sizes,
+        )
 
     @property
     def peak_task_bytes(self) -> int:
         """Largest memory one task holds: a matmul task, a tree-sum task, or a panel copy."""
         if self.stream_steps > 1:
-            return stream_peak_bytes(self._step_bytes(self.a_panel_bytes),
-                                     self._step_bytes(self.b_panel_bytes), self.out_block_bytes,
-                                     self.a_dtype, self.b_dtype, self.dtype)
-        return peak_task_bytes(self.a_panel_bytes, self.b_panel_bytes, self.out_block_bytes,
-                               self.a_dtype, self.b_dtype, self.dtype, self.k_panels,
-                               self.fan_in, self.panels_from_zarr)
+            return stream_peak_bytes(
+                self._step_bytes(self.a_panel_bytes),
+                self._step_bytes(self.b_panel_bytes),
+                self.out_block_bytes,
+                self.a_dtype,
+                self.b_dtype,
+                self.dtype,
+            )
+        return peak_task_bytes(
+            self.a_panel_bytes,
+            self.b_panel_bytes,
+            self.out_block_bytes,
+            self.a_dtype,
+            self.b_dtype,
+            self.dtype,
+            self.k_panels,
+            self.fan_in,
+            self.panels_from_zarr,
+        )
 
     def describe(self) -> str:
         """Several lines for ``distconv matmul --dry-run``."""
         shape = _shape_text
-        k_line = ("one k panel: each output block is one engine call, no partial sums"
-                  if self.k_panels == 1 and self.stream_steps == 1 else
-                  f"one task per output block reads k in {self.stream_steps} steps of "
-                  f"{self.stream_k} (the next step is read while the engine multiplies) and "
-                  "adds them up in place: no partial sums between tasks"
-                  if self.k_panels == 1 else
-                  f"{self.k_panels} k panels of {self.block_k}: partial products summed in a "
-                  f"tree of fan-in {self.fan_in}")
+        k_line = (
+            "one k panel: each output block is one engine call, no partial sums"
+            if self.k_panels == 1 and self.stream_steps == 1
+            else f"one task per output block reads k in {self.stream_steps} steps of "
+            f"{self.stream_k} (the next step is read while the engine multiplies) and "
+            "adds them up in place: no partial sums between tasks"
+            if self.k_panels == 1
+            else f"{self.k_panels} k panels of {self.block_k}: partial products summed in a "
+            f"tree of fan-in {self.fan_in}"
+        )
         if self.reads_in_tasks:
             sources = "each task reads its panels from the Zarr stores"
         else:
             sources = " and ".join(
                 f"{name} {'read from Zarr in panels' if direct else 'rechunked to panels'}"
-                for name, direct in zip("AB", self.panels_from_zarr))
+                for name, direct in zip("AB", self.panels_from_zarr)
+            )
         lines = [
             f"matmul plan: {shape(self.a_shape)} {self.a_dtype} @ {shape(self.b_shape)} "
             f"{self.b_dtype} -> {shape(self.out_shape)} {self.dtype}",
@@ -265,9 +299,12 @@ class MatmulPlan:
             f"  contraction:       {k_line}",
             f"  panels:            A {format_bytes(self.a_panel_bytes)}, "
             f"B {format_bytes(self.b_panel_bytes)}"
-            + ("" if self.stream_steps == 1 else
-               f", read in steps of A {format_bytes(self._step_bytes(self.a_panel_bytes))}, "
-               f"B {format_bytes(self._step_bytes(self.b_panel_bytes))}")
+            + (
+                ""
+                if self.stream_steps == 1
+                else f", read in steps of A {format_bytes(self._step_bytes(self.a_panel_bytes))}, "
+                f"B {format_bytes(self._step_bytes(self.b_panel_bytes))}"
+            )
             + f"; {sources}",
             f"  output chunks:     {self.output_blocks} block(s) computed, written as "
             f"{_count_chunks(self.out_shape, self.output_chunks)} chunk(s) of "
@@ -275,12 +312,18 @@ class MatmulPlan:
             f"  tasks:             {self.matmul_tasks} matmul + {self.sum_tasks} tree-sum",
             f"  bytes read:        {format_bytes(self.bytes_read)} from the inputs "
             f"({self._reads_text()})"
-            + ("" if self.reads_in_tasks else
-               f"; {format_bytes(self.panel_bytes_moved)} of panels into tasks"),
+            + (
+                ""
+                if self.reads_in_tasks
+                else f"; {format_bytes(self.panel_bytes_moved)} of panels into tasks"
+            ),
             f"  peak memory/task:  {format_bytes(self.peak_task_bytes)}"
             + ("" if self.fits_budget else "  (OVER the budget: no smaller blocks exist)")
-            + ("" if self.reads_in_tasks else
-               " (a worker also holds shared panels waiting for their other tasks)"),
+            + (
+                ""
+                if self.reads_in_tasks
+                else " (a worker also holds shared panels waiting for their other tasks)"
+            ),
             f"  FLOPs:             {self.flops:.3e}",
             f"  estimated time:    {self.estimated_seconds:.1f} s (cost model, not a measurement)",
         ]
@@ -306,12 +349,17 @@ class MatmulPlan:
     def summary(self) -> dict[str, Any]:
         """The plan as plain values, for provenance."""
         return {
-            "batch_chunks": list(self.batch_chunks), "block_n": self.block_n,
-            "block_k": self.block_k, "block_m": self.block_m, "k_panels": self.k_panels,
+            "batch_chunks": list(self.batch_chunks),
+            "block_n": self.block_n,
+            "block_k": self.block_k,
+            "block_m": self.block_m,
+            "k_panels": self.k_panels,
             "stream_k": self.stream_k,
-            "fan_in": self.fan_in, "blas_threads": self.blas_threads,
+            "fan_in": self.fan_in,
+            "blas_threads": self.blas_threads,
             "memory_budget": self.resources.memory_budget,
-            "peak_task_bytes": self.peak_task_bytes, "bytes_read": self.bytes_read,
+            "peak_task_bytes": self.peak_task_bytes,
+            "bytes_read": self.bytes_read,
         }
 
 
@@ -343,16 +391,27 @@ def matmul_result_shape(a_shape: Sequence[int], b_shape: Sequence[int]) -> tuple
         batch = np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
     except ValueError:
         raise_numpy_error(np.matmul, a_shape, b_shape)
-    return batch + (a_shape[-2:-1] if len(a_shape) > 1 else ()) + \
-        (b_shape[-1:] if len(b_shape) > 1 else ())
+    return (
+        batch
+        + (a_shape[-2:-1] if len(a_shape) > 1 else ())
+        + (b_shape[-1:] if len(b_shape) > 1 else ())
+    )
 
 
-def plan_matmul(a_shape: Sequence[int], b_shape: Sequence[int], a_dtype, b_dtype, *,
-                engine: str | None = None, memory_budget: int | str | None = None,
-                a_chunks: Sequence[Sequence[int]] | None = None,
-                b_chunks: Sequence[Sequence[int]] | None = None,
-                panels_from_zarr: tuple[bool, bool] = (False, False),
-                gpu_chunks: bool = False, resources: Resources | None = None) -> MatmulPlan:
+def plan_matmul(
+    a_shape: Sequence[int],
+    b_shape: Sequence[int],
+    a_dtype,
+    b_dtype,
+    *,
+    engine: str | None = None,
+    memory_budget: int | str | None = None,
+    a_chunks: Sequence[Sequence[int]] | None = None,
+    b_chunks: Sequence[Sequence[int]] | None = None,
+    panels_from_zarr: tuple[bool, bool] = (False, False),
+    gpu_chunks: bool = False,
+    resources: Resources | None = None,
+) -> MatmulPlan:
     """Choose block sizes, k panels and threads for ``a @ b`` under a per-task memory budget.
 
     Parameters
@@ -384,16 +443,22 @@ def plan_matmul(a_shape: Sequence[int], b_shape: Sequence[int], a_dtype, b_dtype
     """
     out_shape = matmul_result_shape(a_shape, b_shape)
     dtype = np.result_type(np.dtype(a_dtype), np.dtype(b_dtype))
-    name = kernels.resolve_engine(engine or get_default("engine"), MATMUL_OP,
-                                  max(len(a_shape), len(b_shape)), dtype, gpu_chunks=gpu_chunks)
+    name = kernels.resolve_engine(
+        engine or get_default("engine"),
+        MATMUL_OP,
+        max(len(a_shape), len(b_shape)),
+        dtype,
+        gpu_chunks=gpu_chunks,
+    )
     # Imported here: asking a cluster is the one impure step, taken only when planning.
     from distconv.clusters.resources import budget_bytes, detect_resources
 
     if resources is None:
         resources = detect_resources(memory_budget)
     elif memory_budget is not None:
-        resources = Resources(resources.parallel_tasks, resources.cores_per_task,
-                              budget_bytes(memory_budget), "given")
+        resources = Resources(
+            resources.parallel_tasks, resources.cores_per_task, budget_bytes(memory_budget), "given"
+        )
     a_shape, b_shape = tuple(a_shape), tuple(b_shape)
     n = 1 if len(a_shape) == 1 else a_shape[-2]
     k = a_shape[-1]
@@ -402,26 +467,49 @@ def plan_matmul(a_shape: Sequence[int], b_shape: Sequence[int], a_dtype, b_dtype
     hints = _chunk_hints(a_shape, b_shape, a_chunks, b_chunks)
     a_chunk_sizes, b_chunk_sizes = _chunk_sizes(a_chunks), _chunk_sizes(b_chunks)
     search = BlockSearch(
-        a_shape=a_shape, b_shape=b_shape, batch=batch, n=n, k=k, m=m,
-        a_dtype=np.dtype(a_dtype), b_dtype=np.dtype(b_dtype), dtype=dtype,
-        resources=resources, panels_from_zarr=panels_from_zarr,
-        a_chunk_sizes=a_chunk_sizes, b_chunk_sizes=b_chunk_sizes,
+        a_shape=a_shape,
+        b_shape=b_shape,
+        batch=batch,
+        n=n,
+        k=k,
+        m=m,
+        a_dtype=np.dtype(a_dtype),
+        b_dtype=np.dtype(b_dtype),
+        dtype=dtype,
+        resources=resources,
+        panels_from_zarr=panels_from_zarr,
+        a_chunk_sizes=a_chunk_sizes,
+        b_chunk_sizes=b_chunk_sizes,
         streams=not kernels.is_gpu_engine(name),
     )
     choice = search.best(hints)
     return MatmulPlan(
-        a_shape=a_shape, b_shape=b_shape, a_dtype=np.dtype(a_dtype), b_dtype=np.dtype(b_dtype),
-        dtype=dtype, engine=name, batch_chunks=choice.batch_chunks, block_n=choice.bn,
-        block_k=choice.bk, block_m=choice.bm, fan_in=choice.fan_in,
-        blas_threads=search.threads_per_task(choice.tasks), resources=resources,
-        panels_from_zarr=panels_from_zarr, natural_chunks=(hints["n"], hints["m"]),
-        a_chunk_sizes=a_chunk_sizes, b_chunk_sizes=b_chunk_sizes, stream_k=choice.step,
-        fits_budget=choice.fits, estimated_seconds=choice.seconds,
+        a_shape=a_shape,
+        b_shape=b_shape,
+        a_dtype=np.dtype(a_dtype),
+        b_dtype=np.dtype(b_dtype),
+        dtype=dtype,
+        engine=name,
+        batch_chunks=choice.batch_chunks,
+        block_n=choice.bn,
+        block_k=choice.bk,
+        block_m=choice.bm,
+        fan_in=choice.fan_in,
+        blas_threads=search.threads_per_task(choice.tasks),
+        resources=resources,
+        panels_from_zarr=panels_from_zarr,
+        natural_chunks=(hints["n"], hints["m"]),
+        a_chunk_sizes=a_chunk_sizes,
+        b_chunk_sizes=b_chunk_sizes,
+        stream_k=choice.step,
+        fits_budget=choice.fits,
+        estimated_seconds=choice.seconds,
     )
 
 
 def _chunk_hints(a_shape, b_shape, a_chunks, b_chunks) -> dict[str, int]:
     """Representative chunk sizes of the inputs along n, k and m (0 when unknown)."""
+
     def first(chunks, axis):
         return int(chunks[axis][0]) if chunks is not None and chunks[axis] else 0
 
