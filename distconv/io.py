@@ -7,11 +7,10 @@ chunks, so no two tasks ever write the same Zarr chunk; its attributes record wh
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
-import shutil
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import dask.array as da
@@ -21,21 +20,45 @@ from dask.array.core import getter
 from dask.base import tokenize
 
 from distconv._version import __version__
-from distconv.backend import to_numpy
 from distconv.errors import DistconvError, InputReadError, JobFailed, OutputError
 from distconv.executor import compute_blocks
+from distconv.ome import describe_image, image_level, image_of_array, multiscale_of, output_image
+from distconv.outputs import (
+    check_same_image,
+    check_same_job,
+    create_output,
+    level_paths,
+    open_output_levels,
+)
 from distconv.provenance import remember_source, sources, steps
+from distconv.pyramid import finished_tiles, tiling_for, write_tile
+from distconv.stores import Location, public_options, redact, remote_error, storage_failure
+from distconv.tiff import describe_tiff, is_tiff, open_tiff
 
 ATTRS_KEY = "distconv"
 
 
-def open(path, *, allow_partial: bool = False) -> da.Array:
-    """Open a Zarr array (v2 or v3, or one inside a group: ``big.zarr/raw/0``) lazily.
+def open(
+    path,
+    *,
+    level: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    allow_partial: bool = False,
+) -> da.Array:
+    """Open a Zarr array, an OME-Zarr image or a TIFF lazily, on a local disk or an object store.
 
     Parameters
     ----------
     path : str or os.PathLike
-        Directory of a Zarr array, or a ``.npy`` file (memory-mapped).
+        A Zarr array (v2 or v3, or one inside a group: ``big.zarr/raw/0``), an OME-Zarr image
+        group (``image.ome.zarr``), a TIFF or OME-TIFF file, or a ``.npy`` file
+        (memory-mapped); local, or an fsspec URL (``s3://bucket/image.ome.zarr``).
+    level : int, optional
+        The level of an OME-Zarr image or a pyramidal TIFF; 0 (default) is the highest
+        resolution.
+    storage_options : dict, optional
+        fsspec options for a URL (``{"endpoint_url": ...}``); credentials otherwise come from
+        the usual places (environment, profiles).
     allow_partial : bool
         Read a distconv output that is not marked complete (its missing chunks read as the fill
         value). By default such an output is refused.
@@ -43,26 +66,50 @@ def open(path, *, allow_partial: bool = False) -> da.Array:
     Returns
     -------
     dask.array.Array
-        Chunks equal to the Zarr chunks.
+        Chunks equal to the stored chunks. An image's axis names, units and scales are kept
+        with it: operations take ``axes`` by name and :func:`save` writes an image.
     """
-    path = os.fspath(path)
-    if path.endswith(".npy") and os.path.isfile(path):
+    text = os.fspath(path)
+    if text.endswith(".npy") and os.path.isfile(text):
         from distconv.weights import load_npy
 
-        array = load_npy(path, mmap=True)
+        array = load_npy(text, mmap=True)
         x = da.from_array(array, chunks="auto")
-        return remember_source(x, {"path": os.path.abspath(path), "zarr_format": None})
-    array = open_zarr_array(path)
+        return remember_source(x, {"path": os.path.abspath(text), "zarr_format": None})
+    location = Location.parse(text, storage_options)
+    if is_tiff(location.url):
+        return open_tiff(location, level)
+    array, image = _open_level(location, level)
     produced = dict(array.attrs).get(ATTRS_KEY)
     if isinstance(produced, dict) and not produced.get("complete", True) and not allow_partial:
         raise DistconvError(
-            f"{path} is a partial distconv output (not every chunk was written); "
+            f"{location.url} is a partial distconv output (not every chunk was written); "
             "finish it with --resume, or open it with allow_partial=True"
         )
-    x = _from_zarr(array, os.path.abspath(path))
-    return remember_source(
-        x, {"path": os.path.abspath(path), "zarr_format": array.metadata.zarr_format}
-    )
+    where = location.child(image["path"]) if image and "path" in image else location
+    x = _from_zarr(array, where.url)
+    record = {"path": where.url, "zarr_format": array.metadata.zarr_format, "shape": [*x.shape]}
+    record.update({k: v for k, v in (image or {}).items() if k != "path"})
+    return remember_source(x, record)
+
+
+def _open_level(location: Location, level: int | None) -> tuple[zarr.Array, dict | None]:
+    """The array at ``location`` (with its image's description if it is a level of one), or the
+    chosen level of the OME-Zarr image there."""
+    node = _open_node(location, "r")
+    if isinstance(node, zarr.Group):
+        array, image = image_level(node, location.url, level)
+        return array, {"path": array.path[len(node.path) :].strip("/"), **image}
+    if level is not None:
+        raise DistconvError(
+            f"--level applies to an OME-Zarr image or a pyramidal TIFF; {location.url} is an array"
+        )
+    parent = location.parent()
+    group = None
+    if parent is not None:
+        with contextlib.suppress(Exception):  # no readable group above: a plain array
+            group = zarr.open_group(parent.zarr_store(), mode="r")
+    return node, image_of_array(group, location.name, parent.url if parent else "", node.shape)
 
 
 def _from_zarr(array: zarr.Array, path: str) -> da.Array:
@@ -91,6 +138,10 @@ class _ChunkReader:
         try:
             return getter(array, index, asarray=asarray, lock=lock)
         except Exception as exc:
+            if storage_failure(exc):  # the store, not the data: the job fails, resumable
+                raise OSError(
+                    f"{self.path}: {type(exc).__name__}: {redact(_one_line(exc))}"
+                ) from None
             where = ", ".join(
                 f"{s.start}:{s.stop}" if isinstance(s, slice) else str(s)
                 for s in (index if isinstance(index, tuple) else (index,))
@@ -102,24 +153,39 @@ class _ChunkReader:
             ) from None
 
 
-def open_zarr_array(path: str, mode: str = "r") -> zarr.Array:
-    """Open a Zarr array on disk, with one-line errors for what is not one."""
-    if not os.path.exists(path):
-        raise DistconvError(f"{path}: no such file or directory")
-    try:
-        # Absolute: the array object is pickled into tasks, and a remote worker's working
-        # directory is not ours.
-        node = zarr.open(os.path.abspath(path), mode=mode)
-    except Exception as exc:  # zarr raises several types for missing or unreadable metadata
-        raise DistconvError(
-            f"{path} is not a readable Zarr array or group ({_one_line(exc)})"
-        ) from exc
+def open_zarr_array(
+    path, mode: str = "r", storage_options: dict[str, Any] | None = None
+) -> zarr.Array:
+    """Open a Zarr array (a path or a URL), with one-line errors for what is not one."""
+    location = path if isinstance(path, Location) else Location.parse(path, storage_options)
+    node = _open_node(location, mode)
     if isinstance(node, zarr.Group):
+        url = location.url
+        if multiscale_of(dict(node.attrs)) is not None:
+            raise DistconvError(f"{url} is an OME-Zarr image, not an array; open it with dc.open")
         names = [name for name, _ in node.arrays()]
         nested = [f"{name}/..." for name, _ in node.groups()]
-        hint = ", ".join(f"{path.rstrip('/')}/{n}" for n in (names + nested)[:6]) or "none"
-        raise DistconvError(f"{path} is a Zarr group, not an array; arrays inside: {hint}")
+        hint = ", ".join(f"{url}/{n}" for n in (names + nested)[:6]) or "none"
+        raise DistconvError(f"{url} is a Zarr group, not an array; arrays inside: {hint}")
     return node
+
+
+def _open_node(location: Location, mode: str) -> zarr.Array | zarr.Group:
+    """``zarr.open`` of a local path or URL; a missing store, bucket or credentials, or denied
+    access, is one line."""
+    url = location.url
+    if not location.remote and not os.path.exists(url):
+        raise DistconvError(f"{url}: no such file or directory")
+    try:
+        # Absolute (or a URL): the array object is pickled into tasks, and a remote worker's
+        # working directory is not ours.
+        return zarr.open(location.zarr_store(read_only=mode == "r"), mode=mode)
+    except Exception as exc:  # zarr raises several types for missing or unreadable metadata
+        if location.remote:
+            raise remote_error(location, exc) from None
+        raise DistconvError(
+            f"{url} is not a readable Zarr array or group ({_one_line(exc)})"
+        ) from exc
 
 
 def as_dask_array(input) -> da.Array:
@@ -157,33 +223,40 @@ def regular_chunks(chunks: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ..
 
 
 def check_output_path(
-    path: str, inputs: Sequence[str], overwrite: bool, resume: bool = False
+    path, inputs: Sequence[str], overwrite: bool, resume: bool = False, storage_options=None
 ) -> None:
     """Refuse an output that would destroy an input or an existing store.
 
-    With ``resume`` an existing output is allowed (it must be a Zarr store; :func:`save`
-    checks its provenance); ``overwrite`` and ``resume`` exclude each other.
+    ``path`` and ``inputs`` are local paths or URLs (a :class:`~distconv.stores.Location` is
+    taken as is). With ``resume`` an existing output is allowed (it must be a Zarr store;
+    :func:`save` checks its provenance); ``overwrite`` and ``resume`` exclude each other.
     """
     if overwrite and resume:
         raise OutputError("--overwrite starts again and --resume continues: choose one")
-    target = Path(path).resolve()
+    target = path if isinstance(path, Location) else Location.parse(path, storage_options)
+    shown = target.url if isinstance(path, Location) else redact(os.fspath(path))
     for source in inputs:
-        source_path = Path(source).resolve()
-        if target == source_path:
-            raise OutputError(f"output {path} is the input; choose another path")
-        if source_path in target.parents:
-            raise OutputError(f"output {path} is inside the input {source}; choose another path")
-        if target in source_path.parents:
-            raise OutputError(f"output {path} contains the input {source}; choose another path")
-    if os.path.lexists(path):
+        relation = target.relation(Location.parse(source))
+        if relation == "same":
+            raise OutputError(f"output {shown} is the input; choose another path")
+        if relation is not None:
+            raise OutputError(f"output {shown} {relation} the input {source}; choose another path")
+    try:
+        exists = target.exists() and (not target.remote or target.keys() != set())
+        is_zarr = exists and target.is_zarr()
+    except Exception as exc:
+        if not target.remote:
+            raise
+        raise remote_error(target, exc, "write") from None
+    if exists:
         if not (overwrite or resume):
             raise OutputError(
-                f"output {path} already exists; pass --overwrite (overwrite=True) "
+                f"output {shown} already exists; pass --overwrite (overwrite=True) "
                 "to replace it, or --resume (resume=True) to finish it"
             )
-        if not _looks_like_zarr(path):
+        if not is_zarr:
             raise OutputError(
-                f"output {path} exists and is not a Zarr store; not "
+                f"output {shown} exists and is not a Zarr store; not "
                 f"{'resuming' if resume else 'replacing'} it"
             )
 
@@ -198,34 +271,56 @@ def save(
     attributes: dict[str, Any] | None = None,
     progress: bool | None = None,
     description: str = "writing",
+    storage_options: dict[str, Any] | None = None,
+    pyramid: int | None = None,
+    pyramid_method: str = "mean",
+    pyramid_axes: Sequence[str] | None = None,
+    ome: bool | None = None,
 ) -> zarr.Array:
-    """Compute ``x`` and write it to a new Zarr array at ``path``, chunk by chunk.
+    """Compute ``x`` and write it to a new Zarr array or OME-Zarr image at ``path``, chunk by
+    chunk.
 
     Parameters
     ----------
     x : dask.array.Array or array_like
         What to write; a lazy array is computed on the current Dask client (or threads).
     path : str or os.PathLike
-        A new directory. An existing one is replaced only with ``overwrite=True``, and only if
-        it is a Zarr store; the inputs of ``x`` are never written.
+        A new local directory or an fsspec URL (``s3://bucket/out.zarr``). An existing store is
+        replaced only with ``overwrite=True``, and only if it is a Zarr store; the inputs of
+        ``x`` are never written.
     overwrite : bool
         Replace an existing Zarr store at ``path``.
     resume : bool
         Finish an interrupted :func:`save` of the same job: the output at ``path`` is reopened,
         its recorded provenance (inputs, operations and their parameters, weights hash, shape,
-        dtype, chunks; not the engine or method) must match ``x``, and only the chunks not yet
-        written are computed. Without an output at ``path`` this is a plain save.
+        dtype, chunks, pyramid; not the engine or method) must match ``x``, and only the tiles
+        not yet written are computed. Without an output at ``path`` this is a plain save.
     zarr_format : {2, 3}, optional
-        Default: the format of the Zarr store ``x`` was read from, else 3.
+        Default: the format of the Zarr store ``x`` was read from (NGFF 0.4 is Zarr v2, 0.5
+        is v3), else 3.
     attributes : dict, optional
         Extra provenance to record under ``attrs["distconv"]``.
     progress : bool, optional
         Show a progress bar (default from config ``distconv.progress``).
+    description : str
+        Label of the progress bar.
+    storage_options : dict, optional
+        fsspec options for a URL (endpoint, credentials); recorded without secrets.
+    pyramid : int, optional
+        Write an OME-Zarr image with this many levels (level 0 the result), each computed from
+        the tile its task holds: no second read of the result.
+    pyramid_method : {'mean', 'nearest'}
+        2× local mean (images) or first sample (labels) per halved axis, stated in the image's
+        metadata.
+    pyramid_axes : sequence of str, optional
+        Axes halved per level; default the space axes other than ``z``.
+    ome : bool, optional
+        Write an OME-Zarr image (default: when ``x`` was read from one, or with a pyramid).
 
     Returns
     -------
     zarr.Array
-        The written array, with ``attrs["distconv"]["complete"] == True``.
+        The written array (level 0 of an image), with ``attrs["distconv"]["complete"] == True``.
 
     Raises
     ------
@@ -234,24 +329,41 @@ def save(
     InputReadError
         A chunk of an input cannot be read; an output created by this call is removed.
     JobFailed
-        Writing failed (disk full, read-only, a worker lost): the output stays partial, never
-        marked complete, and ``resume=True`` finishes it once the cause is fixed.
+        Writing failed (disk full, read-only, a store unreachable, a worker lost): the output
+        stays partial, never marked complete, and ``resume=True`` finishes it.
 
     Notes
     -----
-    Every chunk is one Zarr object written atomically (the local store writes a temporary file
-    and renames it), so a chunk object that exists is complete: resume needs no other record.
+    Every chunk is one object written atomically (the local store writes a temporary file and
+    renames it; an object store's PUT is atomic), so a chunk that exists is complete.
     """
-    path = os.fspath(path)
+    location = Location.parse(path, storage_options)
     x = as_dask_array(x)
     read = sources(x)
-    check_output_path(path, [s["path"] for s in read], overwrite, resume)
+    check_output_path(location, [s["path"] for s in read], overwrite, resume)
+    image = output_image(
+        read,
+        x.shape,
+        pyramid=pyramid,
+        method=pyramid_method,
+        axes_to_halve=pyramid_axes,
+        ome=ome,
+        zarr_format=zarr_format,
+    )
     if zarr_format is None:
         formats = [s["zarr_format"] for s in read if s["zarr_format"]]
-        zarr_format = formats[0] if formats else 3
+        zarr_format = image.zarr_format if image else formats[0] if formats else 3
     chunks = regular_chunks(x.chunks)
     if chunks != x.chunks:
         x = x.rechunk(chunks)
+    tiling = tiling_for(
+        x.shape,
+        [c[0] for c in chunks],
+        x.dtype.itemsize,
+        *((image.levels, image.downsampled, image.method) if image else ()),
+    )
+    if tiling.tile != tuple(c[0] for c in chunks):
+        x = x.rechunk(tiling.tile)  # a task per tile: one writer per chunk of every level
 
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     record = _jsonable(
@@ -262,189 +374,125 @@ def save(
             "steps": steps(x),
             "shape": list(x.shape),
             "dtype": str(x.dtype),
-            "chunks": [c[0] for c in chunks],
+            "chunks": list(tiling.chunks),
+            **_image_record(image),
+            **({"storage_options": public_options(storage_options)} if storage_options else {}),
             **(attributes or {}),
             "complete": False,
         }
     )
-    created = not (resume and os.path.lexists(path))
+    created = not (resume and location.exists())
     if created:
-        if os.path.lexists(path):
-            shutil.rmtree(path)
-        target = _create_output(path, x, chunks, zarr_format, record)
+        location.remove()  # an output being replaced (--overwrite); missing is fine
+        targets = create_output(
+            location, x.shape, x.dtype, tiling, zarr_format, {ATTRS_KEY: record}, image
+        )
         done: set[tuple[int, ...]] = set()
     else:
-        target, record, done = _reopen_for_resume(path, x, record)
+        targets, record, done = _reopen_for_resume(location, x, record, tiling, image)
         record.setdefault("resumed", []).append(
             {"at": now, "chunks_already_written": len(done), **(attributes or {})}
         )
-        target.attrs.update({ATTRS_KEY: _jsonable(record)})
+        targets[0].attrs.update({ATTRS_KEY: _jsonable(record)})
 
-    # The array object travels with each task: reopening the store per block costs a metadata
+    # The array objects travel with each task: reopening the store per block costs a metadata
     # read (~5 ms) per chunk.
     written = x.map_blocks(
-        _write_block,
-        target=target,
+        write_tile,
+        targets=targets,
+        tiling=tiling,
         chunks=(1,) * x.ndim,
         dtype=bool,
         meta=np.empty((0,) * x.ndim, dtype=bool),
         token="distconv-write",
     )
+    shown = location.url
     try:
         compute_blocks(written, description=description, progress=progress, skip=done)
+        record["complete"] = True
+        record["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        targets[0].attrs.update({ATTRS_KEY: _jsonable(record)})
     except InputReadError:
         if created:  # bad input, not a failed write: leave nothing behind
-            shutil.rmtree(path, ignore_errors=True)
+            location.remove()
         raise
-    except OSError as exc:
-        raise JobFailed(
-            f"writing {path} failed ({_one_line(exc)}); the output is partial, "
-            "not marked complete: fix the cause and rerun with --resume "
-            "(resume=True)"
-        ) from exc
     except Exception as exc:
+        if storage_failure(exc):
+            raise JobFailed(
+                f"writing {shown} failed ({redact(_one_line(exc))}); the output is partial, "
+                "not marked complete: fix the cause and rerun with --resume (resume=True)"
+            ) from exc
         if type(exc).__name__ != "KilledWorker":  # distributed's; not imported unless used
             raise
         raise JobFailed(
-            f"a Dask worker died while computing {path} ({_one_line(exc)}); the "
+            f"a Dask worker died while computing {shown} ({_one_line(exc)}); the "
             "output is partial, not marked complete: rerun with --resume "
             "(resume=True), with more memory per worker if it was killed for "
             "memory"
         ) from exc
-    record["complete"] = True
-    record["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    target.attrs.update({ATTRS_KEY: _jsonable(record)})
-    return target
+    return targets[0]
 
 
-def _create_output(
-    path: str, x: da.Array, chunks, zarr_format: int, record: dict[str, Any]
-) -> zarr.Array:
-    try:
-        # write_empty_chunks: every chunk becomes an object, so "chunk object exists" means
-        # "chunk written" for resume and for info's count, even where the result is all zeros.
-        return zarr.create_array(
-            store=os.path.abspath(path),  # pickled into tasks: remote workers' cwd differs
-            shape=x.shape,
-            chunks=tuple(c[0] for c in chunks),
-            dtype=x.dtype,
-            zarr_format=zarr_format,
-            attributes={ATTRS_KEY: record},
-            config={"write_empty_chunks": True},
-        )
-    except OSError as exc:
-        shutil.rmtree(path, ignore_errors=True)
-        raise OutputError(f"cannot create output {path} ({_one_line(exc)})") from None
+def _image_record(image) -> dict[str, Any]:
+    if image is None:
+        return {}
+    halved = [image.axes[i]["name"] for i in image.downsampled] if image.levels > 1 else []
+    return {
+        "ngff": image.version,
+        "pyramid": {"levels": image.levels, "method": image.method, "axes": halved},
+    }
 
 
-# Provenance that may differ between an interrupted run and its resumption: how chunks are
-# computed (engine, method, the plan derived from them) and when or by which command.
-_ENGINE_KEYS = {"engine", "method", "plan"}
-
-
-def _comparable_steps(steps) -> list:
-    result = []
-    for step in steps or []:
-        step = {k: v for k, v in step.items() if k not in _ENGINE_KEYS}
-        if isinstance(step.get("parameters"), dict):
-            step["parameters"] = {
-                k: v for k, v in step["parameters"].items() if k not in _ENGINE_KEYS
-            }
-        result.append(step)
-    return result
-
-
-def _reopen_for_resume(path: str, x: da.Array, record: dict[str, Any]):
-    """Open a partial output, check it records the same job, and find its written chunks."""
-    array = open_zarr_array(path, mode="r+").with_config({"write_empty_chunks": True})
+def _reopen_for_resume(location: Location, x: da.Array, record: dict[str, Any], tiling, image):
+    """Open a partial output, check it records the same job, and find its finished tiles."""
+    path = location.url
+    targets, found_image = open_output_levels(location)
+    check_same_image(location, found_image, image, x.shape)
+    array = targets[0]
     old = dict(array.attrs).get(ATTRS_KEY)
     if not isinstance(old, dict):
         raise OutputError(f"cannot resume {path}: it was not written by distconv")
     found = {"shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks)}
-    for key in ("inputs", "shape", "dtype", "chunks"):
+    for key in ("inputs", "shape", "dtype", "chunks", "pyramid"):
         recorded = old.get(key, found.get(key))
-        if recorded != record[key]:
+        if recorded != record.get(key):
             raise OutputError(
                 f"cannot resume {path}: {key} differ ({recorded} recorded, "
-                f"{record[key]} now); use --overwrite to start again"
+                f"{record.get(key)} now); use --overwrite to start again"
             )
-    old_steps, new_steps = _comparable_steps(old.get("steps")), _comparable_steps(record["steps"])
-    if len(old_steps) != len(new_steps):
-        raise OutputError(
-            f"cannot resume {path}: it records {len(old_steps)} operations, this "
-            f"job has {len(new_steps)}; use --overwrite to start again"
-        )
-    for before, now in zip(old_steps, new_steps):
-        for key in sorted(set(before) | set(now)):
-            if key == "parameters":
-                for name in sorted(set(before.get(key, {})) | set(now.get(key, {}))):
-                    a, b = before.get(key, {}).get(name), now.get(key, {}).get(name)
-                    if a != b:
-                        raise OutputError(
-                            f"cannot resume {path}: {name} differs ({a} recorded, "
-                            f"{b} now); use --overwrite to start again"
-                        )
-            elif before.get(key) != now.get(key):
-                what = "weights differ" if key.startswith("weights") else f"{key} differs"
-                raise OutputError(
-                    f"cannot resume {path}: {what} ({_short(before.get(key))} "
-                    f"recorded, {_short(now.get(key))} now); use --overwrite to "
-                    "start again"
-                )
-    _remove_interrupted_writes(path)
-    stored = _stored_keys(path)
-    done = {
-        index
-        for index in np.ndindex(*x.numblocks)
-        if array.metadata.encode_chunk_key(index) in stored
-    }
-    return array, old, done
+    check_same_job(path, old, record)
+    location.remove_interrupted_writes()
+    stored = location.child(level_paths(image)[0]).keys()
+    done = finished_tiles(stored, array.metadata.encode_chunk_key, tiling, x.shape)
+    return targets, old, done
 
 
-def _short(value) -> str:
-    text = str(value)
-    return text[:16] + "…" if isinstance(value, str) and len(text) == 64 else text
+def info(path, *, level: int | None = None, storage_options=None) -> dict[str, Any]:
+    """Describe a stored array: shape, dtype, chunks, codecs, bytes, provenance, completeness.
 
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A Zarr array, an OME-Zarr image (its level ``level``, 0 by default) or a TIFF; local
+        or a URL.
+    level : int, optional
+        The level of an image to describe.
+    storage_options : dict, optional
+        fsspec options for a URL.
 
-def _stored_keys(path: str) -> set[str]:
-    """Relative keys (``/``-separated) of every file under a local store."""
-    keys = set()
-    for root, _, files in os.walk(path):
-        relative = os.path.relpath(root, path)
-        for name in files:
-            key = name if relative == "." else os.path.join(relative, name)
-            keys.add(key.replace(os.sep, "/"))
-    return keys
-
-
-def _remove_interrupted_writes(path: str) -> None:
-    # zarr's local store writes "<key>.<uuid hex>.partial" then renames it; a killed job
-    # leaves these behind, and they are never valid chunks.
-    for root, _, files in os.walk(path):
-        for name in files:
-            stem, _, suffix = name.rpartition(".")
-            if suffix == "partial" and len(stem.rpartition(".")[2]) == 32:
-                os.remove(os.path.join(root, name))
-
-
-def _write_block(block, target: zarr.Array, block_info=None) -> np.ndarray:
-    """Write one block into its own Zarr chunk and return a one-element marker.
-
-    Blocks are the Zarr chunks (``regular_chunks``), so each write replaces one whole chunk
-    object and no two tasks touch the same one.
+    Returns
+    -------
+    dict
+        ``image`` describes an OME-Zarr image or a TIFF (axes, levels, scale); ``complete`` is
+        None for what distconv did not write.
     """
-    region = tuple(slice(start, stop) for start, stop in block_info[0]["array-location"])
-    target[region] = to_numpy(block)
-    return np.ones((1,) * block.ndim, dtype=bool)
-
-
-def info(path) -> dict[str, Any]:
-    """Describe a Zarr array: shape, dtype, chunks, codecs, bytes, provenance, completeness."""
-    path = os.fspath(path)
-    array = open_zarr_array(path)
+    location = Location.parse(path, storage_options)
+    if is_tiff(location.url):
+        return describe_tiff(open_tiff(location, level), location.url)
+    array, image = _open_level(location, level)
     produced = dict(array.attrs).get(ATTRS_KEY)
     return {
-        "path": path,
+        "path": location.url,
         "zarr_format": array.metadata.zarr_format,
         "shape": tuple(array.shape),
         "dtype": str(array.dtype),
@@ -455,6 +503,7 @@ def info(path) -> dict[str, Any]:
         "nbytes_stored": int(array.nbytes_stored()),
         "chunks_initialized": int(array.nchunks_initialized),
         "chunks_total": int(array.nchunks),
+        "image": describe_image(location, image),
         "provenance": produced,
         "complete": None if not isinstance(produced, dict) else bool(produced.get("complete")),
     }
@@ -463,12 +512,6 @@ def info(path) -> dict[str, Any]:
 def _codec_name(codec) -> str:
     text = repr(codec)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _looks_like_zarr(path: str) -> bool:
-    return any(
-        os.path.exists(os.path.join(path, name)) for name in ("zarr.json", ".zarray", ".zgroup")
-    )
 
 
 def _jsonable(value):

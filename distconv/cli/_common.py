@@ -21,6 +21,7 @@ import click
 from distconv import kernels
 from distconv.clusters import SPEC_FORMS
 from distconv.errors import DistconvError
+from distconv.stores import redact
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -108,6 +109,50 @@ def cluster_options(*, rmm: bool = False) -> Callable:
     return options(*decorators)
 
 
+def store_options() -> Callable:
+    """``--level`` (of an OME-Zarr image or a pyramidal TIFF) and ``--storage-option``."""
+    return options(
+        click.option(
+            "--level",
+            type=click.IntRange(min=0),
+            default=None,
+            help="Level of an OME-Zarr image or pyramidal TIFF to read [default: 0, the "
+            "highest resolution].",
+        ),
+        click.option(
+            "--storage-option",
+            "storage_option",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="fsspec option for s3://, gs://... URLs, e.g. endpoint_url=http://host:9000 "
+            "(repeatable). Credentials come from the environment or profiles.",
+        ),
+    )
+
+
+def pyramid_options() -> Callable:
+    """``--pyramid [N]`` and ``--pyramid-method``: multiscale levels written in the same pass."""
+    return options(
+        click.option(
+            "--pyramid",
+            type=click.IntRange(min=2),
+            is_flag=False,
+            flag_value=4,
+            default=None,
+            metavar="[N]",
+            help="Write an OME-Zarr image with N levels (4 without N), each downsampled 2x "
+            "from the one above in the same pass.",
+        ),
+        click.option(
+            "--pyramid-method",
+            type=click.Choice(["mean", "nearest"]),
+            default="mean",
+            show_default=True,
+            help="Downsampling: mean (images) or nearest (labels).",
+        ),
+    )
+
+
 def quiet_option(help: str = "No progress bar, links or summary.") -> Callable:
     """``-q/--quiet``."""
     return click.option("-q", "--quiet", is_flag=True, help=help)
@@ -122,7 +167,7 @@ def default_output(input_path: str, operation: str) -> str:
     Parameters
     ----------
     input_path : str
-        The input, possibly a path inside a Zarr group.
+        The input: a path (possibly inside a Zarr group), a TIFF, or a URL.
     operation : str
         The word that goes into the name (``convolved``, ``matmul``...).
 
@@ -130,17 +175,30 @@ def default_output(input_path: str, operation: str) -> str:
     -------
     str
         ``big.zarr`` → ``big.convolved.zarr`` beside it; ``big.zarr/raw/0`` →
-        ``big.raw-0.convolved.zarr``.
+        ``big.raw-0.convolved.zarr``; ``img.ome.zarr`` and ``img.ome.tif`` →
+        ``img.convolved.ome.zarr``; ``s3://b/big.zarr`` → ``s3://b/big.convolved.zarr``.
     """
+    from distconv.stores import is_url
+
+    if is_url(input_path):
+        head, _, rest = input_path.partition("://")
+        bucket, _, key = rest.partition("/")
+        inner = default_output(key.strip("/") or "input", operation).replace(os.sep, "/")
+        return f"{head}://{bucket}/{inner}"
     path = os.path.normpath(input_path)
     parts = path.split(os.sep)
     for index, part in enumerate(parts):
         if part.endswith(".zarr"):
             stem = part[: -len(".zarr")]
+            ome = stem.endswith(".ome")
+            stem = stem[: -len(".ome")] if ome else stem
             inner = "-".join(parts[index + 1 :])
             name = f"{stem}.{inner}" if inner else stem
-            return os.path.join(os.sep.join(parts[:index]) or "", f"{name}.{operation}.zarr")
-    stem = os.path.splitext(path)[0]
+            suffix = "ome.zarr" if ome and not inner else "zarr"
+            return os.path.join(os.sep.join(parts[:index]) or "", f"{name}.{operation}.{suffix}")
+    stem, extension = os.path.splitext(path)
+    if extension.lower() in (".tif", ".tiff") and stem.lower().endswith(".ome"):
+        return f"{stem[: -len('.ome')]}.{operation}.ome.zarr"
     return f"{stem}.{operation}.zarr"
 
 
@@ -154,10 +212,19 @@ def resume_command(argv: Sequence[str]) -> str:
 
 
 def save_resumable(
-    y, output: str, operation: str, *, overwrite: bool, resume: bool, quiet: bool
+    y,
+    output: str,
+    operation: str,
+    *,
+    overwrite: bool,
+    resume: bool,
+    quiet: bool,
+    **save_options: Any,
 ) -> tuple[Any, float]:
     """``dc.save`` for a command: the command line goes into the provenance, and while the job
-    runs an interruption's message names the exact ``--resume`` command.
+    runs an interruption's message names the exact ``--resume`` command (secrets blanked).
+
+    ``save_options`` go to :func:`distconv.save` (``storage_options``, ``pyramid``...).
 
     Returns
     -------
@@ -169,7 +236,7 @@ def save_resumable(
     argv = list(CommandState.argv)
     argv = argv[argv.index(operation) :] if operation in argv else [operation]
     start = time.perf_counter()
-    CommandState.resume_command = resume_command(argv)  # read on Ctrl-C or failure
+    CommandState.resume_command = redact(resume_command(argv))  # read on Ctrl-C or failure
     written = dc.save(
         y,
         output,
@@ -177,7 +244,8 @@ def save_resumable(
         resume=resume,
         progress=not quiet,
         description=operation,
-        attributes={"command": shlex.join(["distconv", *argv])},
+        attributes={"command": redact(shlex.join(["distconv", *argv]))},
+        **save_options,
     )
     CommandState.resume_command = None
     seconds = time.perf_counter() - start
@@ -298,5 +366,5 @@ def _interrupted() -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"distconv: error: {' '.join(message.split())}", err=True)
+    click.echo(f"distconv: error: {redact(' '.join(message.split()))}", err=True)
     sys.exit(code)

@@ -19,8 +19,10 @@ from distconv.cli._common import (
     interruptible,
     options,
     output_option,
+    pyramid_options,
     quiet_option,
     save_resumable,
+    store_options,
     write_options,
 )
 
@@ -29,6 +31,8 @@ _common_options = options(
     output_option("A.<op>.zarr beside A"),
     engine_option("block"),
     write_options("inputs and parameters"),
+    store_options(),
+    pyramid_options(),
     cluster_options(),
     quiet_option(),
 )
@@ -55,6 +59,10 @@ def matmul_command(
     engine: str | None,
     overwrite: bool,
     resume: bool,
+    level: int | None,
+    storage_option: tuple[str, ...],
+    pyramid: int | None,
+    pyramid_method: str,
     cluster_spec: str | None,
     workers: int | None,
     threads_per_worker: int | None,
@@ -90,6 +98,7 @@ def matmul_command(
         quiet,
         memory_budget,
         dry_run,
+        _StoreArguments(level, storage_option, pyramid, pyramid_method),
     )
 
 
@@ -106,28 +115,37 @@ def _matmul_job(
     quiet,
     memory_budget,
     dry_run,
+    stores,
 ) -> None:
     import distconv as dc
     from distconv.io import check_output_path
     from distconv.ops.matmul import plan_for
     from distconv.plan.matmul import matmul_result_shape
+    from distconv.provenance import source_paths
 
-    x, y = dc.open(a), dc.open(b)
+    x, y = stores.open(a), stores.open(b)
     matmul_result_shape(x.shape, y.shape)  # NumPy's error before any cluster starts
     output = output or default_output(a, "matmul")
     if not dry_run:
-        check_output_path(output, [a, b], overwrite, resume)
+        inputs = source_paths(x) + source_paths(y)
+        check_output_path(output, inputs, overwrite, resume, stores.storage_options)
     with command_cluster(cluster_spec, workers, threads_per_worker, quiet or dry_run):
         if dry_run:  # planned where it would run: the workers' memory sets the budget
             click.echo(plan_for(x, y, engine=engine, memory_budget=memory_budget).describe())
             return
         product = dc.matmul(x, y, engine=engine, memory_budget=memory_budget)
         seconds = save_resumable(
-            product, output, "matmul", overwrite=overwrite, resume=resume, quiet=quiet
+            product,
+            output,
+            "matmul",
+            overwrite=overwrite,
+            resume=resume,
+            quiet=quiet,
+            **stores.save_options,
         )[1]
     if not quiet:
         flops = 2 * int(product.size) * x.shape[-1]  # one multiply-add per k per element
-        step = dc.info(output)["provenance"]["steps"][-1]
+        step = dc.info(output, storage_options=stores.storage_options)["provenance"]["steps"][-1]
         click.echo(
             f"wrote {output}: {_shape(product.shape)} {product.dtype}, "
             f"{product.npartitions} chunks, engine {step['engine']}, {step['method']}; "
@@ -146,6 +164,10 @@ def multiply_command(
     engine: str | None,
     overwrite: bool,
     resume: bool,
+    level: int | None,
+    storage_option: tuple[str, ...],
+    pyramid: int | None,
+    pyramid_method: str,
     cluster_spec: str | None,
     workers: int | None,
     threads_per_worker: int | None,
@@ -176,25 +198,43 @@ def multiply_command(
         workers,
         threads_per_worker,
         quiet,
+        _StoreArguments(level, storage_option, pyramid, pyramid_method),
     )
 
 
 def _multiply_job(
-    a, b, output, engine, overwrite, resume, cluster_spec, workers, threads_per_worker, quiet
+    a,
+    b,
+    output,
+    engine,
+    overwrite,
+    resume,
+    cluster_spec,
+    workers,
+    threads_per_worker,
+    quiet,
+    stores,
 ) -> None:
     import distconv as dc
     from distconv.io import check_output_path
+    from distconv.provenance import source_paths
 
-    x = dc.open(a)
+    x = stores.open(a)
     y = _number(b)
     if y is None:
-        y = dc.open(b)
+        y = stores.open(b)
     product = dc.multiply(x, y, engine=engine)  # NumPy's broadcasting error, before a cluster
     output = output or default_output(a, "multiply")
-    check_output_path(output, [a] + ([] if isinstance(y, (int, float)) else [b]), overwrite, resume)
+    check_output_path(output, source_paths(product), overwrite, resume, stores.storage_options)
     with command_cluster(cluster_spec, workers, threads_per_worker, quiet):
         seconds = save_resumable(
-            product, output, "multiply", overwrite=overwrite, resume=resume, quiet=quiet
+            product,
+            output,
+            "multiply",
+            overwrite=overwrite,
+            resume=resume,
+            quiet=quiet,
+            **stores.save_options,
         )[1]
     if not quiet:
         click.echo(
@@ -202,6 +242,26 @@ def _multiply_job(
             f"{product.npartitions} chunks; {seconds:.2f} s, "
             f"{product.nbytes / seconds / 2**20:.0f} MiB/s written"
         )
+
+
+class _StoreArguments:
+    """``--level``, ``--storage-option`` and ``--pyramid``: how inputs open, how outputs save."""
+
+    def __init__(self, level, storage_option, pyramid, pyramid_method):
+        from distconv.stores import parse_storage_options
+
+        self.level = level
+        self.storage_options = parse_storage_options(storage_option) or None
+        self.save_options = {
+            "storage_options": self.storage_options,
+            "pyramid": pyramid,
+            "pyramid_method": pyramid_method,
+        }
+
+    def open(self, path: str):
+        import distconv as dc
+
+        return dc.open(path, level=self.level, storage_options=self.storage_options)
 
 
 def _number(text: str) -> int | float | None:

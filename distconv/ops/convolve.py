@@ -13,6 +13,7 @@ import dask.array as da
 import numpy as np
 
 from distconv import kernels
+from distconv.axes import resolve_axes
 from distconv.backend import array_module, cast_output, is_gpu_array, to_device
 from distconv.config import get_default
 from distconv.io import as_dask_array
@@ -29,7 +30,7 @@ def correlate(
     cval: float = 0.0,
     origin=0,
     *,
-    axes: Sequence[int] | None = None,
+    axes: Sequence[int | str] | None = None,
     method: str | None = None,
     engine: str | None = None,
     dtype=None,
@@ -49,8 +50,10 @@ def correlate(
         Fill value for ``mode='constant'``.
     origin : int or sequence of int
         Shift of the kernel's centre, per filtered axis.
-    axes : sequence of int, optional
+    axes : sequence of int or str, optional
         Input axes the weights' axes filter; needed when the weights have fewer dimensions.
+        An image read from OME-Zarr or TIFF takes axis names (``("y", "x")``), and by default
+        weights with fewer dimensions filter its last space axes.
     method : {'auto', 'direct', 'fft', 'separable'}, optional
         Default from config ``distconv.method`` ("auto": a per-chunk cost model picks).
     engine : str, optional
@@ -74,7 +77,7 @@ def convolve(
     cval: float = 0.0,
     origin=0,
     *,
-    axes: Sequence[int] | None = None,
+    axes: Sequence[int | str] | None = None,
     method: str | None = None,
     engine: str | None = None,
     dtype=None,
@@ -91,6 +94,7 @@ def _filter(
     input, weights, mode, cval, origin, axes, method, engine, dtype, convolution: bool
 ) -> da.Array:
     x = as_dask_array(input)
+    axes = resolve_axes(axes, x, np.ndim(weights))  # names ("y", "x") of an image's axes
     plan = plan_correlation(
         x.shape,
         x.dtype,
