@@ -24,6 +24,7 @@ from distconv.errors import DistconvError, InputReadError, JobFailed, OutputErro
 from distconv.executor import compute_blocks
 from distconv.ome import describe_image, image_level, image_of_array, multiscale_of, output_image
 from distconv.outputs import (
+    check_output_location,
     check_same_image,
     check_same_job,
     create_output,
@@ -231,34 +232,9 @@ def check_output_path(
     taken as is). With ``resume`` an existing output is allowed (it must be a Zarr store;
     :func:`save` checks its provenance); ``overwrite`` and ``resume`` exclude each other.
     """
-    if overwrite and resume:
-        raise OutputError("--overwrite starts again and --resume continues: choose one")
     target = path if isinstance(path, Location) else Location.parse(path, storage_options)
     shown = target.url if isinstance(path, Location) else redact(os.fspath(path))
-    for source in inputs:
-        relation = target.relation(Location.parse(source))
-        if relation == "same":
-            raise OutputError(f"output {shown} is the input; choose another path")
-        if relation is not None:
-            raise OutputError(f"output {shown} {relation} the input {source}; choose another path")
-    try:
-        exists = target.exists() and (not target.remote or target.keys() != set())
-        is_zarr = exists and target.is_zarr()
-    except Exception as exc:
-        if not target.remote:
-            raise
-        raise remote_error(target, exc, "write") from None
-    if exists:
-        if not (overwrite or resume):
-            raise OutputError(
-                f"output {shown} already exists; pass --overwrite (overwrite=True) "
-                "to replace it, or --resume (resume=True) to finish it"
-            )
-        if not is_zarr:
-            raise OutputError(
-                f"output {shown} exists and is not a Zarr store; not "
-                f"{'resuming' if resume else 'replacing'} it"
-            )
+    check_output_location(target, shown, inputs, overwrite, resume)
 
 
 def save(

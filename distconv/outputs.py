@@ -15,9 +15,10 @@ import zarr
 from distconv.errors import OutputError
 from distconv.ome import OutputImage, group_attributes, multiscale_of
 from distconv.pyramid import Tiling, level_shapes
-from distconv.stores import Location, remote_error, storage_failure
+from distconv.stores import Location, bucket_missing, remote_error, storage_failure
 
 __all__ = [
+    "check_output_location",
     "check_same_image",
     "check_same_job",
     "create_output",
@@ -91,6 +92,48 @@ def create_output(
             error = remote_error(location, exc, "write")
             raise OutputError(f"cannot create output: {error}") from None
         raise OutputError(f"cannot create output {location.url} ({_one_line(exc)})") from None
+
+
+def check_output_location(
+    target: Location, shown: str, inputs: Sequence[str], overwrite: bool, resume: bool
+) -> None:
+    """:func:`distconv.io.check_output_path` for a parsed location (``shown`` in messages).
+
+    Raises
+    ------
+    OutputError
+        The output is an input, inside one or contains one; it exists (without ``overwrite``
+        or ``resume``) or is not a Zarr store; its bucket does not exist.
+    """
+    if overwrite and resume:
+        raise OutputError("--overwrite starts again and --resume continues: choose one")
+    for source in inputs:
+        relation = target.relation(Location.parse(source))
+        if relation == "same":
+            raise OutputError(f"output {shown} is the input; choose another path")
+        if relation is not None:
+            verb = "is inside" if relation == "inside" else "contains"
+            raise OutputError(f"output {shown} {verb} the input {source}; choose another path")
+    try:
+        exists = target.exists() and (not target.remote or target.keys() != set())
+        is_zarr = exists and target.is_zarr()
+    except Exception as exc:
+        if not target.remote:
+            raise
+        raise remote_error(target, exc, "write") from None
+    if target.remote and not exists and bucket_missing(target):
+        raise OutputError(f"cannot create output {shown}: no such bucket")
+    if exists:
+        if not (overwrite or resume):
+            raise OutputError(
+                f"output {shown} already exists; pass --overwrite (overwrite=True) "
+                "to replace it, or --resume (resume=True) to finish it"
+            )
+        if not is_zarr:
+            raise OutputError(
+                f"output {shown} exists and is not a Zarr store; not "
+                f"{'resuming' if resume else 'replacing'} it"
+            )
 
 
 def _layout_options(image: OutputImage) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ from distconv.errors import DistconvError
 
 __all__ = [
     "Location",
+    "bucket_missing",
     "is_url",
     "parse_storage_options",
     "public_options",
@@ -65,6 +67,20 @@ _URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)[^@\s/]+@"
 # Storage options given for a URL, found again when a store under it is reopened by URL alone
 # (a level of an image, matmul's in-task panels).
 _OPTIONS: dict[str, dict[str, Any]] = {}
+
+
+class _UnclosedSessionFilter(logging.Filter):
+    """Drop aiohttp's "Unclosed client session/connector" reports at interpreter exit.
+
+    s3fs and gcsfs sessions live on zarr's event loop, which stops before they are collected at
+    exit; every worker process would print two lines of noise after a correct job.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Unclosed client session", "Unclosed connector"))
+
+
+logging.getLogger("asyncio").addFilter(_UnclosedSessionFilter())
 
 
 def is_url(path: str) -> bool:
@@ -289,8 +305,9 @@ class Location:
                 os.remove(self.url)
             return
         fs, root = self.filesystem()
-        if fs.find(root):
-            fs.rm(root, recursive=True)
+        with contextlib.suppress(FileNotFoundError):  # no bucket: nothing to remove
+            if fs.find(root):
+                fs.rm(root, recursive=True)
         fs.invalidate_cache(root)
 
     def remove_interrupted_writes(self) -> None:
@@ -391,7 +408,7 @@ def remote_error(location: Location, exc: BaseException, doing: str = "read") ->
         return DistconvError(f"{url}: no such bucket ({detail})")
     if isinstance(exc, (ConnectionError, TimeoutError)) or "Connect" in name:
         return DistconvError(f"cannot reach the store of {url} ({detail})")
-    if _bucket_missing(location):
+    if bucket_missing(location):
         bucket = urlsplit(url).netloc
         return DistconvError(f"{url}: no such bucket {bucket!r}")
     if isinstance(exc, FileNotFoundError) or "NotFound" in name:
@@ -399,7 +416,7 @@ def remote_error(location: Location, exc: BaseException, doing: str = "read") ->
     return DistconvError(f"{url} cannot be used ({name}: {detail})")
 
 
-def _bucket_missing(location: Location) -> bool:
+def bucket_missing(location: Location) -> bool:
     try:
         fs, root = location.filesystem()
         return not fs.exists(root.split("/", 1)[0])
