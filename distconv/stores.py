@@ -256,7 +256,7 @@ class Location:
 
         with _protocol_installed(self.url):
             return FsspecStore.from_url(
-                self.address, storage_options=dict(self.storage_options), read_only=read_only
+                self.address, storage_options=self._fsspec_options(), read_only=read_only
             )
 
     def filesystem(self):
@@ -264,7 +264,12 @@ class Location:
         from fsspec.core import url_to_fs
 
         with _protocol_installed(self.url):
-            return url_to_fs(self.address, **dict(self.storage_options))
+            return url_to_fs(self.address, **self._fsspec_options())
+
+    def _fsspec_options(self) -> dict[str, Any]:
+        # No cached listings: fsspec reuses a filesystem per process, and a listing cached
+        # before other processes wrote chunks would hide them from resume and info.
+        return {"use_listings_cache": False, **self.storage_options}
 
     def exists(self) -> bool:
         """Whether anything is stored at or under this location."""
