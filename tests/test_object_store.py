@@ -258,3 +258,17 @@ def test_access_denied_is_one_line_and_writes_nothing(s3, bucket, tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1
         assert reader[1] not in result.stderr and nobody[1] not in result.stderr
     assert object_bytes(s3.filesystem(), name) == before
+
+
+def test_a_tiff_on_s3_is_read_lazily(s3, bucket, tmp_path):
+    import tifffile
+
+    name, _ = bucket
+    stack = np.random.default_rng(33).integers(0, 999, (4, 130, 90), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, tile=(32, 32))
+    s3.filesystem().put_file(str(tmp_path / "stack.tif"), f"{name}/stack.tif")
+    x = dc.open(f"s3://{name}/stack.tif", storage_options=_api(s3))
+    assert x.shape == stack.shape
+    got = dc.correlate(x, np.ones((3, 3)), axes=("y", "x"), mode="constant").compute()
+    expected = ndimage.correlate(stack.astype(np.float64), np.ones((1, 3, 3)), mode="constant")
+    np.testing.assert_allclose(got, expected, atol=1e-3)
