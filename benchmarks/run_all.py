@@ -6,7 +6,7 @@ machine, the date, the versions and how long each section took. Sized to finish 
 minutes on the 2-core machine; ``--quick`` runs the same suite on small inputs (a minute or two)
 to check that it works and to show the format.
 
-    python benchmarks/run_all.py [--quick] [--only convolve,memory] [--skip gpu]
+    python benchmarks/run_all.py [--quick] [--only convolve,memory] [--skip gpu] [--with stores]
     make bench
 """
 
@@ -85,6 +85,7 @@ FULL = {
         "3",
     ],
     "gpu": ["gpu.py", "--size", "8192", "--kernel-sizes", "3,9,31,127", "--repeats", "3"],
+    "stores": ["stores.py", "--size", "16384", "--chunk", "256", "--levels", "4", "--repeats", "2"],
 }
 QUICK = {
     "engines": [
@@ -144,7 +145,11 @@ QUICK = {
         "2",
     ],
     "gpu": ["gpu.py", "--size", "1024", "--kernel-sizes", "3,31", "--repeats", "2"],
+    "stores": ["stores.py", "--size", "2048", "--chunk", "256", "--levels", "4", "--repeats", "1"],
 }
+# Run only when named (--only stores, --with stores): it starts an S3 server and needs the
+# test extras (moto, s3fs, ome-zarr), and its full size adds minutes to the 20-minute suite.
+OPTIONAL = {"stores"}
 
 
 QUICK_NOTE = "QUICK RUN on small inputs: it shows the format, not the targets. "
@@ -156,11 +161,15 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default=None, help="comma list of sections to run")
     parser.add_argument("--skip", default="", help="comma list of sections to leave as they are")
     parser.add_argument(
+        "--with", dest="extra", default="", help=f"optional sections to add: {', '.join(OPTIONAL)}"
+    )
+    parser.add_argument(
         "--output-dir", default="distconv-bench", help="where the JSON and PNG files of the runs go"
     )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    chosen = args.only.split(",") if args.only else list(plan)
+    added = [s for s in args.extra.split(",") if s]
+    chosen = args.only.split(",") if args.only else [s for s in plan if s not in OPTIONAL] + added
     unknown = [s for s in (*chosen, *filter(None, args.skip.split(","))) if s not in plan]
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(plan)}")
