@@ -476,13 +476,22 @@ def info(path, *, level: int | None = None, storage_options=None) -> dict[str, A
         "shards": tuple(array.shards) if getattr(array, "shards", None) else None,
         "codecs": [_codec_name(c) for c in (*array.filters, *array.compressors)],
         "nbytes": int(array.nbytes),
-        "nbytes_stored": int(array.nbytes_stored()),
+        "nbytes_stored": _stored_bytes(array, location, image),
         "chunks_initialized": int(array.nchunks_initialized),
         "chunks_total": int(array.nchunks),
         "image": describe_image(location, image),
         "provenance": produced,
         "complete": None if not isinstance(produced, dict) else bool(produced.get("complete")),
     }
+
+
+def _stored_bytes(array: zarr.Array, location: Location, image: dict | None) -> int:
+    """Bytes stored for the array; on an object store one listing (zarr asks each object)."""
+    if not location.remote:
+        return int(array.nbytes_stored())
+    where = location.child(image["path"]) if image and image.get("path") else location
+    fs, root = where.filesystem()
+    return int(fs.du(root))
 
 
 def _codec_name(codec) -> str:

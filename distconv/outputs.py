@@ -115,7 +115,7 @@ def check_output_location(
             verb = "is inside" if relation == "inside" else "contains"
             raise OutputError(f"output {shown} {verb} the input {source}; choose another path")
     try:
-        exists = target.exists() and (not target.remote or target.keys() != set())
+        exists = target.exists()
         is_zarr = exists and target.is_zarr()
     except Exception as exc:
         if not target.remote:
