@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from distconv.backend import to_numpy
+from distconv.stores import redact, storage_failure
 
 __all__ = [
     "Tiling",
@@ -146,7 +147,16 @@ def write_tile(block, targets: Sequence, tiling: Tiling, block_info=None) -> np.
         levels.append(downsample(levels[-1], tiling.halved, tiling.method, block.dtype))
     for k in range(len(targets) - 1, -1, -1):
         corner = [s // 2**k if axis in tiling.halved else s for axis, s in enumerate(starts)]
-        targets[k][tuple(slice(c, c + n) for c, n in zip(corner, levels[k].shape))] = levels[k]
+        region = tuple(slice(c, c + n) for c, n in zip(corner, levels[k].shape))
+        try:
+            targets[k][region] = levels[k]
+        except Exception as exc:
+            if not storage_failure(exc) or isinstance(exc, OSError):
+                raise
+            # A store client's own exception may not pickle back to the client: say it as
+            # an OSError (the job fails, resumable), secrets blanked.
+            text = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+            raise OSError(f"{type(exc).__name__}: {text}") from None
     return np.ones((1,) * block.ndim, dtype=bool)
 
 
