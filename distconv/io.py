@@ -84,7 +84,7 @@ def open(
     produced = dict(array.attrs).get(ATTRS_KEY)
     if isinstance(produced, dict) and not produced.get("complete", True) and not allow_partial:
         raise DistconvError(
-            f"{location.url} is a partial distconv output (not every chunk was written); "
+            f"{location.shown} is a partial distconv output (not every chunk was written); "
             "finish it with --resume, or open it with allow_partial=True"
         )
     where = location.child(image["path"]) if image and "path" in image else location
@@ -103,7 +103,8 @@ def _open_level(location: Location, level: int | None) -> tuple[zarr.Array, dict
         return array, {"path": array.path[len(node.path) :].strip("/"), **image}
     if level is not None:
         raise DistconvError(
-            f"--level applies to an OME-Zarr image or a pyramidal TIFF; {location.url} is an array"
+            "--level applies to an OME-Zarr image or a pyramidal TIFF; "
+            f"{location.shown} is an array"
         )
     parent = location.parent()
     group = None
@@ -161,7 +162,7 @@ def open_zarr_array(
     location = path if isinstance(path, Location) else Location.parse(path, storage_options)
     node = _open_node(location, mode)
     if isinstance(node, zarr.Group):
-        url = location.url
+        url = location.shown
         if multiscale_of(dict(node.attrs)) is not None:
             raise DistconvError(f"{url} is an OME-Zarr image, not an array; open it with dc.open")
         names = [name for name, _ in node.arrays()]
@@ -174,8 +175,8 @@ def open_zarr_array(
 def _open_node(location: Location, mode: str) -> zarr.Array | zarr.Group:
     """``zarr.open`` of a local path or URL; a missing store, bucket or credentials, or denied
     access, is one line."""
-    url = location.url
-    if not location.remote and not os.path.exists(url):
+    url = location.shown
+    if not location.remote and not os.path.exists(location.url):
         raise DistconvError(f"{url}: no such file or directory")
     try:
         # Absolute (or a URL): the array object is pickled into tasks, and a remote worker's
@@ -233,8 +234,7 @@ def check_output_path(
     :func:`save` checks its provenance); ``overwrite`` and ``resume`` exclude each other.
     """
     target = path if isinstance(path, Location) else Location.parse(path, storage_options)
-    shown = target.url if isinstance(path, Location) else redact(os.fspath(path))
-    check_output_location(target, shown, inputs, overwrite, resume)
+    check_output_location(target, target.shown, inputs, overwrite, resume)
 
 
 def save(
@@ -382,7 +382,7 @@ def save(
         meta=np.empty((0,) * x.ndim, dtype=bool),
         token="distconv-write",
     )
-    shown = location.url
+    shown = location.shown
     try:
         compute_blocks(written, description=description, progress=progress, skip=done)
         record["complete"] = True
@@ -421,7 +421,7 @@ def _image_record(image) -> dict[str, Any]:
 
 def _reopen_for_resume(location: Location, x: da.Array, record: dict[str, Any], tiling, image):
     """Open a partial output, check it records the same job, and find its finished tiles."""
-    path = location.url
+    path = location.shown
     targets, found_image = open_output_levels(location)
     check_same_image(location, found_image, image, x.shape)
     array = targets[0]

@@ -91,7 +91,7 @@ def create_output(
         if location.remote:
             error = remote_error(location, exc, "write")
             raise OutputError(f"cannot create output: {error}") from None
-        raise OutputError(f"cannot create output {location.url} ({_one_line(exc)})") from None
+        raise OutputError(f"cannot create output {location.shown} ({_one_line(exc)})") from None
 
 
 def check_output_location(
@@ -155,19 +155,19 @@ def open_output_levels(location: Location) -> tuple[list[zarr.Array], dict[str, 
     try:
         node = zarr.open(location.zarr_store(read_only=False), mode="r+")
     except Exception as exc:
-        raise OutputError(f"cannot resume {location.url}: not a readable Zarr store") from exc
+        raise OutputError(f"cannot resume {location.shown}: not a readable Zarr store") from exc
     if isinstance(node, zarr.Array):
         return [node.with_config(_WRITE_ALL)], None
     found = multiscale_of(dict(node.attrs))
     if found is None:
-        raise OutputError(f"cannot resume {location.url}: a Zarr group that is not an image")
+        raise OutputError(f"cannot resume {location.shown}: a Zarr group that is not an image")
     arrays = []
     for dataset in found[1]["datasets"]:
         try:
             arrays.append(node[str(dataset["path"])].with_config(_WRITE_ALL))
         except (KeyError, AttributeError):
             raise OutputError(
-                f"cannot resume {location.url}: level {dataset.get('path')!r} is missing; "
+                f"cannot resume {location.shown}: level {dataset.get('path')!r} is missing; "
                 "use --overwrite to start again"
             ) from None
     return arrays, found[1]
@@ -178,12 +178,12 @@ def check_same_image(location: Location, found: dict[str, Any] | None, image, sh
     if (found is None) != (image is None):
         what = "an OME-Zarr image" if found is not None else "a bare Zarr array"
         raise OutputError(
-            f"cannot resume {location.url}: it is {what}, this job writes "
+            f"cannot resume {location.shown}: it is {what}, this job writes "
             f"{'a bare array' if image is None else 'an image'}; use --overwrite to start again"
         )
     if image is not None and len(found["datasets"]) != image.levels:
         raise OutputError(
-            f"cannot resume {location.url}: it has {len(found['datasets'])} levels, this job "
+            f"cannot resume {location.shown}: it has {len(found['datasets'])} levels, this job "
             f"writes {image.levels}; use --overwrite to start again"
         )
 

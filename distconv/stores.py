@@ -197,6 +197,12 @@ class Location:
     url: str
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     address: str = field(default="", repr=False, compare=False)  # the URL as given
+    given: str = field(default="", repr=False, compare=False)  # as the user wrote it, redacted
+
+    @property
+    def shown(self) -> str:
+        """How messages name it: as the user wrote it (a relative path stays relative)."""
+        return self.given or self.url
 
     @classmethod
     def parse(cls, path, storage_options: Mapping[str, Any] | None = None) -> Location:
@@ -206,7 +212,7 @@ class Location:
         if text.startswith("file://"):
             text = text[len("file://") :]
         if not is_url(text):
-            return cls(os.path.abspath(text), {}, os.path.abspath(text))
+            return cls(os.path.abspath(text), {}, os.path.abspath(text), text)
         parts = urlsplit(text)
         if parts.password:
             remember_secret(parts.password)
@@ -216,7 +222,7 @@ class Location:
         else:
             _remember_option_secrets(storage_options)
             _OPTIONS[url] = dict(storage_options)
-        return cls(url, dict(storage_options), text.rstrip("/"))
+        return cls(url, dict(storage_options), text.rstrip("/"), url)
 
     @property
     def remote(self) -> bool:
@@ -234,8 +240,9 @@ class Location:
             return self
         if not self.remote:
             path = os.path.join(self.url, *inner.split("/"))
-            return Location(path, {}, path)
-        return Location(f"{self.url}/{inner}", self.storage_options, f"{self.address}/{inner}")
+            return Location(path, {}, path, os.path.join(self.shown, *inner.split("/")))
+        url = f"{self.url}/{inner}"
+        return Location(url, self.storage_options, f"{self.address}/{inner}", url)
 
     def parent(self) -> Location | None:
         """The enclosing location, or None at a root or a bucket."""
