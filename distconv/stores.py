@@ -429,8 +429,13 @@ def remote_error(location: Location, exc: BaseException, doing: str = "read") ->
 
 
 def bucket_missing(location: Location) -> bool:
+    """True only when the store says the bucket (the URL's first component) does not exist;
+    denied or failed probes say nothing (their own error is reported where it happens)."""
     try:
         fs, root = location.filesystem()
-        return not fs.exists(root.split("/", 1)[0])
-    except Exception:  # the check is best effort: an unreachable store says so elsewhere
+        fs.info(root.split("/", 1)[0])
+    except FileNotFoundError:
+        return True
+    except Exception:  # access denied, unreachable: not "missing"
         return False
+    return False
