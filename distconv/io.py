@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -366,8 +367,14 @@ def save(
         done: set[tuple[int, ...]] = set()
     else:
         targets, record, done = _reopen_for_resume(location, x, record, tiling, image)
+        # Counted in tasks: a task writes one chunk, or one tile of a pyramid.
         record.setdefault("resumed", []).append(
-            {"at": now, "chunks_already_written": len(done), **(attributes or {})}
+            {
+                "at": now,
+                "chunks_already_written": len(done),
+                "tasks": math.prod(x.numblocks),
+                **(attributes or {}),
+            }
         )
         targets[0].attrs.update({ATTRS_KEY: _jsonable(record)})
 

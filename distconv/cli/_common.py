@@ -252,9 +252,11 @@ def save_resumable(
     produced = written.attrs["distconv"]
     if not quiet and produced.get("resumed"):
         already = produced["resumed"][-1]["chunks_already_written"]
+        total = produced["resumed"][-1].get("tasks", y.npartitions)
+        unit = "tiles" if produced.get("pyramid", {}).get("levels", 1) > 1 else "chunks"
         click.echo(
-            f"resumed {output}: {already} of {y.npartitions} chunks were already "
-            f"written, computed the other {y.npartitions - already}"
+            f"resumed {output}: {already} of {total} {unit} were already "
+            f"written, computed the other {total - already}"
         )
     return written, seconds
 
