@@ -221,6 +221,7 @@ class Location:
             storage_options = _options_above(url)
         else:
             _remember_option_secrets(storage_options)
+            _OPTIONS.pop(url, None)  # re-inserted: the latest given for its bucket
             _OPTIONS[url] = dict(storage_options)
         return cls(url, dict(storage_options), text.rstrip("/"), url)
 
@@ -387,11 +388,20 @@ def _comparable_url(url: str) -> str:
 
 
 def _options_above(url: str) -> dict[str, Any]:
+    """Options given for this URL or one above it, else the latest given in its bucket."""
     best = ""
     for known in _OPTIONS:
         if (url == known or url.startswith(known + "/")) and len(known) > len(best):
             best = known
+    if not best:
+        bucket = _bucket_of(url)
+        best = next((k for k in reversed(list(_OPTIONS)) if _bucket_of(k) == bucket), "")
     return dict(_OPTIONS.get(best, {}))
+
+
+def _bucket_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def remote_error(location: Location, exc: BaseException, doing: str = "read") -> DistconvError:

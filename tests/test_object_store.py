@@ -272,3 +272,24 @@ def test_a_tiff_on_s3_is_read_lazily(s3, bucket, tmp_path):
     got = dc.correlate(x, np.ones((3, 3)), axes=("y", "x"), mode="constant").compute()
     expected = ndimage.correlate(stack.astype(np.float64), np.ones((1, 3, 3)), mode="constant")
     np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
+def test_matmul_and_multiply_read_their_panels_from_s3(s3, bucket, tmp_path):
+    name, data = bucket
+    options = _api(s3)
+    b = np.random.default_rng(34).random((150, 40)).astype(np.float32)
+    zarr.create_array(str(tmp_path / "b.zarr"), data=b, chunks=(50, 40))
+    s3.filesystem().put(str(tmp_path / "b.zarr"), f"{name}/b.zarr", recursive=True)
+    a_s3 = dc.open(f"s3://{name}/in.zarr", storage_options=options)
+    b_s3 = dc.open(f"s3://{name}/b.zarr", storage_options=options)
+    product = dc.save(dc.matmul(a_s3, b_s3), f"s3://{name}/ab.zarr", progress=False)
+    np.testing.assert_allclose(product[:], data.astype(np.float64) @ b, rtol=1e-5)
+    assert product.attrs["distconv"]["inputs"] == [f"s3://{name}/in.zarr", f"s3://{name}/b.zarr"]
+    result = _run(s3, tmp_path, "multiply", f"s3://{name}/cells.ome.zarr", "0.5",
+                  "-o", f"s3://{name}/half.ome.zarr", "--pyramid", "2", *_options(s3))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    half = dc.open(f"s3://{name}/half.ome.zarr", storage_options=options)
+    cells = zarr.open_group(str(tmp_path / "cells.ome.zarr"), mode="r")["s0"][:]
+    np.testing.assert_array_equal(half.compute(), cells * np.float32(0.5))
+    image = dc.info(f"s3://{name}/half.ome.zarr", storage_options=options)["image"]
+    assert [level["shape"] for level in image["levels"]] == [[2, 3, 90, 70], [2, 3, 45, 35]]
