@@ -317,7 +317,9 @@ def save(
     location = Location.parse(path, storage_options)
     x = as_dask_array(x)
     read = sources(x)
-    check_output_path(location, [s["path"] for s in read], overwrite, resume)
+    # An image's other levels are the input too: nothing is written inside an input image.
+    protected = [s["path"] for s in read] + [s["image"] for s in read if s.get("image")]
+    check_output_path(location, protected, overwrite, resume)
     image = output_image(
         read,
         x.shape,

@@ -207,3 +207,13 @@ def test_a_group_without_multiscales_is_refused(tmp_path):
     assert "without OME-Zarr multiscales" in result.stderr
     assert f"{tmp_path / 'g.zarr'}/raw" in result.stderr
     assert tree_digest(tmp_path) == before
+
+
+def test_nothing_is_written_inside_an_input_image(image):
+    path, _ = image
+    before = tree_digest(path)
+    x = dc.open(path, level=1)
+    for inside in ("s0", "0", "labels/new"):
+        with pytest.raises(dc.DistconvError, match="inside the input"):
+            dc.save(x, path / inside, overwrite=True, progress=False)
+    assert tree_digest(path) == before
