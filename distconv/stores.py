@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ __all__ = [
     "is_url",
     "parse_storage_options",
     "public_options",
+    "quiet_abandoned_store_reads",
     "redact",
     "remember_secret",
     "remote_error",
@@ -81,6 +83,27 @@ class _UnclosedSessionFilter(logging.Filter):
 
 
 logging.getLogger("asyncio").addFilter(_UnclosedSessionFilter())
+
+
+def quiet_abandoned_store_reads() -> None:
+    """Drop the "Exception ignored in <coroutine StorePath.get>" reports of a failed store.
+
+    When one of zarr's concurrent metadata reads fails (an unreachable endpoint), the others are
+    abandoned; collected later, each prints a traceback through ``sys.unraisablehook``, after
+    the one-line error. Other unraisable exceptions still reach the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "distconv_quiet", False):
+        return
+
+    def hook(unraisable) -> None:
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is not None and f"{os.sep}zarr{os.sep}" in code.co_filename:
+            return
+        previous(unraisable)
+
+    hook.distconv_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def is_url(path: str) -> bool:

@@ -200,6 +200,7 @@ def test_redaction_rules():
         ("axis the image lacks", "no axis 't'"),
         ("no credentials to read", "no credentials to read"),
         ("no credentials to write", "no credentials to write"),
+        ("unreachable endpoint", "cannot reach the store"),
     ],
 )
 def test_bad_object_store_inputs_are_one_line_and_write_nothing(s3, bucket, tmp_path, case, words):
@@ -222,9 +223,10 @@ def test_bad_object_store_inputs_are_one_line_and_write_nothing(s3, bucket, tmp_
         "axis the image lacks": [f"s3://{name}/cells.ome.zarr", "--axes", "t,x"],
         "no credentials to read": [src],
         "no credentials to write": [str(tmp_path / "in.zarr"), "-o", dst],
+        "unreachable endpoint": [src, "--storage-option", "endpoint_url=http://127.0.0.1:1"],
     }[case]
     before = object_bytes(s3.filesystem(), name)
-    command = ["convolve", args[0], "box:size=3", *args[1:], *_options(s3)]
+    command = ["convolve", args[0], "box:size=3", *_options(s3), *args[1:]]  # later options win
     result = _run(s3, tmp_path, *command, credentials="credentials" not in case)
     assert result.returncode == 2, result.stderr
     assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -217,3 +217,20 @@ def test_nothing_is_written_inside_an_input_image(image):
         with pytest.raises(dc.DistconvError, match="inside the input"):
             dc.save(x, path / inside, overwrite=True, progress=False)
     assert tree_digest(path) == before
+
+
+def test_pyramid_axes_may_include_z(tmp_path):
+    data = np.random.default_rng(9).random((20, 36, 30))
+    x = da.from_array(data, chunks=(5, 9, 10))
+    both = dc.save(x, tmp_path / "zyx.ome.zarr", pyramid=2, pyramid_axes=("z", "y", "x"))
+    plain = dc.save(x, tmp_path / "yx.ome.zarr", pyramid=2)
+    level_zyx = zarr.open_group(str(tmp_path / "zyx.ome.zarr"), mode="r")["1"][:]
+    level_yx = zarr.open_group(str(tmp_path / "yx.ome.zarr"), mode="r")["1"][:]
+    np.testing.assert_allclose(level_zyx, mean_halved(data, (0, 1, 2)))
+    np.testing.assert_allclose(level_yx, mean_halved(data, (1, 2)))
+    assert both.shape == plain.shape == data.shape
+    assert validate_ngff(tmp_path / "zyx.ome.zarr", "0.5").datasets[1].coordinateTransformations[
+        0
+    ].scale == [2.0, 2.0, 2.0]
+    with pytest.raises(dc.DistconvError, match="not an axis"):
+        dc.save(x, tmp_path / "bad.ome.zarr", pyramid=2, pyramid_axes=("t",))

@@ -21,7 +21,7 @@ import click
 from distconv import kernels
 from distconv.clusters import SPEC_FORMS
 from distconv.errors import DistconvError
-from distconv.stores import redact
+from distconv.stores import quiet_abandoned_store_reads, redact
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -332,6 +332,8 @@ def run_command_line(group: click.Group, argv: Sequence[str] | None) -> None:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    if not debug:
+        quiet_abandoned_store_reads()  # one line on stderr, even when a store is unreachable
     CommandState.argv, CommandState.resume_command = args, None
     try:
         group.main(args=args, prog_name="distconv", standalone_mode=False)
