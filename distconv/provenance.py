@@ -77,99 +77,48 @@ def remember_provenance(x: da.Array, record: dict[str, Any]) -> da.Array:
 
 
 def source_of(x: da.Array) -> dict[str, Any] | None:
-    """Where ``x`` itself was read from (``{"path", "zarr_format"}``), or None.
+    """Where the Dask array ``x`` itself was read from (``{"path", "zarr_format"}``), or None.
 
     Only the array :func:`distconv.open` returned (or one registered with
     :func:`remember_source`) has a source; anything computed from it does not (use
     :func:`sources` or :func:`source_paths` for those).
-
-    Parameters
-    ----------
-    x : dask.array.Array
-
-    Returns
-    -------
-    dict or None
     """
     return _SOURCES.get(x.name)
 
 
 def sources(x: da.Array) -> list[dict[str, Any]]:
-    """Source records of every store ``x`` reads from (those opened through distconv).
-
-    Parameters
-    ----------
-    x : dask.array.Array
-
-    Returns
-    -------
-    list of dict
-        ``{"path", "zarr_format"}`` records, in the order of the layers of ``x``'s graph.
-    """
+    """Source records (``{"path", "zarr_format"}``) of every store the Dask array ``x`` reads
+    from (those opened through distconv), in the order of the layers of ``x``'s graph."""
     return _graph_records(x, _SOURCES)
 
 
 def source_paths(x: da.Array) -> list[str]:
-    """Paths of the stores ``x`` reads from (those opened through distconv).
-
-    Parameters
-    ----------
-    x : dask.array.Array
-
-    Returns
-    -------
-    list of str
-        Absolute paths, in the order of :func:`sources`.
-    """
+    """Absolute paths of the stores ``x`` reads from, in the order of :func:`sources`."""
     return [record["path"] for record in sources(x)]
 
 
 def step_of(x: da.Array) -> dict[str, Any] | None:
-    """The provenance record of the operation that produced ``x`` itself, or None.
+    """The provenance record of the operation that produced the Dask array ``x`` itself, as the
+    operation gave it to :func:`remember_provenance`, or None.
 
     Only the array an operation returned has one; an array derived from it by plain Dask
     (``y + 1``, ``y[:10]``) does not (use :func:`steps` for those).
-
-    Parameters
-    ----------
-    x : dask.array.Array
-
-    Returns
-    -------
-    dict or None
-        The record as the operation gave it to :func:`remember_provenance`.
     """
     return _STEPS.get(x.name)
 
 
 def steps(x: da.Array) -> list[dict[str, Any]]:
-    """Provenance records of the distconv operations that produced ``x``.
+    """Provenance records of the distconv operations that produced the Dask array ``x``.
 
-    Parameters
-    ----------
-    x : dask.array.Array
-
-    Returns
-    -------
-    list of dict
-        One record per operation in ``x``'s graph, in the order of its layers; what
-        :func:`distconv.save` writes under ``attrs["distconv"]["steps"]``.
+    One record per operation in ``x``'s graph, in the order of its layers: what
+    :func:`distconv.save` writes under ``attrs["distconv"]["steps"]``.
     """
     return _graph_records(x, _STEPS)
 
 
 def engines_used(x: da.Array) -> list[str]:
-    """Engines named by the operations that produced ``x``.
-
-    Parameters
-    ----------
-    x : dask.array.Array
-
-    Returns
-    -------
-    list of str
-        The ``"engine"`` of each of :func:`steps`, each named once, in order of first use.
-    """
+    """Engines named by the operations that produced ``x``: the ``"engine"`` of each of
+    :func:`steps`, each named once, in order of first use."""
     names: list[str] = []
     for step in steps(x):
         engine = step.get("engine")

@@ -1,7 +1,7 @@
 """scipy.ndimage-style arguments checked and normalised: modes, methods, axes, origins, dtypes.
 
-Each check raises the one-line error the CLI prints, so the API and the CLI refuse the same
-things with the same words.
+Each check raises :class:`~distconv.errors.DistconvError` with the one-line error the CLI
+prints, so the API and the CLI refuse the same things with the same words.
 """
 
 from __future__ import annotations
@@ -49,66 +49,28 @@ METHODS = ("auto", "direct", "fft", "separable")
 
 
 def normalize_mode(mode: str) -> str:
-    """Validate a scipy.ndimage boundary mode and return its canonical name.
+    """A scipy.ndimage boundary mode (one of :data:`MODES`) by its canonical name.
 
-    Parameters
-    ----------
-    mode : str
-        One of :data:`MODES`.
-
-    Returns
-    -------
-    str
-        The plain name for a ``grid-*`` alias, else ``mode``.
-
-    Raises
-    ------
-    DistconvError
-        An unknown mode.
+    The plain name stands for a ``grid-*`` alias; any other known mode is returned as given.
     """
-    if mode not in MODES:
-        raise DistconvError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
-    return CANONICAL_MODE.get(mode, mode)
+    return CANONICAL_MODE.get(_one_of(mode, MODES, "mode"), mode)
 
 
 def normalize_method(method: str) -> str:
-    """Validate a correlation method.
+    """A correlation method, checked to be one of :data:`METHODS`."""
+    return _one_of(method, METHODS, "method")
 
-    Parameters
-    ----------
-    method : str
-        One of :data:`METHODS`.
 
-    Returns
-    -------
-    str
-
-    Raises
-    ------
-    DistconvError
-        An unknown method.
-    """
-    if method not in METHODS:
-        raise DistconvError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    return method
+def _one_of(value: str, choices, what: str) -> str:
+    if value not in choices:
+        raise DistconvError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+    return value
 
 
 def compute_dtype_for(dtype: np.dtype) -> np.dtype:
-    """float64 stays float64 (and 64-bit integers need it); everything else computes in float32.
+    """The compute dtype for an input of ``dtype``; refuses complex or non-numeric input.
 
-    Parameters
-    ----------
-    dtype : dtype
-        The input's dtype.
-
-    Returns
-    -------
-    numpy.dtype
-
-    Raises
-    ------
-    DistconvError
-        Complex or non-numeric input.
+    float64 stays float64 (and 64-bit integers need it); everything else computes in float32.
     """
     dtype = np.dtype(dtype)
     if dtype.kind == "c":
@@ -124,21 +86,8 @@ def compute_dtype_for(dtype: np.dtype) -> np.dtype:
 
 
 def check_weights(weights) -> np.ndarray:
-    """Return weights as a float64 array, refusing what cannot be a filter kernel.
-
-    Parameters
-    ----------
-    weights : array_like
-
-    Returns
-    -------
-    numpy.ndarray
-
-    Raises
-    ------
-    DistconvError
-        Non-real, empty, 0-d or non-finite weights.
-    """
+    """Weights (array_like) as a float64 array, refusing what cannot be a filter kernel:
+    non-real, empty, 0-d or non-finite weights."""
     array = np.asarray(weights)
     if array.dtype.kind not in "biuf":
         raise DistconvError(f"weights must be real numbers, got dtype {array.dtype}")
@@ -153,23 +102,11 @@ def check_weights(weights) -> np.ndarray:
 
 
 def normalize_axes(axes, weights_ndim: int, input_ndim: int) -> tuple[int, ...]:
-    """The input axes that the weights' axes filter, in the weights' order.
+    """The input axes (non-negative) that the weights' axes filter, in the weights' order.
 
-    Parameters
-    ----------
-    axes : int, sequence of int or None
-        None: every input axis (the weights must have the input's ``ndim``).
-    weights_ndim, input_ndim : int
-
-    Returns
-    -------
-    tuple of int
-        Non-negative axes.
-
-    Raises
-    ------
-    DistconvError
-        Out-of-range or repeated axes, or a count that does not match the weights.
+    ``axes`` is an int, a sequence of int, or None: every input axis (the weights must then have
+    the input's ``ndim``). Refuses out-of-range or repeated axes, or a count that does not match
+    the weights.
     """
     if axes is None:
         if weights_ndim != input_ndim:
@@ -196,23 +133,11 @@ def normalize_axes(axes, weights_ndim: int, input_ndim: int) -> tuple[int, ...]:
 
 
 def normalize_origins(origin, shape: Sequence[int]) -> tuple[int, ...]:
-    """Origins per weights axis, checked against scipy.ndimage's allowed range.
+    """Origins (ints) per weights axis, checked against scipy.ndimage's allowed range.
 
-    Parameters
-    ----------
-    origin : int or sequence of int
-        One origin for every axis, or one per weights axis.
-    shape : sequence of int
-        The weights' shape.
-
-    Returns
-    -------
-    tuple of int
-
-    Raises
-    ------
-    DistconvError
-        A non-integer or out-of-range origin, or a count that does not match the weights.
+    ``origin`` is one int for every axis or one per axis of the weights, whose shape is
+    ``shape``. Refuses a non-integer or out-of-range origin, or a count that does not match the
+    weights.
     """
     if np.ndim(origin) == 0:
         origins = [origin] * len(shape)
@@ -237,58 +162,26 @@ def normalize_origins(origin, shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def output_dtype_for(dtype, compute_dtype: np.dtype) -> np.dtype:
-    """The output dtype: ``dtype`` when given, else the compute dtype.
-
-    Parameters
-    ----------
-    dtype : dtype or None
-    compute_dtype : numpy.dtype
-
-    Returns
-    -------
-    numpy.dtype
-
-    Raises
-    ------
-    DistconvError
-        An unknown or non-numeric (integer or float) dtype.
-    """
-    if dtype is None:
-        return compute_dtype
-    try:
-        out = np.dtype(dtype)
-    except TypeError:
-        raise DistconvError(f"unknown dtype {dtype!r}") from None
-    if out.kind not in "biuf":
-        raise DistconvError(f"output dtype {out} is not supported; use an integer or float type")
-    return out
+    """The output dtype: ``dtype`` (an integer, bool or float type) when given, else
+    ``compute_dtype``; refuses an unknown or non-numeric ``dtype``."""
+    return compute_dtype if dtype is None else _numeric_dtype(dtype, "biuf")
 
 
 def check_output_dtype(dtype) -> np.dtype | None:
-    """Refuse an output dtype a filter cannot write: bool, complex or not numeric.
+    """The requested output dtype, or None when none was requested (the compute dtype then).
 
-    Parameters
-    ----------
-    dtype : dtype-like, optional
-        The requested output dtype; None asks for the default (the compute dtype).
-
-    Returns
-    -------
-    numpy.dtype or None
-        The dtype, or None when none was requested.
-
-    Raises
-    ------
-    DistconvError
-        For an unknown dtype name, or a dtype that is neither an integer nor a float type.
+    Refuses what a filter cannot write: an unknown dtype name, or a dtype that is neither an
+    integer nor a float type (bool, complex, not numeric).
     """
-    if dtype is None:
-        return None
+    return None if dtype is None else _numeric_dtype(dtype, "iuf")
+
+
+def _numeric_dtype(dtype, kinds: str) -> np.dtype:
     try:
         out = np.dtype(dtype)
     except TypeError:
         raise DistconvError(f"unknown dtype {dtype!r}") from None
-    if out.kind not in "iuf":
+    if out.kind not in kinds:
         raise DistconvError(f"output dtype {out} is not supported; use an integer or float type")
     return out
 
@@ -305,20 +198,9 @@ def check_weights_fit(
     by its boundary mode. On the command line it is a mistake, and the halo would make every
     chunk the whole axis.
 
-    Parameters
-    ----------
-    weights_shape : sequence of int
-        Shape of the weights.
-    input_shape : sequence of int
-        Shape of the input.
-    axes : int or sequence of int, optional
-        Input axes the weights' axes filter (default: all, in order). When their count does not
-        match the weights, nothing is checked here: the planner reports the mismatch.
-
-    Raises
-    ------
-    DistconvError
-        Naming the first axis, as given, on which the weights are larger than the input.
+    ``axes`` are the input axes the weights' axes filter (default: all, in order); when their
+    count does not match the weights nothing is checked here (the planner reports that). The
+    error names the first axis, as given, on which the weights are larger than the input.
     """
     ndim = len(input_shape)
     if axes is None:
