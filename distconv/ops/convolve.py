@@ -22,18 +22,30 @@ from distconv.provenance import remember_provenance
 from distconv.weights import weights_digest
 
 
-def correlate(
-    input,
-    weights,
-    mode: str = "reflect",
-    cval: float = 0.0,
-    origin=0,
-    *,
-    axes: Sequence[int] | None = None,
-    method: str | None = None,
-    engine: str | None = None,
-    dtype=None,
-) -> da.Array:
+def _scipy_filter(convolution: bool, doc: str):
+    """Make :func:`correlate` or :func:`convolve`: both have scipy.ndimage's signature."""
+
+    def function(
+        input,
+        weights,
+        mode: str = "reflect",
+        cval: float = 0.0,
+        origin=0,
+        *,
+        axes: Sequence[int] | None = None,
+        method: str | None = None,
+        engine: str | None = None,
+        dtype=None,
+    ) -> da.Array:
+        return _filter(input, weights, mode, cval, origin, axes, method, engine, dtype, convolution)
+
+    function.__name__ = function.__qualname__ = "convolve" if convolution else "correlate"
+    function.__doc__ = doc
+    return function
+
+
+correlate = _scipy_filter(
+    False,
     """Multidimensional correlation, as :func:`scipy.ndimage.correlate`, chunk by chunk.
 
     Parameters
@@ -63,28 +75,16 @@ def correlate(
     -------
     dask.array.Array
         Lazy result chunked like the input (chunks thinner than the halo are merged first).
-    """
-    return _filter(input, weights, mode, cval, origin, axes, method, engine, dtype, False)
-
-
-def convolve(
-    input,
-    weights,
-    mode: str = "reflect",
-    cval: float = 0.0,
-    origin=0,
-    *,
-    axes: Sequence[int] | None = None,
-    method: str | None = None,
-    engine: str | None = None,
-    dtype=None,
-) -> da.Array:
+    """,
+)
+convolve = _scipy_filter(
+    True,
     """Multidimensional convolution, as :func:`scipy.ndimage.convolve`, chunk by chunk.
 
     Same parameters as :func:`correlate`; the weights are flipped on every filtered axis and the
     origin follows scipy.ndimage's rule for even-sized axes.
-    """
-    return _filter(input, weights, mode, cval, origin, axes, method, engine, dtype, True)
+    """,
+)
 
 
 def _filter(
