@@ -10,21 +10,10 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from conftest import engine_method_params, random_weights, tolerance
+from conftest import MODES, engine_method_params, random_weights, tolerance
 from scipy import ndimage
 
 import distconv as dc
-
-MODES = [
-    "reflect",
-    "constant",
-    "nearest",
-    "mirror",
-    "wrap",
-    "grid-mirror",
-    "grid-constant",
-    "grid-wrap",
-]
 
 
 def reference(x, w, convolution, **kwargs):
