@@ -37,8 +37,7 @@ from distconv.bench.linalg import (
     floor_text,
     io_floor,
     io_floor_percent,
-    matmul_contenders,
-    multiply_contenders,
+    linalg_contenders,
     profile,
     profile_text,
     task_gemm_rate,
@@ -93,8 +92,8 @@ def main(argv=None) -> None:
         contenders = [
             c
             for c in (
-                *matmul_contenders(a_path, b_path, tmp, ["auto"], memory),
-                *multiply_contenders(a_path, b_path, tmp, ["auto"], memory),
+                *linalg_contenders("matmul", a_path, b_path, tmp, ["auto"], memory),
+                *linalg_contenders("multiply", a_path, b_path, tmp, ["auto"], memory),
             )
             if c.name in names
         ]
