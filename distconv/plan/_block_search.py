@@ -236,18 +236,9 @@ class BlockSearch:
             / BYTES_PER_SECOND
             / self.resources.parallel_tasks
         )
-        return Choice(
-            seconds=rounds * per_task + summing,
-            moved=moved,
-            batch_chunks=batch_chunks,
-            bn=bn,
-            bk=bk,
-            bm=bm,
-            fan_in=fan_in,
-            tasks=tasks,
-            fits=peak <= budget,
-            step=step if steps > 1 else 0,
-        )
+        seconds = rounds * per_task + summing
+        blocks = (batch_chunks, bn, bk, bm)  # Choice's fields in order
+        return Choice(seconds, moved, *blocks, fan_in, tasks, peak <= budget, step * (steps > 1))
 
 
 def peak_task_bytes(

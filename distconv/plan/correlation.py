@@ -282,14 +282,7 @@ def plan_correlation(
         )
     if not engines:
         raise EngineError(f"engine {engine!r} cannot correlate {ndim}-D {compute_dtype}")
+    # Positional, in the dataclass's field order (each local is named after its field).
     return CorrelationPlan(
-        weights=full,
-        origins=tuple(full_origins),
-        mode=mode,
-        cval=cval,
-        compute_dtype=compute_dtype,
-        out_dtype=out_dtype,
-        method=method,
-        engines=engines,
-        factors=factors,
+        full, tuple(full_origins), mode, cval, compute_dtype, out_dtype, method, engines, factors
     )
