@@ -97,18 +97,24 @@ def cast_and_count(out, dtype: np.dtype, *, count: bool = True) -> tuple[Any, in
     xp = array_module(out)
     lo, hi = integer_bounds(dtype, out.dtype)
     result = xp.trunc(out)
+    top = np.iinfo(dtype).max
+    # float32 cannot hold int32's maximum (nor float64 int64's): values above the largest float
+    # that fits are set to the maximum after the cast.
+    over = result > hi if count or int(hi) != top else None
     clipped = 0
     if count:
-        clipped = int(xp.count_nonzero((result < lo) | (result > hi) | xp.isnan(result)))
+        clipped = int(xp.count_nonzero(over | (result < lo) | xp.isnan(result)))
     xp.clip(result, lo, hi, out=result)
-    result = xp.nan_to_num(result, copy=False, nan=0.0)
-    return result.astype(dtype), clipped
+    result = xp.nan_to_num(result, copy=False, nan=0.0).astype(dtype)
+    if int(hi) != top:
+        result[over] = top
+    return result, clipped
 
 
 def integer_bounds(dtype: np.dtype, float_dtype: np.dtype) -> tuple[Any, Any]:
     """The smallest and largest values of ``float_dtype`` that fit the integer ``dtype``.
 
-    float32(2**31 - 1) rounds up to 2**31, which int32 cannot hold: the upper bound is the
+    float32(2**31 - 1) rounds up to 2**31, which int32 cannot hold: the upper bound is then the
     largest float below it. The lower bounds (0, -2**(n-1)) are exact in every float type.
     """
     info = np.iinfo(dtype)

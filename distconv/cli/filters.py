@@ -19,7 +19,13 @@ from distconv.cli._common import (
     write_options,
 )
 from distconv.errors import DistconvError
-from distconv.plan import METHODS, MODES, check_output_dtype, check_weights_fit
+from distconv.plan import (
+    METHODS,
+    MODES,
+    check_output_dtype,
+    check_weights_fit,
+    compute_dtype_for,
+)
 
 
 def _int_list(value: str | None, name: str) -> tuple[int, ...] | None:
@@ -67,13 +73,13 @@ def _filter_job(
     y = function(
         x,
         w,
+        dtype,
         mode=mode,
         cval=cval,
         origin=origin_arg,
         axes=axes_t,
         method=method,
         engine=engine,
-        dtype=dtype,
     )
     check_weights_fit(w.shape, x.shape, axes_t)  # the API accepts these, as scipy.ndimage does
     output = output or default_output(
@@ -86,14 +92,26 @@ def _filter_job(
             y, output, operation, overwrite=overwrite, resume=resume, quiet=quiet
         )
     if not quiet:
-        record = written.attrs["distconv"]["steps"][-1]
+        produced = written.attrs["distconv"]
+        record = produced["steps"][-1]
         pixels = float(x.size)
         click.echo(
             f"wrote {output}: {'×'.join(map(str, y.shape))} {y.dtype}, "
             f"{y.npartitions} chunks, method {record['method']}, "
             f"engine {record['engine']}; {seconds:.2f} s, {pixels / seconds / 1e6:.1f} Mpx/s, "
-            f"{x.nbytes / seconds / 2**20:.0f} MiB/s read"
+            f"{x.nbytes / seconds / 2**20:.0f} MiB/s read{_clipped_note(produced, x.dtype)}"
         )
+
+
+def _clipped_note(produced: dict, input_dtype) -> str:
+    """``; 12 samples clipped ... (pass --dtype float32 to keep them)``, or nothing."""
+    from distconv.clipping import describe_clipped
+
+    clipped = produced.get("clipped")
+    if not clipped or not clipped["samples"]:
+        return ""
+    keep = compute_dtype_for(input_dtype)
+    return f"; {describe_clipped(clipped)} (pass --dtype {keep} to keep them)"
 
 
 _EXAMPLES = """
@@ -138,7 +156,11 @@ def _filter_command(operation: str) -> click.Command:
         help="direct | fft | separable | auto [default: config, auto].",
     )
     @engine_option("chunk")
-    @click.option("--dtype", help="Output dtype (e.g. float32, uint16) [default: float].")
+    @click.option(
+        "--dtype",
+        help="Output dtype (e.g. float32, uint16, bool) [default: the input's, as "
+        "scipy.ndimage]. Integers saturate; the summary counts clipped samples.",
+    )
     @options(
         write_options("inputs, weights and parameters"), cluster_options(rmm=True), quiet_option()
     )
