@@ -54,7 +54,8 @@ def cast_output(out, dtype: np.dtype):
 
     Integers truncate toward zero (scipy's C cast: 2.7 → 2, -2.7 → -2) and saturate where the
     value does not fit (scipy wraps: 600 in uint8 is 88 there, 255 here); NaN becomes 0. bool
-    is ``value != 0``. Floats are cast as NumPy casts them.
+    is ``trunc(value) != 0`` (scipy's for ``|value| < 256``; scipy wraps there too: 256 is
+    False). Floats are cast as NumPy casts them.
 
     Parameters
     ----------
@@ -90,8 +91,8 @@ def cast_and_count(out, dtype: np.dtype, *, count: bool = True) -> tuple[Any, in
     dtype = np.dtype(dtype)
     if out.dtype == dtype:
         return out, 0
-    if dtype.kind == "b":
-        return out != 0, 0
+    if dtype.kind == "b":  # scipy's cast goes through an integer: 0.5 is False, 1.5 True
+        return array_module(out).abs(out) >= 1, 0
     if dtype.kind not in "iu" or out.dtype.kind != "f":
         return out.astype(dtype), 0
     xp = array_module(out)

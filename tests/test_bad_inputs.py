@@ -238,7 +238,7 @@ def test_the_api_refuses_the_output_dtypes_the_command_refuses(dtype):
     with pytest.raises(dc.DistconvError, match="is not supported; use a bool, integer or"):
         check_output_dtype(dtype)
     assert check_output_dtype(None) is None and check_output_dtype("uint16") == np.uint16
-    assert check_output_dtype("bool") == np.bool_  # bool output is value != 0, as scipy's
+    assert check_output_dtype("bool") == np.bool_  # bool output: |value| >= 1, as scipy's
 
 
 def test_weights_larger_than_the_input_is_one_named_rule():

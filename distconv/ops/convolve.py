@@ -52,7 +52,8 @@ def correlate(
         The output dtype (scipy.ndimage's ``output``); default: the input's dtype. Results are
         lazy, so an array to fill is refused (``TypeError``). Integer output truncates toward
         zero as scipy's does, but saturates where scipy wraps (600 → 255 in uint8, not 88);
-        :func:`distconv.save` counts the clipped samples. bool output is ``value != 0``.
+        :func:`distconv.save` counts the clipped samples. bool output is ``|value| >= 1``
+        (scipy casts through an integer).
     mode : {'reflect', 'constant', 'nearest', 'mirror', 'wrap', 'grid-mirror', \
 'grid-constant', 'grid-wrap'}
         How the input is extended beyond its edges (scipy.ndimage's meaning).
