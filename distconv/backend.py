@@ -102,11 +102,13 @@ def cast_and_count(out, dtype: np.dtype, *, count: bool = True) -> tuple[Any, in
     # float32 cannot hold int32's maximum (nor float64 int64's): values above the largest float
     # that fits are set to the maximum after the cast.
     over = result > hi if count or int(hi) != top else None
+    nan = xp.isnan(result)
     clipped = 0
     if count:
-        clipped = int(xp.count_nonzero(over | (result < lo) | xp.isnan(result)))
+        clipped = int(xp.count_nonzero(over | (result < lo) | nan))
+    result[nan] = 0
     xp.clip(result, lo, hi, out=result)
-    result = xp.nan_to_num(result, copy=False, nan=0.0).astype(dtype)
+    result = result.astype(dtype)
     if int(hi) != top:
         result[over] = top
     return result, clipped
