@@ -8,6 +8,10 @@ everything a result is derived from are found by walking the layers of its graph
 :func:`distconv.save` writes the sources and steps into the output's attributes and refuses to
 write over a source; cluster routing sends work whose steps name a GPU engine to GPU workers.
 The operations record with :func:`remember_source` and :func:`remember_provenance`.
+
+A third registry marks results that are a saturating cast of a float array in the same graph
+(integer output of a filter): :func:`distconv.save` writes such a result from the float array,
+casting and counting the clipped samples per chunk (:func:`saturating_cast_source`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import dask.array as da
 __all__ = [
     "engines_used",
     "remember_provenance",
+    "remember_saturating_cast",
     "remember_source",
+    "saturating_cast_source",
     "source_of",
     "source_paths",
     "sources",
@@ -31,6 +37,9 @@ __all__ = [
 # names, so save() finds the source and the provenance of anything derived from them.
 _SOURCES: dict[str, dict[str, Any]] = {}
 _STEPS: dict[str, dict[str, Any]] = {}
+# Dask array name of a saturating cast → the name and (empty) meta of the float array it casts.
+# Not the array: its graph would keep in-memory inputs alive.
+_SATURATING: dict[str, tuple[str, Any]] = {}
 
 
 def remember_source(x: da.Array, record: dict[str, Any]) -> da.Array:
@@ -74,6 +83,50 @@ def remember_provenance(x: da.Array, record: dict[str, Any]) -> da.Array:
     """
     _STEPS[x.name] = record
     return x
+
+
+def remember_saturating_cast(x: da.Array, source: da.Array) -> da.Array:
+    """Record that ``x`` is a saturating cast of ``source``, block for block.
+
+    ``x`` must be ``source`` mapped block by block (same chunks) through
+    :func:`distconv.backend.cast_output` to ``x.dtype``, so its graph holds ``source``'s.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+        The cast (integer) result.
+    source : dask.array.Array
+        The float array it casts.
+
+    Returns
+    -------
+    dask.array.Array
+        ``x`` itself.
+    """
+    _SATURATING[x.name] = (source.name, source._meta)
+    return x
+
+
+def saturating_cast_source(x: da.Array) -> da.Array | None:
+    """The float array ``x`` is a saturating cast of, rebuilt from ``x``'s own graph, or None.
+
+    The array returned shares ``x``'s graph, so :func:`steps` and :func:`sources` of anything
+    built on it see everything ``x``'s do (provenance, GPU routing).
+
+    Parameters
+    ----------
+    x : dask.array.Array
+
+    Returns
+    -------
+    dask.array.Array or None
+        None unless ``x`` itself was registered by :func:`remember_saturating_cast`.
+    """
+    found = _SATURATING.get(x.name)
+    if found is None:
+        return None
+    name, meta = found
+    return da.Array(x.__dask_graph__(), name, x.chunks, meta=meta)
 
 
 def source_of(x: da.Array) -> dict[str, Any] | None:

@@ -65,9 +65,9 @@ def test_correlate_named_kernel_in_a_v2_group_with_axes(tmp_path):
     assert result.stdout == "" and result.stderr == ""  # --quiet
     out = zarr.open_array(str(tmp_path / "smooth.zarr"), mode="r")
     assert out.metadata.zarr_format == 2  # the input's format
-    np.testing.assert_allclose(
-        out[:], ndimage.gaussian_filter(data.astype(float), (0, 2, 2)), atol=1e-3
-    )
+    assert out.dtype == np.uint8  # the input's dtype, as scipy.ndimage; truncated toward zero
+    expected = np.trunc(ndimage.gaussian_filter(data.astype(float), (0, 2, 2)))
+    assert np.abs(out[:] - expected).max() <= 1  # float32 may land across an integer
 
 
 def test_info_reports_provenance_and_completeness(image):

@@ -15,7 +15,13 @@ from distconv.cli._common import (
     run_job,
 )
 from distconv.errors import DistconvError
-from distconv.plan import METHODS, MODES, check_output_dtype, check_weights_fit
+from distconv.plan import (
+    METHODS,
+    MODES,
+    check_output_dtype,
+    check_weights_fit,
+    compute_dtype_for,
+)
 
 
 def _int_list(value: str | None, name: str) -> tuple[int, ...] | None:
@@ -59,14 +65,26 @@ def _filter_job(
     )
     written, seconds = job.write(y, output, operation, source_paths(y))  # checked, then saved
     if not job.quiet:
-        record = written.attrs["distconv"]["steps"][-1]
+        produced = written.attrs["distconv"]
+        record = produced["steps"][-1]
         pixels = float(x.size)
         click.echo(
             f"wrote {output}: {'×'.join(map(str, y.shape))} {y.dtype}, "
             f"{y.npartitions} chunks, method {record['method']}, "
             f"engine {record['engine']}; {seconds:.2f} s, {pixels / seconds / 1e6:.1f} Mpx/s, "
-            f"{x.nbytes / seconds / 2**20:.0f} MiB/s read"
+            f"{x.nbytes / seconds / 2**20:.0f} MiB/s read{_clipped_note(produced, x.dtype)}"
         )
+
+
+def _clipped_note(produced: dict, input_dtype) -> str:
+    """``; 12 samples clipped ... (pass --dtype float32 to keep them)``, or nothing."""
+    from distconv.clipping import describe_clipped
+
+    clipped = produced.get("clipped")
+    if not clipped or not clipped["samples"]:
+        return ""
+    keep = compute_dtype_for(input_dtype)
+    return f"; {describe_clipped(clipped)} (pass --dtype {keep} to keep them)"
 
 
 _EXAMPLES = """
@@ -111,7 +129,11 @@ def _filter_command(operation: str) -> click.Command:
         help="direct | fft | separable | auto [default: config, auto].",
     )
     @engine_option("chunk")
-    @click.option("--dtype", help="Output dtype (e.g. float32, uint16) [default: float].")
+    @click.option(
+        "--dtype",
+        help="Output dtype (e.g. float32, uint16, bool) [default: the input's, as "
+        "scipy.ndimage]. Integers saturate; the summary counts clipped samples.",
+    )
     @job_options("inputs, weights and parameters", rmm=True)
     def command(**params: Any) -> None:
         run_job(_filter_job, operation, **params)

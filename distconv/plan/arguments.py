@@ -1,16 +1,25 @@
 """scipy.ndimage-style arguments checked and normalised: modes, methods, axes, origins, dtypes.
 
-Each check raises :class:`~distconv.errors.DistconvError` with the one-line error the CLI
-prints, so the API and the CLI refuse the same things with the same words.
+Each check raises the one-line error the CLI prints, so the API and the CLI refuse the same
+things with the same words. The error is also the builtin scipy.ndimage raises for the same
+mistake (see distconv/errors.py): RuntimeError for an unknown mode or an origin sequence of the
+wrong length, TypeError for a float origin or an unknown dtype name, ValueError for an origin
+outside the kernel or a repeated axis.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import numpy as np
 
-from distconv.errors import DistconvError
+from distconv.errors import (
+    DistconvError,
+    DistconvRuntimeError,
+    DistconvTypeError,
+    WeightsRankError,
+)
 
 __all__ = [
     "CANONICAL_MODE",
@@ -51,9 +60,28 @@ METHODS = ("auto", "direct", "fft", "separable")
 def normalize_mode(mode: str) -> str:
     """A scipy.ndimage boundary mode (one of :data:`MODES`) by its canonical name.
 
-    The plain name stands for a ``grid-*`` alias; any other known mode is returned as given.
+    Parameters
+    ----------
+    mode : str
+        One of :data:`MODES`.
+
+    Returns
+    -------
+    str
+        The plain name for a ``grid-*`` alias, else ``mode``.
+
+    Raises
+    ------
+    DistconvRuntimeError
+        An unknown mode, or a sequence of modes (scipy.ndimage raises RuntimeError for both).
     """
-    return CANONICAL_MODE.get(_one_of(mode, MODES, "mode"), mode)
+    if not isinstance(mode, str):
+        raise DistconvRuntimeError(
+            f"mode must be one name, got {mode!r}; choose one of: {', '.join(MODES)}"
+        )
+    if mode not in MODES:
+        raise DistconvRuntimeError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+    return CANONICAL_MODE.get(mode, mode)
 
 
 def normalize_method(method: str) -> str:
@@ -70,31 +98,41 @@ def _one_of(value: str, choices, what: str) -> str:
 def compute_dtype_for(dtype: np.dtype) -> np.dtype:
     """The compute dtype for an input of ``dtype``; refuses complex or non-numeric input.
 
-    float64 stays float64 (and 64-bit integers need it); everything else computes in float32.
+    Raises
+    ------
+    DistconvRuntimeError
+        Complex or non-numeric input (scipy.ndimage's RuntimeError for unsupported array types).
     """
     dtype = np.dtype(dtype)
     if dtype.kind == "c":
-        raise DistconvError(
+        raise DistconvRuntimeError(
             f"complex input ({dtype}) is not supported; filter the real and "
             "imaginary parts separately"
         )
     if dtype.kind not in "biuf":
-        raise DistconvError(f"input dtype {dtype} is not numeric")
+        raise DistconvRuntimeError(f"input dtype {dtype} is not numeric")
     if dtype == np.float64 or (dtype.kind in "iu" and dtype.itemsize == 8):
         return np.dtype(np.float64)
     return np.dtype(np.float32)
 
 
 def check_weights(weights) -> np.ndarray:
-    """Weights (array_like) as a float64 array, refusing what cannot be a filter kernel:
-    non-real, empty, 0-d or non-finite weights."""
+    """Return weights as a float64 array, refusing what cannot be a filter kernel.
+
+    Raises
+    ------
+    DistconvError
+        Non-real, empty or non-finite weights.
+    WeightsRankError
+        0-d weights (their rank cannot match any input's).
+    """
     array = np.asarray(weights)
     if array.dtype.kind not in "biuf":
         raise DistconvError(f"weights must be real numbers, got dtype {array.dtype}")
     if array.size == 0:
         raise DistconvError(f"weights are empty (shape {array.shape})")
     if array.ndim == 0:
-        raise DistconvError("weights must have at least one dimension")
+        raise WeightsRankError("weights must have at least one dimension")
     array = array.astype(np.float64)
     if not np.all(np.isfinite(array)):
         raise DistconvError("weights contain NaN or infinity")
@@ -104,13 +142,29 @@ def check_weights(weights) -> np.ndarray:
 def normalize_axes(axes, weights_ndim: int, input_ndim: int) -> tuple[int, ...]:
     """The input axes (non-negative) that the weights' axes filter, in the weights' order.
 
-    ``axes`` is an int, a sequence of int, or None: every input axis (the weights must then have
-    the input's ``ndim``). Refuses out-of-range or repeated axes, or a count that does not match
-    the weights.
+    Parameters
+    ----------
+    axes : int, sequence of int or None
+        None: every input axis (the weights must have the input's ``ndim``).
+    weights_ndim, input_ndim : int
+
+    Returns
+    -------
+    tuple of int
+        Non-negative axes.
+
+    Raises
+    ------
+    DistconvError
+        Out-of-range or repeated axes (a ValueError, as scipy.ndimage's).
+    DistconvTypeError
+        An axis that is not an integer.
+    WeightsRankError
+        Weights whose rank differs from the input's (no ``axes``) or from ``len(axes)``.
     """
     if axes is None:
         if weights_ndim != input_ndim:
-            raise DistconvError(
+            raise WeightsRankError(
                 f"weights have {weights_ndim} dimension(s) but the input has {input_ndim}; "
                 f"pass axes= (--axes) to name the {weights_ndim} input axes to filter"
             )
@@ -119,13 +173,14 @@ def normalize_axes(axes, weights_ndim: int, input_ndim: int) -> tuple[int, ...]:
         axes = (int(axes),)
     normalized = []
     for axis in axes:
-        if not -input_ndim <= int(axis) < input_ndim:
+        axis = _integer(axis, "axis")
+        if not -input_ndim <= axis < input_ndim:
             raise DistconvError(f"axis {axis} is out of range for a {input_ndim}-D input")
-        normalized.append(int(axis) % input_ndim)
+        normalized.append(axis % input_ndim)
     if len(set(normalized)) != len(normalized):
         raise DistconvError(f"axes {tuple(axes)} repeat an axis")
     if len(normalized) != weights_ndim:
-        raise DistconvError(
+        raise WeightsRankError(
             f"axes {tuple(axes)} name {len(normalized)} axis/axes but the weights have "
             f"{weights_ndim} dimension(s)"
         )
@@ -135,23 +190,37 @@ def normalize_axes(axes, weights_ndim: int, input_ndim: int) -> tuple[int, ...]:
 def normalize_origins(origin, shape: Sequence[int]) -> tuple[int, ...]:
     """Origins (ints) per weights axis, checked against scipy.ndimage's allowed range.
 
-    ``origin`` is one int for every axis or one per axis of the weights, whose shape is
-    ``shape``. Refuses a non-integer or out-of-range origin, or a count that does not match the
-    weights.
+    Parameters
+    ----------
+    origin : int or sequence of int
+        One origin for every axis, or one per weights axis.
+    shape : sequence of int
+        The weights' shape.
+
+    Returns
+    -------
+    tuple of int
+
+    Raises
+    ------
+    DistconvError
+        An origin outside the kernel (a ValueError, as scipy.ndimage's).
+    DistconvTypeError
+        An origin that is not an integer: a float (even 1.0), complex, bool or string.
+    DistconvRuntimeError
+        A sequence of origins whose length is not the weights' rank.
     """
-    if np.ndim(origin) == 0:
+    if isinstance(origin, (str, bytes)) or not np.iterable(origin):  # scipy's test for one
         origins = [origin] * len(shape)
     else:
         origins = list(origin)
         if len(origins) != len(shape):
-            raise DistconvError(
+            raise DistconvRuntimeError(
                 f"origin has {len(origins)} value(s) but the weights have {len(shape)} axes"
             )
     result = []
     for value, size in zip(origins, shape):
-        if isinstance(value, (bool, np.bool_)) or float(value) != int(value):
-            raise DistconvError(f"origin {value!r} is not an integer")
-        value = int(value)
+        value = _integer(value, "origin")
         if not -(size // 2) <= value <= (size - 1) // 2:
             raise DistconvError(
                 f"invalid origin {value} for a kernel of size {size}: "
@@ -161,28 +230,80 @@ def normalize_origins(origin, shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(result)
 
 
-def output_dtype_for(dtype, compute_dtype: np.dtype) -> np.dtype:
-    """The output dtype: ``dtype`` (an integer, bool or float type) when given, else
-    ``compute_dtype``; refuses an unknown or non-numeric ``dtype``."""
-    return compute_dtype if dtype is None else _numeric_dtype(dtype, "biuf")
+def _integer(value, what: str) -> int:
+    """An integer argument as scipy.ndimage takes it: ints and NumPy integers, nothing else."""
+    if isinstance(value, (bool, np.bool_)):
+        raise DistconvTypeError(f"{what} {value!r} is not an integer")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise DistconvTypeError(f"{what} {value!r} is not an integer") from None
+
+
+def output_dtype_for(dtype, input_dtype) -> np.dtype:
+    """The output dtype, as scipy.ndimage's: ``dtype`` when given, else the input's dtype.
+
+    Parameters
+    ----------
+    dtype : dtype-like or None
+        The requested output dtype (scipy.ndimage's ``output``).
+    input_dtype : dtype-like
+        The input's dtype.
+
+    Returns
+    -------
+    numpy.dtype
+
+    Raises
+    ------
+    DistconvTypeError, DistconvRuntimeError
+        As :func:`check_output_dtype`.
+    """
+    out = check_output_dtype(dtype)
+    return np.dtype(input_dtype) if out is None else out
 
 
 def check_output_dtype(dtype) -> np.dtype | None:
-    """The requested output dtype, or None when none was requested (the compute dtype then).
+    """Refuse an output a filter cannot write: an array, an unknown name, complex, not numeric.
 
-    Refuses what a filter cannot write: an unknown dtype name, or a dtype that is neither an
-    integer nor a float type (bool, complex, not numeric).
+    Results are lazy, so ``output`` names a dtype; scipy.ndimage's other form (an array to
+    fill) is refused with a hint.
+
+    Parameters
+    ----------
+    dtype : dtype-like, optional
+        The requested output dtype; None asks for the default (the input's dtype).
+
+    Returns
+    -------
+    numpy.dtype or None
+        The dtype (bool, integer or float), or None when none was requested.
+
+    Raises
+    ------
+    DistconvTypeError
+        An array instead of a dtype, or an unknown dtype name (scipy.ndimage's TypeError).
+    DistconvRuntimeError
+        A dtype that is not bool, integer or float (scipy.ndimage's RuntimeError).
     """
-    return None if dtype is None else _numeric_dtype(dtype, "iuf")
-
-
-def _numeric_dtype(dtype, kinds: str) -> np.dtype:
+    if dtype is None:
+        return None
+    if not isinstance(dtype, (np.dtype, type, str)) and (
+        hasattr(dtype, "__array__") or hasattr(dtype, "__array_function__")
+    ):
+        raise DistconvTypeError(
+            f"output must be a dtype or its name, not {type(dtype).__name__}: distconv's "
+            "results are lazy dask arrays; pass output=array.dtype, then dc.save(result, path) "
+            "or array[...] = result.compute()"
+        )
     try:
         out = np.dtype(dtype)
-    except TypeError:
-        raise DistconvError(f"unknown dtype {dtype!r}") from None
-    if out.kind not in kinds:
-        raise DistconvError(f"output dtype {out} is not supported; use an integer or float type")
+    except (TypeError, ValueError):
+        raise DistconvTypeError(f"unknown dtype {dtype!r}") from None
+    if out.kind not in "biuf":
+        raise DistconvRuntimeError(
+            f"output dtype {out} is not supported; use a bool, integer or float type"
+        )
     return out
 
 
