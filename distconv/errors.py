@@ -12,6 +12,7 @@ __all__ = [
     "DistconvError",
     "EngineError",
     "InputReadError",
+    "InputValueError",
     "JobFailed",
     "OutputError",
 ]
@@ -31,6 +32,11 @@ class OutputError(DistconvError):
 
 class InputReadError(DistconvError):
     """A chunk of an input cannot be read (damaged or unreadable); found while computing."""
+
+
+class InputValueError(InputReadError):
+    """An input chunk holds values the operation refuses (e.g. negative counts for
+    Richardson–Lucy); found while computing, handled as a damaged chunk."""
 
 
 class JobFailed(DistconvError):
