@@ -29,7 +29,13 @@ from distconv.plan.deconvolution import DeconvolutionPlan, plan_richardson_lucy,
 from distconv.provenance import remember_provenance
 from distconv.weights import weights_digest
 
-__all__ = ["plan_for", "richardson_lucy", "richardson_lucy_with_plan", "wiener"]
+__all__ = [
+    "plan_for",
+    "richardson_lucy",
+    "richardson_lucy_with_plan",
+    "wiener",
+    "wiener_with_plan",
+]
 
 
 def richardson_lucy(
@@ -153,14 +159,7 @@ def wiener(
         engine=engine,
         memory_budget=memory_budget,
     )
-    x = _on_device(x, plan)
-    if plan.strategy == "whole":
-        sides = ((0, 0),) * x.ndim
-        whole = x.rechunk(tuple((s,) for s in x.shape)).astype(plan.compute_dtype)
-        y = whole.map_blocks(wiener_tile, plan=plan, sides=sides, dtype=plan.compute_dtype)
-    else:
-        y = _wiener_tiles(x, plan)
-    return _record(y.rechunk(x.chunks), plan, psf, reg, x)
+    return wiener_with_plan(x, plan, psf, reg)
 
 
 def plan_for(
@@ -216,6 +215,20 @@ def richardson_lucy_with_plan(x: da.Array, plan: DeconvolutionPlan, psf, *, scra
     else:
         y = _richardson_lucy_tiles(x, plan)
     return _record(y.rechunk(x.chunks), plan, psf, None, x)
+
+
+def wiener_with_plan(x: da.Array, plan: DeconvolutionPlan, psf, reg=None) -> da.Array:
+    """The Wiener graph for a resolved plan, with its provenance recorded."""
+    x = _on_device(x, plan)
+    if plan.strategy == "whole":
+        sides = ((0, 0),) * x.ndim
+        whole = x.rechunk(tuple((s,) for s in x.shape)).astype(plan.compute_dtype)
+        y = whole.map_blocks(
+            wiener_tile, plan=plan, sides=sides, dtype=plan.compute_dtype, meta=_meta(x, plan)
+        )
+    else:
+        y = _wiener_tiles(x, plan)
+    return _record(y.rechunk(x.chunks), plan, psf, reg, x)
 
 
 def _richardson_lucy_tiles(x: da.Array, plan: DeconvolutionPlan) -> da.Array:
@@ -290,6 +303,7 @@ def _record(y: da.Array, plan: DeconvolutionPlan, psf, reg, x: da.Array) -> da.A
             "strategy": plan.strategy,
             "halo": list(plan.halo),
             "plan": {"tasks": plan.layout.tasks, "tile": [max(c) for c in plan.layout.chunks]},
+            "method": f"{plan.strategy} ({'exact' if plan.exact else 'smaller halo'})",
             "engine": ",".join(plan.engines_used()),
             "input_shape": list(x.shape),
             "input_dtype": str(x.dtype),
