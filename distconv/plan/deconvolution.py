@@ -283,9 +283,11 @@ def plan_richardson_lucy(
     periodic = MODES[mode] == "wrap"
     itemsize = compute_dtype.itemsize
 
+    memo: dict = {}
+
     def tile_seconds(low, core, high, shrink, passes):
         return rl_tile_seconds(
-            forward, backward, low, core, high, shrink, iterations, passes, itemsize
+            forward, backward, low, core, high, shrink, iterations, passes, itemsize, memo
         )
 
     search = TileSearch(shape, chunks, periodic, resources, itemsize)

@@ -8,6 +8,7 @@ task. (The general tile planner can take this over: only :meth:`TileSearch.best`
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -16,7 +17,9 @@ from distconv.ops.halo import merge_small_chunks
 from distconv.plan.correlation import CorrelationPlan, method_costs
 
 __all__ = [
+    "COST_SAMPLES",
     "ELEMENTWISE_SECONDS",
+    "MAX_COMBINATIONS",
     "MAX_MERGE",
     "READ_SECONDS_PER_BYTE",
     "TILE_ARRAYS_RL",
@@ -37,8 +40,12 @@ WRITE_SECONDS_PER_BYTE = 6e-9
 # and the engine's FFT buffers (complex, half length, about two real arrays' worth).
 TILE_ARRAYS_RL = 8
 TILE_ARRAYS_WIENER = 6
-# Tiles merge this many stored chunks per axis at most (the tile planner may choose more).
+# Tiles merge this many stored chunks per axis at most (the tile planner may choose more), and
+# at most this many layouts are priced before one factor serves every axis.
 MAX_MERGE = 64
+MAX_COMBINATIONS = 512
+# Iterations of a shrinking tile priced one by one (the others are interpolated).
+COST_SAMPLES = 6
 
 
 @dataclass(frozen=True)
@@ -67,20 +74,30 @@ class TileSearch:
         self.itemsize = itemsize
 
     def best(self, depth, exact, arrays, seconds, *, shrink=None, passes=False, pad=False):
-        """The best :class:`Layout` over merges of 1, 2, 4... chunks per axis."""
+        """The best :class:`Layout` over merges of 1, 2, 4... chunks, chosen per axis.
+
+        Axes are merged independently (a 2-D image may be best cut in strips); when that makes
+        more than :data:`MAX_COMBINATIONS` layouts, one factor serves every axis.
+        """
         shrink = exact if shrink is None else shrink
+        per_axis = [_factors(len(axis)) for axis in self.chunks]
+        if math.prod(len(f) for f in per_axis) > MAX_COMBINATIONS:
+            shared = sorted(set().union(*per_axis))
+            combinations = [tuple(min(f, max(p)) for p in per_axis) for f in shared]
+        else:
+            combinations = list(itertools.product(*per_axis))
         best: Layout | None = None
-        factor = 1
-        while factor <= MAX_MERGE:
-            chunks = tuple(
-                merge_small_chunks(_group(axis, factor), d) for axis, d in zip(self.chunks, depth)
+        layouts = {
+            tuple(
+                merge_small_chunks(_group(axis, f), d)
+                for axis, f, d in zip(self.chunks, factors, depth)
             )
+            for factors in combinations
+        }
+        for chunks in sorted(layouts, key=lambda c: [len(a) for a in c], reverse=True):
             layout = self._layout(chunks, depth, exact, arrays, seconds, shrink, passes, pad)
             if best is None or _better(layout, best):
                 best = layout
-            if all(len(axis) == 1 for axis in chunks):
-                break
-            factor *= 2
         return best
 
     def whole(self, arrays, seconds) -> Layout:
@@ -120,6 +137,15 @@ def _better(a: Layout, b: Layout) -> bool:
     return a.seconds < b.seconds * 0.98  # a merge must pay for its fewer, larger tasks
 
 
+def _factors(count: int) -> list[int]:
+    """Merge factors 1, 2, 4... up to one tile over the axis (at most :data:`MAX_MERGE`)."""
+    factors, factor = [1], 2
+    while factor < 2 * count and factor <= MAX_MERGE:
+        factors.append(factor)
+        factor *= 2
+    return factors
+
+
 def _group(sizes: tuple[int, ...], factor: int) -> tuple[int, ...]:
     return tuple(sum(sizes[i : i + factor]) for i in range(0, len(sizes), factor))
 
@@ -141,22 +167,45 @@ def rl_tile_seconds(
     iterations: int,
     passes: bool,
     itemsize: int,
+    memo: dict | None = None,
 ) -> float:
-    """Seconds for one tile: every blur priced by the correlation cost model, the element-wise
-    work per voxel and, for passes, the scratch reads and writes of every iteration."""
+    """Seconds for one tile: the blurs priced by the correlation cost model, the element-wise
+    work per voxel and, for passes, the scratch reads and writes of every iteration.
+
+    A shrinking tile's blurs are priced at up to :data:`COST_SAMPLES` evenly spaced
+    iterations and summed in proportion; ``memo`` keeps prices by block shape across calls.
+    """
     steps = 1 if passes else iterations
-    low, high = list(low), list(high)
     before = [k // 2 for k in forward.weights.shape]
     after = [(k - 1) // 2 for k in forward.weights.shape]
-    seconds = 0.0
-    for _ in range(steps):
-        for plan in (forward, backward):
-            if shrink:
-                low = [max(lo - b, 0) if lo else 0 for lo, b in zip(low, before)]
-                high = [max(hi - a, 0) if hi else 0 for hi, a in zip(high, after)]
-            out = [lo + c + hi for lo, c, hi in zip(low, core, high)]
-            seconds += method_costs(plan.weights, out, plan.engines)[plan.method_for(out)]
-        seconds += math.prod(out) * ELEMENTWISE_SECONDS
+    memo = {} if memo is None else memo
+
+    def blur_seconds(plan: CorrelationPlan, out: tuple[int, ...]) -> float:
+        key = (id(plan), out)
+        if key not in memo:
+            memo[key] = method_costs(plan.weights, out, plan.engines)[plan.method_for(out)]
+        return memo[key]
+
+    def shape_after(blurs: int) -> tuple[int, ...]:
+        """The block shape after ``blurs`` blurs (the tile shrinks on its inner sides)."""
+        if not shrink:
+            return tuple(lo + c + hi for lo, c, hi in zip(low, core, high))
+        return tuple(
+            (max(lo - blurs * b, 0) if lo else 0) + c + (max(hi - blurs * a, 0) if hi else 0)
+            for lo, c, hi, b, a in zip(low, core, high, before, after)
+        )
+
+    samples = sorted(
+        {round(i * (steps - 1) / max(COST_SAMPLES - 1, 1)) for i in range(COST_SAMPLES)}
+    )
+    samples = [i for i in samples if i < steps]
+    per_step = 0.0
+    for step in samples:
+        blurred = shape_after(2 * step + 1)
+        back = shape_after(2 * step + 2)
+        per_step += blur_seconds(forward, blurred) + blur_seconds(backward, back)
+        per_step += math.prod(back) * ELEMENTWISE_SECONDS
+    seconds = per_step * steps / len(samples)
     if passes:
         haloed = math.prod(
             c + 2 * (2 * b) for c, b in zip(core, before)
