@@ -7,6 +7,7 @@ minutes on the 2-core machine; ``--quick`` runs the same suite on small inputs (
 to check that it works and to show the format.
 
     python benchmarks/run_all.py [--quick] [--only convolve,memory] [--skip gpu]
+    python benchmarks/run_all.py --only deconvolve   # optional: not part of the 20 minutes
     make bench
 """
 
@@ -85,6 +86,8 @@ FULL = {
         "3",
     ],
     "gpu": ["gpu.py", "--size", "8192", "--kernel-sizes", "3,9,31,127", "--repeats", "3"],
+    # Optional (scikit-image alone takes several minutes at these sizes): --only deconvolve.
+    "deconvolve": ["deconvolve.py"],
 }
 QUICK = {
     "engines": [
@@ -144,7 +147,24 @@ QUICK = {
         "2",
     ],
     "gpu": ["gpu.py", "--size", "1024", "--kernel-sizes", "3,31", "--repeats", "2"],
+    "deconvolve": [
+        "deconvolve.py",
+        "--size",
+        "1024",
+        "--chunk",
+        "256",
+        "--iterations",
+        "10",
+        "--size3d",
+        "64",
+        "--chunk3d",
+        "32",
+        "--iterations3d",
+        "5",
+    ],
 }
+# Sections run only when named in --only.
+OPTIONAL = {"deconvolve"}
 
 
 QUICK_NOTE = "QUICK RUN on small inputs: it shows the format, not the targets. "
@@ -160,7 +180,7 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    chosen = args.only.split(",") if args.only else list(plan)
+    chosen = args.only.split(",") if args.only else [s for s in plan if s not in OPTIONAL]
     unknown = [s for s in (*chosen, *filter(None, args.skip.split(","))) if s not in plan]
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(plan)}")
