@@ -30,7 +30,7 @@ import zarr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from distconv.backend import array_module, to_device, to_numpy
+from distconv.backend import array_module, is_gpu_array, to_numpy
 from distconv.errors import DistconvError
 from distconv.ops.deconvolve_blocks import check_image_values, richardson_lucy_tile, tile_sides
 from distconv.ops.halo import exchange_halos
@@ -174,9 +174,8 @@ def pass_markers(x: da.Array, plan: DeconvolutionPlan, store: Scratch, last: int
         )
         for index in np.ndindex(*grid)
     }
-    job = _Job(plan, store, arrays, regions, grid, to_gpu=_is_gpu(x))
-    final = last == plan.iterations
-    meta = np.empty((0,) * x.ndim, dtype=plan.compute_dtype if final else bool)
+    job = _Job(plan, store, arrays, regions, grid, to_gpu=is_gpu_array(x))
+    markers = np.empty((0,) * x.ndim, dtype=bool)
     if done == 0:
         merged, haloed = exchange_halos(
             x.rechunk(plan.layout.chunks) if x.chunks != plan.layout.chunks else x,
@@ -185,13 +184,15 @@ def pass_markers(x: da.Array, plan: DeconvolutionPlan, store: Scratch, last: int
             0.0,
             plan.compute_dtype,
         )
+        is_result = plan.iterations == 1
+        meta = _result_meta(x, plan) if is_result else markers
         current = haloed.map_blocks(
             _first_pass,
             job=job,
-            final=last == 1 and final,
-            chunks=merged.chunks if last == 1 and final else (1,) * x.ndim,
+            final=is_result,
+            chunks=merged.chunks if is_result else (1,) * x.ndim,
             dtype=meta.dtype,
-            meta=array_module(x._meta).empty((0,) * x.ndim, dtype=meta.dtype),
+            meta=meta,
             token=f"distconv-rl-pass-1-{tokenize(store.root)}",
         )
         first = 2
@@ -208,7 +209,7 @@ def pass_markers(x: da.Array, plan: DeconvolutionPlan, store: Scratch, last: int
         is_result = k == plan.iterations
         chunks = plan.layout.chunks if is_result else tuple((1,) * n for n in grid)
         current = da.Array(
-            graph, name, chunks, meta=meta if not is_result else _result_meta(x, plan)
+            graph, name, chunks, meta=_result_meta(x, plan) if is_result else markers
         )
     return current
 
@@ -271,7 +272,11 @@ class _Job:
             data = array.oindex[tuple(selection)]
         else:
             data = array[tuple(selection)]
-        return to_device(data) if self.to_gpu else data
+        if self.to_gpu:  # the tile goes to the device once; the estimate stays there
+            import cupy
+
+            return cupy.asarray(data)
+        return data
 
     def write(self, name, index, core) -> None:
         array = self.arrays[name]
@@ -316,12 +321,6 @@ def _next_pass(job: _Job, k: int, index, _neighbours_done):
         return estimate
     job.write(k, index, estimate)
     return np.ones((1,) * len(index), dtype=bool)
-
-
-def _is_gpu(x: da.Array) -> bool:
-    from distconv.backend import is_gpu_array
-
-    return is_gpu_array(x)
 
 
 def _result_meta(x: da.Array, plan: DeconvolutionPlan):
