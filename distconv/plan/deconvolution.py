@@ -385,9 +385,10 @@ def plan_wiener(
     search = TileSearch(shape, chunks, MODES[mode] == "wrap", resources, compute_dtype.itemsize)
     whole = search.whole(TILE_ARRAYS_WIENER, tile_seconds)
     candidates = {"whole image, exact": whole}
-    depth = wiener_auto_halo(psf64.shape) if not isinstance(requested, int) else None
     if isinstance(requested, int):
         depth = tuple(requested if k > 1 else 0 for k in psf64.shape)
+    else:
+        depth = wiener_auto_halo(psf64.shape)
     name = f"tiles, halo {max(depth)}"
     if requested != "exact":
         candidates[name] = search.best(depth, False, TILE_ARRAYS_WIENER, tile_seconds, pad=True)
