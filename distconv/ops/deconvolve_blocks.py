@@ -18,6 +18,9 @@ its size and its inner sides are mirrored, so pixels near them are approximate.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+import scipy.fft
 
 from distconv import kernels
 from distconv.backend import array_module
@@ -95,23 +98,23 @@ def richardson_lucy_tile(
     """
     xp = array_module(image)
     u = xp.full(image.shape, 0.5, dtype=image.dtype) if estimate is None else estimate
-    start, stop = [0] * image.ndim, list(image.shape)  # u's region in the tile
+    region = _Region.whole(image.shape)  # what u covers in the tile, and where it is exact
     for _ in range(iterations):
-        blur, (start1, stop1) = _blur(u, start, stop, plan.forward, plan, edges)
+        blur, blurred = _blur(u, region, plan.forward, plan, edges)
         blur += EPSILON
-        observed = image[_slices(start1, stop1)]
+        observed = image[blurred.slices()]
         if plan.filter_epsilon:
             ratio = xp.where(blur < plan.filter_epsilon, 0, observed / blur)
         else:
             ratio = observed / blur
         del blur, observed
-        back, (start2, stop2) = _blur(ratio, start1, stop1, plan.backward, plan, edges)
+        back, region_back = _blur(ratio, blurred, plan.backward, plan, edges)
         del ratio
-        u = u[_slices(start2, stop2, start)] * back
-        start, stop = start2, stop2
+        u = u[region_back.slices(region.start)] * back
+        region = region_back
     core = tuple(
         slice(lo - begin, size - hi - begin)
-        for (lo, hi), begin, size in zip(sides, start, image.shape)
+        for (lo, hi), begin, size in zip(sides, region.start, image.shape)
     )
     u = u[core]
     return xp.clip(u, -1, 1) if clip else u
@@ -145,29 +148,65 @@ def check_image_values(core, where: str) -> None:
         )
 
 
-def _blur(x, start, stop, plan: CorrelationPlan, deconvolution: DeconvolutionPlan, edges):
-    """Correlate ``x`` (the region ``start:stop`` of the tile) with ``plan``'s weights.
+@dataclass(frozen=True)
+class _Region:
+    """An array's extent in the tile (``start``, ``stop``) and the part of it that is exact
+    (``valid_start``, ``valid_stop``); outside it, values are finite but approximate."""
 
-    True edges are extended by the mode. Inner sides either give up the PSF's reach (exact
-    halo: the result covers a smaller region) or are mirrored (a smaller halo).
+    start: tuple[int, ...]
+    stop: tuple[int, ...]
+    valid_start: tuple[int, ...]
+    valid_stop: tuple[int, ...]
+
+    @classmethod
+    def whole(cls, shape) -> _Region:
+        zero, full = (0,) * len(shape), tuple(shape)
+        return cls(zero, full, zero, full)
+
+    def slices(self, origin=None) -> tuple[slice, ...]:
+        """This extent inside an array that starts at ``origin`` (default: the tile's start)."""
+        origin = origin or (0,) * len(self.start)
+        return tuple(slice(a - o, b - o) for a, b, o in zip(self.start, self.stop, origin))
+
+
+def _blur(x, region: _Region, plan: CorrelationPlan, deconvolution: DeconvolutionPlan, edges):
+    """Correlate ``x`` (covering ``region`` of the tile) with ``plan``'s weights.
+
+    True edges are extended by the mode. With an exact halo the exact part shrinks by the PSF's
+    reach on inner sides, and so does the result, except where the FFT length would not
+    change: there the array keeps its extent (inner sides mirrored; the values beyond the
+    exact part are not used), so the PSF's cached spectrum serves the next blurs too. With a
+    smaller halo the array keeps its extent and its inner sides are mirrored.
     """
     xp = array_module(x)
-    edge_pad, inner_pad = [], []
-    new_start, new_stop = list(start), list(stop)
-    for axis, (before, after) in enumerate(zip(deconvolution.before, deconvolution.after)):
-        edge, inner = [0, 0], [0, 0]
-        for side, reach in ((0, before), (1, after)):
-            if edges[axis][side]:
-                edge[side] = reach
-            elif deconvolution.exact:
-                if side == 0:
-                    new_start[axis] += reach
-                else:
-                    new_stop[axis] -= reach
-            else:
-                inner[side] = reach
-        edge_pad.append(tuple(edge))
-        inner_pad.append(tuple(inner))
+    reach = list(zip(deconvolution.before, deconvolution.after))
+    valid_start, valid_stop = list(region.valid_start), list(region.valid_stop)
+    out_start, out_stop = list(region.start), list(region.stop)
+    method = None
+    if deconvolution.exact:
+        for axis, (before, after) in enumerate(reach):
+            valid_start[axis] += 0 if edges[axis][0] else before
+            valid_stop[axis] -= 0 if edges[axis][1] else after
+        method = plan.method_for([b - a for a, b in zip(valid_start, valid_stop)])
+        for axis, k in enumerate(plan.weights.shape):
+            keep = (
+                method == "fft"
+                and k > 1
+                and _fft_length(region.stop[axis] - region.start[axis] + k - 1)
+                == _fft_length(valid_stop[axis] - valid_start[axis] + k - 1)
+            )
+            if not keep:
+                out_start[axis], out_stop[axis] = valid_start[axis], valid_stop[axis]
+    # The input this output reads: cut from x, the rest padded (mode at true edges).
+    cut, edge_pad, inner_pad = [], [], []
+    for axis, (before, after) in enumerate(reach):
+        low = max(out_start[axis] - before, region.start[axis])
+        high = min(out_stop[axis] + after, region.stop[axis])
+        cut.append(slice(low - region.start[axis], high - region.start[axis]))
+        pads = (low - (out_start[axis] - before), out_stop[axis] + after - high)
+        edge_pad.append(tuple(p if edges[axis][i] else 0 for i, p in enumerate(pads)))
+        inner_pad.append(tuple(0 if edges[axis][i] else p for i, p in enumerate(pads)))
+    x = x[tuple(cut)]
     if any(any(p) for p in edge_pad):
         mode = MODES[deconvolution.mode]
         extra = {"constant_values": 0} if mode == "constant" else {}
@@ -175,12 +214,11 @@ def _blur(x, start, stop, plan: CorrelationPlan, deconvolution: DeconvolutionPla
     if any(any(p) for p in inner_pad):
         x = xp.pad(x, inner_pad, mode="symmetric")
     out_shape = [size - k + 1 for size, k in zip(x.shape, plan.weights.shape)]
-    method = plan.method_for(out_shape)
+    method = method or plan.method_for(out_shape)
     function = kernels.get_op(plan.engines[method], METHOD_OPS[method])
     out = function(x, list(plan.factors)) if method == "separable" else function(x, plan.weights)
-    return out, (new_start, new_stop)
+    return out, _Region(tuple(out_start), tuple(out_stop), tuple(valid_start), tuple(valid_stop))
 
 
-def _slices(start, stop, origin=None) -> tuple[slice, ...]:
-    origin = origin or [0] * len(start)
-    return tuple(slice(a - o, b - o) for a, b, o in zip(start, stop, origin))
+def _fft_length(size: int) -> int:
+    return scipy.fft.next_fast_len(size, real=True)
