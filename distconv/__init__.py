@@ -13,7 +13,7 @@ Importing distconv imports none of the optional engines (TensorFlow, CuPy, Numba
 from distconv import config as _config  # noqa: F401 - registers the dask.config defaults
 from distconv._version import __version__
 from distconv.clusters import cluster
-from distconv.errors import ChunkError, DistconvError, EngineError, OutputError
+from distconv.errors import ChunkError, DistconvError, EngineError, InputValueError, OutputError
 from distconv.io import info, open, save
 from distconv.ops.convolve import convolve, correlate
 from distconv.ops.deconvolve import richardson_lucy, wiener
@@ -27,6 +27,7 @@ __all__ = [
     "ChunkError",
     "DistconvError",
     "EngineError",
+    "InputValueError",
     "OutputError",
     "cluster",
     "convolve",

@@ -329,6 +329,23 @@ def test_wiener_whole_image_equals_skimage(shape, psf_shape, balance, clip):
     assert relative(y.compute(), expected) < RTOL
 
 
+@pytest.mark.parametrize("ducc0", [True, False], ids=["ducc0", "scipy.fft"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wiener_filter_op_on_both_fft_libraries(monkeypatch, ducc0, dtype):
+    from distconv.kernels import scipy as engine
+
+    if ducc0 and importlib.util.find_spec("ducc0") is None:
+        pytest.skip("ducc0 not installed (fft extra)")
+    monkeypatch.setattr(engine, "_DUCC0_INSTALLED", ducc0)
+    rng = np.random.default_rng(15)
+    block = rng.random((33, 28, 10)).astype(dtype)
+    psf = random_psf(rng, (3, 5, 2))
+    got = engine.wiener_filter(block, psf.astype(dtype), 0.2)
+    want = restoration.wiener(block.astype(np.float64), psf, 0.2, clip=False)
+    assert got.dtype == dtype and got.shape == block.shape
+    assert relative(got, want) < (1e-5 if dtype == np.float32 else 1e-12)
+
+
 def test_wiener_custom_regulariser_as_skimage():
     rng = np.random.default_rng(12)
     image = rng.random((40, 42), dtype=np.float32)
