@@ -16,8 +16,8 @@ import time
 import numpy as np
 import pytest
 import zarr
+from conftest import tree_digest
 from scipy import ndimage
-from test_cli import tree_digest
 
 import distconv as dc
 from distconv.cli import main
