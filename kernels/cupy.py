@@ -37,6 +37,7 @@ __all__ = [
     "map_chunk",
     "matmul",
     "multiply",
+    "usable",
 ]
 
 
@@ -90,6 +91,14 @@ def multiply(a, b):
     """``cupy.multiply`` on one pair of blocks."""
     with _placement(a, b) as (a, b, back):
         return back(cupy.multiply(a, b))
+
+
+def usable() -> bool:
+    """Whether CuPy sees a CUDA device (it is installed, so a driver may still be missing)."""
+    try:
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # CUDARuntimeError without a driver or device
+        return False
 
 
 def device_info() -> str:

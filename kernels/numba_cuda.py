@@ -75,6 +75,7 @@ __all__ = [
     "map_chunk",
     "matmul",
     "multiply",
+    "usable",
 ]
 
 #: True when numba runs kernels in its CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
@@ -395,6 +396,16 @@ def map_chunk(fn, kwargs: dict, *blocks):
         if hasattr(out, "copy_to_host"):
             return out.copy_to_host()
         return out.get() if _is_cupy(out) else np.asarray(out)
+
+
+def usable() -> bool:
+    """Whether kernels can run here: a CUDA device Numba sees, or the CUDA simulator."""
+    if SIMULATOR:
+        return True
+    try:
+        return bool(cuda.is_available())
+    except Exception:  # a broken driver means no device, not a failed command
+        return False
 
 
 def device_info() -> str:

@@ -26,7 +26,10 @@ EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
-CLUSTER_HELP = f"Where the work runs: {SPEC_FORMS} [default: local]."
+CLUSTER_HELP = (
+    f"Where the work runs: {SPEC_FORMS} [default: config, auto: threads in this process "
+    f"for jobs under 1 GiB of input and output, else local]."
+)
 
 
 class CommandState:
@@ -219,22 +222,45 @@ def command_cluster(
     threads_per_worker: int | None,
     quiet: bool,
     rmm_pool_size: str | None = None,
-) -> Iterator[None]:
-    """The cluster a command's job runs on, its workers started with Ctrl-C ignored."""
-    from distconv.clusters import cluster
+    work: Any = None,
+) -> Iterator[str]:
+    """The cluster a command's job runs on, its workers started with Ctrl-C ignored.
 
+    ``work`` (the job's input and output arrays, or their bytes) lets the default ``auto``
+    choose threads or a local cluster. Yields the few words the summary line ends with: where
+    the job ran (``threads (auto: 1.0 MiB < 1.00 GiB)``, ``local, 2 workers``).
+    Worker logs stay out of the terminal unless ``--debug``.
+    """
+    from distconv.clusters import cluster, resolve
+
+    parsed, choice = resolve(cluster_spec, work, sized=bool(workers or threads_per_worker))
+    spec = parsed.address or parsed.path or parsed.kind
     with contextlib.ExitStack() as stack:
         with workers_ignore_ctrl_c():
-            stack.enter_context(
+            client = stack.enter_context(
                 cluster(
-                    cluster_spec,
+                    spec,
                     workers=workers,
                     threads_per_worker=threads_per_worker,
                     rmm_pool_size=rmm_pool_size,
                     quiet=quiet,
+                    worker_logs=CommandState.debug,
                 )
             )
-        yield
+        yield where_it_ran(spec, client, choice)
+
+
+def where_it_ran(spec: str, client: Any, choice: Any = None) -> str:
+    """``threads``, ``local, 2 workers``, ``tcp://host:8786, 3 workers``, plus ``auto``'s reason."""
+    words = spec
+    if client is not None:
+        from distconv.clusters.resources import scheduler_info
+
+        count = len(scheduler_info(client).get("workers", {}))
+        words += f", {count} worker{'s' if count != 1 else ''}"
+    if choice is not None:
+        words += f" (auto: {choice.reason})"
+    return words
 
 
 def interruptible(job: Callable[..., None], *args: Any) -> None:

@@ -81,7 +81,9 @@ def _filter_job(
     )
     check_output_path(output, source_paths(y), overwrite, resume)  # before any cluster starts
 
-    with command_cluster(cluster_spec, workers, threads_per_worker, quiet, rmm_pool_size):
+    with command_cluster(
+        cluster_spec, workers, threads_per_worker, quiet, rmm_pool_size, work=(x, y)
+    ) as where:
         written, seconds = save_resumable(
             y, output, operation, overwrite=overwrite, resume=resume, quiet=quiet
         )
@@ -92,7 +94,7 @@ def _filter_job(
             f"wrote {output}: {'×'.join(map(str, y.shape))} {y.dtype}, "
             f"{y.npartitions} chunks, method {record['method']}, "
             f"engine {record['engine']}; {seconds:.2f} s, {pixels / seconds / 1e6:.1f} Mpx/s, "
-            f"{x.nbytes / seconds / 2**20:.0f} MiB/s read"
+            f"{x.nbytes / seconds / 2**20:.0f} MiB/s read; on {where}"
         )
 
 

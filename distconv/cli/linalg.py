@@ -117,7 +117,10 @@ def _matmul_job(
     output = output or default_output(a, "matmul")
     if not dry_run:
         check_output_path(output, [a, b], overwrite, resume)
-    with command_cluster(cluster_spec, workers, threads_per_worker, quiet or dry_run):
+    work = (x, y, _matmul_result_bytes(x, y))
+    with command_cluster(
+        cluster_spec, workers, threads_per_worker, quiet or dry_run, work=work
+    ) as where:
         if dry_run:  # planned where it would run: the workers' memory sets the budget
             click.echo(plan_for(x, y, engine=engine, memory_budget=memory_budget).describe())
             return
@@ -131,7 +134,7 @@ def _matmul_job(
         click.echo(
             f"wrote {output}: {_shape(product.shape)} {product.dtype}, "
             f"{product.npartitions} chunks, engine {step['engine']}, {step['method']}; "
-            f"{seconds:.2f} s, {flops / seconds / 1e9:.1f} GFLOP/s"
+            f"{seconds:.2f} s, {flops / seconds / 1e9:.1f} GFLOP/s; on {where}"
         )
 
 
@@ -192,7 +195,8 @@ def _multiply_job(
     product = dc.multiply(x, y, engine=engine)  # NumPy's broadcasting error, before a cluster
     output = output or default_output(a, "multiply")
     check_output_path(output, [a] + ([] if isinstance(y, (int, float)) else [b]), overwrite, resume)
-    with command_cluster(cluster_spec, workers, threads_per_worker, quiet):
+    work = (x, y, product) if hasattr(y, "nbytes") else (x, product)
+    with command_cluster(cluster_spec, workers, threads_per_worker, quiet, work=work) as where:
         seconds = save_resumable(
             product, output, "multiply", overwrite=overwrite, resume=resume, quiet=quiet
         )[1]
@@ -200,8 +204,18 @@ def _multiply_job(
         click.echo(
             f"wrote {output}: {_shape(product.shape)} {product.dtype}, "
             f"{product.npartitions} chunks; {seconds:.2f} s, "
-            f"{product.nbytes / seconds / 2**20:.0f} MiB/s written"
+            f"{product.nbytes / seconds / 2**20:.0f} MiB/s written; on {where}"
         )
+
+
+def _matmul_result_bytes(x, y) -> int:
+    """Bytes of ``x @ y`` (shape from NumPy's rule, dtype from NumPy's promotion)."""
+    import numpy as np
+
+    from distconv.plan.matmul import matmul_result_shape
+
+    shape = matmul_result_shape(x.shape, y.shape)
+    return int(np.prod(shape, dtype=np.int64)) * np.result_type(x.dtype, y.dtype).itemsize
 
 
 def _number(text: str) -> int | float | None:
