@@ -53,7 +53,9 @@ def refuse_while_bootstrapping(spec: str) -> None:
         The cluster spec being started, for the message.
     """
     if getattr(multiprocessing.process.current_process(), "_inheriting", False):
-        main = sys.modules.get("__main__")
+        # While it runs, the parent's script is the module "__mp_main__" (runpy's temporary
+        # module); "__main__" is still the child's bootstrap.
+        main = sys.modules.get("__mp_main__") or sys.modules.get("__main__")
         path = getattr(main, "__file__", None) or "the main module"
         _stop(os.path.basename(path), spec)
 
