@@ -81,7 +81,7 @@ def test_convolve_options_on_the_local_cluster(image):
         cwd=folder,
     )
     assert result.returncode == 0, result.stderr
-    assert "dashboard: http://127.0.0.1:" in result.stderr
+    assert "dashboard: http://127.0.0.1:" in result.stdout  # a local cluster started
     expected = ndimage.convolve(
         data.astype(np.float64), np.load(folder / "kernel.npy"), mode="mirror", origin=1
     )
