@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from results import machine, write_section
+from results import add_options, machine, publish, write_section
 
 from distconv import bench, kernels
 from distconv.clusters.resources import gpu_count
@@ -24,9 +24,7 @@ from distconv.clusters.resources import gpu_count
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=8192)
-    parser.add_argument("--kernel-sizes", "--kernels", dest="kernels", default="3,9,31,127")
-    parser.add_argument("--repeats", type=int, default=3)
+    add_options(parser, size=8192, kernels="3,9,31,127", repeats=3, max_seconds=600.0)
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     parser.add_argument(
         "--output-dir", default="distconv-bench/gpu", help="JSON and PNG charts go here"
@@ -35,12 +33,6 @@ def main(argv=None) -> None:
         "--no-references",
         action="store_true",
         help="time distconv's engines only (no dask-image or in-memory SciPy rows)",
-    )
-    parser.add_argument(
-        "--max-seconds",
-        type=float,
-        default=600.0,
-        help="convolve cells estimated to take longer are listed as skipped",
     )
     args = parser.parse_args(argv)
     devices = gpu_count()
@@ -55,9 +47,7 @@ def main(argv=None) -> None:
             )
             + f". Machine: {machine()}."
         )
-        print(text)
-        if not args.no_write:
-            write_section("gpu", text)
+        publish("gpu", text, write=not args.no_write)
         return
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     # One worker per GPU: the "cuda" cluster (dask-cuda) when installed, else local workers.

@@ -13,7 +13,15 @@ Importing distconv imports none of the optional engines (TensorFlow, CuPy, Numba
 from distconv import config as _config  # noqa: F401 - registers the dask.config defaults
 from distconv._version import __version__
 from distconv.clusters import cluster
-from distconv.errors import ChunkError, DistconvError, EngineError, OutputError
+from distconv.errors import (
+    ChunkError,
+    DistconvError,
+    DistconvRuntimeError,
+    DistconvTypeError,
+    EngineError,
+    OutputError,
+    WeightsRankError,
+)
 from distconv.io import info, open, save
 from distconv.ops.convolve import convolve, correlate
 from distconv.ops.map_chunks import map_chunks
@@ -25,8 +33,11 @@ __all__ = [
     "__version__",
     "ChunkError",
     "DistconvError",
+    "DistconvRuntimeError",
+    "DistconvTypeError",
     "EngineError",
     "OutputError",
+    "WeightsRankError",
     "cluster",
     "convolve",
     "correlate",

@@ -22,6 +22,7 @@ def compute_blocks(
     description: str = "computing",
     progress: bool | None = None,
     skip: Collection[tuple[int, ...]] = (),
+    results: list | None = None,
 ) -> int:
     """Compute the blocks of ``blocks`` (one small marker per block), showing progress.
 
@@ -40,6 +41,9 @@ def compute_blocks(
     skip : collection of tuple of int
         Block indices not to compute (already done: a resumed job); only the inputs the other
         blocks need are read.
+    results : list, optional
+        Receives the value of each computed marker (in no particular order), e.g. the number
+        of samples a writer clipped in its block.
 
     Returns
     -------
@@ -59,7 +63,9 @@ def compute_blocks(
             with _BlockCounter(blocks.name, advance):
                 # The threaded scheduler's function, not its name: given "threads", dask
                 # imports distributed (~0.3 s) to look for a client first.
-                dask.compute(*pieces, scheduler=threaded_get)
+                values = dask.compute(*pieces, scheduler=threaded_get)
+            if results is not None:
+                results.extend(values)
             return len(pieces)
         from distributed import as_completed
 
@@ -70,7 +76,9 @@ def compute_blocks(
         futures = client.compute(pieces, resources=submit_resources(blocks, client))
         try:
             for future in as_completed(futures):
-                future.result()  # raises the task's own exception
+                value = future.result()  # raises the task's own exception
+                if results is not None:
+                    results.append(value)
                 advance()
         except BaseException:  # a failed block or Ctrl-C: stop the rest on the workers
             client.cancel(futures)

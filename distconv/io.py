@@ -22,9 +22,10 @@ from dask.base import tokenize
 
 from distconv._version import __version__
 from distconv.backend import to_numpy
+from distconv.clipping import clipped_record, write_clipped_block
 from distconv.errors import DistconvError, InputReadError, JobFailed, OutputError
 from distconv.executor import compute_blocks
-from distconv.provenance import remember_source, sources, steps
+from distconv.provenance import remember_source, saturating_cast_source, sources, steps
 
 ATTRS_KEY = "distconv"
 
@@ -244,6 +245,7 @@ def save(
     """
     path = os.fspath(path)
     x = as_dask_array(x)
+    unclipped = saturating_cast_source(x)  # integer filter output: written from its floats
     read = sources(x)
     check_output_path(path, [s["path"] for s in read], overwrite, resume)
     if zarr_format is None:
@@ -252,6 +254,7 @@ def save(
     chunks = regular_chunks(x.chunks)
     if chunks != x.chunks:
         x = x.rechunk(chunks)
+        unclipped = None if unclipped is None else unclipped.rechunk(chunks)
 
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     record = _jsonable(
@@ -290,8 +293,21 @@ def save(
         meta=np.empty((0,) * x.ndim, dtype=bool),
         token="distconv-write",
     )
+    if unclipped is not None:  # cast, count the clipped samples, write: one task per chunk
+        written = unclipped.map_blocks(
+            write_clipped_block,
+            target=target,
+            dtype=np.int64,
+            chunks=(1,) * x.ndim,
+            meta=np.empty((0,) * x.ndim, dtype=np.int64),
+            token="distconv-write-clipped",
+            out_dtype=x.dtype,
+        )
+    counts: list = []
     try:
-        compute_blocks(written, description=description, progress=progress, skip=done)
+        compute_blocks(
+            written, description=description, progress=progress, skip=done, results=counts
+        )
     except InputReadError:
         if created:  # bad input, not a failed write: leave nothing behind
             shutil.rmtree(path, ignore_errors=True)
@@ -311,6 +327,8 @@ def save(
             "(resume=True), with more memory per worker if it was killed for "
             "memory"
         ) from exc
+    if unclipped is not None:
+        record["clipped"] = clipped_record(record.get("clipped"), counts, x.npartitions, x.dtype)
     record["complete"] = True
     record["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     target.attrs.update({ATTRS_KEY: _jsonable(record)})

@@ -28,17 +28,9 @@ from cupyx.scipy import ndimage
 
 from distconv.kernels._cache import KeyedCache
 from distconv.kernels._crop import circular_valid, valid_crop, valid_crop_axis
+from distconv.kernels.registry import CORRELATE_OPS, LINALG_OPS
 
-__all__ = [
-    "correlate_direct",
-    "correlate_fft",
-    "correlate_separable",
-    "device_info",
-    "map_chunk",
-    "matmul",
-    "multiply",
-    "usable",
-]
+__all__ = [*CORRELATE_OPS, "device_info", "map_chunk", *LINALG_OPS, "usable"]
 
 
 def correlate_direct(block, weights):

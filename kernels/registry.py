@@ -481,7 +481,7 @@ def chunk_runner(engine: str) -> Runner:
     Parameters
     ----------
     engine : str
-        One of :data:`CHUNK_ENGINES`.
+        A name in :data:`CHUNK_ENGINES`: ``"numpy"`` or any engine.
 
     Returns
     -------

@@ -15,8 +15,8 @@ import os
 import subprocess
 
 import pytest
-from test_bad_inputs import CASES, DISTCONV, folder  # noqa: F401  (folder is a fixture)
-from test_cli import tree_digest
+from conftest import distconv, one_stderr_line, tree_digest
+from test_bad_inputs import CASES, folder  # noqa: F401  (folder is a fixture)
 from test_cluster_remote import _spawn, _stop, free_port, scheduler_args, wait_for, worker_args
 
 SUBSET = [
@@ -67,17 +67,13 @@ def _cluster_args(kind: str, address: str | None) -> list[str]:
 
 
 def _run(cwd, args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [DISTCONV, "convolve", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+    return distconv("convolve", *args, cwd=cwd)
 
 
 def _assert_one_line(result: subprocess.CompletedProcess, words: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, f"{len(lines)} stderr lines:\n{result.stderr}"
-    assert lines[0].startswith("distconv: error: "), lines
-    assert words.lower() in lines[0].lower(), lines[0]
+    line = one_stderr_line(result.stderr, result.returncode, 2)
+    assert line.startswith("distconv: error: "), line
+    assert words.lower() in line.lower(), line
 
 
 @pytest.mark.parametrize("kind", ["threads", "local", "tcp"])
@@ -112,12 +108,8 @@ def test_read_only_target_is_one_line_on_every_cluster(
 def test_worker_logs_come_back_with_debug(folder):  # noqa: F811
     """``--debug`` lets the local cluster's workers log again (and raises the traceback)."""
     args = next(a for n, a, _ in CASES if n == "corrupt chunk in the input")
-    result = subprocess.run(
-        [DISTCONV, "--debug", "convolve", *args, "-o", "out-debug.zarr", "--cluster", "local"],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = distconv(
+        "--debug", "convolve", *args, "-o", "out-debug.zarr", "--cluster", "local", cwd=folder
     )
     assert result.returncode != 0
     assert "Compute Failed" in result.stderr  # the worker's own report of the failed task

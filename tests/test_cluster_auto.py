@@ -19,13 +19,12 @@ import dask
 import numpy as np
 import pytest
 import zarr
+from conftest import DISTCONV, write_zarr
 from scipy import ndimage
 
 import distconv as dc
 from distconv.clusters import parse_spec, resolve
 from distconv.clusters.auto import choose, local_threshold, work_bytes
-
-DISTCONV = os.path.join(os.path.dirname(sys.executable), "distconv")
 
 
 def test_auto_is_the_default_and_parses():
@@ -68,9 +67,7 @@ def test_api_cluster_with_a_small_job_runs_on_threads(tmp_path):
 @pytest.fixture
 def image(tmp_path):
     data = np.random.default_rng(11).random((512, 512), dtype=np.float32)
-    zarr.create_array(
-        str(tmp_path / "small.zarr"), shape=data.shape, chunks=(256, 256), dtype="f4"
-    )[:] = data
+    write_zarr(tmp_path / "small.zarr", data, chunks=(256, 256))
     return tmp_path, data
 
 

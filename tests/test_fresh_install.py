@@ -12,17 +12,16 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import DISTCONV
 
 from distconv import kernels
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 ROOT = Path(__file__).resolve().parents[1]
-DISTCONV = os.path.join(os.path.dirname(sys.executable), "distconv")
 
 
 @pytest.fixture(scope="module")

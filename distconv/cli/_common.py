@@ -7,6 +7,7 @@ Ctrl-C exits 130 and, while an output is being written, names the command that f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shlex
 import signal
@@ -39,6 +40,8 @@ class CommandState:
     # Set while a job writes its output: the command that finishes it after an interruption.
     resume_command: str | None = None
     argv: Sequence[str] = ()
+    # Where the last job ran (command_cluster's words: "threads (auto: ...)", "local, 2 workers").
+    ran_on: str | None = None
 
 
 class Interrupted(Exception):
@@ -114,6 +117,12 @@ def cluster_options(*, rmm: bool = False) -> Callable:
 def quiet_option(help: str = "No progress bar, links or summary.") -> Callable:
     """``-q/--quiet``."""
     return click.option("-q", "--quiet", is_flag=True, help=help)
+
+
+def job_options(must_match: str, *, rmm: bool = False) -> Callable:
+    """What every command that writes a store ends with: :func:`write_options`,
+    :func:`cluster_options` and :func:`quiet_option` (read back as :class:`JobOptions`)."""
+    return options(write_options(must_match), cluster_options(rmm=rmm), quiet_option())
 
 
 # Outputs ---------------------------------------------------------------------------------------
@@ -263,10 +272,69 @@ def where_it_ran(spec: str, client: Any, choice: Any = None) -> str:
     return words
 
 
-def interruptible(job: Callable[..., None], *args: Any) -> None:
-    """Run a command's job; Ctrl-C becomes :class:`Interrupted` (exit 130, --resume hint)."""
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+    """The values of :func:`job_options`: how a command's job writes its output, where it runs."""
+
+    overwrite: bool
+    resume: bool
+    cluster_spec: str | None
+    workers: int | None
+    threads_per_worker: int | None
+    quiet: bool
+    rmm_pool_size: str | None = None
+
+    def cluster(
+        self, quiet: bool | None = None, work: Any = None
+    ) -> contextlib.AbstractContextManager[str]:
+        """:func:`command_cluster` for these options (``quiet`` overrides ``--quiet``); ``work``
+        (the job's input and output arrays) sizes the default ``auto``."""
+        quiet = self.quiet if quiet is None else quiet
+        return command_cluster(
+            self.cluster_spec,
+            self.workers,
+            self.threads_per_worker,
+            quiet,
+            self.rmm_pool_size,
+            work=work,
+        )
+
+    def save(self, y, output: str, operation: str) -> tuple[Any, float]:
+        """:func:`save_resumable` with these options: the written array and the seconds."""
+        return save_resumable(
+            y, output, operation, overwrite=self.overwrite, resume=self.resume, quiet=self.quiet
+        )
+
+    def check_output(self, output: str, sources: Sequence[str]) -> None:
+        """Refuse an ``output`` that is one of ``sources`` or in the way (before any cluster)."""
+        from distconv.io import check_output_path
+
+        check_output_path(output, sources, self.overwrite, self.resume)
+
+    def write(
+        self, y, output: str, operation: str, sources: Sequence[str], work: Any = None
+    ) -> tuple[Any, float]:
+        """:meth:`check_output`, then :meth:`save` ``y`` on the command's cluster.
+
+        ``work``: the job's input and output arrays, for ``auto`` (default: ``y`` alone).
+        Where the job ran is left in ``CommandState.ran_on`` for the summary line.
+        """
+        self.check_output(output, sources)
+        with self.cluster(work=(y,) if work is None else work) as where:
+            CommandState.ran_on = where
+            return self.save(y, output, operation)
+
+
+def run_job(job: Callable[..., None], *args: Any, **params: Any) -> None:
+    """Run a command's job as ``job(*args, settings, **rest)``: ``params`` are the command's
+    keyword arguments, ``settings`` the :class:`JobOptions` among them, ``rest`` the others.
+
+    Ctrl-C becomes :class:`Interrupted` (exit 130, with the ``--resume`` hint).
+    """
+    names = [field.name for field in dataclasses.fields(JobOptions)]
+    settings = JobOptions(**{name: params.pop(name) for name in names if name in params})
     try:
-        job(*args)
+        job(*args, settings, **params)
     except KeyboardInterrupt:
         # Raised past click as itself, click would print a blank line and turn it into Abort.
         raise Interrupted() from None
@@ -288,7 +356,7 @@ def run_command_line(group: click.Group, argv: Sequence[str] | None) -> None:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    CommandState.argv, CommandState.resume_command = args, None
+    CommandState.argv, CommandState.resume_command, CommandState.ran_on = args, None, None
     try:
         group.main(args=args, prog_name="distconv", standalone_mode=False)
     except click.exceptions.Exit as exc:
