@@ -2,15 +2,16 @@
 
 Starting the embedded ``LocalCluster`` (a scheduler and one worker process per core, each
 importing NumPy, Dask and Zarr) costs seconds before the first chunk is read, while every
-engine releases the GIL for its per-chunk work, so in-process threads run a chunk job about
-as fast. Measured on the 2-core CI machine (``distconv convolve``, wall time including the
-start, threads vs local): 512² float32 1.7 s vs 4.3 s; 1024² to 8192² (8 MiB to 512 MiB of
-input and output, ``gaussian:sigma=2`` and a 31×31 kernel) threads was faster at every size
-(12.3 s vs 20.1 s at 8192²). What a local cluster adds past that size is what large jobs need
-beyond speed: a memory limit per worker (a worker over its limit is paused and restarted, not
-the whole machine), the dashboard, and workers that do not share one interpreter's GIL for
-Dask's own per-task bookkeeping. ``auto`` therefore starts it from 1 GiB of input plus output
-(``distconv.auto-local-bytes``), where its start is a few percent of the job.
+engine releases the GIL, so threads in this process run a chunk job about as fast. Measured on
+the shared 2-core CI machine (``distconv convolve``, wall time including the start, threads vs
+local, load 4-8): 512² float32 4.4 s vs 8.0 s; 1024² 5.7 s vs 15.3 s; 4096² 8.1 s vs 28.7 s;
+8192² (512 MiB of input and output) 12.3 s vs 20.1 s with ``gaussian:sigma=2`` and 12.8 s vs
+25.3 s with a 31×31 kernel: threads won at every size. What a local cluster adds past that is
+what large jobs need beyond speed: a memory limit per worker (a worker over it is paused and
+restarted, not the whole machine), the dashboard, and workers that do not share one
+interpreter's GIL for Dask's own per-task bookkeeping. ``auto`` therefore starts it from 1 GiB
+of input plus output (``distconv.auto-local-bytes``), where its start is a few percent of the
+job.
 """
 
 from __future__ import annotations
