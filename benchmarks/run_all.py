@@ -7,6 +7,7 @@ minutes on the 2-core machine; ``--quick`` runs the same suite on small inputs (
 to check that it works and to show the format.
 
     python benchmarks/run_all.py [--quick] [--only convolve,memory] [--skip gpu]
+    python benchmarks/run_all.py --only deconvolve   # optional: not part of the 20 minutes
     make bench
 """
 
@@ -36,6 +37,8 @@ FULL = {
     "memory": "memory.py --sizes 8192,16384,32768 --kernel 9 --chunk 2048",
     "scaling": "scaling.py --size 8192 --chunk 2048 --kernel-sizes 3,31 --repeats 3",
     "gpu": "gpu.py --size 8192 --kernel-sizes 3,9,31,127 --repeats 3",
+    # Optional (scikit-image alone takes several minutes at these sizes): --only deconvolve.
+    "deconvolve": "deconvolve.py",
 }
 # --quick: the same suite on small inputs; these values replace the full-size ones.
 QUICK = {
@@ -46,6 +49,8 @@ QUICK = {
     "memory": "--sizes 1024,2048,4096 --kernel 31 --chunk 512",
     "scaling": "--size 2048 --chunk 512 --repeats 2",
     "gpu": "--size 1024 --kernel-sizes 3,31 --repeats 2",
+    "deconvolve": "--size 1024 --chunk 256 --iterations 10 --size3d 64 --chunk3d 32 "
+    "--iterations3d 5",
 }
 
 
@@ -60,6 +65,9 @@ def arguments(section: str, quick: bool) -> list[str]:
     return [script, *(word for pair in values.items() for word in pair)]
 
 
+# Sections run only when named in --only.
+OPTIONAL = {"deconvolve"}
+
 QUICK_NOTE = "QUICK RUN on small inputs: it shows the format, not the targets. "
 
 
@@ -72,7 +80,7 @@ def main(argv=None) -> int:
         "--output-dir", default="distconv-bench", help="where the JSON and PNG files of the runs go"
     )
     args = parser.parse_args(argv)
-    chosen = args.only.split(",") if args.only else list(FULL)
+    chosen = args.only.split(",") if args.only else [s for s in FULL if s not in OPTIONAL]
     unknown = [s for s in (*chosen, *filter(None, args.skip.split(","))) if s not in FULL]
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(FULL)}")

@@ -19,11 +19,13 @@ from distconv.errors import (
     DistconvRuntimeError,
     DistconvTypeError,
     EngineError,
+    InputValueError,
     OutputError,
     WeightsRankError,
 )
 from distconv.io import info, open, save
 from distconv.ops.convolve import convolve, correlate
+from distconv.ops.deconvolve import richardson_lucy, wiener
 from distconv.ops.map_chunks import map_chunks
 from distconv.ops.matmul import matmul
 from distconv.ops.multiply import multiply
@@ -36,6 +38,7 @@ __all__ = [
     "DistconvRuntimeError",
     "DistconvTypeError",
     "EngineError",
+    "InputValueError",
     "OutputError",
     "WeightsRankError",
     "cluster",
@@ -47,5 +50,7 @@ __all__ = [
     "matmul",
     "multiply",
     "open",
+    "richardson_lucy",
     "save",
+    "wiener",
 ]

@@ -20,6 +20,7 @@ __all__ = [
     "DistconvTypeError",
     "EngineError",
     "InputReadError",
+    "InputValueError",
     "JobFailed",
     "OutputError",
     "WeightsRankError",
@@ -56,6 +57,11 @@ class OutputError(DistconvError):
 
 class InputReadError(DistconvError):
     """A chunk of an input cannot be read (damaged or unreadable); found while computing."""
+
+
+class InputValueError(InputReadError):
+    """An input chunk holds values the operation refuses (e.g. negative counts for
+    Richardson–Lucy); found while computing, handled as a damaged chunk."""
 
 
 class JobFailed(DistconvError):

@@ -166,10 +166,18 @@ def resume_command(argv: Sequence[str]) -> str:
 
 
 def save_resumable(
-    y, output: str, operation: str, *, overwrite: bool, resume: bool, quiet: bool
+    y,
+    output: str,
+    operation: str,
+    *,
+    overwrite: bool,
+    resume: bool,
+    quiet: bool,
+    description: str | None = None,
 ) -> tuple[Any, float]:
     """``dc.save`` for a command: the command line goes into the provenance, and while the job
-    runs an interruption's message names the exact ``--resume`` command.
+    runs an interruption's message names the exact ``--resume`` command (``description``
+    labels the progress bar; default: the operation).
 
     Returns
     -------
@@ -188,7 +196,7 @@ def save_resumable(
         overwrite=overwrite,
         resume=resume,
         progress=not quiet,
-        description=operation,
+        description=description or operation,
         attributes={"command": shlex.join(["distconv", *argv])},
     )
     CommandState.resume_command = None
