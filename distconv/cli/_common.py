@@ -333,6 +333,19 @@ class JobOptions:
             return self.save(y, output, operation)
 
 
+def interruptible(job: Callable[..., None], *args: Any) -> None:
+    """Run a command's job; Ctrl-C becomes :class:`Interrupted` (exit 130, --resume hint).
+
+    :func:`run_job` does the same for commands built on :class:`JobOptions`; ``distconv
+    deconvolve`` (cli/deconvolve.py) still calls this one.
+    """
+    try:
+        job(*args)
+    except KeyboardInterrupt:
+        # Raised past click as itself, click would print a blank line and turn it into Abort.
+        raise Interrupted() from None
+
+
 def run_job(job: Callable[..., None], *args: Any, **params: Any) -> None:
     """Run a command's job as ``job(*args, settings, **rest)``: ``params`` are the command's
     keyword arguments, ``settings`` the :class:`JobOptions` among them, ``rest`` the others.
