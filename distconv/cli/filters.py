@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from distconv.cli._common import (
+    CommandState,
     JobOptions,
     default_output,
     engine_option,
@@ -63,7 +64,9 @@ def _filter_job(
     output = output or default_output(
         input, "convolved" if operation == "convolve" else "correlated"
     )
-    written, seconds = job.write(y, output, operation, source_paths(y))  # checked, then saved
+    written, seconds = job.write(  # checked, then saved
+        y, output, operation, source_paths(y), work=(x, y)
+    )
     if not job.quiet:
         produced = written.attrs["distconv"]
         record = produced["steps"][-1]
@@ -72,7 +75,8 @@ def _filter_job(
             f"wrote {output}: {'×'.join(map(str, y.shape))} {y.dtype}, "
             f"{y.npartitions} chunks, method {record['method']}, "
             f"engine {record['engine']}; {seconds:.2f} s, {pixels / seconds / 1e6:.1f} Mpx/s, "
-            f"{x.nbytes / seconds / 2**20:.0f} MiB/s read{_clipped_note(produced, x.dtype)}"
+            f"{x.nbytes / seconds / 2**20:.0f} MiB/s read{_clipped_note(produced, x.dtype)}; "
+            f"on {CommandState.ran_on}"
         )
 
 
