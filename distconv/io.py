@@ -21,6 +21,7 @@ from dask.array.core import getter
 from dask.base import tokenize
 
 from distconv._version import __version__
+from distconv.clipping import clipped_record
 from distconv.errors import DistconvError, InputReadError, JobFailed, OutputError
 from distconv.executor import compute_blocks
 from distconv.ome import describe_image, image_level, image_of_array, multiscale_of, output_image
@@ -32,7 +33,7 @@ from distconv.outputs import (
     level_paths,
     open_output_levels,
 )
-from distconv.provenance import remember_source, sources, steps
+from distconv.provenance import remember_source, saturating_cast_source, sources, steps
 from distconv.pyramid import finished_tiles, tiling_for, write_tile
 from distconv.stores import Location, public_options, redact, remote_error, storage_failure
 from distconv.tiff import describe_tiff, is_tiff, open_tiff
@@ -316,6 +317,7 @@ def save(
     """
     location = Location.parse(path, storage_options)
     x = as_dask_array(x)
+    unclipped = saturating_cast_source(x)  # integer filter output: written from its floats
     read = sources(x)
     # An image's other levels are the input too: nothing is written inside an input image.
     protected = [s["path"] for s in read] + [s["image"] for s in read if s.get("image")]
@@ -343,6 +345,11 @@ def save(
     )
     if tiling.tile != tuple(c[0] for c in chunks):
         x = x.rechunk(tiling.tile)  # a task per tile: one writer per chunk of every level
+    # What the tasks write: x, or for a saturating integer cast the floats it casts (each tile
+    # is cast, its clipped samples counted, then written and downsampled from the cast values).
+    values = x if unclipped is None else unclipped
+    if values.chunks != x.chunks:
+        values = values.rechunk(x.chunks)
 
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     record = _jsonable(
@@ -382,21 +389,24 @@ def save(
 
     # The array objects travel with each task: reopening the store per block costs a metadata
     # read (~5 ms) per chunk.
-    written = x.map_blocks(
+    # One task per tile casts (integer output from its floats), counts the clipped samples and
+    # writes every level; it returns the count.
+    written = values.map_blocks(
         write_tile,
         targets=targets,
         tiling=tiling,
+        out_dtype=None if unclipped is None else x.dtype,
         chunks=(1,) * x.ndim,
-        dtype=bool,
-        meta=np.empty((0,) * x.ndim, dtype=bool),
+        dtype=np.int64,
+        meta=np.empty((0,) * x.ndim, dtype=np.int64),
         token="distconv-write",
     )
     shown = location.shown
+    counts: list = []
     try:
-        compute_blocks(written, description=description, progress=progress, skip=done)
-        record["complete"] = True
-        record["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        targets[0].attrs.update({ATTRS_KEY: _jsonable(record)})
+        compute_blocks(
+            written, description=description, progress=progress, skip=done, results=counts
+        )
     except InputReadError:
         if created:  # bad input, not a failed write: leave nothing behind
             location.remove()
@@ -415,6 +425,11 @@ def save(
             "(resume=True), with more memory per worker if it was killed for "
             "memory"
         ) from exc
+    if unclipped is not None:
+        record["clipped"] = clipped_record(record.get("clipped"), counts, x.npartitions, x.dtype)
+    record["complete"] = True
+    record["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    targets[0].attrs.update({ATTRS_KEY: _jsonable(record)})
     return targets[0]
 
 

@@ -5,7 +5,8 @@ Every level is stored in chunks of the same shape. A task writes one *tile*: on 
 coarsest level, four of the one above, and so on; no stored chunk of any level has two writers.
 The task downsamples its tile level by level (2× mean or nearest sample per halved axis), writes
 the coarser levels first and level 0 last, so a tile whose level-0 chunks all exist is finished
-(what ``--resume`` checks).
+(what ``--resume`` checks). An integer output is cast (saturating) and its clipped samples
+counted in the same task, before anything is written or downsampled.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distconv.backend import to_numpy
+from distconv.backend import cast_and_count, to_numpy
 from distconv.stores import redact, storage_failure
 
 __all__ = [
@@ -135,11 +136,20 @@ def downsample(block: np.ndarray, axes: Iterable[int], method: str, dtype) -> np
     return out
 
 
-def write_tile(block, targets: Sequence, tiling: Tiling, block_info=None) -> np.ndarray:
-    """Per-tile task: write the tile's part of every level, level 0 last; return a marker.
+def write_tile(
+    block, targets: Sequence, tiling: Tiling, out_dtype=None, block_info=None
+) -> np.ndarray:
+    """Per-tile task: write the tile's part of every level, level 0 last; return the count of
+    clipped samples (one int64 element).
 
-    ``targets`` are the level arrays (``zarr.Array``), highest resolution first.
+    ``targets`` are the level arrays (``zarr.Array``), highest resolution first. With
+    ``out_dtype`` (an integer output written from its float intermediate) the tile is first
+    cast to it, saturating, and its clipped samples counted; the coarser levels are downsampled
+    from the cast values, so every level is the pyramid of the stored level 0.
     """
+    clipped = 0
+    if out_dtype is not None:
+        block, clipped = cast_and_count(block, out_dtype)
     block = to_numpy(block)
     starts = [start for start, _ in block_info[0]["array-location"]]
     levels = [block]
@@ -157,7 +167,7 @@ def write_tile(block, targets: Sequence, tiling: Tiling, block_info=None) -> np.
             # an OSError (the job fails, resumable), secrets blanked.
             text = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
             raise OSError(f"{type(exc).__name__}: {text}") from None
-    return np.ones((1,) * block.ndim, dtype=bool)
+    return np.full((1,) * block.ndim, clipped, dtype=np.int64)
 
 
 def finished_tiles(

@@ -20,6 +20,10 @@ Per-chunk contract (every engine module implements the operations its spec lists
     axis that is not filtered. Return the valid correlation with the outer product of the factors.
 ``matmul(a, b) -> out`` and ``multiply(a, b) -> out``
     NumPy semantics on one block each (the graph has already aligned the blocks).
+``wiener_filter(block, psf, balance, reg) -> out``
+    Wiener–Hunt deconvolution of the whole block, circular over it (scikit-image's formula,
+    no clipping), in ``block.dtype``. Richardson–Lucy needs no op of its own: it runs on the
+    correlation ops (:mod:`distconv.ops.deconvolve_blocks`).
 
 An engine module may also define ``device_info() -> str`` for ``distconv engines`` and
 ``map_chunk`` for :func:`distconv.map_chunks` (called through its spec's runner). Which ranks and
@@ -46,6 +50,7 @@ __all__ = [
     "CHUNK_ENGINES",
     "CORRELATE_OPS",
     "CPU_PREFERENCE",
+    "DECONVOLUTION_OPS",
     "ENGINES",
     "EngineSpec",
     "FFT_COST_DUCC0",
@@ -63,6 +68,7 @@ __all__ = [
     "engine_names",
     "get_engine",
     "get_op",
+    "install_hint",
     "installed_engines",
     "is_gpu_engine",
     "is_installed",
@@ -73,6 +79,8 @@ __all__ = [
 
 CORRELATE_OPS = ("correlate_direct", "correlate_fft", "correlate_separable")
 LINALG_OPS = ("matmul", "multiply")
+#: Whole-block deconvolution filters (Richardson–Lucy runs on the correlation ops).
+DECONVOLUTION_OPS = ("wiener_filter",)
 
 #: dtypes every correlation engine computes in (and the numba-cuda kernels are compiled for).
 FLOAT_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.float32), np.dtype(np.float64))
@@ -135,9 +143,10 @@ def _tensorflow_rule(op: str, ndim: int, dtype) -> bool:
 
 
 def _cupy_rule(op: str, ndim: int, dtype) -> bool:
-    """cupy: correlations of float32/float64 of any rank; matmul and multiply: any numeric."""
+    """cupy: correlations and the Wiener filter of float32/float64 of any rank; matmul and
+    multiply: any numeric."""
     dtype = np.dtype(dtype)
-    if op in CORRELATE_OPS:
+    if op in CORRELATE_OPS or op in DECONVOLUTION_OPS:
         return ndim >= 1 and dtype in FLOAT_DTYPES
     return op in LINALG_OPS and dtype.kind in "biufc"
 
@@ -162,7 +171,8 @@ def _numba_cuda_rule(op: str, ndim: int, dtype) -> bool:
 
 @cache
 def ducc0_installed() -> bool:
-    """Whether ducc0 (the ``fft`` extra) can be imported; it is not imported here."""
+    """Whether ducc0 (a core dependency; scipy.fft is the fallback) can be imported; it is not
+    imported here."""
     return importlib.util.find_spec("ducc0") is not None
 
 
@@ -305,14 +315,14 @@ ENGINES: dict[str, EngineSpec] = {
             ("scipy", "numpy"),
             "",
             "cpu",
-            CORRELATE_OPS + LINALG_OPS,
+            CORRELATE_OPS + LINALG_OPS + DECONVOLUTION_OPS,
             cost=_SCIPY_COST,
         ),
         EngineSpec(
             "numba",
             "numba_cpu",
             ("numba",),
-            "numba",
+            "",  # a core dependency
             "cpu",
             CORRELATE_OPS[::2] + ("multiply",),
             rule=_numba_rule,
@@ -335,23 +345,25 @@ ENGINES: dict[str, EngineSpec] = {
             ("cupy",),
             "gpu",
             "gpu",
-            CORRELATE_OPS + LINALG_OPS,
+            CORRELATE_OPS + LINALG_OPS + DECONVOLUTION_OPS,
             rule=_cupy_rule,
             cost=_CUPY_COST,
             map_chunk=_run_cupy,
         ),
-        # map_chunks runs numba-cuda on NumPy chunks without CuPy (e.g. the CUDA simulator).
+        # numba-cuda needs only Numba (numba.cuda, or the numba-cuda package that replaces it):
+        # without CuPy it copies host blocks to Numba device arrays and back, which is also how
+        # it runs under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) on a machine without a GPU.
+        # The `gpu` extra adds numba-cuda (the maintained CUDA target) and CuPy.
         EngineSpec(
             "numba-cuda",
             "numba_cuda",
-            ("numba", "cupy"),
+            ("numba",),
             "gpu",
             "gpu",
             ("correlate_direct", "matmul", "multiply"),
             rule=_numba_cuda_rule,
             cost=_NUMBA_CUDA_COST,
             map_chunk=_run_numba_cuda,
-            map_chunk_requires=("numba",),
         ),
     )
 }
@@ -369,6 +381,7 @@ CPU_PREFERENCE: dict[str, tuple[str, ...]] = {
     "correlate_fft": ("scipy",),
     "correlate_separable": ("numba", "scipy"),
     "matmul": ("scipy",),
+    "wiener_filter": ("scipy",),
     "multiply": ("scipy",),
 }
 
@@ -390,6 +403,19 @@ def is_installed(name: str) -> bool:
     """True when every package the engine needs can be found (nothing is imported)."""
     spec = _spec(name)
     return all(importlib.util.find_spec(pkg) is not None for pkg in spec.requires)
+
+
+def install_hint(name: str) -> str:
+    """The pip command that installs engine ``name``'s packages.
+
+    ``pip install 'distconv[EXTRA]'`` for an engine behind an extra; for a core engine (whose
+    packages ``pip install distconv`` brings) the packages themselves, missing only from an
+    environment assembled by hand.
+    """
+    spec = _spec(name)
+    if spec.extra:
+        return f"pip install 'distconv[{spec.extra}]'"
+    return f"pip install {' '.join(spec.requires)}"
 
 
 def installed_engines() -> list[str]:
@@ -464,7 +490,7 @@ def chunk_runner(engine: str) -> Runner:
     Parameters
     ----------
     engine : str
-        One of :data:`CHUNK_ENGINES`.
+        A name in :data:`CHUNK_ENGINES`: ``"numpy"`` or any engine.
 
     Returns
     -------
@@ -486,9 +512,7 @@ def chunk_runner(engine: str) -> Runner:
     needed = spec.requires if spec.map_chunk_requires is None else spec.map_chunk_requires
     missing = [p for p in needed if importlib.util.find_spec(p) is None]
     if missing:
-        raise EngineError(
-            f"engine {engine!r} needs {', '.join(missing)} (pip install 'distconv[{spec.extra}]')"
-        )
+        raise EngineError(f"engine {engine!r} needs {', '.join(missing)} ({install_hint(engine)})")
     return spec.map_chunk
 
 
@@ -506,7 +530,7 @@ def _require_installed(name: str) -> EngineSpec:
     spec = _spec(name)
     if not is_installed(name):
         raise EngineError(
-            f"engine {name!r} is not installed (pip install 'distconv[{spec.extra}]'); "
+            f"engine {name!r} is not installed ({install_hint(name)}); "
             f"installed engines: {', '.join(installed_engines())}"
         )
     return spec

@@ -16,6 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 import zarr
+from conftest import write_zarr
 from scipy import ndimage
 
 import distconv as dc
@@ -32,7 +33,7 @@ def test_spec_parser(tmp_path):
     assert parse_spec("tcp://[::1]:8786").address == "tcp://[::1]:8786"
     (tmp_path / "slurm.yml").write_text("system: slurm\n")
     assert parse_spec(str(tmp_path / "slurm.yml")).path == str(tmp_path / "slurm.yml")
-    assert parse_spec(None).kind == "local"  # config default
+    assert parse_spec(None).kind == "auto"  # config default
     for bad in ("moon", "", "http://x:1", "gpu", "slurm"):
         with pytest.raises(dc.DistconvError, match="local, threads, cuda, tcp://HOST:PORT"):
             parse_spec(bad)
@@ -54,10 +55,7 @@ def test_spec_from_dask_config():
 def test_local_cluster_job_equals_scipy_and_plugins_apply(tmp_path):
     rng = np.random.default_rng(5)
     data = rng.random((300, 200), dtype=np.float32)
-    source = zarr.create_array(
-        str(tmp_path / "in.zarr"), shape=data.shape, chunks=(64, 64), dtype=data.dtype
-    )
-    source[:] = data
+    write_zarr(tmp_path / "in.zarr", data, (64, 64))
     w = rng.standard_normal((9, 9))
     with dc.cluster("local", workers=2, quiet=True) as client:
         info = describe(client)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from distconv.bench.common import Contender, fresh, make_input, run_alternating
-from distconv.bench.report import Result, Row
-from distconv.clusters.resources import worker_infos
+from distconv.bench.common import Contender, Session, fresh, make_input, run_alternating
+from distconv.bench.report import Result
 
 
 def kernel_for(size: int, ndim: int = 2) -> np.ndarray:
@@ -70,48 +69,26 @@ def check_window(source: str, output: str, kernel: np.ndarray, chunk: int) -> fl
 
 
 def bench_convolve(
-    size: int = 8192,
-    kernel_sizes: Sequence[int] = (3, 9, 31, 127),
-    engines: Sequence[str] = ("scipy",),
-    *,
-    chunk: int = 2048,
-    repeats: int = 3,
-    workdir: str | os.PathLike,
-    client=None,
-    references: bool = True,
+    size: int,
+    kernel_sizes: Sequence[int],
+    engines: Sequence[str],
+    session: Session,
     max_seconds: float = 30.0,
-    log: Callable[[str], None] | None = None,
 ) -> Result:
     """Time a Zarr → Zarr convolve of ``size``² float32 per engine and kernel size.
 
-    Parameters
-    ----------
-    size, chunk : int
-        Image side and Zarr chunk side.
-    kernel_sizes : sequence of int
-        Square random kernels to time.
-    engines : sequence of str
-        distconv engines (each a row per kernel).
-    repeats : int
-        Timed runs per contender after one warm-up; the median is reported.
-    workdir : path
-        Where the input and the outputs are written (a scratch directory).
-    client : distributed.Client, optional
-        The cluster the runs use (None: whatever Dask's default scheduler is).
-    references : bool
-        Include dask-image and in-memory SciPy when installed.
-    max_seconds : float
-        Skip a cell whose estimated run time is longer.
+    Parameters are those of :func:`distconv.bench.run` (``kernel_sizes`` its ``kernels``); the
+    rest is in ``session``.
     """
     import dask.array as da
 
     import distconv as dc
 
-    workdir = Path(workdir)
+    workdir, chunk = session.workdir, session.chunk
     source = workdir / "input.zarr"
     shape = (size, size)
     make_input(source, shape, chunk, seed=0)
-    workers = len(worker_infos(client)) if client is not None else (os.cpu_count() or 1)
+    workers = session.workers
     pixels = float(size * size)
     in_memory = {}
     warmed: set[str] = set()  # contenders warm up once, at the first kernel they run
@@ -119,16 +96,9 @@ def bench_convolve(
         "convolve",
         unit="Mpx/s",
         work=pixels / 1e6,
-        setup={
-            "size": size,
-            "chunk": chunk,
-            "dtype": "float32",
-            "kernels": list(kernel_sizes),
-            "engines": list(engines),
-            "repeats": repeats,
-            "workers": workers,
-        },
+        setup=session.setup(size, engines, kernels=list(kernel_sizes)),
     )
+    log = session.log
     for k in kernel_sizes:
         kernel = kernel_for(k)
         group = f"{k}×{k}"
@@ -161,13 +131,13 @@ def bench_convolve(
                     skip=f"skipped (≈{estimate:.0f} s)" if estimate > max_seconds else None,
                 )
             )
-        if references:
+        if session.references:
             contenders += _references(
                 source, workdir, kernel, pixels, workers, max_seconds, in_memory
             )
         run_alternating(
             contenders,
-            repeats,
+            session.repeats,
             log=(lambda text, k=k: log(f"k={k} {text}")) if log else None,
             warmed=warmed,
         )
@@ -176,25 +146,12 @@ def bench_convolve(
             output = workdir / f"dc-{engine}.zarr"
             if output.exists():
                 errors[f"distconv {engine}"] = check_window(str(source), str(output), kernel, chunk)
-        floor = contenders[0].seconds
         # dask-image when it ran for this kernel, else SciPy in memory.
         ran = [c for c in contenders if c.seconds is not None]
         chosen = next((c for c in ran if c.kind == "reference"), None) or next(
             (c for c in ran if c.kind == "baseline"), None
         )
-        reference = chosen.seconds if chosen else None
-        result.references[group] = chosen.name if chosen else None
-        for contender in contenders:
-            result.rows.append(
-                Row.from_contender(
-                    group,
-                    contender,
-                    floor=floor,
-                    reference=reference,
-                    work=result.work,
-                    error=errors.get(contender.name),
-                )
-            )
+        result.add_group(group, contenders, chosen, errors)
         for engine in engines:
             fresh(workdir / f"dc-{engine}.zarr")
     in_memory.clear()

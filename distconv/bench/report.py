@@ -76,6 +76,28 @@ class Result:
     def groups(self) -> list[str]:
         return list(dict.fromkeys(row.group for row in self.rows))
 
+    def add_group(
+        self,
+        group: str,
+        contenders: list[Contender],
+        reference: Contender | None,
+        errors: dict[str, float],
+    ) -> None:
+        """One row per contender, against the group's floor (the first contender) and
+        ``reference``; ``errors``: contender name → max relative error, where checked."""
+        self.references[group] = reference.name if reference else None
+        for contender in contenders:
+            self.rows.append(
+                Row.from_contender(
+                    group,
+                    contender,
+                    floor=contenders[0].seconds,
+                    reference=reference.seconds if reference else None,
+                    work=self.work,
+                    error=errors.get(contender.name),
+                )
+            )
+
 
 HEADERS = (
     "{group}",

@@ -7,6 +7,7 @@ Ctrl-C exits 130 and, while an output is being written, names the command that f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shlex
 import signal
@@ -27,7 +28,10 @@ EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
-CLUSTER_HELP = f"Where the work runs: {SPEC_FORMS} [default: local]."
+CLUSTER_HELP = (
+    f"Where the work runs: {SPEC_FORMS} [default: config, auto: threads in this process "
+    f"for jobs under 1 GiB of input and output, else local]."
+)
 
 
 class CommandState:
@@ -37,6 +41,8 @@ class CommandState:
     # Set while a job writes its output: the command that finishes it after an interruption.
     resume_command: str | None = None
     argv: Sequence[str] = ()
+    # Where the last job ran (command_cluster's words: "threads (auto: ...)", "local, 2 workers").
+    ran_on: str | None = None
 
 
 class Interrupted(Exception):
@@ -158,6 +164,19 @@ def quiet_option(help: str = "No progress bar, links or summary.") -> Callable:
     return click.option("-q", "--quiet", is_flag=True, help=help)
 
 
+def job_options(must_match: str, *, rmm: bool = False) -> Callable:
+    """What every command that writes a store ends with: :func:`write_options`,
+    :func:`store_options`, :func:`pyramid_options`, :func:`cluster_options` and
+    :func:`quiet_option` (read back as :class:`JobOptions`)."""
+    return options(
+        write_options(must_match),
+        store_options(),
+        pyramid_options(),
+        cluster_options(rmm=rmm),
+        quiet_option(),
+    )
+
+
 # Outputs ---------------------------------------------------------------------------------------
 
 
@@ -219,10 +238,12 @@ def save_resumable(
     overwrite: bool,
     resume: bool,
     quiet: bool,
+    description: str | None = None,
     **save_options: Any,
 ) -> tuple[Any, float]:
     """``dc.save`` for a command: the command line goes into the provenance, and while the job
-    runs an interruption's message names the exact ``--resume`` command (secrets blanked).
+    runs an interruption's message names the exact ``--resume`` command (secrets blanked;
+    ``description`` labels the progress bar; default: the operation).
 
     ``save_options`` go to :func:`distconv.save` (``storage_options``, ``pyramid``...).
 
@@ -243,7 +264,7 @@ def save_resumable(
         overwrite=overwrite,
         resume=resume,
         progress=not quiet,
-        description=operation,
+        description=description or operation,
         attributes={"command": redact(shlex.join(["distconv", *argv]))},
         **save_options,
     )
@@ -289,28 +310,151 @@ def command_cluster(
     threads_per_worker: int | None,
     quiet: bool,
     rmm_pool_size: str | None = None,
-) -> Iterator[None]:
-    """The cluster a command's job runs on, its workers started with Ctrl-C ignored."""
-    from distconv.clusters import cluster
+    work: Any = None,
+) -> Iterator[str]:
+    """The cluster a command's job runs on, its workers started with Ctrl-C ignored.
 
+    ``work`` (the job's input and output arrays, or their bytes) lets the default ``auto``
+    choose threads or a local cluster. Yields the few words the summary line ends with: where
+    the job ran (``threads (auto: 1.0 MiB < 1.00 GiB)``, ``local, 2 workers``).
+    Worker logs stay out of the terminal unless ``--debug``.
+    """
+    from distconv.clusters import cluster, resolve
+
+    parsed, choice = resolve(cluster_spec, work, sized=bool(workers or threads_per_worker))
+    spec = parsed.address or parsed.path or parsed.kind
     with contextlib.ExitStack() as stack:
         with workers_ignore_ctrl_c():
-            stack.enter_context(
+            client = stack.enter_context(
                 cluster(
-                    cluster_spec,
+                    spec,
                     workers=workers,
                     threads_per_worker=threads_per_worker,
                     rmm_pool_size=rmm_pool_size,
                     quiet=quiet,
+                    worker_logs=CommandState.debug,
                 )
             )
-        yield
+        yield where_it_ran(spec, client, choice)
+
+
+def where_it_ran(spec: str, client: Any, choice: Any = None) -> str:
+    """``threads``, ``local, 2 workers``, ``tcp://host:8786, 3 workers``, plus ``auto``'s reason."""
+    words = spec
+    if client is not None:
+        from distconv.clusters.resources import scheduler_info
+
+        count = len(scheduler_info(client).get("workers", {}))
+        words += f", {count} worker{'s' if count != 1 else ''}"
+    if choice is not None:
+        words += f" (auto: {choice.reason})"
+    return words
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+    """The values of :func:`job_options`: how a command's job writes its output, where it runs."""
+
+    overwrite: bool
+    resume: bool
+    cluster_spec: str | None
+    workers: int | None
+    threads_per_worker: int | None
+    quiet: bool
+    rmm_pool_size: str | None = None
+    # store_options and pyramid_options: how inputs open, how the output is saved
+    level: int | None = None
+    storage_option: tuple[str, ...] = ()
+    pyramid: int | None = None
+    pyramid_method: str = "mean"
+
+    @property
+    def storage_options(self) -> dict[str, Any] | None:
+        """``--storage-option KEY=VALUE`` as fsspec's options (None without any)."""
+        from distconv.stores import parse_storage_options
+
+        return parse_storage_options(self.storage_option) or None
+
+    def open(self, path: str) -> Any:
+        """``dc.open`` an input at ``--level`` with ``--storage-option``."""
+        import distconv as dc
+
+        return dc.open(path, level=self.level, storage_options=self.storage_options)
+
+    def cluster(
+        self, quiet: bool | None = None, work: Any = None
+    ) -> contextlib.AbstractContextManager[str]:
+        """:func:`command_cluster` for these options (``quiet`` overrides ``--quiet``); ``work``
+        (the job's input and output arrays) sizes the default ``auto``."""
+        quiet = self.quiet if quiet is None else quiet
+        return command_cluster(
+            self.cluster_spec,
+            self.workers,
+            self.threads_per_worker,
+            quiet,
+            self.rmm_pool_size,
+            work=work,
+        )
+
+    def save(self, y, output: str, operation: str) -> tuple[Any, float]:
+        """:func:`save_resumable` with these options: the written array and the seconds."""
+        return save_resumable(
+            y,
+            output,
+            operation,
+            overwrite=self.overwrite,
+            resume=self.resume,
+            quiet=self.quiet,
+            storage_options=self.storage_options,
+            pyramid=self.pyramid,
+            pyramid_method=self.pyramid_method,
+        )
+
+    def check_output(self, output: str, sources: Sequence[str]) -> None:
+        """Refuse an ``output`` that is one of ``sources`` or in the way (before any cluster)."""
+        from distconv.io import check_output_path
+
+        check_output_path(
+            output, sources, self.overwrite, self.resume, storage_options=self.storage_options
+        )
+
+    def write(
+        self, y, output: str, operation: str, sources: Sequence[str], work: Any = None
+    ) -> tuple[Any, float]:
+        """:meth:`check_output`, then :meth:`save` ``y`` on the command's cluster.
+
+        ``work``: the job's input and output arrays, for ``auto`` (default: ``y`` alone).
+        Where the job ran is left in ``CommandState.ran_on`` for the summary line.
+        """
+        self.check_output(output, sources)
+        with self.cluster(work=(y,) if work is None else work) as where:
+            CommandState.ran_on = where
+            return self.save(y, output, operation)
 
 
 def interruptible(job: Callable[..., None], *args: Any) -> None:
-    """Run a command's job; Ctrl-C becomes :class:`Interrupted` (exit 130, --resume hint)."""
+    """Run a command's job; Ctrl-C becomes :class:`Interrupted` (exit 130, --resume hint).
+
+    :func:`run_job` does the same for commands built on :class:`JobOptions`; ``distconv
+    deconvolve`` (cli/deconvolve.py) still calls this one.
+    """
     try:
         job(*args)
+    except KeyboardInterrupt:
+        # Raised past click as itself, click would print a blank line and turn it into Abort.
+        raise Interrupted() from None
+
+
+def run_job(job: Callable[..., None], *args: Any, **params: Any) -> None:
+    """Run a command's job as ``job(*args, settings, **rest)``: ``params`` are the command's
+    keyword arguments, ``settings`` the :class:`JobOptions` among them, ``rest`` the others.
+
+    Ctrl-C becomes :class:`Interrupted` (exit 130, with the ``--resume`` hint).
+    """
+    names = [field.name for field in dataclasses.fields(JobOptions)]
+    settings = JobOptions(**{name: params.pop(name) for name in names if name in params})
+    try:
+        job(*args, settings, **params)
     except KeyboardInterrupt:
         # Raised past click as itself, click would print a blank line and turn it into Abort.
         raise Interrupted() from None
@@ -334,7 +478,7 @@ def run_command_line(group: click.Group, argv: Sequence[str] | None) -> None:
     debug = "--debug" in args
     if not debug:
         quiet_abandoned_store_reads()  # one line on stderr, even when a store is unreachable
-    CommandState.argv, CommandState.resume_command = args, None
+    CommandState.argv, CommandState.resume_command, CommandState.ran_on = args, None, None
     try:
         group.main(args=args, prog_name="distconv", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -6,6 +6,8 @@ Every check (one-line errors, exit 2) comes before anything is generated or writ
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -53,9 +55,8 @@ def check_engines(benchmark: str, text: str | None) -> list[str]:
                 f"unknown engine {name!r}; choose from: auto, {', '.join(kernels.engine_names())}"
             )
         if not kernels.is_installed(name):
-            extra = kernels.ENGINES[name].extra
             raise DistconvError(
-                f"engine {name!r} is not installed here (pip install 'distconv[{extra}]')"
+                f"engine {name!r} is not installed here ({kernels.install_hint(name)})"
             )
         if not any(op in kernels.ENGINES[name].ops for op in _OPS[benchmark]):
             raise DistconvError(f"engine {name!r} cannot {benchmark}")
@@ -78,24 +79,25 @@ def _kernel_sizes(text: str) -> list[int]:
 
 def _run(
     benchmark: str,
-    size: int,
+    *,
     engines: str | None,
-    chunk: int | None,
-    repeats: int,
     no_references: bool,
     output_dir: str,
-    workdir: str | None,
     cluster_spec: str | None,
-    workers: int | None,
-    threads_per_worker: int | None,
     quiet: bool,
     kernels_text: str = "",
-    max_seconds: float = 30.0,
+    **settings: Any,
 ) -> None:
+    """Check every option, run the benchmark, write and print its results.
+
+    ``settings`` go to :func:`distconv.bench.run` as they are: ``size``, ``chunk``, ``repeats``,
+    ``workdir``, ``workers``, ``threads_per_worker`` and, for convolve, ``max_seconds``.
+    """
     import os
 
     from distconv.clusters import parse_spec
 
+    size, chunk, workdir = settings["size"], settings["chunk"], settings["workdir"]
     # Every check before any data is generated or any file written.
     engine_list = check_engines(benchmark, engines)
     if not engine_list:
@@ -122,18 +124,12 @@ def _run(
 
     result = bench.run(
         benchmark,
-        size=size,
         engines=engine_list,
         kernels=sizes,
-        chunk=chunk,
-        repeats=repeats,
         cluster=cluster_spec or "local",
-        workers=workers,
-        threads_per_worker=threads_per_worker,
-        workdir=workdir,
         references=not no_references,
-        max_seconds=max_seconds,
         log=None if quiet else (lambda line: click.echo(line, err=True)),
+        **settings,
     )
     result.setup["command"] = " ".join(["distconv", "bench", benchmark, *sys.argv[3:]])
     json_path, png_path = bench.write_outputs(result, output_dir)
@@ -141,32 +137,30 @@ def _run(
     click.echo(f"wrote {json_path} and {png_path}")
 
 
+def _count_option(name: str, minimum: int, default: int | None, help: str) -> Callable:
+    """An integer option of at least ``minimum``; ``--help`` shows its default, if any."""
+    return click.option(
+        name,
+        type=click.IntRange(min=minimum),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
 def _bench_command(benchmark: str) -> click.Command:
     options = [
-        click.option(
-            "--size",
-            type=click.IntRange(min=8),
-            default=8192,
-            show_default=True,
-            help="Side of the square float32 input(s).",
-        ),
+        _count_option("--size", 8, 8192, "Side of the square float32 input(s)."),
         click.option(
             "--engines",
             default=None,
             help=f"Comma list [default: installed of {_DEFAULT_ENGINES[benchmark]}].",
         ),
-        click.option(
-            "--chunk",
-            type=click.IntRange(min=4),
-            default=None,
-            help="Zarr chunk side [default: 2048 convolve, 1024 matmul/multiply].",
+        _count_option(
+            "--chunk", 4, None, "Zarr chunk side [default: 2048 convolve, 1024 matmul/multiply]."
         ),
-        click.option(
-            "--repeats",
-            type=click.IntRange(min=1),
-            default=3,
-            show_default=True,
-            help="Timed runs per contender after one warm-up (median reported).",
+        _count_option(
+            "--repeats", 1, 3, "Timed runs per contender after one warm-up (median reported)."
         ),
         click.option(
             "--no-references",

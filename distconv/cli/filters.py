@@ -7,21 +7,22 @@ from typing import Any
 import click
 
 from distconv.cli._common import (
-    cluster_options,
-    command_cluster,
+    CommandState,
+    JobOptions,
     default_output,
     engine_option,
-    interruptible,
-    options,
+    job_options,
     output_option,
-    pyramid_options,
-    quiet_option,
-    save_resumable,
-    store_options,
-    write_options,
+    run_job,
 )
 from distconv.errors import DistconvError
-from distconv.plan import METHODS, MODES, check_output_dtype, check_weights_fit
+from distconv.plan import (
+    METHODS,
+    MODES,
+    check_output_dtype,
+    check_weights_fit,
+    compute_dtype_for,
+)
 
 
 def _axes_list(value: str | None) -> tuple[int | str, ...] | None:
@@ -46,39 +47,25 @@ def _int_list(value: str | None, name: str) -> tuple[int, ...] | None:
 
 
 def _filter_job(
-    operation,
-    input,
-    weights,
-    output,
-    mode,
-    cval,
-    origin,
-    axes,
-    method,
-    engine,
-    dtype,
-    overwrite,
-    resume,
-    cluster_spec,
-    workers,
-    threads_per_worker,
-    rmm_pool_size,
-    quiet,
-    level,
-    storage_option,
-    pyramid,
-    pyramid_method,
+    operation: str,
+    job: JobOptions,
+    *,
+    input: str,
+    weights: str,
+    output: str | None,
+    origin: str,
+    axes: str | None,
+    dtype: str | None,
+    **filter_options: Any,
 ) -> None:
+    """Parse, filter, write; ``filter_options``: ``mode``, ``cval``, ``method``, ``engine``."""
     import distconv as dc
     from distconv.axes import default_filter_ndim, resolve_axes
     from distconv.clusters import parse_spec
-    from distconv.io import check_output_path
     from distconv.provenance import source_paths
-    from distconv.stores import parse_storage_options
 
-    parse_spec(cluster_spec)  # a bad spec fails before any work
-    storage = parse_storage_options(storage_option) or None
-    x = dc.open(input, level=level, storage_options=storage)
+    parse_spec(job.cluster_spec)  # a bad spec fails before any work
+    x = job.open(input)
     axes_t = _axes_list(axes)
     origins = _int_list(origin, "--origin")
     origin_arg: Any = origins[0] if origins and len(origins) == 1 else origins
@@ -86,45 +73,36 @@ def _filter_job(
     axes_t = resolve_axes(axes_t, x, w.ndim)  # names → numbers; a 2-D kernel → an image's y, x
     check_output_dtype(dtype)
     function = dc.convolve if operation == "convolve" else dc.correlate
-    y = function(
-        x,
-        w,
-        mode=mode,
-        cval=cval,
-        origin=origin_arg,
-        axes=axes_t,
-        method=method,
-        engine=engine,
-        dtype=dtype,
-    )
+    y = function(x, w, origin=origin_arg, axes=axes_t, dtype=dtype, **filter_options)
     check_weights_fit(w.shape, x.shape, axes_t)  # the API accepts these, as scipy.ndimage does
     output = output or default_output(
         input, "convolved" if operation == "convolve" else "correlated"
     )
-    # before any cluster starts
-    check_output_path(output, source_paths(y), overwrite, resume, storage_options=storage)
-
-    with command_cluster(cluster_spec, workers, threads_per_worker, quiet, rmm_pool_size):
-        written, seconds = save_resumable(
-            y,
-            output,
-            operation,
-            overwrite=overwrite,
-            resume=resume,
-            quiet=quiet,
-            storage_options=storage,
-            pyramid=pyramid,
-            pyramid_method=pyramid_method,
-        )
-    if not quiet:
-        record = written.attrs["distconv"]["steps"][-1]
+    written, seconds = job.write(  # checked, then saved
+        y, output, operation, source_paths(y), work=(x, y)
+    )
+    if not job.quiet:
+        produced = written.attrs["distconv"]
+        record = produced["steps"][-1]
         pixels = float(x.size)
         click.echo(
             f"wrote {output}: {'×'.join(map(str, y.shape))} {y.dtype}, "
             f"{y.npartitions} chunks, method {record['method']}, "
             f"engine {record['engine']}; {seconds:.2f} s, {pixels / seconds / 1e6:.1f} Mpx/s, "
-            f"{x.nbytes / seconds / 2**20:.0f} MiB/s read"
+            f"{x.nbytes / seconds / 2**20:.0f} MiB/s read{_clipped_note(produced, x.dtype)}; "
+            f"on {CommandState.ran_on}"
         )
+
+
+def _clipped_note(produced: dict, input_dtype) -> str:
+    """``; 12 samples clipped ... (pass --dtype float32 to keep them)``, or nothing."""
+    from distconv.clipping import describe_clipped
+
+    clipped = produced.get("clipped")
+    if not clipped or not clipped["samples"]:
+        return ""
+    keep = compute_dtype_for(input_dtype)
+    return f"; {describe_clipped(clipped)} (pass --dtype {keep} to keep them)"
 
 
 _EXAMPLES = """
@@ -177,62 +155,14 @@ def _filter_command(operation: str) -> click.Command:
         help="direct | fft | separable | auto [default: config, auto].",
     )
     @engine_option("chunk")
-    @click.option("--dtype", help="Output dtype (e.g. float32, uint16) [default: float].")
-    @options(
-        write_options("inputs, weights and parameters"),
-        store_options(),
-        pyramid_options(),
-        cluster_options(rmm=True),
-        quiet_option(),
+    @click.option(
+        "--dtype",
+        help="Output dtype (e.g. float32, uint16, bool) [default: the input's, as "
+        "scipy.ndimage]. Integers saturate; the summary counts clipped samples.",
     )
-    def command(
-        input: str,
-        weights: str,
-        output: str | None,
-        mode: str,
-        cval: float,
-        origin: str,
-        axes: str | None,
-        method: str | None,
-        engine: str | None,
-        dtype: str | None,
-        overwrite: bool,
-        resume: bool,
-        level: int | None,
-        storage_option: tuple[str, ...],
-        pyramid: int | None,
-        pyramid_method: str,
-        cluster_spec: str | None,
-        workers: int | None,
-        threads_per_worker: int | None,
-        rmm_pool_size: str | None,
-        quiet: bool,
-    ) -> None:
-        interruptible(
-            _filter_job,
-            operation,
-            input,
-            weights,
-            output,
-            mode,
-            cval,
-            origin,
-            axes,
-            method,
-            engine,
-            dtype,
-            overwrite,
-            resume,
-            cluster_spec,
-            workers,
-            threads_per_worker,
-            rmm_pool_size,
-            quiet,
-            level,
-            storage_option,
-            pyramid,
-            pyramid_method,
-        )
+    @job_options("inputs, weights and parameters", rmm=True)
+    def command(**params: Any) -> None:
+        run_job(_filter_job, operation, **params)
 
     command.__doc__ = (
         f"{operation.capitalize()} INPUT (a Zarr array, v2 or v3, or a path inside a group; an "

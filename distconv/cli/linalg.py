@@ -8,33 +8,26 @@ and the output path checked before any cluster starts.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import click
 
 from distconv.cli._common import (
-    cluster_options,
-    command_cluster,
+    CommandState,
+    JobOptions,
     default_output,
     engine_option,
-    interruptible,
+    job_options,
     options,
     output_option,
-    pyramid_options,
-    quiet_option,
-    save_resumable,
-    store_options,
-    write_options,
+    run_job,
 )
 
 # The options of every command that writes a store, in the order --help lists them.
 _common_options = options(
     output_option("A.<op>.zarr beside A"),
     engine_option("block"),
-    write_options("inputs and parameters"),
-    store_options(),
-    pyramid_options(),
-    cluster_options(),
-    quiet_option(),
+    job_options("inputs and parameters"),
 )
 
 
@@ -52,24 +45,7 @@ _common_options = options(
     is_flag=True,
     help="Print the plan (blocks, tasks, bytes, peak memory, FLOPs); write nothing.",
 )
-def matmul_command(
-    a: str,
-    b: str,
-    output: str | None,
-    engine: str | None,
-    overwrite: bool,
-    resume: bool,
-    level: int | None,
-    storage_option: tuple[str, ...],
-    pyramid: int | None,
-    pyramid_method: str,
-    cluster_spec: str | None,
-    workers: int | None,
-    threads_per_worker: int | None,
-    quiet: bool,
-    memory_budget: str | None,
-    dry_run: bool,
-) -> None:
+def matmul_command(**params: Any) -> None:
     """Matrix product A @ B of two Zarr arrays, as numpy.matmul (stacks and 1-D included).
 
     \b
@@ -84,72 +60,42 @@ def matmul_command(
       distconv matmul stack.zarr/raw b.zarr --cluster threads --quiet
       distconv matmul a.zarr b.zarr -o c.zarr --resume        # finish an interrupted run
     """
-    interruptible(
-        _matmul_job,
-        a,
-        b,
-        output,
-        engine,
-        overwrite,
-        resume,
-        cluster_spec,
-        workers,
-        threads_per_worker,
-        quiet,
-        memory_budget,
-        dry_run,
-        _StoreArguments(level, storage_option, pyramid, pyramid_method),
-    )
+    run_job(_matmul_job, **params)
 
 
 def _matmul_job(
-    a,
-    b,
-    output,
-    engine,
-    overwrite,
-    resume,
-    cluster_spec,
-    workers,
-    threads_per_worker,
-    quiet,
-    memory_budget,
-    dry_run,
-    stores,
+    job: JobOptions,
+    a: str,
+    b: str,
+    output: str | None,
+    engine: str | None,
+    memory_budget: str | None,
+    dry_run: bool,
 ) -> None:
     import distconv as dc
-    from distconv.io import check_output_path
     from distconv.ops.matmul import plan_for
     from distconv.plan.matmul import matmul_result_shape
     from distconv.provenance import source_paths
 
-    x, y = stores.open(a), stores.open(b)
+    x, y = job.open(a), job.open(b)
     matmul_result_shape(x.shape, y.shape)  # NumPy's error before any cluster starts
     output = output or default_output(a, "matmul")
     if not dry_run:
-        inputs = source_paths(x) + source_paths(y)
-        check_output_path(output, inputs, overwrite, resume, stores.storage_options)
-    with command_cluster(cluster_spec, workers, threads_per_worker, quiet or dry_run):
+        job.check_output(output, source_paths(x) + source_paths(y))
+    work = (x, y, _matmul_result_bytes(x, y))
+    with job.cluster(quiet=job.quiet or dry_run, work=work) as where:
         if dry_run:  # planned where it would run: the workers' memory sets the budget
             click.echo(plan_for(x, y, engine=engine, memory_budget=memory_budget).describe())
             return
         product = dc.matmul(x, y, engine=engine, memory_budget=memory_budget)
-        seconds = save_resumable(
-            product,
-            output,
-            "matmul",
-            overwrite=overwrite,
-            resume=resume,
-            quiet=quiet,
-            **stores.save_options,
-        )[1]
-    if not quiet:
+        seconds = job.save(product, output, "matmul")[1]
+    if not job.quiet:
         flops = 2 * int(product.size) * x.shape[-1]  # one multiply-add per k per element
-        step = dc.info(output, storage_options=stores.storage_options)["provenance"]["steps"][-1]
+        step = dc.info(output, storage_options=job.storage_options)["provenance"]["steps"][-1]
         click.echo(
             f"wrote {output}: {_shape(product.shape)} {product.dtype}, "
             f"{product.npartitions} chunks, engine {step['engine']}, {step['method']}; "
-            f"{seconds:.2f} s, {flops / seconds / 1e9:.1f} GFLOP/s"
+            f"{seconds:.2f} s, {flops / seconds / 1e9:.1f} GFLOP/s; on {where}"
         )
 
 
@@ -157,22 +103,7 @@ def _matmul_job(
 @click.argument("a", metavar="A")
 @click.argument("b", metavar="B")
 @_common_options
-def multiply_command(
-    a: str,
-    b: str,
-    output: str | None,
-    engine: str | None,
-    overwrite: bool,
-    resume: bool,
-    level: int | None,
-    storage_option: tuple[str, ...],
-    pyramid: int | None,
-    pyramid_method: str,
-    cluster_spec: str | None,
-    workers: int | None,
-    threads_per_worker: int | None,
-    quiet: bool,
-) -> None:
+def multiply_command(**params: Any) -> None:
     """Element-wise product of a Zarr array A and a Zarr array or number B, as numpy.multiply.
 
     \b
@@ -186,82 +117,37 @@ def multiply_command(
       distconv multiply volume.zarr mask.zarr --cluster threads --quiet
       distconv multiply a.zarr b.zarr -o m.zarr --resume      # finish an interrupted run
     """
-    interruptible(
-        _multiply_job,
-        a,
-        b,
-        output,
-        engine,
-        overwrite,
-        resume,
-        cluster_spec,
-        workers,
-        threads_per_worker,
-        quiet,
-        _StoreArguments(level, storage_option, pyramid, pyramid_method),
-    )
+    run_job(_multiply_job, **params)
 
 
-def _multiply_job(
-    a,
-    b,
-    output,
-    engine,
-    overwrite,
-    resume,
-    cluster_spec,
-    workers,
-    threads_per_worker,
-    quiet,
-    stores,
-) -> None:
+def _multiply_job(job: JobOptions, a: str, b: str, output: str | None, engine: str | None) -> None:
     import distconv as dc
-    from distconv.io import check_output_path
     from distconv.provenance import source_paths
 
-    x = stores.open(a)
+    x = job.open(a)
     y = _number(b)
     if y is None:
-        y = stores.open(b)
+        y = job.open(b)
     product = dc.multiply(x, y, engine=engine)  # NumPy's broadcasting error, before a cluster
     output = output or default_output(a, "multiply")
-    check_output_path(output, source_paths(product), overwrite, resume, stores.storage_options)
-    with command_cluster(cluster_spec, workers, threads_per_worker, quiet):
-        seconds = save_resumable(
-            product,
-            output,
-            "multiply",
-            overwrite=overwrite,
-            resume=resume,
-            quiet=quiet,
-            **stores.save_options,
-        )[1]
-    if not quiet:
+    work = (x, y, product) if hasattr(y, "nbytes") else (x, product)
+    seconds = job.write(product, output, "multiply", source_paths(product), work=work)[1]
+    if not job.quiet:
         click.echo(
             f"wrote {output}: {_shape(product.shape)} {product.dtype}, "
             f"{product.npartitions} chunks; {seconds:.2f} s, "
-            f"{product.nbytes / seconds / 2**20:.0f} MiB/s written"
+            f"{product.nbytes / seconds / 2**20:.0f} MiB/s written; on {CommandState.ran_on}"
         )
 
 
-class _StoreArguments:
-    """``--level``, ``--storage-option`` and ``--pyramid``: how inputs open, how outputs save."""
+def _matmul_result_bytes(x, y) -> int:
+    """Bytes of ``x @ y`` (shape from NumPy's rule, dtype from NumPy's promotion)."""
+    import numpy as np
 
-    def __init__(self, level, storage_option, pyramid, pyramid_method):
-        from distconv.stores import parse_storage_options
+    from distconv.plan.matmul import matmul_result_shape
 
-        self.level = level
-        self.storage_options = parse_storage_options(storage_option) or None
-        self.save_options = {
-            "storage_options": self.storage_options,
-            "pyramid": pyramid,
-            "pyramid_method": pyramid_method,
-        }
-
-    def open(self, path: str):
-        import distconv as dc
-
-        return dc.open(path, level=self.level, storage_options=self.storage_options)
+    shape = matmul_result_shape(x.shape, y.shape)
+    return int(np.prod(shape, dtype=np.int64)) * np.result_type(x.dtype, y.dtype).itemsize
 
 
 def _number(text: str) -> int | float | None:
