@@ -398,17 +398,9 @@ class JobOptions:
 
     def save(self, y, output: str, operation: str) -> tuple[Any, float]:
         """:func:`save_resumable` with these options: the written array and the seconds."""
-        return save_resumable(
-            y,
-            output,
-            operation,
-            overwrite=self.overwrite,
-            resume=self.resume,
-            quiet=self.quiet,
-            storage_options=self.storage_options,
-            pyramid=self.pyramid,
-            pyramid_method=self.pyramid_method,
-        )
+        names = ("overwrite", "resume", "quiet", "pyramid", "pyramid_method")
+        options = {name: getattr(self, name) for name in names}
+        return save_resumable(y, output, operation, storage_options=self.storage_options, **options)
 
     def check_output(self, output: str, sources: Sequence[str]) -> None:
         """Refuse an ``output`` that is one of ``sources`` or in the way (before any cluster)."""
