@@ -192,24 +192,21 @@ def cluster(
             register_plugins(client)
             yield client
         return
-    if parsed.kind == "local":
-        from distconv.clusters.local import local_cluster
+    if parsed.kind in ("local", "cuda"):
+        if parsed.kind == "local":
+            from distconv.clusters.local import local_cluster as start
 
-        made = local_cluster(
+            gpu = {}
+        else:
+            from distconv.clusters.cuda import cuda_cluster as start
+
+            gpu = {"rmm_pool_size": rmm_pool_size}
+        made = start(
             workers=workers,
             threads_per_worker=threads_per_worker,
             memory_limit=memory_limit,
             worker_logs=worker_logs,
-        )
-    elif parsed.kind == "cuda":
-        from distconv.clusters.cuda import cuda_cluster
-
-        made = cuda_cluster(
-            workers=workers,
-            threads_per_worker=threads_per_worker,
-            memory_limit=memory_limit,
-            rmm_pool_size=rmm_pool_size,
-            worker_logs=worker_logs,
+            **gpu,
         )
     else:
         if workers or threads_per_worker or memory_limit:

@@ -78,6 +78,15 @@ def engine_option(unit: str = "chunk") -> Callable:
     )
 
 
+def mode_option(help: str) -> Callable:
+    """``--mode``: how the input extends past its edges (scipy.ndimage's modes)."""
+    from distconv.plan import MODES
+
+    return click.option(
+        "--mode", type=click.Choice(list(MODES)), default="reflect", show_default=True, help=help
+    )
+
+
 def write_options(must_match: str) -> Callable:
     """``--overwrite`` and ``--resume``; ``must_match`` names what a resumed run must repeat."""
     return options(
@@ -141,11 +150,11 @@ def pyramid_options() -> Callable:
     return options(
         click.option(
             "--pyramid",
+            metavar="[N]",
             type=click.IntRange(min=2),
             is_flag=False,
             flag_value=4,
             default=None,
-            metavar="[N]",
             help="Write an OME-Zarr image with N levels (4 without N), each downsampled 2x "
             "from the one above in the same pass.",
         ),

@@ -20,6 +20,7 @@ from distconv.cli._common import (
     default_output,
     engine_option,
     interruptible,
+    mode_option,
     options,
     output_option,
     quiet_option,
@@ -28,7 +29,6 @@ from distconv.cli._common import (
     write_options,
 )
 from distconv.errors import DistconvError, InputReadError
-from distconv.plan import MODES
 
 __all__ = ["deconvolve_command"]
 
@@ -62,13 +62,7 @@ METHODS = ("richardson-lucy", "wiener")
     default=None,
     help="Richardson-Lucy: the ratio is 0 where the blurred estimate is below this.",
 )
-@click.option(
-    "--mode",
-    type=click.Choice(list(MODES)),
-    default="reflect",
-    show_default=True,
-    help="How each blur extends the image past its edges (scipy.ndimage; constant = zeros).",
-)
+@mode_option("How each blur extends the image past its edges (scipy.ndimage; constant = zeros).")
 @click.option(
     "--halo",
     default="auto",

@@ -12,13 +12,13 @@ from distconv.cli._common import (
     default_output,
     engine_option,
     job_options,
+    mode_option,
     output_option,
     run_job,
 )
 from distconv.errors import DistconvError
 from distconv.plan import (
     METHODS,
-    MODES,
     check_output_dtype,
     check_weights_fit,
     compute_dtype_for,
@@ -127,13 +127,7 @@ def _filter_command(operation: str) -> click.Command:
     @click.argument("input", metavar="INPUT")
     @click.argument("weights", metavar="WEIGHTS")
     @output_option("INPUT.<op>.zarr beside it")
-    @click.option(
-        "--mode",
-        type=click.Choice(list(MODES)),
-        default="reflect",
-        show_default=True,
-        help="How the input extends past its edges (scipy.ndimage).",
-    )
+    @mode_option("How the input extends past its edges (scipy.ndimage).")
     @click.option(
         "--cval", type=float, default=0.0, show_default=True, help="Fill value for --mode constant."
     )

@@ -90,6 +90,7 @@ def richardson_lucy(
         Lazy result, chunked like the input, in float32 (float64 for float64 input).
     """
     x = as_dask_array(image)
+    tiling = {"mode": mode, "halo": halo, "engine": engine, "memory_budget": memory_budget}
     plan = plan_for(
         x,
         psf,
@@ -97,10 +98,7 @@ def richardson_lucy(
         iterations=iterations,
         clip=clip,
         filter_epsilon=filter_epsilon,
-        mode=mode,
-        halo=halo,
-        engine=engine,
-        memory_budget=memory_budget,
+        **tiling,
     )
     return richardson_lucy_with_plan(x, plan, psf, scratch=scratch)
 
@@ -147,18 +145,8 @@ def wiener(
         Lazy result, chunked like the input.
     """
     x = as_dask_array(image)
-    plan = plan_for(
-        x,
-        psf,
-        "wiener",
-        balance=balance,
-        reg=reg,
-        clip=clip,
-        mode=mode,
-        halo=halo,
-        engine=engine,
-        memory_budget=memory_budget,
-    )
+    tiling = {"mode": mode, "halo": halo, "engine": engine, "memory_budget": memory_budget}
+    plan = plan_for(x, psf, "wiener", balance=balance, reg=reg, clip=clip, **tiling)
     return wiener_with_plan(x, plan, psf, reg)
 
 

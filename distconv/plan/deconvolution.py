@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from dask.utils import format_bytes
@@ -166,16 +167,8 @@ def dependence_depth(psf_shape: Sequence[int], iterations: int) -> tuple[int, ..
 
     Each iteration blurs the estimate (``k // 2`` samples before, ``(k - 1) // 2`` after) and then
     correlates the ratio with the PSF (the same reach), so ``n`` iterations reach
-    ``2 * (k // 2) * n`` samples on each side.
-
-    Parameters
-    ----------
-    psf_shape : sequence of int
-    iterations : int
-
-    Returns
-    -------
-    tuple of int
+    ``2 * (k // 2) * n`` samples on each side: a tuple of int, from the PSF's shape and the
+    number of iterations.
     """
     return tuple(2 * (k // 2) * int(iterations) for k in psf_shape)
 
@@ -257,13 +250,10 @@ def plan_richardson_lucy(
     DistconvError
         Invalid arguments, or no strategy fits the memory per task.
     """
-    shape = tuple(int(s) for s in shape)
-    mode = normalize_mode(mode)
     iterations = check_iterations(iterations)
     filter_epsilon = check_filter_epsilon(filter_epsilon)
-    requested = check_requested_halo(halo)
-    compute_dtype = compute_dtype_for(dtype)
-    psf64 = check_psf(psf, shape)
+    common = _Common.check(shape, dtype, psf, mode, halo)
+    shape, mode, requested, compute_dtype, psf64 = common
     resources = resources or _detect()
 
     def correlation(weights: np.ndarray) -> CorrelationPlan:
@@ -310,18 +300,12 @@ def plan_richardson_lucy(
             candidates[name] = search.best(small, False, TILE_ARRAYS_RL, tile_seconds, shrink=False)
     if strategy is not None:
         candidates = _only(candidates, strategy, requested)
-    strategy, layout = _choose(candidates, requested, name)
-    return DeconvolutionPlan(
-        algorithm="richardson-lucy",
-        psf=psf64.astype(compute_dtype),
-        mode=mode,
-        strategy=strategy,
-        layout=layout,
-        dependence=dependence,
-        compute_dtype=compute_dtype,
-        requested_halo=requested,
-        candidates=candidates,
-        resources=resources,
+    return common.plan(
+        "richardson-lucy",
+        candidates,
+        name,
+        dependence,
+        resources,
         iterations=iterations,
         clip=bool(clip),
         filter_epsilon=filter_epsilon,
@@ -336,14 +320,14 @@ def plan_wiener(
     dtype,
     psf,
     *,
-    balance: float,
-    reg=None,
-    clip: bool = True,
     mode: str = "reflect",
     halo: str | int = "auto",
     engine: str = "auto",
     gpu_chunks: bool = False,
     resources: Resources | None = None,
+    balance: float,
+    reg=None,
+    clip: bool = True,
 ) -> DeconvolutionPlan:
     """Validate the arguments of a Wiener deconvolution and choose how to run it.
 
@@ -352,23 +336,14 @@ def plan_wiener(
     :data:`AUTO_EXACT_FACTOR` times the tiled filter with :func:`wiener_auto_halo`; an int is
     the tiled filter with that halo. Tiles extend the image past its edges by ``mode``.
 
-    Returns
-    -------
-    DeconvolutionPlan
-
-    Raises
-    ------
-    DistconvError
-        Invalid arguments, or the requested strategy does not fit the memory per task.
+    Returns a :class:`DeconvolutionPlan`; raises :class:`DistconvError` for invalid arguments,
+    or where the requested strategy does not fit the memory per task.
     """
     from distconv import kernels
 
-    shape = tuple(int(s) for s in shape)
-    mode = normalize_mode(mode)
-    requested = check_requested_halo(halo)
     balance = check_balance(balance)
-    compute_dtype = compute_dtype_for(dtype)
-    psf64 = check_psf(psf, shape)
+    common = _Common.check(shape, dtype, psf, mode, halo)
+    shape, mode, requested, compute_dtype, psf64 = common
     reg64 = check_reg(reg, len(shape))
     resources = resources or _detect()
     ndim = len(shape)
@@ -392,23 +367,54 @@ def plan_wiener(
     name = f"tiles, halo {max(depth)}"
     if requested != "exact":
         candidates[name] = search.best(depth, False, TILE_ARRAYS_WIENER, tile_seconds, pad=True)
-    strategy, layout = _choose(candidates, requested, name)
-    return DeconvolutionPlan(
-        algorithm="wiener",
-        psf=psf64.astype(compute_dtype),
-        mode=mode,
-        strategy=strategy,
-        layout=layout,
-        dependence=tuple(shape),
-        compute_dtype=compute_dtype,
-        requested_halo=requested,
-        candidates=candidates,
-        resources=resources,
+    return common.plan(
+        "wiener",
+        candidates,
+        name,
+        tuple(shape),
+        resources,
         clip=bool(clip),
         balance=balance,
         reg=None if reg64 is None else reg64.astype(compute_dtype),
         engine=engine,
     )
+
+
+class _Common(NamedTuple):
+    """The arguments both planners check alike, checked."""
+
+    shape: tuple[int, ...]
+    mode: str
+    requested: str | int
+    dtype: np.dtype  # the compute dtype
+    psf: np.ndarray  # float64
+
+    @classmethod
+    def check(cls, shape, dtype, psf, mode, halo) -> _Common:
+        shape = tuple(int(s) for s in shape)
+        mode = normalize_mode(mode)
+        requested = check_requested_halo(halo)
+        return cls(shape, mode, requested, compute_dtype_for(dtype), check_psf(psf, shape))
+
+    def plan(
+        self, algorithm: str, candidates, approximate: str, dependence, resources, **specific
+    ) -> DeconvolutionPlan:
+        """The plan of the candidate :func:`_choose` picks (``approximate``: the smaller halo's
+        name), with the algorithm's own fields."""
+        strategy, layout = _choose(candidates, self.requested, approximate)
+        return DeconvolutionPlan(
+            algorithm=algorithm,
+            psf=self.psf.astype(self.dtype),
+            mode=self.mode,
+            strategy=strategy,
+            layout=layout,
+            dependence=dependence,
+            compute_dtype=self.dtype,
+            requested_halo=self.requested,
+            candidates=candidates,
+            resources=resources,
+            **specific,
+        )
 
 
 def _choose(candidates: dict[str, Layout], requested, approximate: str) -> tuple[str, Layout]:

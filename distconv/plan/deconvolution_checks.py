@@ -41,14 +41,7 @@ def check_psf(psf, image_shape: Sequence[int]) -> np.ndarray:
         larger than the image on any axis.
     image_shape : sequence of int
 
-    Returns
-    -------
-    numpy.ndarray
-
-    Raises
-    ------
-    DistconvError
-        Naming what is wrong.
+    A PSF that is none of these raises :class:`DistconvError` naming what is wrong.
     """
     array = check_weights(psf).astype(np.float64)  # real, non-empty, finite
     ndim = len(image_shape)
@@ -115,23 +108,23 @@ def check_filter_epsilon(value) -> float | None:
     positive number."""
     if value is None or value == 0:
         return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise DistconvError(f"filter_epsilon must be a number, got {value!r}") from None
-    if not math.isfinite(number) or number < 0:
-        raise DistconvError(f"filter_epsilon must be finite and positive, got {value!r}")
-    return number
+    return _finite_at_least_0(value, "filter_epsilon", "positive")
 
 
 def check_balance(value) -> float:
     """Wiener's ``balance`` (the regularisation weight): a finite number >= 0."""
+    return _finite_at_least_0(value, "balance", "at least 0")
+
+
+def _finite_at_least_0(value, name: str, wording: str) -> float:
+    """``value`` as a float, refusing a non-number, NaN, infinity or a negative number;
+    ``wording`` says what the argument called ``name`` must be besides finite."""
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise DistconvError(f"balance must be a number, got {value!r}") from None
+        raise DistconvError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(number) or number < 0:
-        raise DistconvError(f"balance must be finite and at least 0, got {value!r}")
+        raise DistconvError(f"{name} must be finite and {wording}, got {value!r}")
     return number
 
 
