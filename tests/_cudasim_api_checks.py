@@ -13,13 +13,11 @@ This module must stay importable without numba: the test module imports it for t
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
-import traceback
 
-PREFIX = "CUDASIM-RESULT "
+from _cudasim_checks import _emit, run_checks  # tests/ is on sys.path
+
 API_CHECKS = (
     "convolve_every_mode",
     "correlate_origins_and_float32",
@@ -28,16 +26,6 @@ API_CHECKS = (
     "matmul",
     "multiply",
     "no_cupy_and_device_copies_only",
-)
-MODES = (
-    "reflect",
-    "constant",
-    "nearest",
-    "mirror",
-    "wrap",
-    "grid-mirror",
-    "grid-constant",
-    "grid-wrap",
 )
 
 
@@ -66,6 +54,8 @@ def convolve_every_mode(dc, da, np, ndimage, rng):
     """Every scipy.ndimage mode, convolve and correlate, chunks that do not divide the shape."""
     x = rng.random((9, 7))
     w = rng.standard_normal((3, 2))
+    from conftest import MODES  # tests/ is on sys.path: this script's folder, or pytest's
+
     for mode in MODES:
         for convolution in (True, False):
             _filter(dc, da, np, ndimage, x, w, (5, 4), convolution, mode=mode, cval=0.7)
@@ -163,10 +153,6 @@ def no_cupy_and_device_copies_only(dc, da, np, ndimage, rng):
     assert kernels.resolve_engine("numba-cuda", "correlate_direct", 2, np.float32) == "numba-cuda"
 
 
-def _emit(**result) -> None:
-    print(PREFIX + json.dumps(result), flush=True)
-
-
 def main(names: list[str]) -> int:
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # before numba.cuda is imported anywhere
     sys.modules["cupy"] = None  # `import cupy` fails and find_spec("cupy") is None: no CuPy
@@ -186,19 +172,9 @@ def main(names: list[str]) -> int:
     if unknown:
         print(f"unknown checks: {unknown}; known: {API_CHECKS}", file=sys.stderr)
         return 2
-    failures = 0
-    for name in names:
-        rng = np.random.default_rng(2000 + API_CHECKS.index(name))
-        start = time.perf_counter()
-        try:
-            globals()[name](dc, da, np, ndimage, rng)
-        except Exception:
-            failures += 1
-            detail = traceback.format_exc(limit=8)
-            _emit(name=name, ok=False, seconds=time.perf_counter() - start, detail=detail)
-        else:
-            _emit(name=name, ok=True, seconds=time.perf_counter() - start, detail="")
-    return 1 if failures else 0
+    return run_checks(
+        names, API_CHECKS, 2000, lambda name, rng: globals()[name](dc, da, np, ndimage, rng), 8
+    )
 
 
 if __name__ == "__main__":

@@ -275,20 +275,25 @@ def run_simulator_checks(names) -> int:
         return 0
     import numpy as np
 
+    return run_checks(names, SIM_CHECKS, 1000, lambda name, rng: globals()[name](nc, rng, np), 6)
+
+
+def run_checks(names, known, seed: int, run_one, limit: int) -> int:
+    """Call ``run_one(name, rng)`` for each name (``rng`` seeded by ``seed`` and the name's place
+    in ``known``) and emit its result line, with a traceback of ``limit`` frames where it raised;
+    1 if any failed, else 0."""
+    import numpy as np
+
     failures = 0
     for name in names:
-        rng = np.random.default_rng(1000 + SIM_CHECKS.index(name))
+        rng = np.random.default_rng(seed + known.index(name))
         start = time.perf_counter()
         try:
-            globals()[name](nc, rng, np)
+            run_one(name, rng)
         except Exception:
             failures += 1
-            _emit(
-                name=name,
-                ok=False,
-                seconds=time.perf_counter() - start,
-                detail=traceback.format_exc(limit=6),
-            )
+            detail = traceback.format_exc(limit=limit)
+            _emit(name=name, ok=False, seconds=time.perf_counter() - start, detail=detail)
         else:
             _emit(name=name, ok=True, seconds=time.perf_counter() - start, detail="")
     return 1 if failures else 0

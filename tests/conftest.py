@@ -30,6 +30,16 @@ MODES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 (tests/_s3.py) for the tests of one module."""
+    from tests._s3 import S3Server
+
+    server = S3Server()
+    yield server
+    server.stop()
+
+
 def engines_under_test() -> list[str]:
     """Installed engines, or the comma list in DISTCONV_TEST_ENGINES to narrow a run on purpose."""
     chosen = os.environ.get("DISTCONV_TEST_ENGINES")
@@ -88,6 +98,18 @@ def distconv(*args, cwd=None, timeout: float = 300) -> subprocess.CompletedProce
     """Run the installed ``distconv`` script in its own process, capturing its output as text."""
     return subprocess.run(
         [DISTCONV, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
+
+
+def start_distconv(args, folder) -> subprocess.Popen:
+    """The ``distconv`` command started in ``folder``, in its own session (to be signalled)."""
+    return subprocess.Popen(
+        [DISTCONV, *args],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
 
 

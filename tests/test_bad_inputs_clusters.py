@@ -17,7 +17,7 @@ import subprocess
 import pytest
 from conftest import distconv, one_stderr_line, tree_digest
 from test_bad_inputs import CASES, folder  # noqa: F401  (folder is a fixture)
-from test_cluster_remote import _spawn, _stop, free_port, scheduler_args, wait_for, worker_args
+from test_cluster_remote import tcp_processes
 
 SUBSET = [
     "missing input",
@@ -31,16 +31,7 @@ SUBSET = [
 @pytest.fixture(scope="module")
 def remote_scheduler(tmp_path_factory):
     """``dask scheduler`` and one ``dask worker`` (its logs in files, as on a real cluster)."""
-    logs = tmp_path_factory.mktemp("scheduler-logs")
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    processes = [_spawn(scheduler_args(port), logs / "scheduler.log")]
-    try:
-        processes.append(_spawn(worker_args(address, "w1"), logs / "worker.log"))
-        wait_for(address, 1, processes)
-        yield address
-    finally:
-        _stop(processes[::-1])
+    yield from tcp_processes(tmp_path_factory.mktemp("scheduler-logs"), {"w1": []})
 
 
 @pytest.fixture(scope="module")

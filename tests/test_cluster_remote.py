@@ -113,16 +113,20 @@ def wait_for(address: str, n_workers: int, processes, security=None) -> None:
 @pytest.fixture(scope="module")
 def tcp_cluster(tmp_path_factory):
     """A scheduler plus two nanny-managed workers: ``gpu`` (resources GPU=1) and ``cpu``."""
-    logs = tmp_path_factory.mktemp("tcp-logs")
+    workers = {"gpu": ["--resources", "GPU=1"], "cpu": []}
+    yield from tcp_processes(tmp_path_factory.mktemp("tcp-logs"), workers)
+
+
+def tcp_processes(logs: Path, workers: dict[str, list[str]]):
+    """Yield the address of a ``dask scheduler`` with a ``dask worker`` per name of ``workers``
+    (its extra arguments; log ``<name>.log`` in ``logs``) once all have joined; stop them after."""
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     processes = [_spawn(scheduler_args(port), logs / "scheduler.log")]
     try:
-        processes.append(
-            _spawn(worker_args(address, "gpu", "--resources", "GPU=1"), logs / "gpu.log")
-        )
-        processes.append(_spawn(worker_args(address, "cpu"), logs / "cpu.log"))
-        wait_for(address, 2, processes)
+        for name, extra in workers.items():
+            processes.append(_spawn(worker_args(address, name, *extra), logs / f"{name}.log"))
+        wait_for(address, len(workers), processes)
         yield address
     finally:
         _stop(processes[::-1])

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 import zarr
-from conftest import tree_digest
+from conftest import start_distconv, tree_digest
 from scipy import ndimage
 
 import distconv as dc
@@ -191,14 +191,7 @@ def test_ctrl_c_during_the_passes_then_resume(tmp_path):
     args = ["deconvolve", "big.zarr", "gaussian:sigma=2", "-o", "out.zarr", "--iterations",
             "60", "--halo", "exact", "--memory-budget", "2MiB", "--no-clip",
             "--cluster", "threads"]  # fmt: skip
-    process = subprocess.Popen(
-        [DISTCONV, *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    process = start_distconv(args, tmp_path)
     third = tmp_path / "out.zarr.scratch" / "estimate-3.zarr"
     deadline = time.monotonic() + 120
     while not third.exists() and process.poll() is None and time.monotonic() < deadline:

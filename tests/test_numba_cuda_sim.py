@@ -71,34 +71,38 @@ def _run_helper(
 @pytest.fixture(scope="module")
 def simulator_results():
     """Run every simulator check once (about 20 s on two cores) and keep the results."""
-    results, log = _run_helper([], simulator=True, timeout=300)
+    return _all_under_simulator(HELPER, timeout=300)
+
+
+def _all_under_simulator(helper: Path, timeout: float) -> tuple[dict, str]:
+    """Every check of ``helper`` under the simulator (skips where it is unavailable)."""
+    results, log = _run_helper([], simulator=True, timeout=timeout, helper=helper)
     if "unavailable" in results:
         pytest.skip(results["unavailable"]["unavailable"])
     return results, log
 
 
-@pytest.mark.parametrize("name", checks.SIM_CHECKS)
-def test_under_cuda_simulator(simulator_results, name):
-    results, log = simulator_results
+def _assert_passed(results_and_log: tuple[dict, str], name: str) -> None:
+    results, log = results_and_log
     assert name in results, f"check {name} did not report (crashed?)\n{log}"
     assert results[name]["ok"], results[name]["detail"]
+
+
+@pytest.mark.parametrize("name", checks.SIM_CHECKS)
+def test_under_cuda_simulator(simulator_results, name):
+    _assert_passed(simulator_results, name)
 
 
 @pytest.fixture(scope="module")
 def api_results():
     """The public API on engine="numba-cuda" under the simulator, CuPy made unimportable
     (tests/_cudasim_api_checks.py; about 30 s on two cores)."""
-    results, log = _run_helper([], simulator=True, timeout=600, helper=API_HELPER)
-    if "unavailable" in results:
-        pytest.skip(results["unavailable"]["unavailable"])
-    return results, log
+    return _all_under_simulator(API_HELPER, timeout=600)
 
 
 @pytest.mark.parametrize("name", api_checks.API_CHECKS)
 def test_public_api_under_cuda_simulator_without_cupy(api_results, name):
-    results, log = api_results
-    assert name in results, f"check {name} did not report (crashed?)\n{log}"
-    assert results[name]["ok"], results[name]["detail"]
+    _assert_passed(api_results, name)
 
 
 def test_kernels_compile_to_ptx():

@@ -17,18 +17,10 @@ from tests._images import distconv, read_with_ome_zarr, validate_ngff, write_ome
 from tests._s3 import (
     ACCESS_KEY,
     SECRET_KEY,
-    S3Server,
     local_bytes,
     object_bytes,
     s3_environment,
 )
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = S3Server()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

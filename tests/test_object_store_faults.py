@@ -17,17 +17,10 @@ from scipy import ndimage
 
 import distconv as dc
 from tests._images import DISTCONV
-from tests._s3 import ACCESS_KEY, SECRET_KEY, S3Server, object_bytes, s3_environment
+from tests._s3 import ACCESS_KEY, SECRET_KEY, object_bytes, s3_environment
 
 SIZE, CHUNK = 512, 32  # 256 chunk objects: a job that takes seconds to write
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = S3Server()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from conftest import DISTCONV, distconv, one_stderr_line
+from conftest import distconv, one_stderr_line, start_distconv
 from scipy import ndimage
 
 import distconv as dc
@@ -181,17 +181,6 @@ def _big_job(folder, size=512, chunk=32, seed=1):
     ]
 
 
-def _start(args, folder) -> subprocess.Popen:
-    return subprocess.Popen(
-        [DISTCONV, *args],
-        cwd=folder,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
 def _wait_for_chunks(process, output, count: int, timeout: float = 60) -> int:
     """Poll until ``count`` chunk objects exist (or the process ended); return how many."""
     deadline = time.monotonic() + timeout
@@ -205,7 +194,7 @@ def _wait_for_chunks(process, output, count: int, timeout: float = 60) -> int:
 
 def test_ctrl_c_cancels_says_how_to_resume_and_exits_130(tmp_path):
     args = _big_job(tmp_path)
-    process = _start(args, tmp_path)
+    process = start_distconv(args, tmp_path)
     written = _wait_for_chunks(process, tmp_path / "out.zarr", 3)
     assert process.poll() is None, "the job finished before it could be interrupted"
     os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
@@ -248,7 +237,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     kills = 0
     for trial in range(3):
         target = choices.randint(written + 1, written + (total - written) // 2)
-        process = _start(args + (["--resume"] if trial else []), tmp_path)
+        process = start_distconv(args + (["--resume"] if trial else []), tmp_path)
         written = _wait_for_chunks(process, tmp_path / "out.zarr", target)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
