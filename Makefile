@@ -1,4 +1,4 @@
-# Quick start: `make demo` (sample image → convolve on the local cluster → PNG) and `make test`.
+# Quick start: `make demo` (sample image → convolve with the defaults → PNG) and `make test`.
 # Both create .venv and install what they need on a fresh machine.
 PYTHON ?= python3
 VENV   := .venv
