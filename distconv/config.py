@@ -15,6 +15,8 @@ DEFAULTS: dict[str, Any] = {
     "method": "auto",  # direct | fft | separable | auto (per-chunk cost model)
     "cluster": "local",  # embedded LocalCluster; "threads" runs in this process
     "progress": True,  # progress bar on jobs that last more than a moment
+    # Target input bytes of one task's tile of stored chunks (distconv/plan/tiles.py).
+    "tile_size": "16MiB",
 }
 
 dask.config.update_defaults({"distconv": DEFAULTS})

@@ -18,6 +18,8 @@ import dask.array as da
 
 __all__ = [
     "engines_used",
+    "layout_of",
+    "remember_layout",
     "remember_provenance",
     "remember_source",
     "source_of",
@@ -31,6 +33,8 @@ __all__ = [
 # names, so save() finds the source and the provenance of anything derived from them.
 _SOURCES: dict[str, dict[str, Any]] = {}
 _STEPS: dict[str, dict[str, Any]] = {}
+# Dask array name → the stored layout its values belong in: {"shape", "chunks", "shards"}.
+_LAYOUTS: dict[str, dict[str, Any]] = {}
 
 
 def remember_source(x: da.Array, record: dict[str, Any]) -> da.Array:
@@ -74,6 +78,59 @@ def remember_provenance(x: da.Array, record: dict[str, Any]) -> da.Array:
     """
     _STEPS[x.name] = record
     return x
+
+
+def remember_layout(x: da.Array, record: dict[str, Any]) -> da.Array:
+    """Record the stored layout ``x`` comes from (or belongs in): the chunks and shards an
+    output computed from it is written with by default.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+    record : dict
+        ``{"shape": tuple, "chunks": tuple, "shards": tuple or None}``; a copy is kept.
+
+    Returns
+    -------
+    dask.array.Array
+        ``x`` itself.
+    """
+    _LAYOUTS[x.name] = dict(record)
+    return x
+
+
+def layout_of(x: da.Array) -> dict[str, Any] | None:
+    """The stored layout nearest to ``x`` in its graph, for an array of ``x``'s shape.
+
+    The graph is walked from ``x`` towards its inputs, nearest layers first, so a result
+    derived element-wise or by a filter from a stored array finds that array's chunks and
+    shards; a result of another shape (a slice, a product) finds none unless its operation
+    recorded one.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+
+    Returns
+    -------
+    dict or None
+        ``{"shape", "chunks", "shards"}`` (see :func:`remember_layout`).
+    """
+    graph = x.__dask_graph__()
+    dependencies = getattr(graph, "dependencies", {})
+    seen, frontier = {x.name}, [x.name]
+    while frontier:
+        following = []
+        for name in frontier:
+            record = _LAYOUTS.get(name)
+            if record is not None and tuple(record["shape"]) == tuple(x.shape):
+                return record
+            for dependency in sorted(dependencies.get(name, ())):
+                if dependency not in seen:
+                    seen.add(dependency)
+                    following.append(dependency)
+        frontier = following
+    return None
 
 
 def source_of(x: da.Array) -> dict[str, Any] | None:
