@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 
 import dask
 import dask.array as da
+import dask.system
 import numpy as np
 from dask.callbacks import Callback
 from rich.console import Console
@@ -64,8 +66,7 @@ def compute_blocks(
     with _bar(description, len(pieces), show) as advance:
         client = current_client()
         if client is None:
-            with _BlockCounter(blocks.name, advance):
-                dask.compute(*pieces, scheduler="threads")
+            _compute_on_threads(pieces, _BlockCounter(blocks.name, advance))
             return len(pieces)
         from distributed import as_completed
 
@@ -82,6 +83,19 @@ def compute_blocks(
             client.cancel(futures)
             raise
         return len(pieces)
+
+
+def _compute_on_threads(pieces: list, counter: Callback) -> None:
+    """``dask.compute`` on a thread pool of our own that, on Ctrl-C or an error, lets the
+    running tasks finish before the exception leaves: a task stopped by the interpreter's exit
+    halfway through writing a tile leaves Zarr's event loop with writes it cannot finish (and a
+    screen of their tracebacks); a finished one leaves whole chunks."""
+    pool = ThreadPoolExecutor(dask.system.CPU_COUNT, thread_name_prefix="distconv-task")
+    try:
+        with counter:
+            dask.compute(*pieces, scheduler="threads", pool=pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _bar:

@@ -21,15 +21,26 @@ from dask.array.core import getter
 from dask.base import tokenize
 
 from distconv._version import __version__
-from distconv.backend import to_numpy
 from distconv.errors import DistconvError, InputReadError, JobFailed, OutputError
 from distconv.executor import compute_blocks
-from distconv.provenance import remember_source, sources, steps
+from distconv.layout import (
+    Layout,
+    aligned_chunks,
+    array_layout,
+    count_units,
+    output_layout,
+    regular_chunks,  # noqa: F401 - its documented home was here
+    remove_interrupted_writes,
+    tile_units,
+    units_written,
+    write_tiles,
+)
+from distconv.provenance import remember_layout, remember_source, sources, steps
 
 ATTRS_KEY = "distconv"
 
 
-def open(path, *, allow_partial: bool = False) -> da.Array:
+def open(path, *, allow_partial: bool = False, chunks=None) -> da.Array:
     """Open a Zarr array (v2 or v3, or one inside a group: ``big.zarr/raw/0``) lazily.
 
     Parameters
@@ -39,11 +50,17 @@ def open(path, *, allow_partial: bool = False) -> da.Array:
     allow_partial : bool
         Read a distconv output that is not marked complete (its missing chunks read as the fill
         value). By default such an output is refused.
+    chunks : tuple, optional
+        Dask chunks to read with (as :func:`dask.array.from_zarr` takes them). Blocks of whole
+        stored chunks are read by one task each, Zarr decoding the chunks concurrently; the
+        operations plan such tiles themselves (:mod:`distconv.plan.tiles`).
 
     Returns
     -------
     dask.array.Array
-        Chunks equal to the Zarr chunks.
+        By default one Dask chunk per stored chunk (per shard for a sharded array). Operations
+        on it compute tiles of several stored chunks per task and write their outputs in these
+        stored chunks (see :func:`save`).
     """
     path = os.fspath(path)
     if path.endswith(".npy") and os.path.isfile(path):
@@ -59,18 +76,27 @@ def open(path, *, allow_partial: bool = False) -> da.Array:
             f"{path} is a partial distconv output (not every chunk was written); "
             "finish it with --resume, or open it with allow_partial=True"
         )
-    x = _from_zarr(array, os.path.abspath(path))
+    layout = array_layout(array)
+    x = _from_zarr(array, os.path.abspath(path), chunks or layout.unit)
+    remember_layout(x, layout.record(array.shape))
     return remember_source(
-        x, {"path": os.path.abspath(path), "zarr_format": array.metadata.zarr_format}
+        x,
+        {
+            "path": os.path.abspath(path),
+            "zarr_format": array.metadata.zarr_format,
+            "shape": tuple(array.shape),
+            "chunks": layout.chunks,
+            "shards": layout.shards,
+        },
     )
 
 
-def _from_zarr(array: zarr.Array, path: str) -> da.Array:
+def _from_zarr(array: zarr.Array, path: str, chunks) -> da.Array:
     """``da.from_zarr`` whose chunk reads name the store and chunk when they fail."""
-    name = "from-zarr-" + tokenize(path, array.shape, array.dtype, array.chunks, dict(array.attrs))
+    name = "from-zarr-" + tokenize(path, array.shape, array.dtype, chunks, dict(array.attrs))
     return da.from_array(
         array,
-        chunks=array.chunks,
+        chunks=chunks,
         name=name,
         getitem=_ChunkReader(path),
         meta=np.empty((0,) * array.ndim, dtype=array.dtype),
@@ -81,7 +107,8 @@ class _ChunkReader:
     """Dask ``getitem`` for Zarr inputs: a damaged chunk becomes an :class:`InputReadError`.
 
     Such damage is only seen when a task reads the chunk, so the error travels back from the
-    worker as this (picklable) type, which the CLI reports as bad input.
+    worker as this (picklable) type, which the CLI reports as bad input. A task reading a tile
+    of many chunks reads them again one by one to name the damaged one.
     """
 
     def __init__(self, path: str):
@@ -91,15 +118,37 @@ class _ChunkReader:
         try:
             return getter(array, index, asarray=asarray, lock=lock)
         except Exception as exc:
-            where = ", ".join(
-                f"{s.start}:{s.stop}" if isinstance(s, slice) else str(s)
-                for s in (index if isinstance(index, tuple) else (index,))
-            )
+            index = index if isinstance(index, tuple) else (index,)
+            where, exc = _damaged_chunk(array, index, exc)
             raise InputReadError(
                 f"{self.path}: the chunk at [{where}] cannot be read "
                 f"({type(exc).__name__}: {_one_line(exc)}); the input is "
                 "damaged"
             ) from None
+
+
+def _damaged_chunk(array: zarr.Array, index: tuple, error: Exception) -> tuple[str, Exception]:
+    """The region of the first stored chunk of ``index`` that fails to read, and its error."""
+
+    def text(region) -> str:
+        return ", ".join(f"{s.start}:{s.stop}" if isinstance(s, slice) else str(s) for s in region)
+
+    if not all(isinstance(s, slice) and s.step in (None, 1) for s in index):
+        return text(index), error
+    starts = [s.start or 0 for s in index]
+    stops = [array.shape[a] if s.stop is None else s.stop for a, s in enumerate(index)]
+    if all(b - a <= c for a, b, c in zip(starts, stops, array.chunks)):
+        return text(index), error
+    for unit in tile_units(starts, stops, array.chunks):
+        region = tuple(
+            slice(max(a, i * c), min(b, (i + 1) * c))
+            for i, c, a, b in zip(unit, array.chunks, starts, stops)
+        )
+        try:
+            array[region]
+        except Exception as exc:
+            return text(region), exc
+    return text(index), error
 
 
 def open_zarr_array(path: str, mode: str = "r") -> zarr.Array:
@@ -135,25 +184,6 @@ def as_dask_array(input) -> da.Array:
         array = input if hasattr(input, "shape") else np.asarray(input)
         return da.from_array(array, chunks="auto", asarray=False)
     raise DistconvError(f"cannot use {type(input).__name__} as an array")
-
-
-def regular_chunks(chunks: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
-    """Chunks a Zarr array can hold: equal sizes with a smaller or equal last one.
-
-    Irregular Dask chunks (merged halo chunks, uneven NumPy inputs) are replaced by a regular
-    grid of the largest chunk size, so every task writes whole Zarr chunks of its own.
-    """
-    result = []
-    for axis in chunks:
-        axis = tuple(axis)
-        size = axis[0]
-        if all(c == size for c in axis[:-1]) and axis[-1] <= size:
-            result.append(axis)
-            continue
-        size = max(axis)
-        total = sum(axis)
-        result.append((size,) * (total // size) + ((total % size,) if total % size else ()))
-    return tuple(result)
 
 
 def check_output_path(
@@ -195,11 +225,13 @@ def save(
     overwrite: bool = False,
     resume: bool = False,
     zarr_format: int | None = None,
+    chunks=None,
+    shards=None,
     attributes: dict[str, Any] | None = None,
     progress: bool | None = None,
     description: str = "writing",
 ) -> zarr.Array:
-    """Compute ``x`` and write it to a new Zarr array at ``path``, chunk by chunk.
+    """Compute ``x`` and write it to a new Zarr array at ``path``, tile by tile.
 
     Parameters
     ----------
@@ -213,10 +245,18 @@ def save(
     resume : bool
         Finish an interrupted :func:`save` of the same job: the output at ``path`` is reopened,
         its recorded provenance (inputs, operations and their parameters, weights hash, shape,
-        dtype, chunks; not the engine or method) must match ``x``, and only the chunks not yet
-        written are computed. Without an output at ``path`` this is a plain save.
+        dtype, chunks, shards; not the engine or method) must match ``x``, and only the tiles
+        with chunks (shards) not yet written are computed; only those are written. Without an
+        output at ``path`` this is a plain save.
     zarr_format : {2, 3}, optional
         Default: the format of the Zarr store ``x`` was read from, else 3.
+    chunks : int, sequence of int or str, optional
+        Chunk shape of the output (-1: a whole axis). Default: the stored chunks of the array
+        ``x`` was computed from (as :func:`open` read it), else the Dask chunks of ``x``.
+    shards : int, sequence of int, str or False, optional
+        Shard shape (Zarr format 3, whole multiples of the chunks): far fewer files for small
+        chunks. Default: the shards of the array ``x`` was computed from when its chunks are
+        kept, else none; False: not sharded.
     attributes : dict, optional
         Extra provenance to record under ``attrs["distconv"]``.
     progress : bool, optional
@@ -239,8 +279,10 @@ def save(
 
     Notes
     -----
-    Every chunk is one Zarr object written atomically (the local store writes a temporary file
-    and renames it), so a chunk object that exists is complete: resume needs no other record.
+    Every task writes a block of whole chunks (shards), and no chunk (shard) is written by two
+    tasks: blocks that straddle them are regrouped first. Each chunk or shard is one Zarr
+    object written atomically (the local store writes a temporary file and renames it), so an
+    object that exists is complete: resume needs no other record.
     """
     path = os.fspath(path)
     x = as_dask_array(x)
@@ -249,9 +291,10 @@ def save(
     if zarr_format is None:
         formats = [s["zarr_format"] for s in read if s["zarr_format"]]
         zarr_format = formats[0] if formats else 3
-    chunks = regular_chunks(x.chunks)
-    if chunks != x.chunks:
-        x = x.rechunk(chunks)
+    layout = output_layout(x, chunks, shards, zarr_format)
+    tiles = aligned_chunks(x.chunks, layout.unit)
+    if tiles != x.chunks:
+        x = x.rechunk(tiles)
 
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     record = _jsonable(
@@ -262,7 +305,8 @@ def save(
             "steps": steps(x),
             "shape": list(x.shape),
             "dtype": str(x.dtype),
-            "chunks": [c[0] for c in chunks],
+            "chunks": list(layout.chunks),
+            **({"shards": list(layout.shards)} if layout.shards else {}),
             **(attributes or {}),
             "complete": False,
         }
@@ -271,27 +315,26 @@ def save(
     if created:
         if os.path.lexists(path):
             shutil.rmtree(path)
-        target = _create_output(path, x, chunks, zarr_format, record)
+        target = _create_output(path, x, layout, zarr_format, record)
         done: set[tuple[int, ...]] = set()
     else:
-        target, record, done = _reopen_for_resume(path, x, record)
+        target, record, done = _reopen_for_resume(path, x, record, layout)
         record.setdefault("resumed", []).append(
-            {"at": now, "chunks_already_written": len(done), **(attributes or {})}
+            {
+                "at": now,
+                "chunks_already_written": len(done),
+                "chunks_total": count_units(x.shape, layout),
+                "unit": layout.unit_name,
+                **(attributes or {}),
+            }
         )
         target.attrs.update({ATTRS_KEY: _jsonable(record)})
 
     # The array object travels with each task: reopening the store per block costs a metadata
     # read (~5 ms) per chunk.
-    written = x.map_blocks(
-        _write_block,
-        target=target,
-        chunks=(1,) * x.ndim,
-        dtype=bool,
-        meta=np.empty((0,) * x.ndim, dtype=bool),
-        token="distconv-write",
-    )
+    written, skip = write_tiles(x, target, layout, done)
     try:
-        compute_blocks(written, description=description, progress=progress, skip=done)
+        compute_blocks(written, description=description, progress=progress, skip=skip)
     except InputReadError:
         if created:  # bad input, not a failed write: leave nothing behind
             shutil.rmtree(path, ignore_errors=True)
@@ -318,7 +361,7 @@ def save(
 
 
 def _create_output(
-    path: str, x: da.Array, chunks, zarr_format: int, record: dict[str, Any]
+    path: str, x: da.Array, layout: Layout, zarr_format: int, record: dict[str, Any]
 ) -> zarr.Array:
     try:
         # write_empty_chunks: every chunk becomes an object, so "chunk object exists" means
@@ -326,7 +369,8 @@ def _create_output(
         return zarr.create_array(
             store=os.path.abspath(path),  # pickled into tasks: remote workers' cwd differs
             shape=x.shape,
-            chunks=tuple(c[0] for c in chunks),
+            chunks=layout.chunks,
+            shards=layout.shards,
             dtype=x.dtype,
             zarr_format=zarr_format,
             attributes={ATTRS_KEY: record},
@@ -354,19 +398,25 @@ def _comparable_steps(steps) -> list:
     return result
 
 
-def _reopen_for_resume(path: str, x: da.Array, record: dict[str, Any]):
-    """Open a partial output, check it records the same job, and find its written chunks."""
+def _reopen_for_resume(path: str, x: da.Array, record: dict[str, Any], layout: Layout):
+    """Open a partial output, check it records the same job, and find its written units."""
     array = open_zarr_array(path, mode="r+").with_config({"write_empty_chunks": True})
     old = dict(array.attrs).get(ATTRS_KEY)
     if not isinstance(old, dict):
         raise OutputError(f"cannot resume {path}: it was not written by distconv")
-    found = {"shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks)}
-    for key in ("inputs", "shape", "dtype", "chunks"):
+    found = array_layout(array)
+    found = {
+        "shape": list(array.shape),
+        "dtype": str(array.dtype),
+        "chunks": list(found.chunks),
+        "shards": list(found.shards) if found.shards else None,
+    }
+    for key in ("inputs", "shape", "dtype", "chunks", "shards"):
         recorded = old.get(key, found.get(key))
-        if recorded != record[key]:
+        if recorded != record.get(key):
             raise OutputError(
                 f"cannot resume {path}: {key} differ ({recorded} recorded, "
-                f"{record[key]} now); use --overwrite to start again"
+                f"{record.get(key)} now); use --overwrite to start again"
             )
     old_steps, new_steps = _comparable_steps(old.get("steps")), _comparable_steps(record["steps"])
     if len(old_steps) != len(new_steps):
@@ -391,51 +441,13 @@ def _reopen_for_resume(path: str, x: da.Array, record: dict[str, Any]):
                     f"recorded, {_short(now.get(key))} now); use --overwrite to "
                     "start again"
                 )
-    _remove_interrupted_writes(path)
-    stored = _stored_keys(path)
-    done = {
-        index
-        for index in np.ndindex(*x.numblocks)
-        if array.metadata.encode_chunk_key(index) in stored
-    }
-    return array, old, done
+    remove_interrupted_writes(path)
+    return array, old, units_written(path, array, layout)
 
 
 def _short(value) -> str:
     text = str(value)
     return text[:16] + "…" if isinstance(value, str) and len(text) == 64 else text
-
-
-def _stored_keys(path: str) -> set[str]:
-    """Relative keys (``/``-separated) of every file under a local store."""
-    keys = set()
-    for root, _, files in os.walk(path):
-        relative = os.path.relpath(root, path)
-        for name in files:
-            key = name if relative == "." else os.path.join(relative, name)
-            keys.add(key.replace(os.sep, "/"))
-    return keys
-
-
-def _remove_interrupted_writes(path: str) -> None:
-    # zarr's local store writes "<key>.<uuid hex>.partial" then renames it; a killed job
-    # leaves these behind, and they are never valid chunks.
-    for root, _, files in os.walk(path):
-        for name in files:
-            stem, _, suffix = name.rpartition(".")
-            if suffix == "partial" and len(stem.rpartition(".")[2]) == 32:
-                os.remove(os.path.join(root, name))
-
-
-def _write_block(block, target: zarr.Array, block_info=None) -> np.ndarray:
-    """Write one block into its own Zarr chunk and return a one-element marker.
-
-    Blocks are the Zarr chunks (``regular_chunks``), so each write replaces one whole chunk
-    object and no two tasks touch the same one.
-    """
-    region = tuple(slice(start, stop) for start, stop in block_info[0]["array-location"])
-    target[region] = to_numpy(block)
-    return np.ones((1,) * block.ndim, dtype=bool)
 
 
 def info(path) -> dict[str, Any]:

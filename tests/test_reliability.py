@@ -160,8 +160,9 @@ def test_resume_ignores_the_engine(tmp_path):
     np.testing.assert_allclose(done[:], ndimage.correlate(data.astype(float), weights), atol=1e-4)
 
 
-def _big_job(folder, size=512, chunk=32, seed=1):
-    """256 chunks: a second or more of work, far longer than the 5 ms between polls."""
+def _big_job(folder, size=1024, chunk=32, seed=1):
+    """1024 chunks in 256 tiles (SMALL_TILES): a second or more of work, far longer than the
+    5 ms between polls."""
     rng = np.random.default_rng(seed)
     data = rng.random((size, size), dtype=np.float32)
     zarr.create_array(
@@ -183,6 +184,10 @@ def _big_job(folder, size=512, chunk=32, seed=1):
     ]
 
 
+# Tiles of 4 stored chunks (64² float32): 64 tasks, so a kill lands while tiles are written.
+SMALL_TILES = "16KiB"
+
+
 def _start(args, folder) -> subprocess.Popen:
     return subprocess.Popen(
         [DISTCONV, *args],
@@ -191,6 +196,7 @@ def _start(args, folder) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        env={**os.environ, "DASK_DISTCONV__TILE_SIZE": SMALL_TILES},
     )
 
 
@@ -242,7 +248,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     """Kill -9 the CLI at seeded random moments (fresh run, then resumed runs), finish with
     --resume: the chunks equal an uninterrupted run's, byte for byte, and it is complete."""
     args = _big_job(tmp_path)
-    total = (512 // 32) ** 2
+    total = (1024 // 32) ** 2
     reference = dc.save(
         dc.convolve(
             dc.open(tmp_path / "big.zarr"),
@@ -268,7 +274,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     assert kills >= 2
     finished = subprocess.run(
         [DISTCONV, *args, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
+    )  # default tiles: resumed runs may plan other tiles; chunks are still written whole
     assert finished.returncode == 0, finished.stderr
     assert dc.info(tmp_path / "out.zarr")["complete"] is True
     assert chunk_digest(tmp_path / "out.zarr") == chunk_digest(tmp_path / "ref.zarr")

@@ -183,10 +183,12 @@ def save_resumable(
     seconds = time.perf_counter() - start
     produced = written.attrs["distconv"]
     if not quiet and produced.get("resumed"):
-        already = produced["resumed"][-1]["chunks_already_written"]
+        last = produced["resumed"][-1]
+        already, total = last["chunks_already_written"], last.get("chunks_total", y.npartitions)
+        unit = last.get("unit", "chunk")
         click.echo(
-            f"resumed {output}: {already} of {y.npartitions} chunks were already "
-            f"written, computed the other {y.npartitions - already}"
+            f"resumed {output}: {already} of {total} {unit}s were already "
+            f"written, computed the other {total - already}"
         )
     return written, seconds
 

@@ -90,7 +90,7 @@ def _filter_job(
         pixels = float(x.size)
         click.echo(
             f"wrote {output}: {'×'.join(map(str, y.shape))} {y.dtype}, "
-            f"{y.npartitions} chunks, method {record['method']}, "
+            f"{written.nchunks} chunks in {y.npartitions} tiles, method {record['method']}, "
             f"engine {record['engine']}; {seconds:.2f} s, {pixels / seconds / 1e6:.1f} Mpx/s, "
             f"{x.nbytes / seconds / 2**20:.0f} MiB/s read"
         )

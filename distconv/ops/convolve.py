@@ -14,10 +14,13 @@ import numpy as np
 
 from distconv import kernels
 from distconv.backend import array_module, cast_output, is_gpu_array, to_device
+from distconv.clusters.resources import Resources
 from distconv.config import get_default
 from distconv.io import as_dask_array
 from distconv.ops.halo import exchange_halos
+from distconv.ops.tiling import as_tiles, tile_plan_for
 from distconv.plan import METHOD_OPS, CorrelationPlan, plan_correlation
+from distconv.plan.tiles import TilePlan
 from distconv.provenance import remember_provenance
 from distconv.weights import weights_digest
 
@@ -133,8 +136,42 @@ def _filter(
     )
 
 
-def correlate_with_plan(x: da.Array, plan: CorrelationPlan) -> da.Array:
-    """Build the graph for a resolved plan: merge thin chunks, exchange halos, map blocks."""
+def correlation_tiles(
+    x: da.Array, plan: CorrelationPlan, resources: Resources | None = None
+) -> TilePlan:
+    """The tiles a correlation of ``x`` runs on (:mod:`distconv.plan.tiles`).
+
+    Parameters
+    ----------
+    x : dask.array.Array
+        The input, as :func:`distconv.open` returned it (or any dask array).
+    plan : CorrelationPlan
+    resources : Resources, optional
+        Threads and per-task memory (default: the current client's, else this machine's).
+
+    Returns
+    -------
+    TilePlan
+    """
+    return tile_plan_for(
+        x,
+        depth=plan.depth,
+        compute_dtype=plan.compute_dtype,
+        out_dtype=plan.out_dtype,
+        method_for=plan.method_for,
+        resources=resources,
+    )
+
+
+def correlate_with_plan(
+    x: da.Array, plan: CorrelationPlan, tiles: TilePlan | None = None
+) -> da.Array:
+    """Build the graph for a resolved plan: tiles, merge thin ones, exchange halos, map blocks.
+
+    ``tiles`` defaults to :func:`correlation_tiles`; the result is chunked in tiles and is
+    written in the input's stored chunks by :func:`distconv.save`.
+    """
+    x = as_tiles(x, tiles or correlation_tiles(x, plan))
     x, haloed = exchange_halos(x, plan.depth, plan.pad_mode, plan.cval, plan.compute_dtype)
     meta = array_module(x._meta).empty((0,) * x.ndim, dtype=plan.out_dtype)
     return haloed.map_blocks(
@@ -168,4 +205,4 @@ def correlate_block(block, plan: CorrelationPlan):
     return cast_output(out, plan.out_dtype)
 
 
-__all__ = ["convolve", "correlate", "correlate_block", "correlate_with_plan"]
+__all__ = ["convolve", "correlate", "correlate_block", "correlate_with_plan", "correlation_tiles"]
