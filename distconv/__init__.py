@@ -16,6 +16,7 @@ from distconv.clusters import cluster
 from distconv.errors import ChunkError, DistconvError, EngineError, OutputError
 from distconv.io import info, open, save
 from distconv.ops.convolve import convolve, correlate
+from distconv.ops.filter_plan import plan_convolve, plan_correlate
 from distconv.ops.map_chunks import map_chunks
 from distconv.ops.matmul import matmul
 from distconv.ops.multiply import multiply
@@ -36,5 +37,7 @@ __all__ = [
     "matmul",
     "multiply",
     "open",
+    "plan_convolve",
+    "plan_correlate",
     "save",
 ]

@@ -288,9 +288,7 @@ def save(
     x = as_dask_array(x)
     read = sources(x)
     check_output_path(path, [s["path"] for s in read], overwrite, resume)
-    if zarr_format is None:
-        formats = [s["zarr_format"] for s in read if s["zarr_format"]]
-        zarr_format = formats[0] if formats else 3
+    zarr_format = zarr_format or _default_format(read)
     layout = output_layout(x, chunks, shards, zarr_format)
     tiles = aligned_chunks(x.chunks, layout.unit)
     if tiles != x.chunks:
@@ -358,6 +356,34 @@ def save(
     record["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     target.attrs.update({ATTRS_KEY: _jsonable(record)})
     return target
+
+
+def planned_layout(x, chunks=None, shards=None, zarr_format: int | None = None) -> Layout:
+    """The chunks and shards :func:`save` would write ``x`` with (same arguments).
+
+    Parameters
+    ----------
+    x : dask.array.Array
+    chunks, shards, zarr_format
+        As for :func:`save`.
+
+    Returns
+    -------
+    distconv.layout.Layout
+
+    Raises
+    ------
+    DistconvError
+        A layout :func:`save` would refuse (shards in Zarr format 2, shards that are not whole
+        multiples of the chunks, sizes that are not positive).
+    """
+    return output_layout(x, chunks, shards, zarr_format or _default_format(sources(x)))
+
+
+def _default_format(read: list[dict[str, Any]]) -> int:
+    """The format of the first Zarr store read, else 3."""
+    formats = [s["zarr_format"] for s in read if s.get("zarr_format")]
+    return formats[0] if formats else 3
 
 
 def _create_output(

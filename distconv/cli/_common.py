@@ -84,6 +84,46 @@ def write_options(must_match: str) -> Callable:
     )
 
 
+def layout_options() -> Callable:
+    """``--chunks`` and ``--shards``: the output's stored layout (default: the input's)."""
+    return options(
+        click.option(
+            "--chunks",
+            "out_chunks",
+            default=None,
+            help="Output chunk shape, e.g. 512,512 or 512 for every axis "
+            "[default: the input's stored chunks].",
+        ),
+        click.option(
+            "--shards",
+            "out_shards",
+            default=None,
+            help="Output shard shape (Zarr v3; whole multiples of the chunks), e.g. 4096,4096, "
+            "or 'none' [default: the input's shards, if any].",
+        ),
+    )
+
+
+def shards_argument(text: str | None):
+    """``--shards`` for :func:`distconv.save`: None (as the input), False ('none'), or sizes."""
+    if text is not None and text.strip().lower() in ("none", "no", "false", "0"):
+        return False
+    return text
+
+
+def output_text(output: str, layout, shape) -> str:
+    """The ``--dry-run`` line about the output: its chunks, shards and writers."""
+    from distconv.layout import count_units
+
+    units = count_units(shape, layout)
+    chunks = "×".join(map(str, layout.chunks))
+    shards = f", shards {'×'.join(map(str, layout.shards))}" if layout.shards else ""
+    return (
+        f"  output:            {output}: chunks {chunks}{shards}; {units} "
+        f"{layout.unit_name}(s), each written whole by exactly one task"
+    )
+
+
 def cluster_options(*, rmm: bool = False) -> Callable:
     """``--cluster`` (every form of :data:`distconv.clusters.SPEC_FORMS`) and its sizing."""
     decorators = [
@@ -154,7 +194,15 @@ def resume_command(argv: Sequence[str]) -> str:
 
 
 def save_resumable(
-    y, output: str, operation: str, *, overwrite: bool, resume: bool, quiet: bool
+    y,
+    output: str,
+    operation: str,
+    *,
+    overwrite: bool,
+    resume: bool,
+    quiet: bool,
+    chunks=None,
+    shards=None,
 ) -> tuple[Any, float]:
     """``dc.save`` for a command: the command line goes into the provenance, and while the job
     runs an interruption's message names the exact ``--resume`` command.
@@ -175,6 +223,8 @@ def save_resumable(
         output,
         overwrite=overwrite,
         resume=resume,
+        chunks=chunks,
+        shards=shards,
         progress=not quiet,
         description=operation,
         attributes={"command": shlex.join(["distconv", *argv])},

@@ -12,10 +12,13 @@ from distconv.cli._common import (
     default_output,
     engine_option,
     interruptible,
+    layout_options,
     options,
     output_option,
+    output_text,
     quiet_option,
     save_resumable,
+    shards_argument,
     write_options,
 )
 from distconv.errors import DistconvError
@@ -50,10 +53,13 @@ def _filter_job(
     threads_per_worker,
     rmm_pool_size,
     quiet,
+    out_chunks=None,
+    out_shards=None,
+    dry_run=False,
 ) -> None:
     import distconv as dc
     from distconv.clusters import parse_spec
-    from distconv.io import check_output_path
+    from distconv.io import check_output_path, planned_layout
     from distconv.provenance import source_paths
 
     parse_spec(cluster_spec)  # a bad spec fails before any work
@@ -79,11 +85,38 @@ def _filter_job(
     output = output or default_output(
         input, "convolved" if operation == "convolve" else "correlated"
     )
-    check_output_path(output, source_paths(y), overwrite, resume)  # before any cluster starts
+    shards = shards_argument(out_shards)
+    layout = planned_layout(y, out_chunks, shards)  # a bad layout fails before any cluster
+    if not dry_run:
+        check_output_path(output, source_paths(y), overwrite, resume)  # before a cluster starts
 
-    with command_cluster(cluster_spec, workers, threads_per_worker, quiet, rmm_pool_size):
+    with command_cluster(
+        cluster_spec, workers, threads_per_worker, quiet or dry_run, rmm_pool_size
+    ):
+        if dry_run:  # planned where it would run: the workers' threads and memory size tiles
+            plan = dc.plan_convolve if operation == "convolve" else dc.plan_correlate
+            described = plan(
+                x,
+                w,
+                mode=mode,
+                cval=cval,
+                origin=origin_arg,
+                axes=axes_t,
+                method=method,
+                engine=engine,
+                dtype=dtype,
+            ).describe()
+            click.echo(f"{described}\n{output_text(output, layout, y.shape)}")
+            return
         written, seconds = save_resumable(
-            y, output, operation, overwrite=overwrite, resume=resume, quiet=quiet
+            y,
+            output,
+            operation,
+            overwrite=overwrite,
+            resume=resume,
+            quiet=quiet,
+            chunks=out_chunks,
+            shards=shards,
         )
     if not quiet:
         record = written.attrs["distconv"]["steps"][-1]
@@ -103,6 +136,12 @@ Examples:
   distconv {op} big.zarr kernel.npy -o out.zarr --mode mirror --origin 1 --method fft
   distconv {op} big.zarr/raw/0 gaussian:sigma=4 -o smooth.zarr --axes 1,2
   distconv {op} big.zarr box:size=5 --cluster threads --quiet
+  distconv {op} big.zarr kernel.npy --dry-run        # the plan: tiles, tasks, bytes, memory
+  distconv {op} big.zarr kernel.npy -o out.zarr --chunks 256,256 --shards 4096,4096
+
+\b
+Each task computes a tile of many stored chunks (sized for the cluster's threads and memory:
+see --dry-run); the output is written in the input's stored chunks unless --chunks says.
 
 \b
 WEIGHTS is a .npy, .npz (one array), .txt or .csv file, or a named kernel:
@@ -140,7 +179,16 @@ def _filter_command(operation: str) -> click.Command:
     @engine_option("chunk")
     @click.option("--dtype", help="Output dtype (e.g. float32, uint16) [default: float].")
     @options(
-        write_options("inputs, weights and parameters"), cluster_options(rmm=True), quiet_option()
+        write_options("inputs, weights and parameters"),
+        layout_options(),
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            help="Print the plan (tiles, tasks, bytes decoded, halo, peak memory per task, "
+            "method per tile, output chunks); write nothing.",
+        ),
+        cluster_options(rmm=True),
+        quiet_option(),
     )
     def command(
         input: str,
@@ -155,6 +203,9 @@ def _filter_command(operation: str) -> click.Command:
         dtype: str | None,
         overwrite: bool,
         resume: bool,
+        out_chunks: str | None,
+        out_shards: str | None,
+        dry_run: bool,
         cluster_spec: str | None,
         workers: int | None,
         threads_per_worker: int | None,
@@ -181,6 +232,9 @@ def _filter_command(operation: str) -> click.Command:
             threads_per_worker,
             rmm_pool_size,
             quiet,
+            out_chunks,
+            out_shards,
+            dry_run,
         )
 
     command.__doc__ = (
