@@ -27,6 +27,7 @@ from distconv.layout import (
     Layout,
     aligned_chunks,
     array_layout,
+    chunks_in_units,
     count_units,
     output_layout,
     regular_chunks,  # noqa: F401 - its documented home was here
@@ -491,11 +492,20 @@ def info(path) -> dict[str, Any]:
         "codecs": [_codec_name(c) for c in (*array.filters, *array.compressors)],
         "nbytes": int(array.nbytes),
         "nbytes_stored": int(array.nbytes_stored()),
-        "chunks_initialized": int(array.nchunks_initialized),
+        "chunks_initialized": _chunks_initialized(path, array),
         "chunks_total": int(array.nchunks),
         "provenance": produced,
         "complete": None if not isinstance(produced, dict) else bool(produced.get("complete")),
     }
+
+
+def _chunks_initialized(path: str, array: zarr.Array) -> int:
+    """Stored chunks written; in a sharded array, the in-bounds chunks of the shards written
+    (Zarr counts a partial edge shard's out-of-bounds chunks too)."""
+    layout = array_layout(array)
+    if not layout.shards:
+        return int(array.nchunks_initialized)
+    return chunks_in_units(array.shape, layout, units_written(path, array, layout))
 
 
 def _codec_name(codec) -> str:

@@ -32,6 +32,7 @@ __all__ = [
     "TileWriter",
     "aligned_chunks",
     "array_layout",
+    "chunks_in_units",
     "count_units",
     "normalize_shape_option",
     "output_layout",
@@ -330,3 +331,14 @@ def _text(shape: Sequence[int]) -> str:
 def count_units(shape: Sequence[int], layout: Layout) -> int:
     """Units (chunks or shards) of an array of ``shape``."""
     return math.prod(-(-n // u) for n, u in zip(shape, layout.unit))
+
+
+def chunks_in_units(shape: Sequence[int], layout: Layout, units: Iterable[tuple[int, ...]]) -> int:
+    """Chunks inside the array's bounds in the given units (shards; a chunk is its own unit)."""
+    total = 0
+    for index in units:
+        total += math.prod(
+            -(-(min((i + 1) * u, n) - i * u) // c)
+            for i, u, c, n in zip(index, layout.unit, layout.chunks, shape)
+        )
+    return total

@@ -160,13 +160,17 @@ def test_resume_ignores_the_engine(tmp_path):
     np.testing.assert_allclose(done[:], ndimage.correlate(data.astype(float), weights), atol=1e-4)
 
 
-def _big_job(folder, size=1024, chunk=32, seed=1):
-    """1024 chunks in 256 tiles (SMALL_TILES): a second or more of work, far longer than the
-    5 ms between polls."""
+def _big_job(folder, size=1024, chunk=32, seed=1, shard=None):
+    """1024 chunks in 256 tiles (SMALL_TILES), or in 64 shards of 128² (one tile each): a
+    second or more of work, far longer than the 5 ms between polls."""
     rng = np.random.default_rng(seed)
     data = rng.random((size, size), dtype=np.float32)
     zarr.create_array(
-        str(folder / "big.zarr"), shape=data.shape, chunks=(chunk, chunk), dtype=data.dtype
+        str(folder / "big.zarr"),
+        shape=data.shape,
+        chunks=(chunk, chunk),
+        shards=(shard, shard) if shard else None,
+        dtype=data.dtype,
     )[:] = data
     np.save(folder / "k.npy", rng.standard_normal((9, 9)))
     return [
@@ -244,11 +248,13 @@ def test_ctrl_c_cancels_says_how_to_resume_and_exits_130(tmp_path):
     )
 
 
-def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("shard", [None, 128])
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path, shard):
     """Kill -9 the CLI at seeded random moments (fresh run, then resumed runs), finish with
-    --resume: the chunks equal an uninterrupted run's, byte for byte, and it is complete."""
-    args = _big_job(tmp_path)
-    total = (1024 // 32) ** 2
+    --resume: the chunks (or shards, the output keeping the input's) equal an uninterrupted
+    run's, byte for byte, and it is complete."""
+    args = _big_job(tmp_path, shard=shard)
+    total = (1024 // (shard or 32)) ** 2
     reference = dc.save(
         dc.convolve(
             dc.open(tmp_path / "big.zarr"),
@@ -277,6 +283,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     )  # default tiles: resumed runs may plan other tiles; chunks are still written whole
     assert finished.returncode == 0, finished.stderr
     assert dc.info(tmp_path / "out.zarr")["complete"] is True
+    assert dc.info(tmp_path / "out.zarr")["shards"] == ((shard, shard) if shard else None)
     assert chunk_digest(tmp_path / "out.zarr") == chunk_digest(tmp_path / "ref.zarr")
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.zarr"))[:], reference[:])
 

@@ -1,0 +1,167 @@
+"""Tiles on real stores: results equal SciPy (float64) whatever the stored chunks, shards or
+format; outputs keep the input's layout (or the one asked for); resume per chunk or shard."""
+
+from __future__ import annotations
+
+import os
+
+import dask
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage
+
+import distconv as dc
+
+# Small tiles: several tiles per array, so halos cross tile borders (and chunk borders inside).
+SMALL_TILES = {"distconv.tile_size": "4KiB"}
+
+
+def store(path, data, chunks, shards=None, zarr_format=3):
+    array = zarr.create_array(
+        str(path),
+        shape=data.shape,
+        chunks=chunks,
+        shards=shards,
+        dtype=data.dtype,
+        zarr_format=zarr_format,
+    )
+    array[:] = data
+    return array
+
+
+CASES = {
+    # name: shape, chunks, shards, zarr format, weights shape
+    "1-D small chunks": ((1000,), (16,), None, 3, (7,)),
+    "2-D small chunks, v2": ((97, 83), (8, 8), None, 2, (5, 3)),
+    "2-D irregular last chunks": ((101, 67), (16, 12), None, 3, (5, 5)),
+    "2-D chunks thinner than the halo": ((60, 50), (3, 4), None, 3, (11, 9)),
+    "2-D sharded": ((128, 96), (8, 8), (32, 24), 3, (5, 5)),
+    "2-D sharded, partial edge shards": ((100, 90), (8, 10), (32, 40), 3, (3, 7)),
+    "3-D small chunks": ((40, 36, 30), (8, 8, 8), None, 3, (3, 5, 3)),
+    "3-D sharded, v3": ((32, 32, 32), (4, 4, 4), (16, 16, 8), 3, (5, 3, 3)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("mode", ["reflect", "wrap"])
+def test_tiled_convolve_equals_scipy_and_keeps_the_stored_layout(tmp_path, name, mode):
+    shape, chunks, shards, zarr_format, weights_shape = CASES[name]
+    rng = np.random.default_rng(len(name))
+    data = rng.random(shape, dtype=np.float32)
+    weights = rng.standard_normal(weights_shape)
+    store(tmp_path / "in.zarr", data, chunks, shards, zarr_format)
+    with dask.config.set(SMALL_TILES):
+        x = dc.open(tmp_path / "in.zarr")
+        y = dc.convolve(x, weights, mode=mode)
+        assert y.npartitions <= x.npartitions  # tiles of one or more stored units
+        written = dc.save(y, tmp_path / "out.zarr", progress=False)
+    expected = ndimage.convolve(data.astype(np.float64), weights, mode=mode)
+    np.testing.assert_allclose(written[:], expected, rtol=0, atol=2e-5 * np.abs(weights).sum())
+    assert written.chunks == chunks
+    assert written.shards == shards
+    assert written.metadata.zarr_format == zarr_format
+    assert written.attrs["distconv"]["complete"] is True
+    described = dc.info(tmp_path / "out.zarr")
+    assert described["chunks_initialized"] == described["chunks_total"]
+
+
+def test_open_reads_whole_shards_and_given_tiles(tmp_path):
+    data = np.random.default_rng(0).random((64, 48), dtype=np.float32)
+    store(tmp_path / "s.zarr", data, (8, 8), (32, 24))
+    x = dc.open(tmp_path / "s.zarr")
+    assert x.chunks == ((32, 32), (24, 24))  # one task per shard
+    tiled = dc.open(tmp_path / "s.zarr", chunks=(64, 24))
+    assert tiled.npartitions == 2
+    np.testing.assert_array_equal(tiled.compute(), data)
+
+
+def test_save_chunks_and_shards_choose_another_layout(tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.random((90, 70), dtype=np.float32)
+    store(tmp_path / "in.zarr", data, (10, 10))
+    y = dc.correlate(dc.open(tmp_path / "in.zarr"), np.ones((3, 3)) / 9)
+    written = dc.save(y, tmp_path / "a.zarr", chunks=(16, 16), shards=(48, 32), progress=False)
+    assert (written.chunks, written.shards) == ((16, 16), (48, 32))
+    expected = ndimage.uniform_filter(data.astype(np.float64), 3, mode="reflect")
+    np.testing.assert_allclose(written[:], expected, atol=1e-5)
+    plain = dc.save(y, tmp_path / "b.zarr", chunks=-1, progress=False)
+    assert plain.chunks == (90, 70) and plain.shards is None
+    sharded_in = store(tmp_path / "sh.zarr", data, (10, 10), (30, 70))
+    del sharded_in
+    y = dc.correlate(dc.open(tmp_path / "sh.zarr"), np.ones((3, 3)) / 9)
+    unsharded = dc.save(y, tmp_path / "c.zarr", shards=False, progress=False)
+    assert (unsharded.chunks, unsharded.shards) == ((10, 10), None)
+    with pytest.raises(dc.DistconvError, match="format 3"):
+        dc.save(y, tmp_path / "d.zarr", shards=(30, 70), zarr_format=2, progress=False)
+    assert not (tmp_path / "d.zarr").exists()
+
+
+def unit_files(path) -> dict[str, int]:
+    """Chunk (or shard) objects of a v3 store and their modification times."""
+    found = {}
+    for folder, _, files in os.walk(os.path.join(path, "c")):
+        for name in files:
+            full = os.path.join(folder, name)
+            found[os.path.relpath(full, path)] = os.stat(full).st_mtime_ns
+    return found
+
+
+@pytest.mark.parametrize("shards", [None, (16, 24)])
+def test_resume_writes_only_missing_chunks_or_shards(tmp_path, shards):
+    """A tile with some units missing is recomputed; only its missing units are written."""
+    rng = np.random.default_rng(2)
+    data = rng.random((64, 72), dtype=np.float32)
+    store(tmp_path / "in.zarr", data, (8, 8), shards)
+    weights = rng.standard_normal((5, 5))
+
+    def job():
+        return dc.convolve(dc.open(tmp_path / "in.zarr"), weights, method="direct")
+
+    with dask.config.set({"distconv.tile_size": "16KiB"}):  # tiles of several units
+        reference = dc.save(job(), tmp_path / "ref.zarr", progress=False)
+        dc.save(job(), tmp_path / "out.zarr", progress=False)
+        array = zarr.open_array(str(tmp_path / "out.zarr"), mode="r+")
+        array.attrs["distconv"] = {**array.attrs["distconv"], "complete": False}
+        files = sorted(unit_files(tmp_path / "out.zarr"))
+        removed = files[1::3]
+        for key in removed:
+            os.remove(tmp_path / "out.zarr" / key)
+        before = unit_files(tmp_path / "out.zarr")
+        resumed = dc.save(job(), tmp_path / "out.zarr", resume=True, progress=False)
+    after = unit_files(tmp_path / "out.zarr")
+    assert {k: after[k] for k in before} == before  # units already written were kept as they were
+    assert sorted(after) == files
+    last = resumed.attrs["distconv"]["resumed"][-1]
+    assert last["chunks_already_written"] == len(files) - len(removed)
+    assert last["chunks_total"] == len(files)
+    assert last["unit"] == ("shard" if shards else "chunk")
+    np.testing.assert_array_equal(resumed[:], reference[:])
+    assert resumed.attrs["distconv"]["complete"] is True
+
+
+def test_resume_refuses_other_shards(tmp_path):
+    data = np.random.default_rng(3).random((32, 32), dtype=np.float32)
+    store(tmp_path / "in.zarr", data, (8, 8))
+    y = dc.correlate(dc.open(tmp_path / "in.zarr"), np.ones((3, 3)))
+    dc.save(y, tmp_path / "out.zarr", shards=(16, 16), progress=False)
+    array = zarr.open_array(str(tmp_path / "out.zarr"), mode="r+")
+    array.attrs["distconv"] = {**array.attrs["distconv"], "complete": False}
+    with pytest.raises(dc.OutputError, match="shards differ"):
+        dc.save(y, tmp_path / "out.zarr", resume=True, progress=False)
+
+
+def test_plan_api_matches_the_graph(tmp_path):
+    data = np.random.default_rng(4).random((300, 200), dtype=np.float32)
+    store(tmp_path / "in.zarr", data, (20, 20))
+    with dask.config.set(SMALL_TILES):
+        plan = dc.plan_convolve(str(tmp_path / "in.zarr"), np.ones((5, 5)), mode="nearest")
+        y = dc.convolve(str(tmp_path / "in.zarr"), np.ones((5, 5)), mode="nearest")
+    assert y.chunks == plan.tiles.chunks and y.npartitions == plan.tasks
+    assert plan.tile_shape == tuple(max(c) for c in y.chunks)
+    assert plan.bytes_decoded == data.nbytes
+    rows = plan.per_tile()
+    assert sum(count for _, count, _, _ in rows) == plan.tasks
+    assert all(method in ("direct", "fft", "separable") for _, _, method, _ in rows)
+    text = plan.describe()
+    assert "convolve plan: 300×200 float32" in text and "method per tile:" in text
