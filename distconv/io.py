@@ -36,7 +36,7 @@ from distconv.layout import (
     units_written,
     write_tiles,
 )
-from distconv.provenance import remember_layout, remember_source, sources, steps
+from distconv.provenance import layout_of, remember_layout, remember_source, sources, steps
 
 ATTRS_KEY = "distconv"
 
@@ -79,7 +79,7 @@ def open(path, *, allow_partial: bool = False, chunks=None) -> da.Array:
         )
     layout = array_layout(array)
     x = _from_zarr(array, os.path.abspath(path), chunks or layout.unit)
-    remember_layout(x, layout.record(array.shape))
+    remember_layout(x, {**layout.record(array.shape), "zarr_format": array.metadata.zarr_format})
     return remember_source(
         x,
         {
@@ -289,7 +289,7 @@ def save(
     x = as_dask_array(x)
     read = sources(x)
     check_output_path(path, [s["path"] for s in read], overwrite, resume)
-    zarr_format = zarr_format or _default_format(read)
+    zarr_format = zarr_format or _default_format(x, read)
     layout = output_layout(x, chunks, shards, zarr_format)
     tiles = aligned_chunks(x.chunks, layout.unit)
     if tiles != x.chunks:
@@ -378,13 +378,15 @@ def planned_layout(x, chunks=None, shards=None, zarr_format: int | None = None) 
         A layout :func:`save` would refuse (shards in Zarr format 2, shards that are not whole
         multiples of the chunks, sizes that are not positive).
     """
-    return output_layout(x, chunks, shards, zarr_format or _default_format(sources(x)))
+    return output_layout(x, chunks, shards, zarr_format or _default_format(x, sources(x)))
 
 
-def _default_format(read: list[dict[str, Any]]) -> int:
-    """The format of the first Zarr store read, else 3."""
+def _default_format(x: da.Array, read: list[dict[str, Any]]) -> int:
+    """The format of the store whose layout the output keeps, else of the first store read,
+    else 3."""
+    recorded = (layout_of(x) or {}).get("zarr_format")
     formats = [s["zarr_format"] for s in read if s.get("zarr_format")]
-    return formats[0] if formats else 3
+    return recorded or (formats[0] if formats else 3)
 
 
 def _create_output(

@@ -165,3 +165,49 @@ def test_plan_api_matches_the_graph(tmp_path):
     assert all(method in ("direct", "fft", "separable") for _, _, method, _ in rows)
     text = plan.describe()
     assert "convolve plan: 300×200 float32" in text and "method per tile:" in text
+
+
+def test_multiply_and_map_chunks_run_on_tiles(tmp_path):
+    rng = np.random.default_rng(5)
+    a = rng.random((120, 100), dtype=np.float32) + 0.5
+    b = rng.random((120, 100), dtype=np.float32) + 0.5
+    store(tmp_path / "a.zarr", a, (8, 10))
+    store(tmp_path / "b.zarr", b, (12, 12), zarr_format=2)  # another grid and format
+    with dask.config.set(SMALL_TILES):
+        x = dc.open(tmp_path / "a.zarr")
+        product = dc.multiply(x, dc.open(tmp_path / "b.zarr"))
+        assert product.npartitions < x.npartitions
+        written = dc.save(product, tmp_path / "m.zarr", progress=False)
+        np.testing.assert_array_equal(written[:], a * b)
+        assert written.chunks == (8, 10)  # the first operand's stored chunks
+
+        def box3(block):
+            return ndimage.uniform_filter(block.astype(np.float64), 3)
+
+        smoothed = dc.map_chunks(box3, x, depth=1, boundary="nearest")
+        assert smoothed.npartitions < x.npartitions
+        out = dc.save(smoothed, tmp_path / "s.zarr", progress=False)
+    expected = ndimage.uniform_filter(a.astype(np.float64), 3, mode="nearest")
+    np.testing.assert_allclose(out[:], expected, atol=1e-6)
+    assert out.chunks == (8, 10)
+
+
+def test_matmul_panels_read_from_stores_are_whole_chunks():
+    from distconv.plan.matmul import plan_matmul
+    from distconv.plan.tiles import regular_grid
+
+    a_chunks, b_chunks = (300, 200), (300, 200)
+    for budget in (2**30, 64 * 2**20):
+        plan = plan_matmul(
+            (8192, 8192),
+            (8192, 8192),
+            "f4",
+            "f4",
+            a_chunks=regular_grid((8192, 8192), a_chunks),
+            b_chunks=regular_grid((8192, 8192), b_chunks),
+            panels_from_zarr=(True, True),
+            resources=dc.plan.Resources(2, 1, budget, "test"),
+        )
+        k_step = plan.stream_k or plan.block_k
+        for block, chunk in ((plan.block_n, 300), (plan.block_m, 200), (k_step, 600)):
+            assert block % chunk == 0 or block == 8192, (block, chunk)

@@ -18,7 +18,7 @@ from distconv.io import open as open_store
 from distconv.plan.tiles import TilePlan, plan_tiles, regular_grid
 from distconv.provenance import source_of
 
-__all__ = ["as_tiles", "store_grid", "tile_plan_for"]
+__all__ = ["as_tiles", "same_tiles", "store_grid", "tile_plan_for"]
 
 
 def store_grid(x: da.Array) -> tuple[tuple[tuple[int, ...], ...], str] | None:
@@ -97,3 +97,23 @@ def as_tiles(x: da.Array, plan: TilePlan) -> da.Array:
     if plan.worth_regrouping:
         return x.rechunk(plan.chunks)
     return x
+
+
+def same_tiles(x: da.Array, chunks: tuple[tuple[int, ...], ...]) -> da.Array:
+    """Another operand read in the tiles of the first: read again from its store at these
+    chunks when it comes straight from one (any stored grid; a tile then decodes the chunks it
+    touches), else as it is (the graph builder aligns it).
+
+    Parameters
+    ----------
+    x : dask.array.Array
+    chunks : tuple of tuple of int
+        The first operand's tile chunks, for an array of ``x``'s shape.
+
+    Returns
+    -------
+    dask.array.Array
+    """
+    if x.chunks == chunks or store_grid(x) is None:
+        return x
+    return open_store(source_of(x)["path"], allow_partial=True, chunks=chunks)
