@@ -211,3 +211,41 @@ def test_matmul_panels_read_from_stores_are_whole_chunks():
         k_step = plan.stream_k or plan.block_k
         for block, chunk in ((plan.block_n, 300), (plan.block_m, 200), (k_step, 600)):
             assert block % chunk == 0 or block == 8192, (block, chunk)
+
+
+def test_cli_dry_run_writes_nothing_and_layout_options(tmp_path):
+    import subprocess
+    import sys
+
+    distconv = os.path.join(os.path.dirname(sys.executable), "distconv")
+    data = np.random.default_rng(6).random((256, 192), dtype=np.float32)
+    store(tmp_path / "in.zarr", data, (16, 16))
+    np.save(tmp_path / "k.npy", np.ones((5, 5)) / 25)
+
+    def run(*args):
+        return subprocess.run(
+            [distconv, "convolve", "in.zarr", "k.npy", *args, "--cluster", "threads"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "DASK_DISTCONV__TILE_SIZE": "16KiB"},
+        )
+
+    dry = run("--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    for words in ("tiles:", "tasks:", "bytes decoded:", "halo:", "peak memory/task:"):
+        assert words in dry.stdout
+    assert "method per tile:" in dry.stdout and "each written whole by exactly one task" in (
+        dry.stdout
+    )
+    assert not (tmp_path / "in.convolved.zarr").exists()
+    done = run("-o", "out.zarr", "--chunks", "32,64", "--shards", "64,192", "-q")
+    assert done.returncode == 0, done.stderr
+    out = zarr.open_array(str(tmp_path / "out.zarr"))
+    assert (out.chunks, out.shards) == ((32, 64), (64, 192))
+    expected = ndimage.convolve(data.astype(np.float64), np.ones((5, 5)) / 25)
+    np.testing.assert_allclose(out[:], expected, atol=1e-5)
+    bad = run("-o", "bad.zarr", "--chunks", "32", "--shards", "48")
+    assert bad.returncode == 2 and "whole multiples" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad.zarr").exists()

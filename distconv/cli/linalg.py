@@ -17,10 +17,12 @@ from distconv.cli._common import (
     default_output,
     engine_option,
     interruptible,
+    layout_options,
     options,
     output_option,
     quiet_option,
     save_resumable,
+    shards_argument,
     write_options,
 )
 
@@ -29,6 +31,7 @@ _common_options = options(
     output_option("A.<op>.zarr beside A"),
     engine_option("block"),
     write_options("inputs and parameters"),
+    layout_options(),
     cluster_options(),
     quiet_option(),
 )
@@ -55,6 +58,8 @@ def matmul_command(
     engine: str | None,
     overwrite: bool,
     resume: bool,
+    out_chunks: str | None,
+    out_shards: str | None,
     cluster_spec: str | None,
     workers: int | None,
     threads_per_worker: int | None,
@@ -90,6 +95,8 @@ def matmul_command(
         quiet,
         memory_budget,
         dry_run,
+        out_chunks,
+        out_shards,
     )
 
 
@@ -106,6 +113,8 @@ def _matmul_job(
     quiet,
     memory_budget,
     dry_run,
+    out_chunks=None,
+    out_shards=None,
 ) -> None:
     import distconv as dc
     from distconv.io import check_output_path
@@ -123,7 +132,14 @@ def _matmul_job(
             return
         product = dc.matmul(x, y, engine=engine, memory_budget=memory_budget)
         seconds = save_resumable(
-            product, output, "matmul", overwrite=overwrite, resume=resume, quiet=quiet
+            product,
+            output,
+            "matmul",
+            overwrite=overwrite,
+            resume=resume,
+            quiet=quiet,
+            chunks=out_chunks,
+            shards=shards_argument(out_shards),
         )[1]
     if not quiet:
         flops = 2 * int(product.size) * x.shape[-1]  # one multiply-add per k per element
@@ -146,6 +162,8 @@ def multiply_command(
     engine: str | None,
     overwrite: bool,
     resume: bool,
+    out_chunks: str | None,
+    out_shards: str | None,
     cluster_spec: str | None,
     workers: int | None,
     threads_per_worker: int | None,
@@ -176,11 +194,24 @@ def multiply_command(
         workers,
         threads_per_worker,
         quiet,
+        out_chunks,
+        out_shards,
     )
 
 
 def _multiply_job(
-    a, b, output, engine, overwrite, resume, cluster_spec, workers, threads_per_worker, quiet
+    a,
+    b,
+    output,
+    engine,
+    overwrite,
+    resume,
+    cluster_spec,
+    workers,
+    threads_per_worker,
+    quiet,
+    out_chunks=None,
+    out_shards=None,
 ) -> None:
     import distconv as dc
     from distconv.io import check_output_path
@@ -194,7 +225,14 @@ def _multiply_job(
     check_output_path(output, [a] + ([] if isinstance(y, (int, float)) else [b]), overwrite, resume)
     with command_cluster(cluster_spec, workers, threads_per_worker, quiet):
         seconds = save_resumable(
-            product, output, "multiply", overwrite=overwrite, resume=resume, quiet=quiet
+            product,
+            output,
+            "multiply",
+            overwrite=overwrite,
+            resume=resume,
+            quiet=quiet,
+            chunks=out_chunks,
+            shards=shards_argument(out_shards),
         )[1]
     if not quiet:
         click.echo(
