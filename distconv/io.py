@@ -29,14 +29,16 @@ from distconv.layout import (
     array_layout,
     chunks_in_units,
     count_units,
+    default_format,
     output_layout,
+    planned_layout,  # noqa: F401 - part of io's API: the layout save() would write
     regular_chunks,  # noqa: F401 - its documented home was here
     remove_interrupted_writes,
-    tile_units,
     units_written,
     write_tiles,
 )
-from distconv.provenance import layout_of, remember_layout, remember_source, sources, steps
+from distconv.provenance import remember_layout, remember_source, sources, steps
+from distconv.reading import damaged_chunk, read_pipeline
 
 ATTRS_KEY = "distconv"
 
@@ -120,36 +122,12 @@ class _ChunkReader:
             return getter(array, index, asarray=asarray, lock=lock)
         except Exception as exc:
             index = index if isinstance(index, tuple) else (index,)
-            where, exc = _damaged_chunk(array, index, exc)
+            where, exc = damaged_chunk(array, index, exc)
             raise InputReadError(
                 f"{self.path}: the chunk at [{where}] cannot be read "
                 f"({type(exc).__name__}: {_one_line(exc)}); the input is "
                 "damaged"
             ) from None
-
-
-def _damaged_chunk(array: zarr.Array, index: tuple, error: Exception) -> tuple[str, Exception]:
-    """The region of the first stored chunk of ``index`` that fails to read, and its error."""
-
-    def text(region) -> str:
-        return ", ".join(f"{s.start}:{s.stop}" if isinstance(s, slice) else str(s) for s in region)
-
-    if not all(isinstance(s, slice) and s.step in (None, 1) for s in index):
-        return text(index), error
-    starts = [s.start or 0 for s in index]
-    stops = [array.shape[a] if s.stop is None else s.stop for a, s in enumerate(index)]
-    if all(b - a <= c for a, b, c in zip(starts, stops, array.chunks)):
-        return text(index), error
-    for unit in tile_units(starts, stops, array.chunks):
-        region = tuple(
-            slice(max(a, i * c), min(b, (i + 1) * c))
-            for i, c, a, b in zip(unit, array.chunks, starts, stops)
-        )
-        try:
-            array[region]
-        except Exception as exc:
-            return text(region), exc
-    return text(index), error
 
 
 def open_zarr_array(path: str, mode: str = "r") -> zarr.Array:
@@ -158,8 +136,9 @@ def open_zarr_array(path: str, mode: str = "r") -> zarr.Array:
         raise DistconvError(f"{path}: no such file or directory")
     try:
         # Absolute: the array object is pickled into tasks, and a remote worker's working
-        # directory is not ours.
-        node = zarr.open(os.path.abspath(path), mode=mode)
+        # directory is not ours. The codec pipeline is chosen here and travels with it.
+        with zarr.config.set(read_pipeline() if mode == "r" else {}):
+            node = zarr.open(os.path.abspath(path), mode=mode)
     except Exception as exc:  # zarr raises several types for missing or unreadable metadata
         raise DistconvError(
             f"{path} is not a readable Zarr array or group ({_one_line(exc)})"
@@ -289,7 +268,7 @@ def save(
     x = as_dask_array(x)
     read = sources(x)
     check_output_path(path, [s["path"] for s in read], overwrite, resume)
-    zarr_format = zarr_format or _default_format(x, read)
+    zarr_format = zarr_format or default_format(x)
     layout = output_layout(x, chunks, shards, zarr_format)
     tiles = aligned_chunks(x.chunks, layout.unit)
     if tiles != x.chunks:
@@ -357,36 +336,6 @@ def save(
     record["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     target.attrs.update({ATTRS_KEY: _jsonable(record)})
     return target
-
-
-def planned_layout(x, chunks=None, shards=None, zarr_format: int | None = None) -> Layout:
-    """The chunks and shards :func:`save` would write ``x`` with (same arguments).
-
-    Parameters
-    ----------
-    x : dask.array.Array
-    chunks, shards, zarr_format
-        As for :func:`save`.
-
-    Returns
-    -------
-    distconv.layout.Layout
-
-    Raises
-    ------
-    DistconvError
-        A layout :func:`save` would refuse (shards in Zarr format 2, shards that are not whole
-        multiples of the chunks, sizes that are not positive).
-    """
-    return output_layout(x, chunks, shards, zarr_format or _default_format(x, sources(x)))
-
-
-def _default_format(x: da.Array, read: list[dict[str, Any]]) -> int:
-    """The format of the store whose layout the output keeps, else of the first store read,
-    else 3."""
-    recorded = (layout_of(x) or {}).get("zarr_format")
-    formats = [s["zarr_format"] for s in read if s.get("zarr_format")]
-    return recorded or (formats[0] if formats else 3)
 
 
 def _create_output(

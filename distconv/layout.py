@@ -25,7 +25,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from distconv.backend import to_numpy
 from distconv.errors import DistconvError
-from distconv.provenance import layout_of
+from distconv.provenance import layout_of, sources
 
 __all__ = [
     "Layout",
@@ -34,8 +34,10 @@ __all__ = [
     "array_layout",
     "chunks_in_units",
     "count_units",
+    "default_format",
     "normalize_shape_option",
     "output_layout",
+    "planned_layout",
     "regular_chunks",
     "remove_interrupted_writes",
     "stored_keys",
@@ -181,6 +183,36 @@ def output_layout(x: da.Array, chunks=None, shards=None, zarr_format: int = 3) -
             f"{_text(chunk_shape)}"
         )
     return Layout(chunk_shape, shard_shape)
+
+
+def planned_layout(x, chunks=None, shards=None, zarr_format: int | None = None) -> Layout:
+    """The chunks and shards :func:`distconv.save` would write ``x`` with (same arguments).
+
+    Parameters
+    ----------
+    x : dask.array.Array
+    chunks, shards, zarr_format
+        As for :func:`distconv.save`.
+
+    Returns
+    -------
+    distconv.layout.Layout
+
+    Raises
+    ------
+    DistconvError
+        A layout :func:`distconv.save` would refuse (shards in Zarr format 2, shards that are
+        not whole multiples of the chunks, sizes that are not positive).
+    """
+    return output_layout(x, chunks, shards, zarr_format or default_format(x))
+
+
+def default_format(x: da.Array) -> int:
+    """The Zarr format of the store whose layout the output keeps, else of the first store
+    ``x`` reads, else 3."""
+    recorded = (layout_of(x) or {}).get("zarr_format")
+    formats = [s["zarr_format"] for s in sources(x) if s.get("zarr_format")]
+    return recorded or (formats[0] if formats else 3)
 
 
 def aligned_chunks(
