@@ -50,6 +50,41 @@ FULL = {
         "--repeats",
         "3",
     ],
+    # Small stored chunks (issue 14): one image in four chunkings, a uint16 volume in two.
+    "convolve-chunks": [
+        "convolve.py",
+        "--size",
+        "16384",
+        "--chunks",
+        "256,512,1024,2048",
+        "--kernel-sizes",
+        "5,31",
+        "--engines",
+        "auto",
+        "--repeats",
+        "2",
+        "--section",
+        "convolve-chunks",
+    ],
+    "convolve-3d": [
+        "convolve.py",
+        "--size",
+        "512",
+        "--ndim",
+        "3",
+        "--dtype",
+        "uint16",
+        "--chunks",
+        "64,128",
+        "--kernel-sizes",
+        "5",
+        "--engines",
+        "auto",
+        "--repeats",
+        "2",
+        "--section",
+        "convolve-3d",
+    ],
     "profile": [
         "profile_convolve.py",
         "--size",
@@ -110,6 +145,40 @@ QUICK = {
         "scipy,numba,tensorflow",
         "--repeats",
         "3",
+    ],
+    "convolve-chunks": [
+        "convolve.py",
+        "--size",
+        "1024",
+        "--chunks",
+        "128,256",
+        "--kernel-sizes",
+        "5",
+        "--engines",
+        "auto",
+        "--repeats",
+        "1",
+        "--section",
+        "convolve-chunks",
+    ],
+    "convolve-3d": [
+        "convolve.py",
+        "--size",
+        "96",
+        "--ndim",
+        "3",
+        "--dtype",
+        "uint16",
+        "--chunks",
+        "16,32",
+        "--kernel-sizes",
+        "5",
+        "--engines",
+        "auto",
+        "--repeats",
+        "1",
+        "--section",
+        "convolve-3d",
     ],
     "profile": [
         "profile_convolve.py",
@@ -173,7 +242,7 @@ def main(argv=None) -> int:
     for section in chosen:
         script, *rest = plan[section]
         command = [sys.executable, str(HERE / script), *rest]
-        if section == "convolve":
+        if section.startswith("convolve"):
             command += ["--output-dir", args.output_dir]
         print(f"== {section}: {' '.join(command[1:])}", flush=True)
         start = time.perf_counter()

@@ -1,8 +1,10 @@
 """Zarr → Zarr convolution: distconv per engine vs the copy floor and the reference tools.
 
-Per kernel size, on the same seeded input: the Zarr → Zarr copy (``dask.array.from_zarr`` →
-``to_zarr``, the floor no Zarr → Zarr filter can beat), ``distconv.convolve`` with each engine (the
-plan picks the method per chunk), dask-image's ``ndfilters.convolve`` when installed, and in-memory
+Per stored chunking (``chunks``: 256², 512², ... or 64³, 128³ for volumes), on the same seeded
+data: first the copies (:mod:`distconv.bench.copies`: the best copy, the floor no Zarr → Zarr
+filter can beat; dask's own from_zarr → to_zarr; distconv's identity pass), then per kernel size
+``distconv.convolve`` with each engine (tiles and the method per tile planned), dask-image's
+``ndfilters.convolve`` on the store's own chunks when installed, and in-memory
 ``scipy.ndimage.convolve`` and ``scipy.signal.oaconvolve`` on one core. Cells the cost model
 expects to take longer than ``max_seconds`` are listed as skipped, with the estimate, instead of
 run.
@@ -17,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+import distconv as dc
 from distconv.bench.common import Contender, fresh, make_input, run_alternating
+from distconv.bench.copies import copy_contenders
 from distconv.bench.report import Result, Row
 from distconv.clusters.resources import worker_infos
 
@@ -28,17 +32,18 @@ def kernel_for(size: int, ndim: int = 2) -> np.ndarray:
 
 
 def _distconv_estimate(
-    shape, chunk: int, kernel: np.ndarray, engine: str, workers: int
+    source: Path, kernel: np.ndarray, engine: str, workers: int
 ) -> tuple[str, float]:
-    """The method the plan picks for a full chunk and the cost model's wall-seconds."""
-    from distconv.plan import method_costs, plan_correlation
+    """The method the plan picks for a full tile and the cost model's wall-seconds."""
+    import distconv as dc
+    from distconv.plan import method_costs
 
-    plan = plan_correlation(shape, np.float32, kernel, engine=engine, convolution=True)
-    block = [min(chunk, s) for s in shape]
-    method = plan.method_for(block)
-    per_chunk = method_costs(plan.weights, block, {method: plan.engines[method]})[method]
-    chunks = math.prod(math.ceil(s / chunk) for s in shape)
-    return f"{method}/{plan.engines[method]}", per_chunk * chunks / max(workers, 1)
+    plan = dc.plan_convolve(str(source), kernel, engine=engine)
+    tile = plan.tile_shape
+    method = plan.correlation.method_for(tile)
+    engines = {method: plan.correlation.engines[method]}
+    per_tile = method_costs(plan.correlation.weights, tile, engines)[method]
+    return f"{method}/{engines[method]}", per_tile * plan.tasks / max(workers, 1)
 
 
 def _scipy_direct_estimate(pixels: float, kernel: np.ndarray) -> float:
@@ -75,6 +80,9 @@ def bench_convolve(
     engines: Sequence[str] = ("scipy",),
     *,
     chunk: int = 2048,
+    chunks: Sequence[int] | None = None,
+    ndim: int = 2,
+    dtype: str = "float32",
     repeats: int = 3,
     workdir: str | os.PathLike,
     client=None,
@@ -82,14 +90,22 @@ def bench_convolve(
     max_seconds: float = 30.0,
     log: Callable[[str], None] | None = None,
 ) -> Result:
-    """Time a Zarr → Zarr convolve of ``size``² float32 per engine and kernel size.
+    """Time a Zarr → Zarr convolve of ``size``² (or ³) per chunking, engine and kernel size.
 
     Parameters
     ----------
-    size, chunk : int
-        Image side and Zarr chunk side.
+    size : int
+        Image side (volume side with ``ndim=3``).
+    chunk : int
+        Zarr chunk side, when ``chunks`` is not given.
+    chunks : sequence of int, optional
+        Chunk sides to store the same data in, one after the other (e.g. 256, 512, 1024, 2048).
+    ndim : {2, 3}
+        An image or a volume.
+    dtype : str
+        The stored dtype (e.g. ``uint16`` volumes; distconv writes float32).
     kernel_sizes : sequence of int
-        Square random kernels to time.
+        Kernel sides to time (cubic kernels for volumes).
     engines : sequence of str
         distconv engines (each a row per kernel).
     repeats : int
@@ -99,106 +115,121 @@ def bench_convolve(
     client : distributed.Client, optional
         The cluster the runs use (None: whatever Dask's default scheduler is).
     references : bool
-        Include dask-image and in-memory SciPy when installed.
+        Include dask-image, dask's copy and in-memory SciPy.
     max_seconds : float
         Skip a cell whose estimated run time is longer.
     """
-    import dask.array as da
-
-    import distconv as dc
-
     workdir = Path(workdir)
-    source = workdir / "input.zarr"
-    shape = (size, size)
-    make_input(source, shape, chunk, seed=0)
+    shape = (size,) * ndim
+    chunkings = [min(c, size) for c in (chunks or [chunk])]
     workers = len(worker_infos(client)) if client is not None else (os.cpu_count() or 1)
-    pixels = float(size * size)
-    in_memory = {}
-    warmed: set[str] = set()  # contenders warm up once, at the first kernel they run
+    pixels = float(math.prod(shape))
+    power = "²" if ndim == 2 else "³"
     result = Result(
         "convolve",
         unit="Mpx/s",
         work=pixels / 1e6,
         setup={
             "size": size,
-            "chunk": chunk,
-            "dtype": "float32",
+            "ndim": ndim,
+            "chunk": chunkings[0],
+            "chunks": chunkings,
+            "dtype": dtype,
             "kernels": list(kernel_sizes),
             "engines": list(engines),
             "repeats": repeats,
             "workers": workers,
         },
+        floor_name="best copy",
     )
-    for k in kernel_sizes:
-        kernel = kernel_for(k)
-        group = f"{k}×{k}"
+    warmed: set[str] = set()  # contenders warm up once, at the first group they run in
+    source = workdir / "input.zarr"  # the same data, stored again for each chunking
+    for stored in chunkings:
+        make_input(fresh(source), shape, stored, seed=0, dtype=dtype)
+        in_memory: dict = {}
+        where = f" @{stored}{power}" if len(chunkings) > 1 or ndim == 3 else ""
+        copies = copy_contenders(source, workdir)
+        _run_group(result, f"copy{where}", copies, repeats, warmed, log)
+        floor = copies[0].seconds
+        for k in kernel_sizes:
+            kernel = kernel_for(k, ndim)
+            group = "×".join([str(k)] * ndim) + where
+            contenders = []
+            result.setup.setdefault("auto_choice", {})[group] = _distconv_estimate(
+                source, kernel, "auto", workers
+            )[0]
+            for engine in engines:
+                how, estimate = _distconv_estimate(source, kernel, engine, workers)
 
-        def copy():
-            da.from_zarr(str(source)).to_zarr(fresh(workdir / "copy.zarr"))
+                def run(engine=engine, kernel=kernel):
+                    dc.save(
+                        dc.convolve(dc.open(source), kernel, engine=engine),
+                        fresh(workdir / f"dc-{engine}.zarr"),
+                        progress=False,
+                    )
 
-        contenders = [Contender("Zarr→Zarr copy", copy, kind="floor")]
-        # What engine="auto" would run for a full chunk, whether or not "auto" is timed.
-        result.setup.setdefault("auto_choice", {})[group] = _distconv_estimate(
-            shape, chunk, kernel, "auto", workers
-        )[0]
-        for engine in engines:
-            how, estimate = _distconv_estimate(shape, chunk, kernel, engine, workers)
-
-            def run(engine=engine, kernel=kernel):
-                dc.save(
-                    dc.convolve(dc.open(source), kernel, engine=engine),
-                    fresh(workdir / f"dc-{engine}.zarr"),
-                    progress=False,
+                method, resolved = how.split("/")
+                contenders.append(
+                    Contender(
+                        f"distconv {engine}",
+                        run,
+                        engine=resolved,
+                        method=method,
+                        skip=f"skipped (≈{estimate:.0f} s)" if estimate > max_seconds else None,
+                    )
                 )
+            if references:
+                contenders += _references(
+                    source, workdir, kernel, pixels, workers, max_seconds, in_memory
+                )
+            errors = {}
 
-            method, resolved = how.split("/")
-            contenders.append(
-                Contender(
-                    f"distconv {engine}",
-                    run,
-                    engine=resolved,
-                    method=method,
-                    skip=f"skipped (≈{estimate:.0f} s)" if estimate > max_seconds else None,
-                )
-            )
-        if references:
-            contenders += _references(
-                source, workdir, kernel, pixels, workers, max_seconds, in_memory
-            )
-        run_alternating(
-            contenders,
-            repeats,
-            log=(lambda text, k=k: log(f"k={k} {text}")) if log else None,
-            warmed=warmed,
-        )
-        errors = {}
-        for engine in engines:
-            output = workdir / f"dc-{engine}.zarr"
-            if output.exists():
-                errors[f"distconv {engine}"] = check_window(str(source), str(output), kernel, chunk)
-        floor = contenders[0].seconds
-        # dask-image when it ran for this kernel, else SciPy in memory.
-        ran = [c for c in contenders if c.seconds is not None]
-        chosen = next((c for c in ran if c.kind == "reference"), None) or next(
-            (c for c in ran if c.kind == "baseline"), None
-        )
-        reference = chosen.seconds if chosen else None
-        result.references[group] = chosen.name if chosen else None
-        for contender in contenders:
-            result.rows.append(
-                Row.from_contender(
-                    group,
-                    contender,
-                    floor=floor,
-                    reference=reference,
-                    work=result.work,
-                    error=errors.get(contender.name),
-                )
-            )
-        for engine in engines:
-            fresh(workdir / f"dc-{engine}.zarr")
-    in_memory.clear()
+            def check(engines=engines, kernel=kernel, errors=errors, stored=stored):
+                for engine in engines:
+                    output = workdir / f"dc-{engine}.zarr"
+                    if output.exists():
+                        errors[f"distconv {engine}"] = check_window(
+                            str(source), str(output), kernel, stored
+                        )
+                        fresh(output)
+
+            _run_group(result, group, contenders, repeats, warmed, log, floor, check, errors)
+        in_memory.clear()
     return result
+
+
+def _run_group(
+    result, group, contenders, repeats, warmed, log, floor=None, check=None, errors=None
+):
+    """Time one group's contenders in turn and add their rows (the floor: the group's own
+    ``kind="floor"`` row, else ``floor`` seconds)."""
+    run_alternating(
+        contenders,
+        repeats,
+        log=(lambda text: log(f"{group}: {text}")) if log else None,
+        warmed=warmed,
+    )
+    if check is not None:
+        check()
+    ran = [c for c in contenders if c.seconds is not None]
+    own_floor = next((c.seconds for c in ran if c.kind == "floor"), None)
+    floor = own_floor if own_floor is not None else floor
+    # dask-image (or dask's copy) when it ran for this group, else SciPy in memory.
+    chosen = next((c for c in ran if c.kind == "reference"), None) or next(
+        (c for c in ran if c.kind == "baseline"), None
+    )
+    result.references[group] = chosen.name if chosen else None
+    for contender in contenders:
+        result.rows.append(
+            Row.from_contender(
+                group,
+                contender,
+                floor=floor,
+                reference=chosen.seconds if chosen else None,
+                work=result.work,
+                error=(errors or {}).get(contender.name),
+            )
+        )
 
 
 def _references(

@@ -157,7 +157,9 @@ def markdown(result: Result) -> str:
 
 def _setup_text(result: Result) -> str:
     setup = result.setup
-    text = f"{setup['size']}² {setup.get('dtype', 'float32')}, Zarr chunks {setup['chunk']}²"
+    power = "³" if setup.get("ndim") == 3 else "²"
+    chunks = ", ".join(f"{c}{power}" for c in setup.get("chunks") or [setup["chunk"]])
+    text = f"{setup['size']}{power} {setup.get('dtype', 'float32')}, Zarr chunks {chunks}"
     if "cluster" in setup:
         text += f", {setup['cluster']}"
     elif "workers" in setup:
@@ -205,7 +207,8 @@ def write_chart(result: Result, path: str | os.PathLike) -> Path:
         axis.set_yscale("log")
     axis.set_ylabel("seconds (median, lower is better)")
     axis.set_title(
-        f"distconv bench {result.benchmark}: {result.setup['size']}² float32", fontsize=10
+        f"distconv bench {result.benchmark}: {_setup_text(result).split(', median')[0]}",
+        fontsize=10,
     )
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
