@@ -112,7 +112,7 @@ class _bar:
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("chunks"),
+            TextColumn("tiles"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=Console(stderr=True),

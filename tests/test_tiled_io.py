@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import dask
+import dask.array as da
 import numpy as np
 import pytest
 import zarr
@@ -283,3 +284,19 @@ def test_both_read_pipelines_give_identical_results(tmp_path):
     with dask.config.set({"distconv.read_pipeline": "fastest"}):
         with pytest.raises(dc.DistconvError, match="read_pipeline"):
             dc.open(tmp_path / "v2.zarr")
+
+
+def test_dask_arrays_of_small_chunks_are_merged_into_tiles_large_ones_kept(tmp_path):
+    rng = np.random.default_rng(8)
+    data = rng.random((200, 150))
+    weights = rng.standard_normal((5, 5))
+    expected = ndimage.correlate(data, weights)
+    with dask.config.set(SMALL_TILES):
+        small = dc.correlate(da.from_array(data, chunks=(10, 10)), weights)
+        assert small.npartitions < 300  # 10² chunks merged (a tile of 4 KiB holds 4 of them)
+        large = dc.correlate(da.from_array(data, chunks=(100, 75)), weights)
+        assert large.chunks == ((100, 100), (75, 75))  # already larger than a tile: kept
+    for y in (small, large):
+        np.testing.assert_allclose(y.compute(), expected, atol=1e-10)
+    written = dc.save(small, tmp_path / "o.zarr", progress=False)
+    np.testing.assert_allclose(written[:], expected, atol=1e-10)
