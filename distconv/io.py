@@ -1,8 +1,9 @@
-"""Zarr in and out: open lazily, save chunk-aligned with provenance, describe a store.
+"""Zarr in and out: open lazily, save in whole stored chunks with provenance, describe a store.
 
-Output safety (docs/architecture.md): the output array is created with chunks equal to the Dask
-chunks, so no two tasks ever write the same Zarr chunk; its attributes record what produced it, and
-``complete`` becomes true only after the last chunk is written.
+Output safety (docs/architecture.md): the output keeps the stored chunks (and shards) of what it
+was computed from unless told otherwise (:mod:`distconv.layout`), every task writes whole chunks
+(shards) and none is written by two tasks; its attributes record what produced it, and
+``complete`` becomes true only after the last one is written.
 """
 
 from __future__ import annotations

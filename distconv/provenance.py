@@ -1,9 +1,11 @@
 """Provenance of lazy arrays: which stores they read and which operations produced them.
 
-Two registries map a Dask array name to a record: where an array was read from (a *source*:
-``{"path", "zarr_format"}``), and what operation produced it (a *step*: ``{"operation",
-"parameters", "engine", "method", ...}``). Graph layers keep these names, so the records of
-everything a result is derived from are found by walking the layers of its graph.
+Three registries map a Dask array name to a record: where an array was read from (a *source*:
+``{"path", "zarr_format", "shape", "chunks", "shards"}``), what operation produced it (a *step*:
+``{"operation", "parameters", "engine", "method", ...}``), and the stored layout its values
+belong in (``{"shape", "chunks", "shards"}``: an output keeps it by default). Graph layers keep
+these names, so the records of everything a result is derived from are found by walking the
+layers of its graph.
 
 :func:`distconv.save` writes the sources and steps into the output's attributes and refuses to
 write over a source; cluster routing sends work whose steps name a GPU engine to GPU workers.
