@@ -91,6 +91,7 @@ def open(path, *, allow_partial: bool = False, chunks=None) -> da.Array:
             "shape": tuple(array.shape),
             "chunks": layout.chunks,
             "shards": layout.shards,
+            "chunks_given": chunks is not None,  # the caller's blocks: operations keep them
         },
     )
 

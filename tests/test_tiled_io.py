@@ -75,6 +75,15 @@ def test_open_reads_whole_shards_and_given_tiles(tmp_path):
     tiled = dc.open(tmp_path / "s.zarr", chunks=(64, 24))
     assert tiled.npartitions == 2
     np.testing.assert_array_equal(tiled.compute(), data)
+    # Blocks the caller chose are kept by the operations (they are not re-planned)...
+    y = dc.correlate(tiled, np.ones((3, 3)))
+    assert y.chunks == tiled.chunks
+    # ...and the output is still written in the stored chunks and shards.
+    written = dc.save(y, tmp_path / "o.zarr", progress=False)
+    assert (written.chunks, written.shards) == ((8, 8), (32, 24))
+    np.testing.assert_allclose(
+        written[:], ndimage.correlate(data.astype(float), np.ones((3, 3))), atol=1e-5
+    )
 
 
 def test_save_chunks_and_shards_choose_another_layout(tmp_path):

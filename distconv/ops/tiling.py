@@ -23,9 +23,11 @@ __all__ = ["as_tiles", "same_tiles", "store_grid", "tile_plan_for"]
 
 def store_grid(x: da.Array) -> tuple[tuple[tuple[int, ...], ...], str] | None:
     """The stored unit grid of an array read straight from a Zarr store, and the unit's name
-    ("shard" or "chunk"); None for any other array."""
+    ("shard" or "chunk"); None for any other array (and for one opened with ``chunks=``)."""
     record = source_of(x)
     if not record or not record.get("zarr_format") or not record.get("chunks"):
+        return None
+    if record.get("chunks_given"):  # opened in blocks its caller chose: those are the units
         return None
     if tuple(record.get("shape", ())) != tuple(x.shape):
         return None
