@@ -44,6 +44,7 @@ __all__ = [
     "tile_units",
     "units_written",
     "write_tiles",
+    "write_units",
 ]
 
 
@@ -261,19 +262,47 @@ class TileWriter:
 
     def __call__(self, block) -> np.ndarray:
         block = to_numpy(block)
-        if self.missing is None:
-            self.target[self.region] = block
-        else:
-            shape = self.target.shape
-            for index in self.missing:
-                where = tuple(
-                    slice(i * u, min((i + 1) * u, n)) for i, u, n in zip(index, self.unit, shape)
-                )
-                local = tuple(
-                    slice(w.start - r.start, w.stop - r.start) for w, r in zip(where, self.region)
-                )
-                self.target[where] = block[local]
+        pieces = []
+        for index in self.units():
+            where = tuple(
+                slice(i * u, min((i + 1) * u, n))
+                for i, u, n in zip(index, self.unit, self.target.shape)
+            )
+            local = tuple(
+                slice(w.start - r.start, w.stop - r.start) for w, r in zip(where, self.region)
+            )
+            pieces.append((where, block[local]))
+        write_units(self.target, pieces)
         return np.ones((1,) * block.ndim, dtype=bool)
+
+
+def write_units(target, pieces: list[tuple[tuple[slice, ...], np.ndarray]]) -> None:
+    """Write whole units concurrently (up to zarr's ``async.concurrency`` at once) and return
+    only when every write has ended, raising the first error.
+
+    One ``target[tile] = block`` would do the same writes, but on the first error (a full disk)
+    it returns while the other writes are still pending in Zarr's event loop, which the
+    interpreter's exit then destroys mid-write, with a screen of tracebacks.
+    """
+    import asyncio
+
+    import zarr
+    from zarr.core.sync import sync
+
+    limit = int(zarr.config.get("async.concurrency") or 10)
+
+    async def write_all() -> list:
+        slots = asyncio.Semaphore(limit)
+
+        async def write(region, values) -> None:
+            async with slots:
+                await target.async_array.setitem(region, values)
+
+        return await asyncio.gather(*(write(*p) for p in pieces), return_exceptions=True)
+
+    for outcome in sync(write_all()):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def write_tiles(
