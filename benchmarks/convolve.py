@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from results import write_section
+from results import add_options, write_section
 
 from distconv import bench
 from distconv.bench.report import Result
@@ -73,21 +73,14 @@ def verdict(result: Result) -> list[str]:
 
 def main(argv=None) -> Result:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=8192)
-    parser.add_argument("--chunk", type=int, default=None)
+    add_options(parser, size=8192, chunk=None)
     parser.add_argument("--chunks", default=None, help="chunk sides, e.g. 256,512,1024,2048")
     parser.add_argument("--ndim", type=int, default=2, choices=(2, 3))
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--section", default="convolve", help="the RESULTS.md section written")
-    parser.add_argument("--kernel-sizes", "--kernels", dest="kernels", default="3,9,31,127")
+    add_options(parser, kernels="3,9,31,127")
     parser.add_argument("--engines", default="scipy,numba,tensorflow")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--max-seconds",
-        type=float,
-        default=30.0,
-        help="list a cell as skipped when its estimated time is longer",
-    )
+    add_options(parser, repeats=3, max_seconds=30.0)
     parser.add_argument("--output-dir", default="distconv-bench")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv)

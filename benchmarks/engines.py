@@ -23,7 +23,7 @@ import statistics
 import time
 
 import numpy as np
-from results import machine, write_section
+from results import add_options, machine, publish
 
 from distconv import kernels
 from distconv.backend import is_gpu_array
@@ -151,14 +151,7 @@ def fit(engines: list[str], size: int, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024, help="output block side")
-    parser.add_argument("--kernel-sizes", "--kernels", dest="kernels", default="3,9,31,127")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--max-seconds",
-        type=float,
-        default=8.0,
-        help="skip a cell whose cost-model estimate exceeds this",
-    )
+    add_options(parser, kernels="3,9,31,127", repeats=3, max_seconds=8.0)
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument(
         "--fit", action="store_true", help="fit and print each engine's COST instead of the table"
@@ -220,10 +213,7 @@ def main() -> None:
             f"| {k}×{k} | {method} | {engine} | "
             f"{'' if mpx is None else f'{mpx:.1f}'} | {note} | {fastest} |"
         )
-    text = "\n".join(text)
-    print(text)
-    if not args.no_write:
-        write_section("engines", text)
+    publish("engines", "\n".join(text), write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from results import machine, write_section
+from results import add_options, machine, publish, write_section
 
 from distconv import bench, kernels
 from distconv.clusters.resources import gpu_count
@@ -21,9 +21,7 @@ from distconv.clusters.resources import gpu_count
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=8192)
-    parser.add_argument("--kernel-sizes", "--kernels", dest="kernels", default="3,9,31,127")
-    parser.add_argument("--repeats", type=int, default=3)
+    add_options(parser, size=8192, kernels="3,9,31,127", repeats=3)
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv)
     devices = gpu_count()
@@ -38,9 +36,7 @@ def main(argv=None) -> None:
             )
             + f". Machine: {machine()}."
         )
-        print(text)
-        if not args.no_write:
-            write_section("gpu", text)
+        publish("gpu", text, write=not args.no_write)
         return
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     # One worker per GPU: the "cuda" cluster (dask-cuda) when installed, else local workers.

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 from dask.utils import format_bytes
-from results import machine, write_section
+from results import add_options, machine, publish
 
 import distconv as dc
 from distconv.bench import cluster_text as describe_cluster
@@ -37,8 +37,7 @@ from distconv.bench.linalg import (
     floor_text,
     io_floor,
     io_floor_percent,
-    matmul_contenders,
-    multiply_contenders,
+    linalg_contenders,
     profile,
     profile_text,
     task_gemm_rate,
@@ -50,9 +49,7 @@ from distconv.ops.matmul import plan_for
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=8192)
-    parser.add_argument("--chunk", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=2)
+    add_options(parser, size=8192, chunk=1024, repeats=2)
     parser.add_argument(
         "--peak-size",
         type=int,
@@ -93,8 +90,8 @@ def main(argv=None) -> None:
         contenders = [
             c
             for c in (
-                *matmul_contenders(a_path, b_path, tmp, ["auto"], memory),
-                *multiply_contenders(a_path, b_path, tmp, ["auto"], memory),
+                *linalg_contenders("matmul", a_path, b_path, tmp, ["auto"], memory),
+                *linalg_contenders("multiply", a_path, b_path, tmp, ["auto"], memory),
             )
             if c.name in names
         ]
@@ -241,10 +238,7 @@ def main(argv=None) -> None:
             100 * gemm_rate * (os.cpu_count() or 1) / (flops / blas / 1e9),
         ),
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section("linalg", text)
+    publish("linalg", "\n".join(lines), write=not args.no_write)
 
 
 if __name__ == "__main__":

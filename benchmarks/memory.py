@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from dask.utils import format_bytes
-from results import machine, write_section
+from results import add_options, machine, publish
 
 import distconv as dc
 from distconv.bench import cluster_text
@@ -91,8 +91,7 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="8192,16384,32768")
     parser.add_argument("--kernel", type=int, default=31)
-    parser.add_argument("--chunk", type=int, default=2048)
-    parser.add_argument("--engine", default="auto")
+    add_options(parser, chunk=2048, engine="auto")
     parser.add_argument("--workdir", default=None, help="scratch directory [default: temp]")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv)
@@ -130,10 +129,7 @@ def main(argv=None) -> list[dict]:
             f"{row['size'] ** 2 / row['seconds'] / 1e6:.1f} |"
         )
     lines += ["", verdict(rows)]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section("memory", text)
+    publish("memory", "\n".join(lines), write=not args.no_write)
     return rows
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import dask
 import dask.array as da
-from results import machine, write_section
+from results import add_options, machine, publish
 
 import distconv as dc
 from distconv.bench.common import fresh, make_input
@@ -76,11 +76,7 @@ def profiled_parts(function) -> dict[str, float]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=8192)
-    parser.add_argument("--chunk", type=int, default=2048)
-    parser.add_argument("--kernel-sizes", "--kernels", dest="kernels", default="3,9,31,127")
-    parser.add_argument("--engine", default="auto")
-    parser.add_argument("--repeats", type=int, default=3)
+    add_options(parser, size=8192, chunk=2048, kernels="3,9,31,127", engine="auto", repeats=3)
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv)
     load = os.getloadavg()[0]
@@ -156,10 +152,7 @@ def main(argv=None) -> None:
         "a distributed run on fully busy cores approaches; wall-time ratios above it are "
         "scheduling, halo transfers between workers and idle cores.",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section("profile", text)
+    publish("profile", "\n".join(lines), write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 from pathlib import Path
@@ -16,6 +17,36 @@ RESULTS = Path(os.environ.get("DISTCONV_BENCH_RESULTS") or Path(__file__).with_n
 def machine() -> str:
     """One line: cores, CPU, memory, OS, Python and library versions, GPU, load, date."""
     return machine_text(_machine())
+
+
+# Options several scripts share, by keyword: their flags, type and help.
+_OPTIONS = {
+    "size": (("--size",), int, None),
+    "chunk": (("--chunk",), int, None),
+    "kernels": (("--kernel-sizes", "--kernels"), str, None),
+    "engine": (("--engine",), str, None),
+    "repeats": (("--repeats",), int, None),
+    "max_seconds": (
+        ("--max-seconds",),
+        float,
+        "list a cell as skipped when its estimated time is longer",
+    ),
+}
+
+
+def add_options(parser: argparse.ArgumentParser, **defaults: object) -> None:
+    """Add the shared options ``defaults`` names (size, chunk, kernels, engine, repeats,
+    max_seconds), in its order, each with its default; ``args.<keyword>`` holds the value."""
+    for name, default in defaults.items():
+        flags, kind, help = _OPTIONS[name]
+        parser.add_argument(*flags, dest=name, type=kind, default=default, help=help)
+
+
+def publish(name: str, text: str, write: bool) -> None:
+    """Print a section and, when ``write``, put it into RESULTS.md (:func:`write_section`)."""
+    print(text)
+    if write:
+        write_section(name, text)
 
 
 def write_section(name: str, markdown: str, path: Path | None = None) -> None:

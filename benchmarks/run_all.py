@@ -7,6 +7,7 @@ minutes on the 2-core machine; ``--quick`` runs the same suite on small inputs (
 to check that it works and to show the format.
 
     python benchmarks/run_all.py [--quick] [--only convolve,memory] [--skip gpu]
+    python benchmarks/run_all.py --only deconvolve   # optional: not part of the 20 minutes
     make bench
 """
 
@@ -24,197 +25,55 @@ sys.path.insert(0, str(HERE))
 
 from results import RESULTS, machine, write_section  # noqa: E402
 
-# section → arguments, full size (the issue's targets are stated for these sizes).
+# section → script and arguments, full size (the issue's targets are stated for these sizes).
 FULL = {
-    "engines": [
-        "engines.py",
-        "--size",
-        "1024",
-        "--kernel-sizes",
-        "3,9,31,127",
-        "--repeats",
-        "2",
-        "--max-seconds",
-        "4",
-    ],
-    "convolve": [
-        "convolve.py",
-        "--size",
-        "8192",
-        "--chunk",
-        "2048",
-        "--kernel-sizes",
-        "3,9,31,127",
-        "--engines",
-        "scipy,numba,tensorflow",
-        "--repeats",
-        "3",
-    ],
+    "engines": "engines.py --size 1024 --kernel-sizes 3,9,31,127 --repeats 2 --max-seconds 4",
+    "convolve": "convolve.py --size 8192 --chunk 2048 --kernel-sizes 3,9,31,127 "
+    "--engines scipy,numba,tensorflow --repeats 3",
     # Small stored chunks (issue 14): one image in four chunkings, a uint16 volume in two.
-    "convolve-chunks": [
-        "convolve.py",
-        "--size",
-        "16384",
-        "--chunks",
-        "256,512,1024,2048",
-        "--kernel-sizes",
-        "5,31",
-        "--engines",
-        "auto",
-        "--repeats",
-        "2",
-        "--section",
-        "convolve-chunks",
-    ],
-    "convolve-3d": [
-        "convolve.py",
-        "--size",
-        "512",
-        "--ndim",
-        "3",
-        "--dtype",
-        "uint16",
-        "--chunks",
-        "64,128",
-        "--kernel-sizes",
-        "5",
-        "--engines",
-        "auto",
-        "--repeats",
-        "2",
-        "--section",
-        "convolve-3d",
-    ],
-    "profile": [
-        "profile_convolve.py",
-        "--size",
-        "8192",
-        "--chunk",
-        "2048",
-        "--kernel-sizes",
-        "3,9,31,127",
-    ],
-    "linalg": [
-        "linalg.py",
-        "--size",
-        "8192",
-        "--chunk",
-        "1024",
-        "--repeats",
-        "3",
-        "--peak-size",
-        "16384",
-    ],
+    "convolve-chunks": "convolve.py --size 16384 --chunks 256,512,1024,2048 --kernel-sizes 5,31 "
+    "--engines auto --repeats 2 --section convolve-chunks",
+    "convolve-3d": "convolve.py --size 512 --ndim 3 --dtype uint16 --chunks 64,128 "
+    "--kernel-sizes 5 --engines auto --repeats 2 --section convolve-3d",
+    "profile": "profile_convolve.py --size 8192 --chunk 2048 --kernel-sizes 3,9,31,127",
+    "linalg": "linalg.py --size 8192 --chunk 1024 --repeats 3 --peak-size 16384",
     # 9×9 (direct/numba, near the copy's speed) keeps the 32768² run to about a minute; the
     # memory a task needs does not depend on the image size for any kernel.
-    "memory": ["memory.py", "--sizes", "8192,16384,32768", "--kernel", "9", "--chunk", "2048"],
-    "scaling": [
-        "scaling.py",
-        "--size",
-        "8192",
-        "--chunk",
-        "2048",
-        "--kernel-sizes",
-        "3,31",
-        "--repeats",
-        "3",
-    ],
-    "gpu": ["gpu.py", "--size", "8192", "--kernel-sizes", "3,9,31,127", "--repeats", "3"],
+    "memory": "memory.py --sizes 8192,16384,32768 --kernel 9 --chunk 2048",
+    "scaling": "scaling.py --size 8192 --chunk 2048 --kernel-sizes 3,31 --repeats 3",
+    "gpu": "gpu.py --size 8192 --kernel-sizes 3,9,31,127 --repeats 3",
+    # Optional (scikit-image alone takes several minutes at these sizes): --only deconvolve.
+    "deconvolve": "deconvolve.py",
 }
+# --quick: the same suite on small inputs; these values replace the full-size ones.
 QUICK = {
-    "engines": [
-        "engines.py",
-        "--size",
-        "256",
-        "--kernel-sizes",
-        "3,9,31",
-        "--repeats",
-        "2",
-        "--max-seconds",
-        "1",
-    ],
-    "convolve": [
-        "convolve.py",
-        "--size",
-        "1024",
-        "--chunk",
-        "256",
-        "--kernel-sizes",
-        "3,9,31",
-        "--engines",
-        "scipy,numba,tensorflow",
-        "--repeats",
-        "3",
-    ],
-    "convolve-chunks": [
-        "convolve.py",
-        "--size",
-        "1024",
-        "--chunks",
-        "128,256",
-        "--kernel-sizes",
-        "5",
-        "--engines",
-        "auto",
-        "--repeats",
-        "1",
-        "--section",
-        "convolve-chunks",
-    ],
-    "convolve-3d": [
-        "convolve.py",
-        "--size",
-        "96",
-        "--ndim",
-        "3",
-        "--dtype",
-        "uint16",
-        "--chunks",
-        "16,32",
-        "--kernel-sizes",
-        "5",
-        "--engines",
-        "auto",
-        "--repeats",
-        "1",
-        "--section",
-        "convolve-3d",
-    ],
-    "profile": [
-        "profile_convolve.py",
-        "--size",
-        "1024",
-        "--chunk",
-        "512",
-        "--kernel-sizes",
-        "3,31",
-    ],
-    "linalg": [
-        "linalg.py",
-        "--size",
-        "1024",
-        "--chunk",
-        "256",
-        "--repeats",
-        "2",
-        "--peak-size",
-        "2048",
-    ],
-    "memory": ["memory.py", "--sizes", "1024,2048,4096", "--kernel", "31", "--chunk", "512"],
-    "scaling": [
-        "scaling.py",
-        "--size",
-        "2048",
-        "--chunk",
-        "512",
-        "--kernel-sizes",
-        "3,31",
-        "--repeats",
-        "2",
-    ],
-    "gpu": ["gpu.py", "--size", "1024", "--kernel-sizes", "3,31", "--repeats", "2"],
+    "engines": "--size 256 --kernel-sizes 3,9,31 --max-seconds 1",
+    "convolve": "--size 1024 --chunk 256 --kernel-sizes 3,9,31",
+    "convolve-chunks": "--size 1024 --chunks 128,256 --kernel-sizes 5 --repeats 1",
+    "convolve-3d": "--size 96 --chunks 16,32 --repeats 1",
+    "profile": "--size 1024 --chunk 512 --kernel-sizes 3,31",
+    "linalg": "--size 1024 --chunk 256 --repeats 2 --peak-size 2048",
+    "memory": "--sizes 1024,2048,4096 --kernel 31 --chunk 512",
+    "scaling": "--size 2048 --chunk 512 --repeats 2",
+    "gpu": "--size 1024 --kernel-sizes 3,31 --repeats 2",
+    "deconvolve": "--size 1024 --chunk 256 --iterations 10 --size3d 64 --chunk3d 32 "
+    "--iterations3d 5",
 }
 
+
+def arguments(section: str, quick: bool) -> list[str]:
+    """The script of ``section`` and its arguments: :data:`FULL`'s, or with :data:`QUICK`'s
+    values in their place (every option takes one value, and keeps its place)."""
+    script, *words = FULL[section].split()
+    values = dict(zip(words[::2], words[1::2]))
+    if quick:
+        words = QUICK[section].split()
+        values.update(zip(words[::2], words[1::2]))
+    return [script, *(word for pair in values.items() for word in pair)]
+
+
+# Sections run only when named in --only.
+OPTIONAL = {"deconvolve"}
 
 QUICK_NOTE = "QUICK RUN on small inputs: it shows the format, not the targets. "
 
@@ -228,11 +87,10 @@ def main(argv=None) -> int:
         "--output-dir", default="distconv-bench", help="where the JSON and PNG files of the runs go"
     )
     args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
-    chosen = args.only.split(",") if args.only else list(plan)
-    unknown = [s for s in (*chosen, *filter(None, args.skip.split(","))) if s not in plan]
+    chosen = args.only.split(",") if args.only else [s for s in FULL if s not in OPTIONAL]
+    unknown = [s for s in (*chosen, *filter(None, args.skip.split(","))) if s not in FULL]
     if unknown:
-        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(plan)}")
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(FULL)}")
     chosen = [s for s in chosen if s not in args.skip.split(",")]
 
     env = {**os.environ, "DASK_DISTCONV__PROGRESS": "False"}
@@ -240,7 +98,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     failed = []
     for section in chosen:
-        script, *rest = plan[section]
+        script, *rest = arguments(section, args.quick)
         command = [sys.executable, str(HERE / script), *rest]
         if section.startswith("convolve"):
             command += ["--output-dir", args.output_dir]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import dask
 import dask.array as da
-from results import machine, write_section
+from results import add_options, machine, publish
 
 import distconv as dc
 from distconv.bench.common import Contender, fresh, make_input, run_alternating
@@ -29,11 +29,7 @@ TARGET = 1.8
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=8192)
-    parser.add_argument("--chunk", type=int, default=2048)
-    parser.add_argument("--kernel-sizes", "--kernels", dest="kernels", default="3,31")
-    parser.add_argument("--engine", default="auto")
-    parser.add_argument("--repeats", type=int, default=3)
+    add_options(parser, size=8192, chunk=2048, kernels="3,31", engine="auto", repeats=3)
     parser.add_argument("--workers", default="1,2", help="worker counts to compare")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv)
@@ -126,10 +122,7 @@ def main(argv=None) -> dict:
         f"{os.cpu_count()} cores here, shared with whatever else runs: the speed-up is "
         "bounded by the cores the two workers actually get.",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section("scaling", text)
+    publish("scaling", "\n".join(lines), write=not args.no_write)
     return times
 
 

@@ -94,12 +94,7 @@ def load_spec(path: str) -> JobqueueSpec:
         raise DistconvError(
             f"cluster file {path} must be a mapping with keys {', '.join(TOP_KEYS)}"
         )
-    unknown = sorted(set(map(str, data)) - set(TOP_KEYS))
-    if unknown:
-        raise DistconvError(
-            f"cluster file {path}: unknown key(s) {', '.join(unknown)}; "
-            f"allowed: {', '.join(TOP_KEYS)}"
-        )
+    _reject_unknown(path, "key(s)", data, TOP_KEYS)
     system = str(data.get("system", "")).lower()
     if system not in SYSTEMS:
         raise DistconvError(
@@ -133,10 +128,15 @@ def _check_keys(path: str, name: str, value: Any, allowed: tuple[str, ...]) -> N
         raise DistconvError(
             f"cluster file {path}: '{name}' must be a mapping with {' / '.join(allowed)}"
         )
-    unknown = sorted(set(map(str, value)) - set(allowed))
+    _reject_unknown(path, f"{name} key(s)", value, allowed)
+
+
+def _reject_unknown(path: str, what: str, mapping: dict, allowed: tuple[str, ...]) -> None:
+    """Raise when ``mapping`` has keys outside ``allowed`` (``what`` names them, as "key(s)")."""
+    unknown = sorted(set(map(str, mapping)) - set(allowed))
     if unknown:
         raise DistconvError(
-            f"cluster file {path}: unknown {name} key(s) {', '.join(unknown)}; "
+            f"cluster file {path}: unknown {what} {', '.join(unknown)}; "
             f"allowed: {', '.join(allowed)}"
         )
 

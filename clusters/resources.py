@@ -62,32 +62,18 @@ def current_client():
 def scheduler_info(client) -> dict[str, Any]:
     """The scheduler's description of the cluster, every worker included.
 
-    Parameters
-    ----------
-    client : distributed.Client
-
-    Returns
-    -------
-    dict
-        ``distributed.Client.scheduler_info`` with ``n_workers=-1``: the scheduler's
-        ``address`` and ``workers`` (address → ``nthreads``, ``memory_limit``, ``host``,
-        ``resources``, ``metrics``...).
+    ``client`` is a ``distributed.Client``; the result is its ``scheduler_info`` with
+    ``n_workers=-1``: a dict with the scheduler's ``address`` and ``workers`` (address →
+    ``nthreads``, ``memory_limit``, ``host``, ``resources``, ``metrics``...).
     """
     return client.scheduler_info(n_workers=-1)
 
 
 def worker_infos(client) -> dict[str, dict[str, Any]]:
-    """Every worker of the client's cluster, by address.
+    """Every worker of the cluster of ``client`` (a ``distributed.Client``), by address.
 
-    Parameters
-    ----------
-    client : distributed.Client
-
-    Returns
-    -------
-    dict
-        Worker address → the scheduler's record of it (see :func:`scheduler_info`); empty while
-        the cluster has no worker.
+    A dict: worker address → the scheduler's record of it (see :func:`scheduler_info`); empty
+    while the cluster has no worker.
     """
     return scheduler_info(client).get("workers", {})
 
@@ -121,6 +107,7 @@ def gpu_count(*, required: bool = False) -> int:
     Returns
     -------
     int
+        How many GPUs are usable (0 when none is, unless ``required``).
 
     Raises
     ------

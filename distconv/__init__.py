@@ -13,9 +13,19 @@ Importing distconv imports none of the optional engines (TensorFlow, CuPy, Numba
 from distconv import config as _config  # noqa: F401 - registers the dask.config defaults
 from distconv._version import __version__
 from distconv.clusters import cluster
-from distconv.errors import ChunkError, DistconvError, EngineError, OutputError
+from distconv.errors import (
+    ChunkError,
+    DistconvError,
+    DistconvRuntimeError,
+    DistconvTypeError,
+    EngineError,
+    InputValueError,
+    OutputError,
+    WeightsRankError,
+)
 from distconv.io import info, open, save
 from distconv.ops.convolve import convolve, correlate
+from distconv.ops.deconvolve import richardson_lucy, wiener
 from distconv.ops.filter_plan import plan_convolve, plan_correlate
 from distconv.ops.map_chunks import map_chunks
 from distconv.ops.matmul import matmul
@@ -26,8 +36,12 @@ __all__ = [
     "__version__",
     "ChunkError",
     "DistconvError",
+    "DistconvRuntimeError",
+    "DistconvTypeError",
     "EngineError",
+    "InputValueError",
     "OutputError",
+    "WeightsRankError",
     "cluster",
     "convolve",
     "correlate",
@@ -39,5 +53,7 @@ __all__ = [
     "open",
     "plan_convolve",
     "plan_correlate",
+    "richardson_lucy",
     "save",
+    "wiener",
 ]

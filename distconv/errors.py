@@ -3,6 +3,12 @@
 Most reach users as one line: the CLI prints a :class:`DistconvError` and exits 2 (or with its
 ``exit_code``, as :class:`JobFailed`'s 1). :class:`ChunkError` is not one of them: it is a
 failure of the user's own function, chained from the original exception.
+
+:class:`DistconvError` is a :class:`ValueError` (as NumPy's shape errors, which matmul and
+multiply mirror). Where scipy.ndimage raises another builtin for the same mistake, distconv
+raises a class that is also that builtin (:class:`DistconvRuntimeError`,
+:class:`DistconvTypeError`, :class:`WeightsRankError`), so ``except RuntimeError`` or
+``except TypeError`` written for scipy keeps working, as ``except ValueError`` does.
 """
 
 from __future__ import annotations
@@ -10,15 +16,35 @@ from __future__ import annotations
 __all__ = [
     "ChunkError",
     "DistconvError",
+    "DistconvRuntimeError",
+    "DistconvTypeError",
     "EngineError",
     "InputReadError",
+    "InputValueError",
     "JobFailed",
     "OutputError",
+    "WeightsRankError",
 ]
 
 
 class DistconvError(ValueError):
     """Bad input or an impossible request: the message is shown to the user as is."""
+
+
+class DistconvRuntimeError(DistconvError, RuntimeError):
+    """A mistake scipy.ndimage reports as :class:`RuntimeError` (an unknown mode, an origin
+    sequence of the wrong length, an output dtype no filter can write)."""
+
+
+class DistconvTypeError(DistconvError, TypeError):
+    """A mistake scipy.ndimage reports as :class:`TypeError` (a float origin, a cval that is not
+    a real number, an unknown dtype name, an array passed as ``output``)."""
+
+
+class WeightsRankError(DistconvRuntimeError, ValueError):
+    """Weights whose rank does not match the input's (or ``axes``): scipy.ndimage raises
+    :class:`RuntimeError`, dask-image :class:`ValueError`; this is both, as NumPy's
+    ``AxisError`` is both a ValueError and an IndexError."""
 
 
 class EngineError(DistconvError):
@@ -31,6 +57,11 @@ class OutputError(DistconvError):
 
 class InputReadError(DistconvError):
     """A chunk of an input cannot be read (damaged or unreadable); found while computing."""
+
+
+class InputValueError(InputReadError):
+    """An input chunk holds values the operation refuses (e.g. negative counts for
+    Richardson–Lucy); found while computing, handled as a damaged chunk."""
 
 
 class JobFailed(DistconvError):

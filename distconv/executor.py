@@ -32,6 +32,7 @@ def compute_blocks(
     description: str = "computing",
     progress: bool | None = None,
     skip: Collection[tuple[int, ...]] = (),
+    results: list | None = None,
 ) -> int:
     """Compute the blocks of ``blocks`` (one small marker per block), showing progress.
 
@@ -50,6 +51,9 @@ def compute_blocks(
     skip : collection of tuple of int
         Block indices not to compute (already done: a resumed job); only the inputs the other
         blocks need are read.
+    results : list, optional
+        Receives the value of each computed marker (in no particular order), e.g. the number
+        of samples a writer clipped in its block.
 
     Returns
     -------
@@ -66,7 +70,9 @@ def compute_blocks(
     with _bar(description, len(pieces), show) as advance:
         client = current_client()
         if client is None:
-            _compute_on_threads(pieces, _BlockCounter(blocks.name, advance))
+            values = _compute_on_threads(pieces, _BlockCounter(blocks.name, advance))
+            if results is not None:
+                results.extend(values)
             return len(pieces)
         from distributed import as_completed
 
@@ -77,7 +83,9 @@ def compute_blocks(
         futures = client.compute(pieces, resources=submit_resources(blocks, client))
         try:
             for future in as_completed(futures):
-                future.result()  # raises the task's own exception
+                value = future.result()  # raises the task's own exception
+                if results is not None:
+                    results.append(value)
                 advance()
         except BaseException:  # a failed block or Ctrl-C: stop the rest on the workers
             client.cancel(futures)
@@ -85,7 +93,7 @@ def compute_blocks(
         return len(pieces)
 
 
-def _compute_on_threads(pieces: list, counter: Callback) -> None:
+def _compute_on_threads(pieces: list, counter: Callback) -> tuple:
     """``dask.compute`` on a thread pool of our own that, on Ctrl-C or an error, lets the
     running tasks finish before the exception leaves: a task stopped by the interpreter's exit
     halfway through writing a tile leaves Zarr's event loop with writes it cannot finish (and a
@@ -93,7 +101,7 @@ def _compute_on_threads(pieces: list, counter: Callback) -> None:
     pool = ThreadPoolExecutor(dask.system.CPU_COUNT, thread_name_prefix="distconv-task")
     try:
         with counter:
-            dask.compute(*pieces, scheduler="threads", pool=pool)
+            return dask.compute(*pieces, scheduler="threads", pool=pool)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -22,6 +22,7 @@ from dask.array.core import getter
 from dask.base import tokenize
 
 from distconv._version import __version__
+from distconv.clipping import clipped_record
 from distconv.errors import DistconvError, InputReadError, JobFailed, OutputError
 from distconv.executor import compute_blocks
 from distconv.layout import (
@@ -38,7 +39,13 @@ from distconv.layout import (
     units_written,
     write_tiles,
 )
-from distconv.provenance import remember_layout, remember_source, sources, steps
+from distconv.provenance import (
+    remember_layout,
+    remember_source,
+    saturating_cast_source,
+    sources,
+    steps,
+)
 from distconv.reading import damaged_chunk, read_pipeline
 
 ATTRS_KEY = "distconv"
@@ -268,6 +275,7 @@ def save(
     """
     path = os.fspath(path)
     x = as_dask_array(x)
+    unclipped = saturating_cast_source(x)  # integer filter output: written from its floats
     read = sources(x)
     check_output_path(path, [s["path"] for s in read], overwrite, resume)
     zarr_format = zarr_format or default_format(x)
@@ -275,6 +283,7 @@ def save(
     tiles = aligned_chunks(x.chunks, layout.unit)
     if tiles != x.chunks:
         x = x.rechunk(tiles)
+        unclipped = None if unclipped is None else unclipped.rechunk(tiles)
 
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     record = _jsonable(
@@ -312,9 +321,15 @@ def save(
 
     # The array object travels with each task: reopening the store per block costs a metadata
     # read (~5 ms) per chunk.
-    written, skip = write_tiles(x, target, layout, done)
+    if unclipped is None:
+        written, skip = write_tiles(x, target, layout, done)
+    else:  # cast each unit from the floats, count its clipped samples, write it
+        written, skip = write_tiles(unclipped, target, layout, done, out_dtype=x.dtype)
+    counts: list = []
     try:
-        compute_blocks(written, description=description, progress=progress, skip=skip)
+        compute_blocks(
+            written, description=description, progress=progress, skip=skip, results=counts
+        )
     except InputReadError:
         if created:  # bad input, not a failed write: leave nothing behind
             shutil.rmtree(path, ignore_errors=True)
@@ -334,6 +349,15 @@ def save(
             "(resume=True), with more memory per worker if it was killed for "
             "memory"
         ) from exc
+    if unclipped is not None:
+        total = chunks_in_units(x.shape, layout, np.ndindex(*layout.grid(x.shape)))
+        record["clipped"] = clipped_record(
+            record.get("clipped"),
+            counts,
+            total - chunks_in_units(x.shape, layout, done),
+            total,
+            x.dtype,
+        )
     record["complete"] = True
     record["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     target.attrs.update({ATTRS_KEY: _jsonable(record)})

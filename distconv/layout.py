@@ -24,6 +24,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from distconv.backend import to_numpy
+from distconv.clipping import cast_units
 from distconv.errors import DistconvError
 from distconv.provenance import layout_of, sources
 
@@ -63,6 +64,10 @@ class Layout:
     @property
     def unit_name(self) -> str:
         return "shard" if self.shards else "chunk"
+
+    def grid(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """Units per axis of an array of ``shape``."""
+        return tuple(-(-n // u) for n, u in zip(shape, self.unit))
 
     def record(self, shape: Sequence[int]) -> dict[str, Any]:
         """The record :func:`distconv.provenance.remember_layout` keeps."""
@@ -246,11 +251,14 @@ class TileWriter:
 
     ``missing`` is None to write the whole tile in one call (Zarr encodes and stores its units
     concurrently), or the grid indices of the units still to write (a resumed job).
+    ``out_dtype`` (integer output of a filter, written from its float result) casts each unit
+    to that dtype, saturating, and counts the samples clipped (:mod:`distconv.clipping`).
     """
 
-    def __init__(self, target, region: tuple[slice, ...], unit, missing=None):
+    def __init__(self, target, region: tuple[slice, ...], unit, missing=None, out_dtype=None):
         self.target, self.region, self.unit = target, region, tuple(unit)
         self.missing = None if missing is None else tuple(missing)
+        self.out_dtype = out_dtype
 
     def units(self) -> list[tuple[int, ...]]:
         """The grid indices of the units this task writes."""
@@ -261,7 +269,9 @@ class TileWriter:
         )
 
     def __call__(self, block) -> np.ndarray:
-        block = to_numpy(block)
+        """Write the units; the marker is True, or the number of samples clipped (int64)."""
+        if self.out_dtype is None:
+            block = to_numpy(block)
         pieces = []
         for index in self.units():
             where = tuple(
@@ -272,8 +282,12 @@ class TileWriter:
                 slice(w.start - r.start, w.stop - r.start) for w, r in zip(where, self.region)
             )
             pieces.append((where, block[local]))
+        if self.out_dtype is None:
+            write_units(self.target, pieces)
+            return np.ones((1,) * block.ndim, dtype=bool)
+        pieces, clipped = cast_units(pieces, self.out_dtype)
         write_units(self.target, pieces)
-        return np.ones((1,) * block.ndim, dtype=bool)
+        return np.full((1,) * block.ndim, clipped, dtype=np.int64)
 
 
 def write_units(target, pieces: list[tuple[tuple[slice, ...], np.ndarray]]) -> None:
@@ -306,7 +320,11 @@ def write_units(target, pieces: list[tuple[tuple[slice, ...], np.ndarray]]) -> N
 
 
 def write_tiles(
-    x: da.Array, target, layout: Layout, done: set[tuple[int, ...]] | None = None
+    x: da.Array,
+    target,
+    layout: Layout,
+    done: set[tuple[int, ...]] | None = None,
+    out_dtype=None,
 ) -> tuple[da.Array, set[tuple[int, ...]]]:
     """The write layer: one :class:`TileWriter` task per block of ``x``.
 
@@ -320,15 +338,21 @@ def write_tiles(
     done : set of tuple, optional
         Grid indices of units already written (resume): tiles holding only such units are
         not computed, the others write only their missing units.
+    out_dtype : dtype-like, optional
+        The integer dtype of the output when ``x`` is its float result: each unit is cast
+        (saturating) and its clipped samples counted.
 
     Returns
     -------
     (dask.array.Array, set)
-        One boolean marker per block, and the block indices to skip.
+        One marker per block (True; with ``out_dtype``, the block's clipped samples), and the
+        block indices to skip.
     """
     done = done or set()
     unit = layout.unit
-    name = "distconv-write-" + tokenize(x.name, _target_id(target), unit, sorted(done))
+    name = "distconv-write-" + tokenize(
+        x.name, _target_id(target), unit, sorted(done), str(out_dtype)
+    )
     offsets = [np.cumsum((0,) + tuple(axis)) for axis in x.chunks]
     graph: dict = {}
     skip: set[tuple[int, ...]] = set()
@@ -341,10 +365,12 @@ def write_tiles(
             if not left:
                 skip.add(index)
             missing = None if len(left) == len(units) else left
-        graph[(name,) + index] = (TileWriter(target, region, unit, missing), (x.name,) + index)
+        writer = TileWriter(target, region, unit, missing, out_dtype)
+        graph[(name,) + index] = (writer, (x.name,) + index)
     hlg = HighLevelGraph.from_collections(name, graph, dependencies=[x])
+    marker = np.dtype(bool) if out_dtype is None else np.dtype(np.int64)
     markers = da.Array(
-        hlg, name, tuple((1,) * n for n in x.numblocks), meta=np.empty((0,) * x.ndim, dtype=bool)
+        hlg, name, tuple((1,) * n for n in x.numblocks), meta=np.empty((0,) * x.ndim, marker)
     )
     return markers, skip
 
@@ -352,11 +378,12 @@ def write_tiles(
 def units_written(path: str, array, layout: Layout) -> set[tuple[int, ...]]:
     """Grid indices of the units (chunks or shards) whose objects exist in a local store."""
     stored = stored_keys(path)
-    grid = [-(-n // u) for n, u in zip(array.shape, layout.unit)]
     if len(stored) <= 1:  # only metadata
         return set()
     return {
-        index for index in np.ndindex(*grid) if array.metadata.encode_chunk_key(index) in stored
+        index
+        for index in np.ndindex(*layout.grid(array.shape))
+        if array.metadata.encode_chunk_key(index) in stored
     }
 
 
@@ -391,7 +418,7 @@ def _text(shape: Sequence[int]) -> str:
 
 def count_units(shape: Sequence[int], layout: Layout) -> int:
     """Units (chunks or shards) of an array of ``shape``."""
-    return math.prod(-(-n // u) for n, u in zip(shape, layout.unit))
+    return math.prod(layout.grid(shape))
 
 
 def chunks_in_units(shape: Sequence[int], layout: Layout, units: Iterable[tuple[int, ...]]) -> int:

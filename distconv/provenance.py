@@ -10,6 +10,10 @@ layers of its graph.
 :func:`distconv.save` writes the sources and steps into the output's attributes and refuses to
 write over a source; cluster routing sends work whose steps name a GPU engine to GPU workers.
 The operations record with :func:`remember_source` and :func:`remember_provenance`.
+
+A fourth registry marks results that are a saturating cast of a float array in the same graph
+(integer output of a filter): :func:`distconv.save` writes such a result from the float array,
+casting and counting the clipped samples per chunk (:func:`saturating_cast_source`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ __all__ = [
     "layout_of",
     "remember_layout",
     "remember_provenance",
+    "remember_saturating_cast",
     "remember_source",
+    "saturating_cast_source",
     "source_of",
     "source_paths",
     "sources",
@@ -37,6 +43,9 @@ _SOURCES: dict[str, dict[str, Any]] = {}
 _STEPS: dict[str, dict[str, Any]] = {}
 # Dask array name → the stored layout its values belong in: {"shape", "chunks", "shards"}.
 _LAYOUTS: dict[str, dict[str, Any]] = {}
+# Dask array name of a saturating cast → the name and (empty) meta of the float array it casts.
+# Not the array: its graph would keep in-memory inputs alive.
+_SATURATING: dict[str, tuple[str, Any]] = {}
 
 
 def remember_source(x: da.Array, record: dict[str, Any]) -> da.Array:
@@ -135,12 +144,33 @@ def layout_of(x: da.Array) -> dict[str, Any] | None:
     return None
 
 
-def source_of(x: da.Array) -> dict[str, Any] | None:
-    """Where ``x`` itself was read from (``{"path", "zarr_format"}``), or None.
+def remember_saturating_cast(x: da.Array, source: da.Array) -> da.Array:
+    """Record that ``x`` is a saturating cast of ``source``, block for block.
 
-    Only the array :func:`distconv.open` returned (or one registered with
-    :func:`remember_source`) has a source; anything computed from it does not (use
-    :func:`sources` or :func:`source_paths` for those).
+    ``x`` must be ``source`` mapped block by block (same chunks) through
+    :func:`distconv.backend.cast_output` to ``x.dtype``, so its graph holds ``source``'s.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+        The cast (integer) result.
+    source : dask.array.Array
+        The float array it casts.
+
+    Returns
+    -------
+    dask.array.Array
+        ``x`` itself.
+    """
+    _SATURATING[x.name] = (source.name, source._meta)
+    return x
+
+
+def saturating_cast_source(x: da.Array) -> da.Array | None:
+    """The float array ``x`` is a saturating cast of, rebuilt from ``x``'s own graph, or None.
+
+    The array returned shares ``x``'s graph, so :func:`steps` and :func:`sources` of anything
+    built on it see everything ``x``'s do (provenance, GPU routing).
 
     Parameters
     ----------
@@ -148,87 +178,59 @@ def source_of(x: da.Array) -> dict[str, Any] | None:
 
     Returns
     -------
-    dict or None
+    dask.array.Array or None
+        None unless ``x`` itself was registered by :func:`remember_saturating_cast`.
+    """
+    found = _SATURATING.get(x.name)
+    if found is None:
+        return None
+    name, meta = found
+    return da.Array(x.__dask_graph__(), name, x.chunks, meta=meta)
+
+
+def source_of(x: da.Array) -> dict[str, Any] | None:
+    """Where the Dask array ``x`` itself was read from (``{"path", "zarr_format"}``), or None.
+
+    Only the array :func:`distconv.open` returned (or one registered with
+    :func:`remember_source`) has a source; anything computed from it does not (use
+    :func:`sources` or :func:`source_paths` for those).
     """
     return _SOURCES.get(x.name)
 
 
 def sources(x: da.Array) -> list[dict[str, Any]]:
-    """Source records of every store ``x`` reads from (those opened through distconv).
-
-    Parameters
-    ----------
-    x : dask.array.Array
-
-    Returns
-    -------
-    list of dict
-        ``{"path", "zarr_format"}`` records, in the order of the layers of ``x``'s graph.
-    """
+    """Source records (``{"path", "zarr_format"}``) of every store the Dask array ``x`` reads
+    from (those opened through distconv), in the order of the layers of ``x``'s graph."""
     return _graph_records(x, _SOURCES)
 
 
 def source_paths(x: da.Array) -> list[str]:
-    """Paths of the stores ``x`` reads from (those opened through distconv).
-
-    Parameters
-    ----------
-    x : dask.array.Array
-
-    Returns
-    -------
-    list of str
-        Absolute paths, in the order of :func:`sources`.
-    """
+    """Absolute paths of the stores ``x`` reads from, in the order of :func:`sources`."""
     return [record["path"] for record in sources(x)]
 
 
 def step_of(x: da.Array) -> dict[str, Any] | None:
-    """The provenance record of the operation that produced ``x`` itself, or None.
+    """The provenance record of the operation that produced the Dask array ``x`` itself, as the
+    operation gave it to :func:`remember_provenance`, or None.
 
     Only the array an operation returned has one; an array derived from it by plain Dask
     (``y + 1``, ``y[:10]``) does not (use :func:`steps` for those).
-
-    Parameters
-    ----------
-    x : dask.array.Array
-
-    Returns
-    -------
-    dict or None
-        The record as the operation gave it to :func:`remember_provenance`.
     """
     return _STEPS.get(x.name)
 
 
 def steps(x: da.Array) -> list[dict[str, Any]]:
-    """Provenance records of the distconv operations that produced ``x``.
+    """Provenance records of the distconv operations that produced the Dask array ``x``.
 
-    Parameters
-    ----------
-    x : dask.array.Array
-
-    Returns
-    -------
-    list of dict
-        One record per operation in ``x``'s graph, in the order of its layers; what
-        :func:`distconv.save` writes under ``attrs["distconv"]["steps"]``.
+    One record per operation in ``x``'s graph, in the order of its layers: what
+    :func:`distconv.save` writes under ``attrs["distconv"]["steps"]``.
     """
     return _graph_records(x, _STEPS)
 
 
 def engines_used(x: da.Array) -> list[str]:
-    """Engines named by the operations that produced ``x``.
-
-    Parameters
-    ----------
-    x : dask.array.Array
-
-    Returns
-    -------
-    list of str
-        The ``"engine"`` of each of :func:`steps`, each named once, in order of first use.
-    """
+    """Engines named by the operations that produced ``x``: the ``"engine"`` of each of
+    :func:`steps`, each named once, in order of first use."""
     names: list[str] = []
     for step in steps(x):
         engine = step.get("engine")

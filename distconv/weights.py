@@ -26,7 +26,8 @@ def load_weights(source, ndim: int | None = None) -> np.ndarray:
     ----------
     source : str, os.PathLike or array_like
         ``.npy`` (never unpickled), ``.npz`` holding exactly one array, ``.txt``/``.csv``
-        (2-D at most), or a named kernel: ``gaussian:sigma=S[,truncate=T]``, ``box:size=N``,
+        (2-D at most), or a named kernel: ``gaussian:sigma=S[,truncate=T]`` (one sigma per
+        axis for an anisotropic Gaussian: ``gaussian:sigma=1,2,2``), ``box:size=N``,
         ``sobel:axis=A``, ``laplace``. An array is validated and returned.
     ndim : int, optional
         Dimensions of a named kernel (the number of filtered axes). Required for named kernels.
@@ -103,17 +104,25 @@ def weights_digest(weights: np.ndarray) -> str:
 # --- named kernels ------------------------------------------------------------------------------
 
 
-def _gaussian(ndim: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
-    if sigma <= 0:
-        raise DistconvError(f"gaussian sigma must be positive, got {sigma}")
+def _gaussian(ndim: int, sigma, truncate: float = 4.0) -> np.ndarray:
+    sigmas = tuple(sigma) if isinstance(sigma, tuple) else (sigma,) * ndim
+    if len(sigmas) != ndim:
+        raise DistconvError(
+            f"gaussian sigma has {len(sigmas)} values for {ndim} dimension(s); give one, "
+            "or one per axis"
+        )
     if truncate <= 0:
         raise DistconvError(f"gaussian truncate must be positive, got {truncate}")
-    # scipy.ndimage.gaussian_filter's radius and normalisation, so results agree with it.
-    radius = int(truncate * sigma + 0.5)
-    impulse = np.zeros(2 * radius + 1)
-    impulse[radius] = 1.0
-    line = ndimage.gaussian_filter1d(impulse, sigma, truncate=truncate, mode="constant")
-    return _outer([line] * ndim)
+    lines = []
+    for value in sigmas:
+        if value <= 0:
+            raise DistconvError(f"gaussian sigma must be positive, got {value}")
+        # scipy.ndimage.gaussian_filter's radius and normalisation, so results agree with it.
+        radius = int(truncate * value + 0.5)
+        impulse = np.zeros(2 * radius + 1)
+        impulse[radius] = 1.0
+        lines.append(ndimage.gaussian_filter1d(impulse, value, truncate=truncate, mode="constant"))
+    return _outer(lines)
 
 
 def _box(ndim: int, size: int) -> np.ndarray:
@@ -157,10 +166,13 @@ NAMED_KERNELS: dict[str, tuple[Callable[..., np.ndarray], dict[str, tuple[type, 
     "laplace": (_laplace, {}),
 }
 NAMED_FORMS = "gaussian:sigma=S[,truncate=T], box:size=N, sobel:axis=A, laplace"
+# Parameters that take one value per axis (gaussian:sigma=1,2,2 for an anisotropic PSF).
+PER_AXIS = {("gaussian", "sigma")}
 
 
 def named_kernel(spec: str, ndim: int | None) -> np.ndarray:
-    """Build a kernel from a spec such as ``gaussian:sigma=4``; strictly parsed, never evaluated."""
+    """Build a kernel from a spec such as ``gaussian:sigma=4`` or ``gaussian:sigma=1,2,2``;
+    strictly parsed, never evaluated."""
     match = _SPEC.match(spec.strip())
     if not match or match["name"] not in NAMED_KERNELS:
         raise DistconvError(
@@ -168,15 +180,19 @@ def named_kernel(spec: str, ndim: int | None) -> np.ndarray:
         )
     name = match["name"]
     builder, schema = NAMED_KERNELS[name]
-    params: dict[str, float | int] = {}
+    params: dict[str, float | int | tuple] = {}
+    key = None
     for item in filter(None, (match["params"] or "").split(",")):
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or key not in schema:
-            allowed = ", ".join(schema) or "none"
-            raise DistconvError(f"bad parameter {item!r} in {spec!r}; {name} takes: {allowed}")
-        if key in params:
-            raise DistconvError(f"parameter {key!r} repeats in {spec!r}")
+        name_part, sep, value = item.partition("=")
+        if not sep and (name, key) in PER_AXIS:  # one more value of a per-axis parameter
+            value = item
+        else:
+            key = name_part.strip()
+            if not sep or key not in schema:
+                allowed = ", ".join(schema) or "none"
+                raise DistconvError(f"bad parameter {item!r} in {spec!r}; {name} takes: {allowed}")
+            if key in params:
+                raise DistconvError(f"parameter {key!r} repeats in {spec!r}")
         kind = schema[key][0]
         try:
             number = float(value) if kind is float else int(value, 10)
@@ -187,7 +203,11 @@ def named_kernel(spec: str, ndim: int | None) -> np.ndarray:
             ) from None
         if kind is float and not np.isfinite(number):
             raise DistconvError(f"{key}={value!r} in {spec!r} must be finite")
-        params[key] = number
+        if key in params:
+            previous = params[key]
+            params[key] = (*(previous if isinstance(previous, tuple) else (previous,)), number)
+        else:
+            params[key] = number
     missing = [k for k, (_, required) in schema.items() if required and k not in params]
     if missing:
         raise DistconvError(f"{spec!r} needs {', '.join(missing)} (forms: {NAMED_FORMS})")

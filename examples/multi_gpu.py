@@ -67,17 +67,13 @@ def main() -> None:
     out = args.out or tempfile.mkdtemp(prefix="distconv-multigpu-")
     os.makedirs(out, exist_ok=True)
     image_path, out_path = os.path.join(out, "image.zarr"), os.path.join(out, "gamma.zarr")
-    store = zarr.create_array(
-        image_path,
-        shape=(args.size, args.size),
-        dtype="float32",
-        chunks=(args.chunk, args.chunk),
-        overwrite=True,
+    # The input grows band by band (any size fits in memory): rows of random float32 pixels.
+    image = zarr.create_array(
+        image_path, shape=(0, args.size), chunks=(args.chunk,) * 2, dtype="float32", overwrite=True
     )
     rng = np.random.default_rng(0)
     for top in range(0, args.size, args.chunk):
-        rows = min(args.chunk, args.size - top)
-        store[top : top + rows] = rng.random((rows, args.size), dtype=np.float32)
+        image.append(rng.random((min(args.chunk, args.size - top), args.size), dtype=np.float32))
 
     with contextlib.ExitStack() as stack:
         try:  # only starting the cluster may fall back; errors in the job itself are errors

@@ -84,14 +84,8 @@ def main() -> None:
     paths = []
     for name in ("a", "b"):
         path = os.path.join(out, f"{name}.zarr")
-        store = zarr.create_array(
-            path,
-            shape=(args.size, args.size),
-            dtype="float32",
-            chunks=(args.chunk, args.chunk),
-            overwrite=True,
-        )
-        store[:] = rng.standard_normal((args.size, args.size), dtype=np.float32)
+        data = rng.standard_normal((args.size, args.size), dtype=np.float32)
+        zarr.create_array(path, data=data, chunks=(args.chunk, args.chunk), overwrite=True)
         paths.append(path)
 
     runs = [

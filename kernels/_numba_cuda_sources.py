@@ -22,14 +22,9 @@ def _build_correlate_shared(nbtype, zero):
 
     def correlate_shared(x, w, out):
         tile = cuda.shared.array(0, dtype=nbtype)
-        kd = w.shape[0]
-        kh = w.shape[1]
-        kw = w.shape[2]
-        od = out.shape[0]
-        oh = out.shape[1]
-        ow = out.shape[2]
-        xh = x.shape[1]
-        xw = x.shape[2]
+        kd, kh, kw = w.shape
+        od, oh, ow = out.shape
+        _, xh, xw = x.shape
         by = cuda.blockDim.y
         bx = cuda.blockDim.x
         ty = cuda.threadIdx.y
@@ -71,12 +66,8 @@ def _build_correlate_global(nbtype, zero):
     """Valid correlation of 3-D arrays read straight from global memory (large kernels)."""
 
     def correlate_global(x, w, out):
-        kd = w.shape[0]
-        kh = w.shape[1]
-        kw = w.shape[2]
-        od = out.shape[0]
-        oh = out.shape[1]
-        ow = out.shape[2]
+        kd, kh, kw = w.shape
+        od, oh, ow = out.shape
         j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
         if j >= ow:
             return  # no barrier in this kernel, so threads may leave early

@@ -28,16 +28,10 @@ from cupyx.scipy import ndimage
 
 from distconv.kernels._cache import KeyedCache
 from distconv.kernels._crop import circular_valid, valid_crop, valid_crop_axis
+from distconv.kernels._wiener import wiener_transfer
+from distconv.kernels.registry import CORRELATE_OPS, LINALG_OPS
 
-__all__ = [
-    "correlate_direct",
-    "correlate_fft",
-    "correlate_separable",
-    "device_info",
-    "map_chunk",
-    "matmul",
-    "multiply",
-]
+__all__ = [*CORRELATE_OPS, "device_info", "map_chunk", *LINALG_OPS, "wiener_filter"]
 
 
 def correlate_direct(block, weights):
@@ -78,6 +72,30 @@ def correlate_fft(block, weights):
         del spectrum
         crop = circular_valid(x.shape, np.shape(weights), axes)
         return back(cupy.ascontiguousarray(full[crop], dtype=x.dtype))
+
+
+def wiener_filter(block, psf, balance, reg=None):
+    """Wiener–Hunt deconvolution of a whole block, circular over it (cuFFT via ``cupy.fft``).
+
+    The filter is computed on the host (:mod:`distconv.kernels._wiener`) once per block shape
+    and kept on each device.
+    """
+    with _placement(block) as (x, back):
+        psf_host, reg_host = np.asarray(cupy.asnumpy(psf)), reg
+        if reg_host is not None:
+            reg_host = np.asarray(cupy.asnumpy(reg_host))
+        key = (cupy.cuda.Device().id, psf_host.tobytes(), psf_host.shape, float(balance))
+        key += (None if reg_host is None else (reg_host.tobytes(), reg_host.shape),)
+        key += (x.shape, x.dtype.str)
+
+        def compute():
+            return cupy.asarray(wiener_transfer(psf_host, reg_host, balance, x.shape, x.dtype))
+
+        filt = _WIENER.get(key, compute)
+        spectrum = cupy.fft.rfftn(x)
+        spectrum *= filt
+        out = cupy.fft.irfftn(spectrum, s=x.shape)
+        return back(cupy.ascontiguousarray(out, dtype=x.dtype))
 
 
 def matmul(a, b):
@@ -155,6 +173,8 @@ def _placement(*arrays) -> Iterator[tuple]:
 _ARRAYS: KeyedCache = KeyedCache(maxsize=32, policy="lru")
 # Spectra are as large as a chunk's spectrum; edge chunks have other FFT lengths, hence several.
 _SPECTRA: KeyedCache = KeyedCache(maxsize=8, policy="lru")
+# Wiener filters per block shape and device.
+_WIENER: KeyedCache = KeyedCache(maxsize=8, policy="lru")
 
 
 def _device_array(array, dtype):

@@ -20,6 +20,10 @@ Per-chunk contract (every engine module implements the operations its spec lists
     axis that is not filtered. Return the valid correlation with the outer product of the factors.
 ``matmul(a, b) -> out`` and ``multiply(a, b) -> out``
     NumPy semantics on one block each (the graph has already aligned the blocks).
+``wiener_filter(block, psf, balance, reg) -> out``
+    Wiener–Hunt deconvolution of the whole block, circular over it (scikit-image's formula,
+    no clipping), in ``block.dtype``. Richardson–Lucy needs no op of its own: it runs on the
+    correlation ops (:mod:`distconv.ops.deconvolve_blocks`).
 
 An engine module may also define ``device_info() -> str`` for ``distconv engines`` and
 ``map_chunk`` for :func:`distconv.map_chunks` (called through its spec's runner). Which ranks and
@@ -46,6 +50,7 @@ __all__ = [
     "CHUNK_ENGINES",
     "CORRELATE_OPS",
     "CPU_PREFERENCE",
+    "DECONVOLUTION_OPS",
     "ENGINES",
     "EngineSpec",
     "FFT_COST_DUCC0",
@@ -73,6 +78,8 @@ __all__ = [
 
 CORRELATE_OPS = ("correlate_direct", "correlate_fft", "correlate_separable")
 LINALG_OPS = ("matmul", "multiply")
+#: Whole-block deconvolution filters (Richardson–Lucy runs on the correlation ops).
+DECONVOLUTION_OPS = ("wiener_filter",)
 
 #: dtypes every correlation engine computes in (and the numba-cuda kernels are compiled for).
 FLOAT_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.float32), np.dtype(np.float64))
@@ -135,9 +142,10 @@ def _tensorflow_rule(op: str, ndim: int, dtype) -> bool:
 
 
 def _cupy_rule(op: str, ndim: int, dtype) -> bool:
-    """cupy: correlations of float32/float64 of any rank; matmul and multiply: any numeric."""
+    """cupy: correlations and the Wiener filter of float32/float64 of any rank; matmul and
+    multiply: any numeric."""
     dtype = np.dtype(dtype)
-    if op in CORRELATE_OPS:
+    if op in CORRELATE_OPS or op in DECONVOLUTION_OPS:
         return ndim >= 1 and dtype in FLOAT_DTYPES
     return op in LINALG_OPS and dtype.kind in "biufc"
 
@@ -305,7 +313,7 @@ ENGINES: dict[str, EngineSpec] = {
             ("scipy", "numpy"),
             "",
             "cpu",
-            CORRELATE_OPS + LINALG_OPS,
+            CORRELATE_OPS + LINALG_OPS + DECONVOLUTION_OPS,
             cost=_SCIPY_COST,
         ),
         EngineSpec(
@@ -335,7 +343,7 @@ ENGINES: dict[str, EngineSpec] = {
             ("cupy",),
             "gpu",
             "gpu",
-            CORRELATE_OPS + LINALG_OPS,
+            CORRELATE_OPS + LINALG_OPS + DECONVOLUTION_OPS,
             rule=_cupy_rule,
             cost=_CUPY_COST,
             map_chunk=_run_cupy,
@@ -369,6 +377,7 @@ CPU_PREFERENCE: dict[str, tuple[str, ...]] = {
     "correlate_fft": ("scipy",),
     "correlate_separable": ("numba", "scipy"),
     "matmul": ("scipy",),
+    "wiener_filter": ("scipy",),
     "multiply": ("scipy",),
 }
 
@@ -464,7 +473,7 @@ def chunk_runner(engine: str) -> Runner:
     Parameters
     ----------
     engine : str
-        One of :data:`CHUNK_ENGINES`.
+        A name in :data:`CHUNK_ENGINES`: ``"numpy"`` or any engine.
 
     Returns
     -------

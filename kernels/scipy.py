@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from distconv.kernels._cache import KeyedCache
 from distconv.kernels._crop import circular_valid, valid_crop, valid_crop_axis
+from distconv.kernels._wiener import wiener_transfer
 from distconv.kernels.registry import ducc0_installed
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "matmul",
     "multiply",
     "use_ducc0",
+    "wiener_filter",
 ]
 
 # Read by use_ducc0() at every call, so that tests can switch the FFT library.
@@ -120,6 +122,31 @@ def _correlate_fft_ducc0(
     )
 
 
+def wiener_filter(
+    block: np.ndarray, psf: np.ndarray, balance: float, reg: np.ndarray | None = None
+) -> np.ndarray:
+    """Wiener–Hunt deconvolution of a whole block, circular over it, in ``block.dtype``.
+
+    :func:`skimage.restoration.wiener`'s formula (see :mod:`distconv.kernels._wiener`) without
+    its clipping; the filter for this block shape is cached per process.
+    """
+    axes = tuple(range(block.ndim))
+    key = (psf.tobytes(), psf.shape, None if reg is None else (reg.tobytes(), reg.shape))
+    key += (float(balance), block.shape, block.dtype.str)
+    filt = _WIENER.get(key, lambda: wiener_transfer(psf, reg, balance, block.shape, block.dtype))
+    if use_ducc0():
+        import ducc0.fft
+
+        spectrum = ducc0.fft.r2c(block, axes=axes)
+        spectrum *= filt
+        out = ducc0.fft.c2r(spectrum, axes=axes, lastsize=block.shape[-1], forward=False, inorm=2)
+    else:
+        spectrum = scipy.fft.rfftn(block, axes=axes)
+        spectrum *= filt
+        out = scipy.fft.irfftn(spectrum, s=block.shape, axes=axes)
+    return np.ascontiguousarray(out, dtype=block.dtype)
+
+
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``numpy.matmul`` on one pair of blocks (BLAS)."""
     return np.matmul(a, b)
@@ -139,6 +166,8 @@ def device_info() -> str:
 # The spectrum of the (flipped) weights is the same for every interior chunk: keep a few per
 # worker process, keyed by the weights' bytes and the FFT lengths.
 _SPECTRA: KeyedCache = KeyedCache(maxsize=8, policy="lru")
+# Wiener filters per block shape (interior, edge and corner tiles), as large as a spectrum.
+_WIENER: KeyedCache = KeyedCache(maxsize=8, policy="lru")
 
 
 def _weights_spectrum(weights: np.ndarray, lengths, axes) -> np.ndarray:

@@ -35,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep INFO banners out of w
 import tensorflow as tf
 
 from distconv.kernels._cache import KeyedCache
+from distconv.kernels.registry import CORRELATE_OPS, LINALG_OPS
 from distconv.kernels.registry import (
     TENSORFLOW_MATMUL_NATIVE as _MATMUL_NATIVE,
 )
@@ -53,13 +54,10 @@ __all__ = [
     "MAX_SPATIAL",
     "THREADS",
     "TRACES",
-    "correlate_direct",
-    "correlate_fft",
-    "correlate_separable",
+    *CORRELATE_OPS,
     "device_info",
     "map_chunk",
-    "matmul",
-    "multiply",
+    *LINALG_OPS,
 ]
 
 # Number of traces per (operation, rank, dtype name); the traced Python body increments it, and
@@ -212,17 +210,9 @@ def _function(op: str, rank: int, dtype: np.dtype) -> Callable:
 def correlate_direct(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Valid correlation of a padded block with ``tf.nn.convolution`` (padding ``"VALID"``).
 
-    Parameters
-    ----------
-    block : numpy.ndarray
-        float32 or float64 block, already padded for the halo.
-    weights : numpy.ndarray
-        Kernel with ``block.ndim`` axes (size 1 on axes that are not filtered).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``block.shape[i] - weights.shape[i] + 1`` samples per axis, in ``block.dtype``.
+    ``block`` is a float32 or float64 NumPy array, already padded for the halo; ``weights`` has
+    ``block.ndim`` axes (size 1 on axes that are not filtered). Returns a NumPy array with
+    ``block.shape[i] - weights.shape[i] + 1`` samples per axis, in ``block.dtype``.
     """
     weights = np.asarray(weights, dtype=block.dtype)
 
@@ -267,19 +257,9 @@ def correlate_fft(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
     Each filtered axis is padded to ``scipy.fft.next_fast_len(n, real=True)``; a circular
     correlation of that length is exact at indices ``k-1 .. n-1``, which is all the contract asks
     for. The weights' spectrum is computed in float64 with SciPy (cached per process) and passed
-    to the graph as an argument, as are the FFT length and the kernel size.
-
-    Parameters
-    ----------
-    block : numpy.ndarray
-        float32 or float64 block, already padded for the halo.
-    weights : numpy.ndarray
-        Kernel with ``block.ndim`` axes (size 1 on axes that are not filtered).
-
-    Returns
-    -------
-    numpy.ndarray
-        The valid correlation, in ``block.dtype``.
+    to the graph as an argument, as are the FFT length and the kernel size. ``block`` and
+    ``weights`` are as for :func:`correlate_direct`; returns the valid correlation, in
+    ``block.dtype``.
     """
     weights = np.asarray(weights, dtype=block.dtype)
 
@@ -297,17 +277,9 @@ def correlate_fft(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def correlate_separable(block: np.ndarray, factors: Sequence[np.ndarray | None]) -> np.ndarray:
     """Valid correlation with a rank-1 kernel, one 1-D ``tf.nn.convolution`` pass per axis.
 
-    Parameters
-    ----------
-    block : numpy.ndarray
-        float32 or float64 block, already padded for the halo.
-    factors : sequence of numpy.ndarray or None
-        One 1-D factor per axis of ``block``, or None for an axis that is not filtered.
-
-    Returns
-    -------
-    numpy.ndarray
-        The valid correlation with the outer product of the factors, in ``block.dtype``.
+    ``block`` is a float32 or float64 NumPy array, already padded for the halo; ``factors`` holds
+    one 1-D factor per axis of ``block``, or None for an axis that is not filtered. Returns the
+    valid correlation with the outer product of the factors, in ``block.dtype``.
     """
     axes = [a for a, f in enumerate(factors) if f is not None]
     if not axes:

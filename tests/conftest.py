@@ -1,16 +1,33 @@
-"""Shared fixtures: random data (never zeros), the engines installed here, tolerances per method."""
+"""Shared fixtures: random data (never zeros), the engines installed here, tolerances per method,
+and the helpers of the command-line tests (the real script in a subprocess, Zarr inputs)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import zarr
 
 os.environ.setdefault("DASK_DISTCONV__PROGRESS", "False")
 
 from distconv import kernels
 from distconv.plan import METHOD_OPS
+
+# Every scipy.ndimage boundary mode distconv takes.
+MODES = [
+    "reflect",
+    "constant",
+    "nearest",
+    "mirror",
+    "wrap",
+    "grid-mirror",
+    "grid-constant",
+    "grid-wrap",
+]
 
 
 def engines_under_test() -> list[str]:
@@ -59,3 +76,46 @@ def random_weights(rng: np.random.Generator, shape, separable: bool) -> np.ndarr
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20261122)
+
+
+# --- the command-line tests -------------------------------------------------------------------
+
+#: The installed ``distconv`` script, beside this interpreter.
+DISTCONV = os.path.join(os.path.dirname(sys.executable), "distconv")
+
+
+def distconv(*args, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the installed ``distconv`` script in its own process, capturing its output as text."""
+    return subprocess.run(
+        [DISTCONV, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
+
+
+def one_stderr_line(stderr: str, status, expected_status: int) -> str:
+    """Check the exit status and that ``stderr`` holds exactly one line; return that line."""
+    assert status == expected_status, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def tree_digest(path) -> str:
+    """Hash of every file's name and bytes under path: proves an input was not touched."""
+    digest = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            digest.update(os.path.relpath(full, path).encode())
+            with open(full, "rb") as handle:
+                digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def write_zarr(path, data: np.ndarray, chunks, **kwargs) -> zarr.Array:
+    """A new Zarr array at ``path`` holding ``data`` (``kwargs`` go to ``zarr.create_array``)."""
+    array = zarr.create_array(
+        str(path), shape=data.shape, chunks=chunks, dtype=data.dtype, **kwargs
+    )
+    array[:] = data
+    return array

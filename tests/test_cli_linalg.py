@@ -8,18 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from test_cli import distconv, tree_digest
+from conftest import distconv, tree_digest, write_zarr
 
 from distconv import kernels
 
 THREADS = ("--cluster", "threads")
-
-
-def write_store(path, data: np.ndarray, chunks, zarr_format: int = 3) -> None:
-    array = zarr.create_array(
-        str(path), shape=data.shape, chunks=chunks, dtype=data.dtype, zarr_format=zarr_format
-    )
-    array[:] = data
 
 
 @pytest.fixture
@@ -28,8 +21,8 @@ def operands(tmp_path):
     rng = np.random.default_rng(11)
     a = (rng.standard_normal((70, 50)) + 0.5).astype(np.float32)
     b = (rng.standard_normal((50, 40)) + 0.5).astype(np.float32)
-    write_store(tmp_path / "a.zarr", a, (32, 20))
-    write_store(tmp_path / "b.zarr", b, (15, 16))
+    write_zarr(tmp_path / "a.zarr", a, (32, 20))
+    write_zarr(tmp_path / "b.zarr", b, (15, 16))
     return tmp_path, a, b
 
 
@@ -65,8 +58,8 @@ def test_matmul_zarr_v2_several_k_panels(tmp_path):
         rng.integers(-50, 50, (3, 140, 600)).astype(np.int32),
         rng.integers(-50, 50, (600, 130)).astype(np.int16),
     )
-    write_store(tmp_path / "a.zarr", a, (2, 64, 100), zarr_format=2)
-    write_store(tmp_path / "b.zarr", b, (90, 64), zarr_format=2)
+    write_zarr(tmp_path / "a.zarr", a, (2, 64, 100), zarr_format=2)
+    write_zarr(tmp_path / "b.zarr", b, (90, 64), zarr_format=2)
     result = distconv(
         "matmul",
         "a.zarr",
@@ -160,7 +153,7 @@ def test_existing_output_needs_overwrite(operands):
     )
     again = distconv("matmul", "a.zarr", "b.zarr", "-o", "c.zarr", *THREADS, cwd=folder)
     assert_one_line_error(again, "already exists", "--overwrite")
-    write_store(folder / "b2.zarr", b * 2, (10, 10))
+    write_zarr(folder / "b2.zarr", b * 2, (10, 10))
     replaced = distconv(
         "matmul", "a.zarr", "b2.zarr", "-o", "c.zarr", "--overwrite", *THREADS, "-q", cwd=folder
     )
@@ -178,8 +171,8 @@ def test_multiply_arrays_broadcast(tmp_path):
     rng = np.random.default_rng(13)
     a = (rng.random((60, 45)) + 0.5).astype(np.float32)
     row = (rng.random((1, 45)) + 0.5).astype(np.float64)
-    write_store(tmp_path / "a.zarr", a, (25, 20))
-    write_store(tmp_path / "row.zarr", row, (1, 15), zarr_format=2)
+    write_zarr(tmp_path / "a.zarr", a, (25, 20))
+    write_zarr(tmp_path / "row.zarr", row, (1, 15), zarr_format=2)
     result = distconv("multiply", "a.zarr", "row.zarr", "-o", "m.zarr", *THREADS, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "wrote m.zarr" in result.stdout
@@ -193,7 +186,7 @@ def test_multiply_arrays_broadcast(tmp_path):
 def test_multiply_by_a_number(tmp_path, scalar, dtype):
     rng = np.random.default_rng(14)
     a = (rng.random((30, 20)) * 100 + 1).astype(dtype)
-    write_store(tmp_path / "a.zarr", a, (16, 16))
+    write_zarr(tmp_path / "a.zarr", a, (16, 16))
     result = distconv("multiply", "a.zarr", scalar, *THREADS, "-q", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = zarr.open_array(str(tmp_path / "a.multiply.zarr"), mode="r")
@@ -205,8 +198,8 @@ def test_multiply_by_a_number(tmp_path, scalar, dtype):
 
 def test_multiply_errors(tmp_path):
     a = np.arange(1, 13, dtype=np.int8).reshape(3, 4)
-    write_store(tmp_path / "a.zarr", a, (2, 2))
-    write_store(tmp_path / "b.zarr", a.T.copy(), (2, 2))
+    write_zarr(tmp_path / "a.zarr", a, (2, 2))
+    write_zarr(tmp_path / "b.zarr", a.T.copy(), (2, 2))
     mismatch = distconv("multiply", "a.zarr", "b.zarr", *THREADS, cwd=tmp_path)
     assert_one_line_error(
         mismatch, "operands could not be broadcast together with shapes (3,4) (4,3)"
@@ -235,8 +228,8 @@ def test_resume_computes_only_the_missing_chunks(tmp_path, operation):
     rng = np.random.default_rng(15)
     a = (rng.random((64, 48)) + 0.5).astype(np.float32)
     b = (rng.random((48, 48) if operation == "matmul" else (64, 48)) + 0.5).astype(np.float32)
-    write_store(tmp_path / "a.zarr", a, (16, 24) if operation == "matmul" else (16, 16))
-    write_store(tmp_path / "b.zarr", b, (24, 16) if operation == "matmul" else (16, 16))
+    write_zarr(tmp_path / "a.zarr", a, (16, 24) if operation == "matmul" else (16, 16))
+    write_zarr(tmp_path / "b.zarr", b, (24, 16) if operation == "matmul" else (16, 16))
     expected = float64_product(a, b) if operation == "matmul" else np.multiply(a, b)
     first = distconv(operation, "a.zarr", "b.zarr", "-o", "c.zarr", *THREADS, "-q", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -264,7 +257,7 @@ def test_resume_computes_only_the_missing_chunks(tmp_path, operation):
 
     if operation == "multiply":
         return  # the refusals below are save()'s, the same for both commands
-    write_store(tmp_path / "b2.zarr", b * 2, (16, 16))
+    write_zarr(tmp_path / "b2.zarr", b * 2, (16, 16))
     other = distconv(
         operation, "a.zarr", "b2.zarr", "-o", "c.zarr", "--resume", *THREADS, cwd=tmp_path
     )

@@ -16,6 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 import zarr
+from conftest import write_zarr
 from scipy import ndimage
 
 import distconv as dc
@@ -54,10 +55,7 @@ def test_spec_from_dask_config():
 def test_local_cluster_job_equals_scipy_and_plugins_apply(tmp_path):
     rng = np.random.default_rng(5)
     data = rng.random((300, 200), dtype=np.float32)
-    source = zarr.create_array(
-        str(tmp_path / "in.zarr"), shape=data.shape, chunks=(64, 64), dtype=data.dtype
-    )
-    source[:] = data
+    write_zarr(tmp_path / "in.zarr", data, (64, 64))
     w = rng.standard_normal((9, 9))
     with dc.cluster("local", workers=2, quiet=True) as client:
         info = describe(client)

@@ -3,6 +3,7 @@ single-node SLURM when one runs on this machine (skipped otherwise)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -28,6 +29,11 @@ def write(folder: Path, name: str, text: str) -> str:
     path = folder / name
     path.write_text(textwrap.dedent(text))
     return str(path)
+
+
+def directives(script: str, prefix: str) -> list[str]:
+    """The lines of a job script that start with ``prefix`` (``#SBATCH``, ``#PBS``...)."""
+    return [line for line in script.splitlines() if line.startswith(prefix)]
 
 
 SLURM = """\
@@ -65,15 +71,11 @@ def test_slurm_file_gives_the_expected_job_script(tmp_path):
     spec = load_spec(write(tmp_path, "slurm.yaml", SLURM))
     assert parse_spec(spec.path).kind == "jobqueue"
     assert (spec.system, spec.scale, spec.adapt) == ("slurm", {"jobs": 2}, None)
-    cluster = build_cluster(spec)
-    try:
+    with contextlib.closing(build_cluster(spec)) as cluster:
         script = cluster.job_script()
         with Client(cluster) as client:  # no worker yet: GPU work still waits for GPU=1 ones
             assert cluster_will_have_gpu_workers(client)
-    finally:
-        cluster.close()
-    directives = [line for line in script.splitlines() if line.startswith("#SBATCH")]
-    assert directives == [
+    assert directives(script, "#SBATCH") == [
         "#SBATCH -J dask-worker",
         "#SBATCH -p compute",
         "#SBATCH -A proj42",
@@ -97,18 +99,14 @@ def test_slurm_file_gives_the_expected_job_script(tmp_path):
 
 def test_pbs_file_gives_the_expected_job_script_and_adapt_bounds(tmp_path):
     spec = load_spec(write(tmp_path, "pbs.yaml", PBS))
-    cluster = build_cluster(spec)
-    try:
+    with contextlib.closing(build_cluster(spec)) as cluster:
         script = cluster.job_script()
         apply_bounds(cluster, spec)  # minimum 0 jobs: nothing is submitted
         with Client(cluster) as client:
             assert not cluster_will_have_gpu_workers(client)  # no --resources GPU=...
         assert (cluster._adaptive.minimum, cluster._adaptive.maximum) == (0, 6)  # 3 jobs x 2
         assert len(cluster.worker_spec) == 0
-    finally:
-        cluster.close()
-    directives = [line for line in script.splitlines() if line.startswith("#PBS")]
-    assert directives == [
+    assert directives(script, "#PBS") == [
         "#PBS -N dask-worker",
         "#PBS -q workq",
         "#PBS -A proj42",
@@ -132,11 +130,8 @@ def test_sge_and_lsf_files(tmp_path, system, marker):
         adapt: {{maximum_jobs: 2}}
     """,
     )
-    cluster = build_cluster(load_spec(path))
-    try:
+    with contextlib.closing(build_cluster(load_spec(path))) as cluster:
         assert marker in cluster.job_script()
-    finally:
-        cluster.close()
 
 
 @pytest.mark.parametrize(

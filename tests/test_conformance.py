@@ -10,21 +10,10 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from conftest import engine_method_params, random_weights, tolerance
+from conftest import MODES, engine_method_params, random_weights, tolerance
 from scipy import ndimage
 
 import distconv as dc
-
-MODES = [
-    "reflect",
-    "constant",
-    "nearest",
-    "mirror",
-    "wrap",
-    "grid-mirror",
-    "grid-constant",
-    "grid-wrap",
-]
 
 
 def reference(x, w, convolution, **kwargs):
@@ -157,9 +146,18 @@ def test_axes_with_fewer_weight_dims(rng, engine, method, axes, wshape):
     np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance(x, w, np.float64))
 
 
+def saturated(result: np.ndarray, dtype) -> np.ndarray:
+    """The expected integer output for a float result: truncated toward zero, then clipped."""
+    info = np.iinfo(dtype)
+    exact = np.trunc(np.asarray(result, dtype=np.float64))
+    return np.clip(np.nan_to_num(exact), info.min, info.max).astype(dtype)
+
+
 @pytest.mark.parametrize("engine,method", engine_method_params(dtype=np.float32))
 @pytest.mark.parametrize("dtype", ["uint8", "int16", "int32", "float16", "float32", "float64"])
 def test_input_dtypes(rng, engine, method, dtype):
+    """Every engine computes every input dtype in float32 (float64 for float64) and returns
+    the input's dtype, as scipy.ndimage does (float16, which scipy refuses, included)."""
     info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
     x = (
         rng.integers(info.min // 2 if info.min else 0, info.max // 2, (30, 20))
@@ -167,38 +165,44 @@ def test_input_dtypes(rng, engine, method, dtype):
         else rng.standard_normal((30, 20))
     ).astype(dtype)
     w = random_weights(rng, (5, 5), separable=method == "separable")
-    y = dc.correlate(da.from_array(x, chunks=(8, 7)), w, method=method, engine=engine)
+    chunks = da.from_array(x, chunks=(8, 7))
     compute = np.float64 if dtype == "float64" else np.float32
-    assert y.dtype == compute
-    got = y.compute(scheduler="sync")
+    as_float = dc.correlate(chunks, w, compute, method=method, engine=engine)
+    got = as_float.compute(scheduler="sync")
     np.testing.assert_allclose(
         got, reference(x, w, False), rtol=0, atol=tolerance(x.astype(float), w, compute)
     )
+    y = dc.correlate(chunks, w, method=method, engine=engine)
+    assert y.dtype == np.dtype(dtype)
+    expected = saturated(got, dtype) if info else got.astype(dtype)
+    np.testing.assert_array_equal(y.compute(scheduler="sync"), expected)
 
 
 @pytest.mark.parametrize("out_dtype", ["uint8", "int16", "int32", "float32"])
-def test_integer_output_is_rounded_and_clipped(rng, out_dtype):
-    """Integer output: rounded to nearest and clipped to the dtype's range, never wrapped."""
+def test_integer_output_truncates_and_saturates(rng, out_dtype):
+    """Integer output: truncated toward zero (as scipy.ndimage) and clipped to the dtype's
+    range where scipy wraps."""
     x = rng.integers(0, 256, (40, 30)).astype(np.uint8)
     w = np.ones((3, 3)) * 2.0 - rng.random((3, 3))  # sums far beyond 255: must clip, not wrap
     w[1, 1] = -9.0  # and go negative: must clip at 0 for uint
-    got = dc.correlate(x, w, dtype=out_dtype).compute(scheduler="sync")
+    got = dc.correlate(x, w, output=out_dtype).compute(scheduler="sync")
     assert got.dtype == np.dtype(out_dtype)
     exact = reference(x, w, False)
     if np.dtype(out_dtype).kind in "iu":
         info = np.iinfo(out_dtype)
-        expected = np.clip(np.rint(exact), info.min, info.max)
-        # float32 arithmetic may land on the other side of a .5: allow one unit there.
+        expected = saturated(exact, out_dtype)
+        # float32 arithmetic may land on the other side of an integer: allow one unit there.
         assert np.abs(got.astype(np.float64) - expected).max() <= 1
         assert (got == info.max).any() or info.max > exact.max()
+        assert (got == 0).any() or info.min < 0  # negative sums saturate at 0, never wrap
     else:
         np.testing.assert_allclose(got, exact, rtol=0, atol=tolerance(x, w, np.float32))
 
 
 def test_int32_output_near_the_limit_does_not_wrap():
     x = np.full((8, 8), 2**30, dtype=np.int32)
-    got = dc.correlate(x, np.full((3, 3), 1.0), dtype="int32").compute(scheduler="sync")
-    assert got.min() > 0 and got.max() <= np.iinfo(np.int32).max
+    got = dc.correlate(x, np.full((3, 3), 1.0), output="int32").compute(scheduler="sync")
+    assert (got == np.iinfo(np.int32).max).all()  # 9 · 2**30 saturates at the maximum
 
 
 def test_input_kinds_give_the_same_result(tmp_path, rng):

@@ -18,6 +18,7 @@ numba = pytest.importorskip("numba")
 
 import dask.array as da  # noqa: E402
 import numpy as np  # noqa: E402
+from conftest import MODES  # noqa: E402
 from numpy.testing import assert_allclose  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
@@ -25,16 +26,6 @@ import distconv  # noqa: E402
 from distconv import kernels  # noqa: E402
 from distconv.kernels import numba_cpu  # noqa: E402
 
-MODES = [
-    "reflect",
-    "constant",
-    "nearest",
-    "mirror",
-    "wrap",
-    "grid-mirror",
-    "grid-constant",
-    "grid-wrap",
-]
 # Relative to the largest reference value (the float32 figure is distconv's float32 tolerance).
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 

@@ -200,6 +200,13 @@ def test_trace_once_per_op_rank_dtype(rng):
         assert count == 1, key
 
 
+def _against_numpy(ours, numpy_function, a, b):
+    """``ours(a, b)`` and NumPy's result, after checking that their dtypes and shapes agree."""
+    got, expected = ours(a, b), numpy_function(a, b)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    return got, expected
+
+
 @pytest.mark.parametrize(
     "a_shape,b_shape",
     [
@@ -215,9 +222,7 @@ def test_trace_once_per_op_rank_dtype(rng):
 def test_matmul_matches_numpy(rng, a_shape, b_shape, dtype):
     a = (rng.standard_normal(a_shape) * 10).astype(dtype)
     b = (rng.standard_normal(b_shape) * 10).astype(dtype)
-    got = engine.matmul(a, b)
-    expected = np.matmul(a, b)
-    assert got.dtype == expected.dtype and got.shape == expected.shape
+    got, expected = _against_numpy(engine.matmul, np.matmul, a, b)
     np.testing.assert_allclose(
         got, expected, rtol=1e-5 if dtype in (np.float32, np.complex64) else 1e-12
     )
@@ -255,9 +260,7 @@ def test_matmul_dtypes_and_errors(rng):
 def test_multiply_matches_numpy(rng, a_shape, b_shape, dtype):
     a = (rng.standard_normal(a_shape) * 50).astype(dtype)
     b = (rng.standard_normal(b_shape) * 50).astype(dtype)
-    got = engine.multiply(a, b)
-    expected = np.multiply(a, b)
-    assert got.dtype == expected.dtype and got.shape == expected.shape
+    got, expected = _against_numpy(engine.multiply, np.multiply, a, b)
     np.testing.assert_array_equal(got, expected)
 
 

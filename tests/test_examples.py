@@ -28,6 +28,7 @@ ARGS = {
     "convolve_engines": ["--size", "128", "--chunk", "64", "--kernels", "5"],
     "pipeline": ["--size", "256", "--chunk", "128", "--workers", "1", "--check"],
     "multi_gpu": ["--size", "256", "--chunk", "128"],
+    "deconvolve": ["--size", "192", "--chunk", "64", "--iterations", "15", "--check"],
 }
 NEEDS = {
     "tf_matmul": "tensorflow",
@@ -36,6 +37,7 @@ NEEDS = {
     "convolve_engines": None,
     "pipeline": None,
     "multi_gpu": None,
+    "deconvolve": None,
 }
 
 
@@ -75,6 +77,7 @@ def runs(tmp_path_factory):
         "tf_matmul",
         "rgb_to_gray",
         "multi_gpu",
+        "deconvolve",
     ]
     with ThreadPoolExecutor(max_workers=3) as pool:
         return {name: (proc, folder) for name, proc, folder in pool.map(run, order)}
@@ -147,3 +150,14 @@ def test_multi_gpu(runs):
     result = zarr.open_array(folder / "gamma.zarr")
     assert result.shape == (256, 256) and result.attrs["distconv"]["complete"] is True
     assert np.all(result[:] >= 0)
+
+
+def test_deconvolve(runs):
+    out, folder = _result(runs, "deconvolve")
+    blurred = _number(r"bead width: blurred (\S+) px", out)
+    restored = _number(r"restored (\S+) px", out)
+    assert restored < 0.9 * blurred, out  # the beads are sharper
+    assert _number(r"max difference vs in-memory float64: (\S+)", out) < 1e-4
+    result = zarr.open_array(folder / "restored.zarr")
+    assert result.shape == (192, 192) and result.attrs["distconv"]["complete"] is True
+    assert (folder / "deconvolve.png").stat().st_size > 10_000

@@ -60,7 +60,7 @@ def test_chunked_convolve_on_each_library_matches_ndimage(library):
     x = rng.standard_normal((90, 77))
     w = rng.standard_normal((13, 11))
     lazy = dc.convolve(
-        da.from_array(x, chunks=30), w, method="fft", engine="scipy", dtype=np.float64
+        da.from_array(x, chunks=30), w, method="fft", engine="scipy", output=np.float64
     )
     assert lazy.numblocks == (3, 3)
     got = lazy.compute(scheduler="sync")

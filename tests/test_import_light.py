@@ -42,7 +42,9 @@ b = da.random.random((48, 40), chunks=16)
 p = dc.matmul(a, b)
 m = dc.multiply(a, a)
 m2 = dc.multiply(a, 2.0)
-assert all(isinstance(r, da.Array) for r in (y, y2, y3, p, m, m2))
+d = dc.richardson_lucy(x, np.ones((5, 5)), 3)  # deconvolution plans too
+w = dc.wiener(x, np.ones((5, 5)), 0.1)
+assert all(isinstance(r, da.Array) for r in (y, y2, y3, p, m, m2, d, w))
 """)
 
 

@@ -12,8 +12,7 @@ import dataclasses
 import dask.array as da
 import numpy as np
 import pytest
-import zarr
-from conftest import engines_under_test
+from conftest import engines_under_test, write_zarr
 
 import distconv as dc
 from distconv import kernels
@@ -276,8 +275,8 @@ def test_limit_blas_threads_sets_and_restores():
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_matmul_zarr_to_zarr_with_provenance(rng, tmp_path, zarr_format):
     a, b = random_array(rng, (300, 260), np.float32), random_array(rng, (260, 170), np.float32)
-    write_store(tmp_path / "a.zarr", a, (64, 100), zarr_format)
-    write_store(tmp_path / "b.zarr", b, (30, 50), zarr_format)
+    write_zarr(tmp_path / "a.zarr", a, (64, 100), zarr_format=zarr_format)
+    write_zarr(tmp_path / "b.zarr", b, (30, 50), zarr_format=zarr_format)
     x, y = dc.open(tmp_path / "a.zarr"), dc.open(tmp_path / "b.zarr")
     plan = plan_for(x, y)
     assert plan.panels_from_zarr == (True, True)
@@ -294,13 +293,6 @@ def test_matmul_zarr_to_zarr_with_provenance(rng, tmp_path, zarr_format):
     assert step["operation"] == "matmul"
     assert step["plan"]["k_panels"] > 1 or step["plan"]["stream_k"] > 0
     assert tuple(written.chunks) == tuple(c[0] for c in product.chunks)
-
-
-def write_store(path, data: np.ndarray, chunks, zarr_format: int = 3) -> None:
-    store = zarr.create_array(
-        str(path), shape=data.shape, chunks=chunks, dtype=data.dtype, zarr_format=zarr_format
-    )
-    store[:] = data
 
 
 @pytest.mark.parametrize("engine", MATMUL_ENGINES)
@@ -324,8 +316,8 @@ def test_matmul_tasks_read_their_panels_from_zarr(
     rng, tmp_path, engine, a_shape, b_shape, a_chunks, b_chunks, budget
 ):
     a, b = random_array(rng, a_shape), random_array(rng, b_shape)
-    write_store(tmp_path / "a.zarr", a, a_chunks)
-    write_store(tmp_path / "b.zarr", b, b_chunks)
+    write_zarr(tmp_path / "a.zarr", a, a_chunks)
+    write_zarr(tmp_path / "b.zarr", b, b_chunks)
     x, y = dc.open(tmp_path / "a.zarr"), dc.open(tmp_path / "b.zarr")
     plan = plan_for(x, y, engine=engine, memory_budget=budget)
     assert plan.reads_in_tasks
@@ -353,8 +345,8 @@ def test_streamed_k_equals_numpy(rng, tmp_path, engine, a_shape, b_shape, dtype)
     if not kernels.supports(engine, "matmul", 2, np.dtype(dtype)):
         pytest.skip(f"{engine} does not run matmul on {np.dtype(dtype)}")
     a, b = random_array(rng, a_shape, dtype), random_array(rng, b_shape, dtype)
-    write_store(tmp_path / "a.zarr", a, a_shape[:-1] + (128,))
-    write_store(
+    write_zarr(tmp_path / "a.zarr", a, a_shape[:-1] + (128,))
+    write_zarr(
         tmp_path / "b.zarr",
         b,
         (100,) + b_shape[1:] if len(b_shape) == 1 else b_shape[:-2] + (100, 16),
@@ -378,30 +370,14 @@ def test_plan_streams_k_when_tasks_read_zarr():
     shape_a, shape_b = (4096, 2**16), (2**16, 4096)
     chunks_a, chunks_b = regular(shape_a, (1024, 1024)), regular(shape_b, (1024, 1024))
     budget = 256 * 2**20
+    common = dict(memory_budget=budget, a_chunks=chunks_a, b_chunks=chunks_b, resources=TWO_THREADS)
     streamed = plan_matmul(
-        shape_a,
-        shape_b,
-        np.float32,
-        np.float32,
-        memory_budget=budget,
-        a_chunks=chunks_a,
-        b_chunks=chunks_b,
-        panels_from_zarr=(True, True),
-        resources=TWO_THREADS,
+        shape_a, shape_b, np.float32, np.float32, panels_from_zarr=(True, True), **common
     )
     assert streamed.k_panels == 1 and streamed.sum_tasks == 0 and streamed.stream_steps > 1
     assert streamed.fits_budget and streamed.peak_task_bytes <= budget
     assert streamed.matmul_tasks == 2 and streamed.bytes_read <= 2 * sum(streamed.input_bytes)
-    shared = plan_matmul(
-        shape_a,
-        shape_b,
-        np.float32,
-        np.float32,
-        memory_budget=budget,
-        a_chunks=chunks_a,
-        b_chunks=chunks_b,
-        resources=TWO_THREADS,
-    )
+    shared = plan_matmul(shape_a, shape_b, np.float32, np.float32, **common)
     assert shared.stream_steps == 1 and shared.matmul_tasks > streamed.matmul_tasks
     assert shared.panel_bytes_moved > streamed.bytes_read
 
@@ -586,7 +562,7 @@ def test_multiply_scalar_first_and_errors(rng):
 
 def test_multiply_zarr_to_zarr_keeps_chunks(rng, tmp_path):
     a, b = random_array(rng, (40, 30), np.float32), random_array(rng, (30,), np.float32)
-    write_store(tmp_path / "a.zarr", a, (16, 10))
+    write_zarr(tmp_path / "a.zarr", a, (16, 10))
     written = dc.save(
         dc.multiply(dc.open(tmp_path / "a.zarr"), b), tmp_path / "m.zarr", progress=False
     )
@@ -599,8 +575,8 @@ def test_matmul_names_a_damaged_input_chunk(rng, tmp_path):
     """A chunk that cannot be decoded is bad input (InputReadError naming the store), as for
     chunks read through distconv.open, not an engine crash."""
     a, b = random_array(rng, (60, 40)), random_array(rng, (40, 30))
-    write_store(tmp_path / "a.zarr", a, (20, 20))
-    write_store(tmp_path / "b.zarr", b, (20, 15))
+    write_zarr(tmp_path / "a.zarr", a, (20, 20))
+    write_zarr(tmp_path / "b.zarr", b, (20, 15))
     (tmp_path / "b.zarr" / "c" / "1" / "0").write_bytes(b"not zstd at all")
     x, y = dc.open(tmp_path / "a.zarr"), dc.open(tmp_path / "b.zarr")
     assert plan_for(x, y).reads_in_tasks

@@ -11,7 +11,6 @@ import random
 import shlex
 import signal
 import subprocess
-import sys
 import time
 
 import dask
@@ -19,12 +18,11 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from conftest import DISTCONV, distconv, one_stderr_line
 from scipy import ndimage
 
 import distconv as dc
 from distconv.errors import JobFailed
-
-DISTCONV = os.path.join(os.path.dirname(sys.executable), "distconv")
 
 
 def chunk_files(path) -> list[str]:
@@ -222,23 +220,15 @@ def test_ctrl_c_cancels_says_how_to_resume_and_exits_130(tmp_path):
     assert process.poll() is None, "the job finished before it could be interrupted"
     os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert "interrupted" in lines[0] and "not marked complete" in lines[0]
-    command = lines[0].split("finish it with: ", 1)[1]
+    line = one_stderr_line(stderr, process.returncode, 130)
+    assert "interrupted" in line and "not marked complete" in line
+    command = line.split("finish it with: ", 1)[1]
     assert shlex.split(command) == ["distconv", *args, "--resume"]
     described = dc.info(tmp_path / "out.zarr")
     assert described["complete"] is False
     assert written <= described["chunks_initialized"] < described["chunks_total"]
 
-    finished = subprocess.run(
-        [DISTCONV, *shlex.split(command)[1:]],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    finished = distconv(*shlex.split(command)[1:], cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr
     assert "resumed out.zarr" in finished.stdout
     out = dc.open(tmp_path / "out.zarr")  # complete: no allow_partial needed
@@ -278,9 +268,8 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path, shard)
         process.communicate(timeout=60)
         assert dc.info(tmp_path / "out.zarr")["complete"] is False
     assert kills >= 2
-    finished = subprocess.run(
-        [DISTCONV, *args, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )  # default tiles: resumed runs may plan other tiles; chunks are still written whole
+    # Default tiles: resumed runs may plan other tiles; chunks are still written whole.
+    finished = distconv(*args, "--resume", cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr
     assert dc.info(tmp_path / "out.zarr")["complete"] is True
     assert dc.info(tmp_path / "out.zarr")["shards"] == ((shard, shard) if shard else None)
@@ -313,27 +302,17 @@ def read_only_dir(tmp_path):
     subprocess.run(["umount", str(where)], check=False)
 
 
+def _convolve_into(folder, cwd):
+    """``distconv convolve in.zarr k.npy`` (threads) writing ``out.zarr`` into ``folder``."""
+    args = ["convolve", "in.zarr", "k.npy", "-o", folder / "out.zarr", "--cluster", "threads"]
+    return distconv(*args, cwd=cwd, timeout=120)
+
+
 def test_read_only_target_fails_loudly_and_writes_nothing(tmp_path, read_only_dir):
     make_input(tmp_path)
-    result = subprocess.run(
-        [
-            DISTCONV,
-            "convolve",
-            "in.zarr",
-            "k.npy",
-            "-o",
-            str(read_only_dir / "out.zarr"),
-            "--cluster",
-            "threads",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "cannot create output" in lines[0], result.stderr
+    result = _convolve_into(read_only_dir, tmp_path)
+    line = one_stderr_line(result.stderr, result.returncode, 2)
+    assert "cannot create output" in line, result.stderr
     assert os.listdir(read_only_dir) == []
 
 
@@ -349,26 +328,9 @@ def tiny_disk(tmp_path):
 def test_disk_full_fails_loudly_and_the_output_stays_partial(tmp_path, tiny_disk):
     """576 KiB of incompressible float32 into 128 KiB: ENOSPC in a task, exit 1, never complete."""
     make_input(tmp_path, shape=(384, 384), chunks=(64, 64))
-    result = subprocess.run(
-        [
-            DISTCONV,
-            "convolve",
-            "in.zarr",
-            "k.npy",
-            "-o",
-            str(tiny_disk / "out.zarr"),
-            "--cluster",
-            "threads",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 1, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "No space left on device" in lines[0] and "--resume" in lines[0]
+    result = _convolve_into(tiny_disk, tmp_path)
+    line = one_stderr_line(result.stderr, result.returncode, 1)
+    assert "No space left on device" in line and "--resume" in line
     assert dc.info(tiny_disk / "out.zarr")["complete"] is False
 
 

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from distconv.bench.common import Session
 from distconv.bench.report import Result, markdown, print_table, write_chart, write_json
 
 BENCHMARKS = ("convolve", "matmul", "multiply")
@@ -69,6 +70,8 @@ def run(
         Also time the reference tools (dask-image, dask.array, in-memory SciPy/NumPy).
     max_seconds : float
         Convolve cells estimated to take longer are listed as skipped.
+    log : callable, optional
+        Called with one line per timed run.
     """
     import distconv as dc
 
@@ -82,6 +85,7 @@ def run(
             cluster, workers=workers, threads_per_worker=threads_per_worker, quiet=True
         ) as client,
     ):
+        session = Session(Path(tmp), chunk, repeats, client, references, log)
         if benchmark == "convolve":
             from distconv.bench.convolve import bench_convolve
 
@@ -89,31 +93,16 @@ def run(
                 size,
                 kernels,
                 engines,
-                chunk=chunk,
+                session,
+                max_seconds,
                 chunks=chunks,
                 ndim=ndim,
                 dtype=dtype,
-                repeats=repeats,
-                workdir=tmp,
-                client=client,
-                references=references,
-                max_seconds=max_seconds,
-                log=log,
             )
         else:
             from distconv.bench.linalg import bench_linalg
 
-            result = bench_linalg(
-                benchmark,
-                size,
-                engines,
-                chunk=chunk,
-                repeats=repeats,
-                workdir=tmp,
-                client=client,
-                references=references,
-                log=log,
-            )
+            result = bench_linalg(benchmark, size, engines, session)
         result.setup["cluster"] = cluster_text(client)
     return result
 

@@ -16,13 +16,14 @@ import shutil
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from distconv.clusters.resources import gpu_count
+from distconv.clusters.resources import gpu_count, worker_infos
 
 
 def make_input(
@@ -77,6 +78,37 @@ class Contender:
     @property
     def seconds(self) -> float | None:
         return statistics.median(self.runs) if self.runs else None
+
+
+@dataclass
+class Session:
+    """What every contender of one benchmark run shares (:func:`distconv.bench.run` makes it)."""
+
+    workdir: Path  # scratch directory: the inputs and the outputs are written here
+    chunk: int  # Zarr chunk side
+    repeats: int = 3  # timed runs per contender after one warm-up; the median is reported
+    client: Any = None  # the distributed.Client the runs use (None: Dask's default scheduler)
+    references: bool = True  # also time the reference tools
+    log: Callable[[str], None] | None = None  # where each timed run's line goes
+
+    @property
+    def workers(self) -> int:
+        """The cluster's worker processes (the cores without a cluster)."""
+        if self.client is None:
+            return os.cpu_count() or 1
+        return len(worker_infos(self.client))
+
+    def setup(self, size: int, engines: Sequence[str], **more: object) -> dict[str, object]:
+        """What :attr:`Result.setup` records of the run; ``more`` goes after the dtype."""
+        return {
+            "size": size,
+            "chunk": self.chunk,
+            "dtype": "float32",
+            **more,
+            "engines": list(engines),
+            "repeats": self.repeats,
+            "workers": self.workers,
+        }
 
 
 def run_alternating(

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-import distconv as dc
-from distconv.bench.common import Contender, fresh, make_input, run_alternating
+from distconv.bench.common import Contender, Session, fresh, make_input, run_alternating
 from distconv.bench.copies import copy_contenders
-from distconv.bench.report import Result, Row
-from distconv.clusters.resources import worker_infos
+from distconv.bench.report import Result
 
 
 def kernel_for(size: int, ndim: int = 2) -> np.ndarray:
@@ -38,7 +36,7 @@ def _distconv_estimate(
     import distconv as dc
     from distconv.plan import method_costs
 
-    plan = dc.plan_convolve(str(source), kernel, engine=engine)
+    plan = dc.plan_convolve(str(source), kernel, engine=engine, dtype="float32")
     tile = plan.tile_shape
     method = plan.correlation.method_for(tile)
     engines = {method: plan.correlation.engines[method]}
@@ -75,71 +73,44 @@ def check_window(source: str, output: str, kernel: np.ndarray, chunk: int) -> fl
 
 
 def bench_convolve(
-    size: int = 8192,
-    kernel_sizes: Sequence[int] = (3, 9, 31, 127),
-    engines: Sequence[str] = ("scipy",),
+    size: int,
+    kernel_sizes: Sequence[int],
+    engines: Sequence[str],
+    session: Session,
+    max_seconds: float = 30.0,
     *,
-    chunk: int = 2048,
     chunks: Sequence[int] | None = None,
     ndim: int = 2,
     dtype: str = "float32",
-    repeats: int = 3,
-    workdir: str | os.PathLike,
-    client=None,
-    references: bool = True,
-    max_seconds: float = 30.0,
-    log: Callable[[str], None] | None = None,
 ) -> Result:
     """Time a Zarr → Zarr convolve of ``size``² (or ³) per chunking, engine and kernel size.
 
-    Parameters
-    ----------
-    size : int
-        Image side (volume side with ``ndim=3``).
-    chunk : int
-        Zarr chunk side, when ``chunks`` is not given.
-    chunks : sequence of int, optional
-        Chunk sides to store the same data in, one after the other (e.g. 256, 512, 1024, 2048).
-    ndim : {2, 3}
-        An image or a volume.
-    dtype : str
-        The stored dtype (e.g. ``uint16`` volumes; distconv writes float32).
-    kernel_sizes : sequence of int
-        Kernel sides to time (cubic kernels for volumes).
-    engines : sequence of str
-        distconv engines (each a row per kernel).
-    repeats : int
-        Timed runs per contender after one warm-up; the median is reported.
-    workdir : path
-        Where the input and the outputs are written (a scratch directory).
-    client : distributed.Client, optional
-        The cluster the runs use (None: whatever Dask's default scheduler is).
-    references : bool
-        Include dask-image, dask's copy and in-memory SciPy.
-    max_seconds : float
-        Skip a cell whose estimated run time is longer.
+    Parameters are those of :func:`distconv.bench.run` (``kernel_sizes`` its ``kernels``;
+    ``chunks``: chunk sides to store the same data in, one after the other, instead of
+    ``session.chunk``; ``ndim``: an image or a volume; ``dtype``: the stored dtype, e.g.
+    ``uint16`` volumes, distconv writing float32); the rest is in ``session``.
     """
-    workdir = Path(workdir)
+    import distconv as dc
+
+    workdir = session.workdir
     shape = (size,) * ndim
-    chunkings = [min(c, size) for c in (chunks or [chunk])]
-    workers = len(worker_infos(client)) if client is not None else (os.cpu_count() or 1)
+    chunkings = [min(c, size) for c in (chunks or [session.chunk])]
+    workers = session.workers
     pixels = float(math.prod(shape))
     power = "²" if ndim == 2 else "³"
     result = Result(
         "convolve",
         unit="Mpx/s",
         work=pixels / 1e6,
-        setup={
-            "size": size,
-            "ndim": ndim,
-            "chunk": chunkings[0],
-            "chunks": chunkings,
-            "dtype": dtype,
-            "kernels": list(kernel_sizes),
-            "engines": list(engines),
-            "repeats": repeats,
-            "workers": workers,
-        },
+        setup=session.setup(
+            size,
+            engines,
+            chunk=chunkings[0],
+            ndim=ndim,
+            chunks=chunkings,
+            dtype=dtype,
+            kernels=list(kernel_sizes),
+        ),
         floor_name="best copy",
     )
     warmed: set[str] = set()  # contenders warm up once, at the first group they run in
@@ -149,21 +120,23 @@ def bench_convolve(
         in_memory: dict = {}
         where = f" @{stored}{power}" if len(chunkings) > 1 or ndim == 3 else ""
         copies = copy_contenders(source, workdir)
-        _run_group(result, f"copy{where}", copies, repeats, warmed, log)
+        _run_group(result, f"copy{where}", copies, session, warmed)
         floor = copies[0].seconds
         for k in kernel_sizes:
             kernel = kernel_for(k, ndim)
             group = "×".join([str(k)] * ndim) + where
             contenders = []
+            # What engine="auto" would run for a full tile, whether or not "auto" is timed.
             result.setup.setdefault("auto_choice", {})[group] = _distconv_estimate(
                 source, kernel, "auto", workers
             )[0]
             for engine in engines:
                 how, estimate = _distconv_estimate(source, kernel, engine, workers)
 
+                # float32 output whatever the stored dtype (scipy's rule would keep uint16).
                 def run(engine=engine, kernel=kernel):
                     dc.save(
-                        dc.convolve(dc.open(source), kernel, engine=engine),
+                        dc.convolve(dc.open(source), kernel, "float32", engine=engine),
                         fresh(workdir / f"dc-{engine}.zarr"),
                         progress=False,
                     )
@@ -178,13 +151,13 @@ def bench_convolve(
                         skip=f"skipped (≈{estimate:.0f} s)" if estimate > max_seconds else None,
                     )
                 )
-            if references:
+            if session.references:
                 contenders += _references(
                     source, workdir, kernel, pixels, workers, max_seconds, in_memory
                 )
             errors = {}
 
-            def check(engines=engines, kernel=kernel, errors=errors, stored=stored):
+            def check(kernel=kernel, errors=errors, stored=stored):
                 for engine in engines:
                     output = workdir / f"dc-{engine}.zarr"
                     if output.exists():
@@ -193,43 +166,29 @@ def bench_convolve(
                         )
                         fresh(output)
 
-            _run_group(result, group, contenders, repeats, warmed, log, floor, check, errors)
+            _run_group(result, group, contenders, session, warmed, floor, check, errors)
         in_memory.clear()
     return result
 
 
-def _run_group(
-    result, group, contenders, repeats, warmed, log, floor=None, check=None, errors=None
-):
+def _run_group(result, group, contenders, session, warmed, floor=None, check=None, errors=None):
     """Time one group's contenders in turn and add their rows (the floor: the group's own
     ``kind="floor"`` row, else ``floor`` seconds)."""
+    log = session.log
     run_alternating(
         contenders,
-        repeats,
+        session.repeats,
         log=(lambda text: log(f"{group}: {text}")) if log else None,
         warmed=warmed,
     )
     if check is not None:
         check()
     ran = [c for c in contenders if c.seconds is not None]
-    own_floor = next((c.seconds for c in ran if c.kind == "floor"), None)
-    floor = own_floor if own_floor is not None else floor
     # dask-image (or dask's copy) when it ran for this group, else SciPy in memory.
     chosen = next((c for c in ran if c.kind == "reference"), None) or next(
         (c for c in ran if c.kind == "baseline"), None
     )
-    result.references[group] = chosen.name if chosen else None
-    for contender in contenders:
-        result.rows.append(
-            Row.from_contender(
-                group,
-                contender,
-                floor=floor,
-                reference=chosen.seconds if chosen else None,
-                work=result.work,
-                error=(errors or {}).get(contender.name),
-            )
-        )
+    result.add_group(group, contenders, chosen, errors or {}, floor)
 
 
 def _references(

@@ -13,15 +13,15 @@ benchmarks/linalg.py reports in benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import collections
+import operator
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from distconv.bench.common import Contender, fresh, make_input, run_alternating, timed
-from distconv.bench.report import Result, Row
-from distconv.clusters.resources import worker_infos
+from distconv.bench.common import Contender, Session, fresh, make_input, run_alternating, timed
+from distconv.bench.report import Result
 
 
 def make_operands(workdir: Path, size: int, chunk: int) -> tuple[Path, Path]:
@@ -32,7 +32,8 @@ def make_operands(workdir: Path, size: int, chunk: int) -> tuple[Path, Path]:
     return a_path, b_path
 
 
-def matmul_contenders(
+def linalg_contenders(
+    operation: str,
     a_path: Path,
     b_path: Path,
     workdir: Path,
@@ -40,54 +41,43 @@ def matmul_contenders(
     memory: dict,
     references: bool = True,
 ) -> list[Contender]:
-    """numpy.matmul in memory (floor), distconv.matmul per engine, dask.array.matmul."""
+    """The floor, ``distconv.<operation>`` per engine and, with ``references``, the others.
+
+    matmul: numpy.matmul in memory (the floor), then dask.array.matmul; multiply: the
+    Zarr → Zarr copy of A (the floor), then dask.array ``a * b`` and numpy.multiply in memory.
+    ``memory`` keeps the operands read for the in-memory runs (:func:`_in_memory`).
+    """
     import dask.array as da
 
-    def numpy_matmul():
-        np.matmul(*_in_memory(memory, a_path, b_path))
+    def in_memory(function: Callable) -> Callable[[], object]:
+        return lambda: function(*_in_memory(memory, a_path, b_path))
 
-    found = [Contender("numpy.matmul, in memory", numpy_matmul, kind="floor", engine="BLAS")]
-    found += _distconv_contenders("matmul", a_path, b_path, workdir / "c", engines)
-    if references:
+    def dask_to_zarr(function: Callable, output: str) -> Callable[[], object]:
+        a, b = str(a_path), str(b_path)
+        return lambda: function(da.from_zarr(a), da.from_zarr(b)).to_zarr(fresh(workdir / output))
 
-        def dask_matmul():
-            da.matmul(da.from_zarr(str(a_path)), da.from_zarr(str(b_path))).to_zarr(
-                fresh(workdir / "c-dask.zarr")
-            )
+    if operation == "matmul":
+        floor = Contender(
+            "numpy.matmul, in memory", in_memory(np.matmul), kind="floor", engine="BLAS"
+        )
+        others = [
+            Contender("dask.array.matmul", dask_to_zarr(da.matmul, "c-dask.zarr"), kind="reference")
+        ]
+    else:
 
-        found.append(Contender("dask.array.matmul", dask_matmul, kind="reference"))
-    return found
+        def copy():
+            da.from_zarr(str(a_path)).to_zarr(fresh(workdir / "copy.zarr"))
 
-
-def multiply_contenders(
-    a_path: Path,
-    b_path: Path,
-    workdir: Path,
-    engines: Sequence[str],
-    memory: dict,
-    references: bool = True,
-) -> list[Contender]:
-    """Zarr → Zarr copy (floor), distconv.multiply per engine, dask.array a * b, NumPy."""
-    import dask.array as da
-
-    def copy():
-        da.from_zarr(str(a_path)).to_zarr(fresh(workdir / "copy.zarr"))
-
-    found = [Contender("Zarr→Zarr copy of A (floor)", copy, kind="floor")]
-    found += _distconv_contenders("multiply", a_path, b_path, workdir / "m", engines)
-    if references:
-
-        def dask_multiply():
-            (da.from_zarr(str(a_path)) * da.from_zarr(str(b_path))).to_zarr(
-                fresh(workdir / "m-dask.zarr")
-            )
-
-        def numpy_multiply():
-            np.multiply(*_in_memory(memory, a_path, b_path))
-
-        found.append(Contender("dask.array a * b", dask_multiply, kind="reference"))
-        found.append(Contender("numpy.multiply, in memory", numpy_multiply, kind="baseline"))
-    return found
+        floor = Contender("Zarr→Zarr copy of A (floor)", copy, kind="floor")
+        others = [
+            Contender(
+                "dask.array a * b", dask_to_zarr(operator.mul, "m-dask.zarr"), kind="reference"
+            ),
+            Contender("numpy.multiply, in memory", in_memory(np.multiply), kind="baseline"),
+        ]
+    prefix = workdir / ("c" if operation == "matmul" else "m")
+    found = [floor, *_distconv_contenders(operation, a_path, b_path, prefix, engines)]
+    return found + others if references else found
 
 
 def _in_memory(memory: dict, a_path: Path, b_path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -121,33 +111,22 @@ def _distconv_contenders(
     return [contender(engine) for engine in engines]
 
 
-def bench_linalg(
-    operation: str,
-    size: int = 8192,
-    engines: Sequence[str] = ("scipy",),
-    *,
-    chunk: int = 1024,
-    repeats: int = 3,
-    workdir: str | os.PathLike,
-    client=None,
-    references: bool = True,
-    log: Callable[[str], None] | None = None,
-) -> Result:
+def bench_linalg(operation: str, size: int, engines: Sequence[str], session: Session) -> Result:
     """Time ``matmul`` or ``multiply`` of two size² float32 Zarr arrays per engine.
 
-    Parameters are those of :func:`distconv.bench.convolve.bench_convolve`; the result's rate is
-    GFLOP/s for matmul (2 n³) and million elements per second for multiply, and its floor is
-    in-memory BLAS (matmul) or the Zarr → Zarr copy of one operand (multiply). The distconv
-    outputs are checked against float64 NumPy.
+    Parameters are those of :func:`distconv.bench.run` (``operation`` its ``benchmark``); the
+    result's rate is GFLOP/s for matmul (2 n³) and million elements per second for multiply,
+    and its floor is in-memory BLAS (matmul) or the Zarr → Zarr copy of one operand (multiply).
+    The distconv outputs are checked against float64 NumPy.
     """
     import zarr
 
-    workdir = Path(workdir)
-    a_path, b_path = make_operands(workdir, size, chunk)
-    workers = len(worker_infos(client)) if client is not None else (os.cpu_count() or 1)
+    workdir = session.workdir
+    a_path, b_path = make_operands(workdir, size, session.chunk)
     memory: dict = {}
-    build = matmul_contenders if operation == "matmul" else multiply_contenders
-    contenders = build(a_path, b_path, workdir, engines, memory, references)
+    contenders = linalg_contenders(
+        operation, a_path, b_path, workdir, engines, memory, session.references
+    )
     # matmul: GFLOP (2 n³); multiply: million elements (n²), its cost is memory, not FLOPs.
     work = 2.0 * size**3 / 1e9 if operation == "matmul" else size * size / 1e6
     result = Result(
@@ -155,16 +134,9 @@ def bench_linalg(
         unit="GFLOP/s" if operation == "matmul" else "Melem/s",
         work=work,
         floor_name="BLAS" if operation == "matmul" else "Zarr→Zarr copy",
-        setup={
-            "size": size,
-            "chunk": chunk,
-            "dtype": "float32",
-            "engines": list(engines),
-            "repeats": repeats,
-            "workers": workers,
-        },
+        setup=session.setup(size, engines),
     )
-    run_alternating(contenders, repeats, log=log)
+    run_alternating(contenders, session.repeats, log=session.log)
     a = zarr.open_array(str(a_path))[:].astype(np.float64)
     b = zarr.open_array(str(b_path))[:].astype(np.float64)
     expected = a @ b if operation == "matmul" else a * b
@@ -178,20 +150,8 @@ def bench_linalg(
             np.abs(got - expected).max() / np.abs(expected).max()
         )
     del expected
-    floor = contenders[0].seconds
     chosen = next((c for c in contenders if c.kind == "reference" and c.seconds), None)
-    result.references[operation] = chosen.name if chosen else None
-    for contender in contenders:
-        result.rows.append(
-            Row.from_contender(
-                operation,
-                contender,
-                floor=floor,
-                reference=chosen.seconds if chosen else None,
-                work=work,
-                error=errors.get(contender.name),
-            )
-        )
+    result.add_group(operation, contenders, chosen, errors)
     return result
 
 

@@ -76,6 +76,32 @@ class Result:
     def groups(self) -> list[str]:
         return list(dict.fromkeys(row.group for row in self.rows))
 
+    def add_group(
+        self,
+        group: str,
+        contenders: list[Contender],
+        reference: Contender | None,
+        errors: dict[str, float],
+        floor: float | None = None,
+    ) -> None:
+        """One row per contender, against the group's floor (its ``kind="floor"`` contender
+        when that ran, else ``floor`` seconds) and ``reference``; ``errors``: contender name →
+        max relative error, where checked."""
+        own = next((c.seconds for c in contenders if c.kind == "floor" and c.seconds), None)
+        floor = own if own is not None else floor
+        self.references[group] = reference.name if reference else None
+        for contender in contenders:
+            self.rows.append(
+                Row.from_contender(
+                    group,
+                    contender,
+                    floor=floor,
+                    reference=reference.seconds if reference else None,
+                    work=self.work,
+                    error=errors.get(contender.name),
+                )
+            )
+
 
 HEADERS = (
     "{group}",

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import click
 
-from distconv.cli import bench, cluster, filters, info, linalg
+from distconv.cli import bench, cluster, deconvolve, filters, info, linalg
 from distconv.cli._common import CommandState, run_command_line
 
 __all__ = ["cli", "main"]
@@ -36,6 +36,7 @@ def cli(debug: bool) -> None:
 for _command in (
     filters.convolve_command,
     filters.correlate_command,
+    deconvolve.deconvolve_command,
     info.info_command,
     info.engines_command,
     linalg.matmul_command,

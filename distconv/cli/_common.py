@@ -7,6 +7,7 @@ Ctrl-C exits 130 and, while an output is being written, names the command that f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shlex
 import signal
@@ -153,6 +154,15 @@ def quiet_option(help: str = "No progress bar, links or summary.") -> Callable:
     return click.option("-q", "--quiet", is_flag=True, help=help)
 
 
+def job_options(must_match: str, *, rmm: bool = False) -> Callable:
+    """What every command that writes a store ends with: :func:`write_options`,
+    :func:`layout_options`, :func:`cluster_options` and :func:`quiet_option` (read back as
+    :class:`JobOptions`)."""
+    return options(
+        write_options(must_match), layout_options(), cluster_options(rmm=rmm), quiet_option()
+    )
+
+
 # Outputs ---------------------------------------------------------------------------------------
 
 
@@ -203,9 +213,12 @@ def save_resumable(
     quiet: bool,
     chunks=None,
     shards=None,
+    description: str | None = None,
 ) -> tuple[Any, float]:
     """``dc.save`` for a command: the command line goes into the provenance, and while the job
-    runs an interruption's message names the exact ``--resume`` command.
+    runs an interruption's message names the exact ``--resume`` command (``chunks`` and
+    ``shards`` as :func:`distconv.save` takes them; ``description`` labels the progress bar;
+    default: the operation).
 
     Returns
     -------
@@ -226,7 +239,7 @@ def save_resumable(
         chunks=chunks,
         shards=shards,
         progress=not quiet,
-        description=operation,
+        description=description or operation,
         attributes={"command": shlex.join(["distconv", *argv])},
     )
     CommandState.resume_command = None
@@ -289,13 +302,84 @@ def command_cluster(
         yield
 
 
-def interruptible(job: Callable[..., None], *args: Any) -> None:
-    """Run a command's job; Ctrl-C becomes :class:`Interrupted` (exit 130, --resume hint)."""
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+    """The values of :func:`job_options`: how a command's job writes its output, where it runs."""
+
+    overwrite: bool
+    resume: bool
+    cluster_spec: str | None
+    workers: int | None
+    threads_per_worker: int | None
+    quiet: bool
+    rmm_pool_size: str | None = None
+    out_chunks: str | None = None
+    out_shards: str | None = None
+
+    def cluster(self, quiet: bool | None = None) -> contextlib.AbstractContextManager[None]:
+        """:func:`command_cluster` for these options (``quiet`` overrides ``--quiet``)."""
+        quiet = self.quiet if quiet is None else quiet
+        return command_cluster(
+            self.cluster_spec, self.workers, self.threads_per_worker, quiet, self.rmm_pool_size
+        )
+
+    def save(self, y, output: str, operation: str) -> tuple[Any, float]:
+        """:func:`save_resumable` with these options: the written array and the seconds."""
+        return save_resumable(
+            y,
+            output,
+            operation,
+            overwrite=self.overwrite,
+            resume=self.resume,
+            quiet=self.quiet,
+            chunks=self.out_chunks,
+            shards=shards_argument(self.out_shards),
+        )
+
+    def layout(self, y):
+        """The layout ``y`` would be written with (``--chunks``, ``--shards``); a bad one fails
+        here, before any cluster starts."""
+        from distconv.layout import planned_layout
+
+        return planned_layout(y, self.out_chunks, shards_argument(self.out_shards))
+
+    def check_output(self, output: str, sources: Sequence[str]) -> None:
+        """Refuse an ``output`` that is one of ``sources`` or in the way (before any cluster)."""
+        from distconv.io import check_output_path
+
+        check_output_path(output, sources, self.overwrite, self.resume)
+
+    def write(self, y, output: str, operation: str, sources: Sequence[str]) -> tuple[Any, float]:
+        """:meth:`check_output` and :meth:`layout`, then :meth:`save` ``y`` on the command's
+        cluster."""
+        self.check_output(output, sources)
+        self.layout(y)
+        with self.cluster():
+            return self.save(y, output, operation)
+
+
+def interruptible(job: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """Run a command's job; Ctrl-C becomes :class:`Interrupted` (exit 130, --resume hint).
+
+    :func:`run_job` calls it for commands built on :class:`JobOptions`; ``distconv
+    deconvolve`` (cli/deconvolve.py) calls it directly.
+    """
     try:
-        job(*args)
+        job(*args, **kwargs)
     except KeyboardInterrupt:
         # Raised past click as itself, click would print a blank line and turn it into Abort.
         raise Interrupted() from None
+
+
+def run_job(job: Callable[..., None], *args: Any, **params: Any) -> None:
+    """Run a command's job as ``job(*args, settings, **rest)``: ``params`` are the command's
+    keyword arguments, ``settings`` the :class:`JobOptions` among them, ``rest`` the others.
+
+    Ctrl-C becomes :class:`Interrupted` (exit 130, with the ``--resume`` hint).
+    """
+    names = [field.name for field in dataclasses.fields(JobOptions)]
+    settings = JobOptions(**{name: params.pop(name) for name in names if name in params})
+    interruptible(job, *args, settings, **params)
 
 
 # The command line ------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ Every check (one-line errors, exit 2) comes before anything is generated or writ
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -64,66 +66,58 @@ def check_engines(benchmark: str, text: str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _kernel_sizes(text: str) -> list[int]:
+def _positive_ints(text: str, option: str) -> list[int]:
+    """``"3,9,31"`` → ``[3, 9, 31]``; ``option`` names the option in the error."""
     try:
-        sizes = [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise DistconvError(
-            f"--kernel-sizes/--kernels must be integers separated by commas, got {text!r}"
+            f"{option} must be integers separated by commas, got {text!r}"
         ) from None
-    if not sizes or any(k < 1 for k in sizes):
-        raise DistconvError(f"--kernel-sizes/--kernels must be positive integers, got {text!r}")
-    return sizes
-
-
-def _chunk_sides(text: str) -> list[int]:
-    try:
-        sides = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise DistconvError(
-            f"--chunks must be integers separated by commas, got {text!r}"
-        ) from None
-    if not sides or any(c < 1 for c in sides):
-        raise DistconvError(f"--chunks must be positive integers, got {text!r}")
-    return sides
+    if not values or any(v < 1 for v in values):
+        raise DistconvError(f"{option} must be positive integers, got {text!r}")
+    return values
 
 
 def _run(
     benchmark: str,
-    size: int,
+    *,
     engines: str | None,
-    chunk: int | None,
-    repeats: int,
     no_references: bool,
     output_dir: str,
-    workdir: str | None,
     cluster_spec: str | None,
-    workers: int | None,
-    threads_per_worker: int | None,
     quiet: bool,
     kernels_text: str = "",
-    max_seconds: float = 30.0,
     chunks_text: str | None = None,
-    ndim: int = 2,
-    dtype: str = "float32",
+    **settings: Any,
 ) -> None:
+    """Check every option, run the benchmark, write and print its results.
+
+    ``settings`` go to :func:`distconv.bench.run` as they are: ``size``, ``chunk``, ``repeats``,
+    ``workdir``, ``workers``, ``threads_per_worker`` and, for convolve, ``max_seconds``,
+    ``ndim`` and ``dtype``; ``chunks_text`` (``--chunks``) goes as ``chunks``.
+    """
     import os
 
     from distconv.clusters import parse_spec
 
+    size, chunk, workdir = settings["size"], settings["chunk"], settings["workdir"]
     # Every check before any data is generated or any file written.
     engine_list = check_engines(benchmark, engines)
     if not engine_list:
         raise DistconvError(f"no engine installed here can {benchmark}")
-    sizes = _kernel_sizes(kernels_text) if benchmark == "convolve" else []
+    sizes = (
+        _positive_ints(kernels_text, "--kernel-sizes/--kernels") if benchmark == "convolve" else []
+    )
     if sizes and max(sizes) > size:
         raise DistconvError(f"kernel {max(sizes)} is larger than the image ({size})")
-    chunk_list = _chunk_sides(chunks_text) if chunks_text else None
+    chunk_list = _positive_ints(chunks_text, "--chunks") if chunks_text else None
     for side in chunk_list or ([chunk] if chunk is not None else []):
         if sizes and side < max(sizes) // 2:
             raise DistconvError(f"chunk {side} is thinner than the halo of a {max(sizes)} kernel")
     import numpy as np
 
+    dtype = settings.get("dtype", "float32")
     try:
         if np.dtype(dtype).kind not in "iuf":
             raise TypeError
@@ -146,21 +140,13 @@ def _run(
 
     result = bench.run(
         benchmark,
-        size=size,
         engines=engine_list,
         kernels=sizes,
-        chunk=chunk,
         chunks=chunk_list,
-        ndim=ndim,
-        dtype=dtype,
-        repeats=repeats,
         cluster=cluster_spec or "local",
-        workers=workers,
-        threads_per_worker=threads_per_worker,
-        workdir=workdir,
         references=not no_references,
-        max_seconds=max_seconds,
         log=None if quiet else (lambda line: click.echo(line, err=True)),
+        **settings,
     )
     result.setup["command"] = " ".join(["distconv", "bench", benchmark, *sys.argv[3:]])
     json_path, png_path = bench.write_outputs(result, output_dir)
@@ -168,32 +154,30 @@ def _run(
     click.echo(f"wrote {json_path} and {png_path}")
 
 
+def _count_option(name: str, minimum: int, default: int | None, help: str) -> Callable:
+    """An integer option of at least ``minimum``; ``--help`` shows its default, if any."""
+    return click.option(
+        name,
+        type=click.IntRange(min=minimum),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
 def _bench_command(benchmark: str) -> click.Command:
     options = [
-        click.option(
-            "--size",
-            type=click.IntRange(min=8),
-            default=8192,
-            show_default=True,
-            help="Side of the square float32 input(s).",
-        ),
+        _count_option("--size", 8, 8192, "Side of the square float32 input(s)."),
         click.option(
             "--engines",
             default=None,
             help=f"Comma list [default: installed of {_DEFAULT_ENGINES[benchmark]}].",
         ),
-        click.option(
-            "--chunk",
-            type=click.IntRange(min=4),
-            default=None,
-            help="Zarr chunk side [default: 2048 convolve, 1024 matmul/multiply].",
+        _count_option(
+            "--chunk", 4, None, "Zarr chunk side [default: 2048 convolve, 1024 matmul/multiply]."
         ),
-        click.option(
-            "--repeats",
-            type=click.IntRange(min=1),
-            default=3,
-            show_default=True,
-            help="Timed runs per contender after one warm-up (median reported).",
+        _count_option(
+            "--repeats", 1, 3, "Timed runs per contender after one warm-up (median reported)."
         ),
         click.option(
             "--no-references",

@@ -7,22 +7,22 @@ from typing import Any
 import click
 
 from distconv.cli._common import (
-    cluster_options,
-    command_cluster,
+    JobOptions,
     default_output,
     engine_option,
-    interruptible,
-    layout_options,
-    options,
+    job_options,
     output_option,
     output_text,
-    quiet_option,
-    save_resumable,
-    shards_argument,
-    write_options,
+    run_job,
 )
 from distconv.errors import DistconvError
-from distconv.plan import METHODS, MODES, check_output_dtype, check_weights_fit
+from distconv.plan import (
+    METHODS,
+    MODES,
+    check_output_dtype,
+    check_weights_fit,
+    compute_dtype_for,
+)
 
 
 def _int_list(value: str | None, name: str) -> tuple[int, ...] | None:
@@ -35,34 +35,24 @@ def _int_list(value: str | None, name: str) -> tuple[int, ...] | None:
 
 
 def _filter_job(
-    operation,
-    input,
-    weights,
-    output,
-    mode,
-    cval,
-    origin,
-    axes,
-    method,
-    engine,
-    dtype,
-    overwrite,
-    resume,
-    cluster_spec,
-    workers,
-    threads_per_worker,
-    rmm_pool_size,
-    quiet,
-    out_chunks=None,
-    out_shards=None,
-    dry_run=False,
+    operation: str,
+    job: JobOptions,
+    *,
+    input: str,
+    weights: str,
+    output: str | None,
+    origin: str,
+    axes: str | None,
+    dtype: str | None,
+    dry_run: bool,
+    **filter_options: Any,
 ) -> None:
+    """Parse, filter, write; ``filter_options``: ``mode``, ``cval``, ``method``, ``engine``."""
     import distconv as dc
     from distconv.clusters import parse_spec
-    from distconv.io import check_output_path, planned_layout
     from distconv.provenance import source_paths
 
-    parse_spec(cluster_spec)  # a bad spec fails before any work
+    parse_spec(job.cluster_spec)  # a bad spec fails before any work
     x = dc.open(input)
     axes_t = _int_list(axes, "--axes")
     origins = _int_list(origin, "--origin")
@@ -70,63 +60,42 @@ def _filter_job(
     w = dc.load_weights(weights, ndim=len(axes_t) if axes_t else x.ndim)
     check_output_dtype(dtype)
     function = dc.convolve if operation == "convolve" else dc.correlate
-    y = function(
-        x,
-        w,
-        mode=mode,
-        cval=cval,
-        origin=origin_arg,
-        axes=axes_t,
-        method=method,
-        engine=engine,
-        dtype=dtype,
-    )
+    y = function(x, w, origin=origin_arg, axes=axes_t, dtype=dtype, **filter_options)
     check_weights_fit(w.shape, x.shape, axes_t)  # the API accepts these, as scipy.ndimage does
     output = output or default_output(
         input, "convolved" if operation == "convolve" else "correlated"
     )
-    shards = shards_argument(out_shards)
-    layout = planned_layout(y, out_chunks, shards)  # a bad layout fails before any cluster
-    if not dry_run:
-        check_output_path(output, source_paths(y), overwrite, resume)  # before a cluster starts
-
-    with command_cluster(
-        cluster_spec, workers, threads_per_worker, quiet or dry_run, rmm_pool_size
-    ):
-        if dry_run:  # planned where it would run: the workers' threads and memory size tiles
+    if dry_run:  # planned where it would run: the workers' threads and memory size tiles
+        layout = job.layout(y)  # a bad layout fails before any cluster
+        with job.cluster(quiet=True):
             plan = dc.plan_convolve if operation == "convolve" else dc.plan_correlate
             described = plan(
-                x,
-                w,
-                mode=mode,
-                cval=cval,
-                origin=origin_arg,
-                axes=axes_t,
-                method=method,
-                engine=engine,
-                dtype=dtype,
+                x, w, origin=origin_arg, axes=axes_t, dtype=dtype, **filter_options
             ).describe()
-            click.echo(f"{described}\n{output_text(output, layout, y.shape)}")
-            return
-        written, seconds = save_resumable(
-            y,
-            output,
-            operation,
-            overwrite=overwrite,
-            resume=resume,
-            quiet=quiet,
-            chunks=out_chunks,
-            shards=shards,
-        )
-    if not quiet:
-        record = written.attrs["distconv"]["steps"][-1]
+        click.echo(f"{described}\n{output_text(output, layout, y.shape)}")
+        return
+    written, seconds = job.write(y, output, operation, source_paths(y))  # checked, then saved
+    if not job.quiet:
+        produced = written.attrs["distconv"]
+        record = produced["steps"][-1]
         pixels = float(x.size)
         click.echo(
             f"wrote {output}: {'×'.join(map(str, y.shape))} {y.dtype}, "
             f"{written.nchunks} chunks in {y.npartitions} tiles, method {record['method']}, "
             f"engine {record['engine']}; {seconds:.2f} s, {pixels / seconds / 1e6:.1f} Mpx/s, "
-            f"{x.nbytes / seconds / 2**20:.0f} MiB/s read"
+            f"{x.nbytes / seconds / 2**20:.0f} MiB/s read{_clipped_note(produced, x.dtype)}"
         )
+
+
+def _clipped_note(produced: dict, input_dtype) -> str:
+    """``; 12 samples clipped ... (pass --dtype float32 to keep them)``, or nothing."""
+    from distconv.clipping import describe_clipped
+
+    clipped = produced.get("clipped")
+    if not clipped or not clipped["samples"]:
+        return ""
+    keep = compute_dtype_for(input_dtype)
+    return f"; {describe_clipped(clipped)} (pass --dtype {keep} to keep them)"
 
 
 _EXAMPLES = """
@@ -177,65 +146,20 @@ def _filter_command(operation: str) -> click.Command:
         help="direct | fft | separable | auto [default: config, auto].",
     )
     @engine_option("chunk")
-    @click.option("--dtype", help="Output dtype (e.g. float32, uint16) [default: float].")
-    @options(
-        write_options("inputs, weights and parameters"),
-        layout_options(),
-        click.option(
-            "--dry-run",
-            is_flag=True,
-            help="Print the plan (tiles, tasks, bytes decoded, halo, peak memory per task, "
-            "method per tile, output chunks); write nothing.",
-        ),
-        cluster_options(rmm=True),
-        quiet_option(),
+    @click.option(
+        "--dtype",
+        help="Output dtype (e.g. float32, uint16, bool) [default: the input's, as "
+        "scipy.ndimage]. Integers saturate; the summary counts clipped samples.",
     )
-    def command(
-        input: str,
-        weights: str,
-        output: str | None,
-        mode: str,
-        cval: float,
-        origin: str,
-        axes: str | None,
-        method: str | None,
-        engine: str | None,
-        dtype: str | None,
-        overwrite: bool,
-        resume: bool,
-        out_chunks: str | None,
-        out_shards: str | None,
-        dry_run: bool,
-        cluster_spec: str | None,
-        workers: int | None,
-        threads_per_worker: int | None,
-        rmm_pool_size: str | None,
-        quiet: bool,
-    ) -> None:
-        interruptible(
-            _filter_job,
-            operation,
-            input,
-            weights,
-            output,
-            mode,
-            cval,
-            origin,
-            axes,
-            method,
-            engine,
-            dtype,
-            overwrite,
-            resume,
-            cluster_spec,
-            workers,
-            threads_per_worker,
-            rmm_pool_size,
-            quiet,
-            out_chunks,
-            out_shards,
-            dry_run,
-        )
+    @job_options("inputs, weights and parameters", rmm=True)
+    @click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Print the plan (tiles, tasks, bytes decoded, halo, peak memory per task, "
+        "method per tile, output chunks); write nothing.",
+    )
+    def command(**params: Any) -> None:
+        run_job(_filter_job, operation, **params)
 
     command.__doc__ = (
         f"{operation.capitalize()} INPUT (a Zarr array, v2 or v3, or a path inside a group) "

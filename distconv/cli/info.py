@@ -7,6 +7,7 @@ import json
 import click
 
 from distconv import kernels
+from distconv.clipping import describe_clipped
 
 
 @click.command("info")
@@ -50,6 +51,9 @@ def info_command(path: str, as_json: bool) -> None:
             click.echo(
                 f"{'weights:':14}{step.get('weights_shape')} sha256 {step['weights_sha256'][:16]}…"
             )
+    clipped = describe_clipped(produced.get("clipped"))
+    if clipped:
+        click.echo(f"{'clipped:':14}{clipped}")
     for key in ("inputs", "command", "version", "created", "finished"):
         if key in produced:
             click.echo(f"{key + ':':14}{_fmt(produced[key])}")

@@ -8,32 +8,25 @@ and the output path checked before any cluster starts.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import click
 
 from distconv.cli._common import (
-    cluster_options,
-    command_cluster,
+    JobOptions,
     default_output,
     engine_option,
-    interruptible,
-    layout_options,
+    job_options,
     options,
     output_option,
-    quiet_option,
-    save_resumable,
-    shards_argument,
-    write_options,
+    run_job,
 )
 
 # The options of every command that writes a store, in the order --help lists them.
 _common_options = options(
     output_option("A.<op>.zarr beside A"),
     engine_option("block"),
-    write_options("inputs and parameters"),
-    layout_options(),
-    cluster_options(),
-    quiet_option(),
+    job_options("inputs and parameters"),
 )
 
 
@@ -51,22 +44,7 @@ _common_options = options(
     is_flag=True,
     help="Print the plan (blocks, tasks, bytes, peak memory, FLOPs); write nothing.",
 )
-def matmul_command(
-    a: str,
-    b: str,
-    output: str | None,
-    engine: str | None,
-    overwrite: bool,
-    resume: bool,
-    out_chunks: str | None,
-    out_shards: str | None,
-    cluster_spec: str | None,
-    workers: int | None,
-    threads_per_worker: int | None,
-    quiet: bool,
-    memory_budget: str | None,
-    dry_run: bool,
-) -> None:
+def matmul_command(**params: Any) -> None:
     """Matrix product A @ B of two Zarr arrays, as numpy.matmul (stacks and 1-D included).
 
     \b
@@ -81,43 +59,19 @@ def matmul_command(
       distconv matmul stack.zarr/raw b.zarr --cluster threads --quiet
       distconv matmul a.zarr b.zarr -o c.zarr --resume        # finish an interrupted run
     """
-    interruptible(
-        _matmul_job,
-        a,
-        b,
-        output,
-        engine,
-        overwrite,
-        resume,
-        cluster_spec,
-        workers,
-        threads_per_worker,
-        quiet,
-        memory_budget,
-        dry_run,
-        out_chunks,
-        out_shards,
-    )
+    run_job(_matmul_job, **params)
 
 
 def _matmul_job(
-    a,
-    b,
-    output,
-    engine,
-    overwrite,
-    resume,
-    cluster_spec,
-    workers,
-    threads_per_worker,
-    quiet,
-    memory_budget,
-    dry_run,
-    out_chunks=None,
-    out_shards=None,
+    job: JobOptions,
+    a: str,
+    b: str,
+    output: str | None,
+    engine: str | None,
+    memory_budget: str | None,
+    dry_run: bool,
 ) -> None:
     import distconv as dc
-    from distconv.io import check_output_path
     from distconv.ops.matmul import plan_for
     from distconv.plan.matmul import matmul_result_shape
 
@@ -125,23 +79,14 @@ def _matmul_job(
     matmul_result_shape(x.shape, y.shape)  # NumPy's error before any cluster starts
     output = output or default_output(a, "matmul")
     if not dry_run:
-        check_output_path(output, [a, b], overwrite, resume)
-    with command_cluster(cluster_spec, workers, threads_per_worker, quiet or dry_run):
+        job.check_output(output, [a, b])
+    with job.cluster(quiet=job.quiet or dry_run):
         if dry_run:  # planned where it would run: the workers' memory sets the budget
             click.echo(plan_for(x, y, engine=engine, memory_budget=memory_budget).describe())
             return
         product = dc.matmul(x, y, engine=engine, memory_budget=memory_budget)
-        seconds = save_resumable(
-            product,
-            output,
-            "matmul",
-            overwrite=overwrite,
-            resume=resume,
-            quiet=quiet,
-            chunks=out_chunks,
-            shards=shards_argument(out_shards),
-        )[1]
-    if not quiet:
+        seconds = job.save(product, output, "matmul")[1]
+    if not job.quiet:
         flops = 2 * int(product.size) * x.shape[-1]  # one multiply-add per k per element
         step = dc.info(output)["provenance"]["steps"][-1]
         click.echo(
@@ -155,20 +100,7 @@ def _matmul_job(
 @click.argument("a", metavar="A")
 @click.argument("b", metavar="B")
 @_common_options
-def multiply_command(
-    a: str,
-    b: str,
-    output: str | None,
-    engine: str | None,
-    overwrite: bool,
-    resume: bool,
-    out_chunks: str | None,
-    out_shards: str | None,
-    cluster_spec: str | None,
-    workers: int | None,
-    threads_per_worker: int | None,
-    quiet: bool,
-) -> None:
+def multiply_command(**params: Any) -> None:
     """Element-wise product of a Zarr array A and a Zarr array or number B, as numpy.multiply.
 
     \b
@@ -182,39 +114,11 @@ def multiply_command(
       distconv multiply volume.zarr mask.zarr --cluster threads --quiet
       distconv multiply a.zarr b.zarr -o m.zarr --resume      # finish an interrupted run
     """
-    interruptible(
-        _multiply_job,
-        a,
-        b,
-        output,
-        engine,
-        overwrite,
-        resume,
-        cluster_spec,
-        workers,
-        threads_per_worker,
-        quiet,
-        out_chunks,
-        out_shards,
-    )
+    run_job(_multiply_job, **params)
 
 
-def _multiply_job(
-    a,
-    b,
-    output,
-    engine,
-    overwrite,
-    resume,
-    cluster_spec,
-    workers,
-    threads_per_worker,
-    quiet,
-    out_chunks=None,
-    out_shards=None,
-) -> None:
+def _multiply_job(job: JobOptions, a: str, b: str, output: str | None, engine: str | None) -> None:
     import distconv as dc
-    from distconv.io import check_output_path
 
     x = dc.open(a)
     y = _number(b)
@@ -222,19 +126,9 @@ def _multiply_job(
         y = dc.open(b)
     product = dc.multiply(x, y, engine=engine)  # NumPy's broadcasting error, before a cluster
     output = output or default_output(a, "multiply")
-    check_output_path(output, [a] + ([] if isinstance(y, (int, float)) else [b]), overwrite, resume)
-    with command_cluster(cluster_spec, workers, threads_per_worker, quiet):
-        seconds = save_resumable(
-            product,
-            output,
-            "multiply",
-            overwrite=overwrite,
-            resume=resume,
-            quiet=quiet,
-            chunks=out_chunks,
-            shards=shards_argument(out_shards),
-        )[1]
-    if not quiet:
+    sources = [a] + ([] if isinstance(y, (int, float)) else [b])
+    seconds = job.write(product, output, "multiply", sources)[1]
+    if not job.quiet:
         click.echo(
             f"wrote {output}: {_shape(product.shape)} {product.dtype}, "
             f"{product.npartitions} chunks; {seconds:.2f} s, "

@@ -183,23 +183,12 @@ def map_chunks(
     out_axes = _output_axes(kept, new, out_ndim)
     out_chunks = chunks
     if dtype is None or chunks is None:
-        probe_dtype, inferred = _probe(
-            fn,
-            runner,
-            token,
-            kwargs,
-            xs,
-            in_chunks,
-            depths,
-            trim,
-            out_axes,
-            out_ndim,
-            halo_sides,
-            fn_name,
-            infer_chunks=chunks is None,
-        )
-        dtype = probe_dtype if dtype is None else dtype
-        out_chunks = inferred if chunks is None else chunks
+        out, core = _probe(fn, runner, token, kwargs, xs, in_chunks, depths, out_ndim, fn_name)
+        dtype = out.dtype if dtype is None else dtype
+        if chunks is None:
+            out_chunks = _inferred_chunks(
+                out.shape, core, in_chunks, depths, halo_sides, trim, out_axes, fn_name
+            )
     dtype = np.dtype(dtype)
     trim_axes = {
         out_axis: in_axis for out_axis, in_axis in out_axes.items() if trim and depths[in_axis]
@@ -209,6 +198,12 @@ def map_chunks(
     result = da.map_blocks(
         _run_block,
         *haloed_all,
+        chunks=out_chunks,
+        drop_axis=drop or None,
+        new_axis=new or None,
+        dtype=dtype,
+        meta=xp.empty((0,) * out_ndim, dtype=dtype),
+        # The keywords of _run_block:
         runner=runner,
         fn=fn,
         fn_token=token,
@@ -219,11 +214,6 @@ def map_chunks(
         fn_name=fn_name,
         out_ndim=out_ndim,
         out_dtype=dtype,
-        chunks=out_chunks,
-        drop_axis=drop or None,
-        new_axis=new or None,
-        dtype=dtype,
-        meta=xp.empty((0,) * out_ndim, dtype=dtype),
         # The key names the function *and* everything it is applied to, so two calls with the
         # same function on different inputs never share keys.
         name=f"{name or fn_name.rsplit('.', 1)[-1]}-"
@@ -360,27 +350,11 @@ def _output_axes(kept: Sequence[int], new: Sequence[int], out_ndim: int) -> dict
 # --- inferring the output from one tiny block ------------------------------------------------
 
 
-def _probe(
-    fn,
-    runner,
-    token,
-    kwargs,
-    xs,
-    in_chunks,
-    depths,
-    trim,
-    axes,
-    out_ndim,
-    halo_sides,
-    fn_name,
-    infer_chunks: bool,
-):
-    """Run ``fn`` once on a tiny haloed block; return the output dtype and chunks.
+def _probe(fn, runner, token, kwargs, xs, in_chunks, depths, out_ndim, fn_name):
+    """Run ``fn`` once on a tiny haloed block; return its output and the block's core shape.
 
     Each axis of the probe's core is ``PROBE_SIDE`` samples (the whole axis when it is one
-    small chunk, e.g. RGB channels). An output axis that keeps the core's size (or the haloed
-    size) follows the input's chunks; one of another size is a fixed-size axis, allowed where
-    the input axis is one chunk read whole by the probe (or for a new axis).
+    small chunk, e.g. RGB channels).
     """
     core = tuple(
         size if len(c) == 1 and size <= 4 * PROBE_SIDE else min(c[0], PROBE_SIDE)
@@ -405,11 +379,18 @@ def _probe(
             f"{fn_name} returned a {out.ndim}-D array for a {len(shape)}-D "
             f"block; expected {out_ndim}-D (pass drop_axis/new_axis)"
         )
-    if not infer_chunks:
-        return out.dtype, None
+    return out, core
+
+
+def _inferred_chunks(out_shape, core, in_chunks, depths, halo_sides, trim, axes, fn_name):
+    """The output chunks, from the shape ``fn`` gave the probe block of ``core`` samples.
+
+    An output axis that keeps the core's size (or the haloed size) follows the input's chunks;
+    one of another size is a fixed-size axis, allowed where the input axis is one chunk read
+    whole by the probe (or for a new axis).
+    """
     chunks = []
-    for out_axis in range(out_ndim):
-        size = out.shape[out_axis]
+    for out_axis, size in enumerate(out_shape):
         if out_axis not in axes:
             chunks.append((size,))
             continue
@@ -427,7 +408,7 @@ def _probe(
                 f"cannot infer the output chunks of {fn_name} on axis {out_axis}: a probe "
                 f"block of {p} samples (+{d} halo each side) gave {size}; pass chunks="
             )
-    return out.dtype, tuple(chunks)
+    return tuple(chunks)
 
 
 def _sample(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

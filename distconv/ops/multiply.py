@@ -69,32 +69,19 @@ def multiply(a, b, *, engine: str | None = None) -> da.Array:
         dtype,
         gpu_chunks=is_gpu_array(x) or is_gpu_array(y),
     )
-    meta = array_module(x._meta).empty((0,) * len(out_shape), dtype=dtype)
+    graph_options = {
+        "dtype": dtype,
+        "meta": array_module(x._meta).empty((0,) * len(out_shape), dtype=dtype),
+        "engine": name,  # this and dtype_ go to multiply_block
+        "dtype_": dtype,
+        "token": "distconv-multiply",
+    }
     if y is None:
-        product = x.map_blocks(
-            multiply_block,
-            b=scalar,
-            dtype=dtype,
-            meta=meta,
-            engine=name,
-            dtype_=dtype,
-            token="distconv-multiply",
-        )
+        product = x.map_blocks(multiply_block, b=scalar, **graph_options)
     else:
         out_ind = tuple(range(len(out_shape)))
-        product = da.blockwise(
-            multiply_block,
-            out_ind,
-            x,
-            out_ind[len(out_shape) - x.ndim :],
-            y,
-            out_ind[len(out_shape) - y.ndim :],
-            dtype=dtype,
-            meta=meta,
-            engine=name,
-            dtype_=dtype,
-            token="distconv-multiply",
-        )
+        x_ind, y_ind = out_ind[len(out_shape) - x.ndim :], out_ind[len(out_shape) - y.ndim :]
+        product = da.blockwise(multiply_block, out_ind, x, x_ind, y, y_ind, **graph_options)
     layout = layout_of(x)
     if layout is not None:  # stored like the first operand (the second may differ)
         remember_layout(product, layout)

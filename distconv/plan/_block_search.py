@@ -250,18 +250,9 @@ class BlockSearch:
             / BYTES_PER_SECOND
             / self.resources.parallel_tasks
         )
-        return Choice(
-            seconds=rounds * per_task + summing,
-            moved=moved,
-            batch_chunks=batch_chunks,
-            bn=bn,
-            bk=bk,
-            bm=bm,
-            fan_in=fan_in,
-            tasks=tasks,
-            fits=peak <= budget,
-            step=step if steps > 1 else 0,
-        )
+        seconds = rounds * per_task + summing
+        blocks = (batch_chunks, bn, bk, bm)  # Choice's fields in order
+        return Choice(seconds, moved, *blocks, fan_in, tasks, peak <= budget, step * (steps > 1))
 
 
 def peak_task_bytes(
@@ -296,9 +287,8 @@ def peak_task_bytes(
         Bytes.
     """
     # A matmul task holds both panels, their casts to the compute dtype, and its product.
-    cast_a = a_panel * dtype.itemsize // a_dtype.itemsize if a_dtype != dtype else 0
-    cast_b = b_panel * dtype.itemsize // b_dtype.itemsize if b_dtype != dtype else 0
-    matmul_task = a_panel + b_panel + cast_a + cast_b + out_block
+    casts = _cast_bytes(a_panel, a_dtype, dtype) + _cast_bytes(b_panel, b_dtype, dtype)
+    matmul_task = a_panel + b_panel + casts + out_block
     # A tree-sum task holds its fan-in of partial products and the running total.
     sum_task = (fan_in + 1) * out_block if k_panels > 1 else 0
     # Assembling a panel from smaller chunks holds the pieces and the panel at once.
@@ -311,24 +301,19 @@ def peak_task_bytes(
 def stream_peak_bytes(
     a_step: int, b_step: int, out_block: int, a_dtype: np.dtype, b_dtype: np.dtype, dtype: np.dtype
 ) -> int:
-    """Memory of a streaming task: this step's panels (and their casts), the next step's panels
+    """Bytes a streaming task holds: this step's panels (and their casts), the next step's panels
     being read, the running block and this step's product.
 
-    Parameters
-    ----------
-    a_step, b_step, out_block : int
-        Bytes of one step's A and B panels and of the output block.
-    a_dtype, b_dtype, dtype : numpy.dtype
-        The operands' dtypes and the compute dtype.
-
-    Returns
-    -------
-    int
-        Bytes.
+    Parameters as :func:`peak_task_bytes`, with one step's A and B panels (``a_step``,
+    ``b_step``) in place of the whole panels.
     """
-    cast_a = a_step * dtype.itemsize // a_dtype.itemsize if a_dtype != dtype else 0
-    cast_b = b_step * dtype.itemsize // b_dtype.itemsize if b_dtype != dtype else 0
-    return 2 * (a_step + b_step) + cast_a + cast_b + 2 * out_block
+    casts = _cast_bytes(a_step, a_dtype, dtype) + _cast_bytes(b_step, b_dtype, dtype)
+    return 2 * (a_step + b_step) + casts + 2 * out_block
+
+
+def _cast_bytes(panel: int, panel_dtype: np.dtype, dtype: np.dtype) -> int:
+    """Bytes of a panel's copy cast to the compute ``dtype`` (0 when it is that dtype already)."""
+    return panel * dtype.itemsize // panel_dtype.itemsize if panel_dtype != dtype else 0
 
 
 def _candidate_sizes(extent: int, chunk: int, whole_chunks: bool = False) -> list[int]:
@@ -504,30 +489,12 @@ def _aligned_total(extent: int, block: int, chunk: int) -> int:
 
 
 def block_count(extent: int, size: int) -> int:
-    """Blocks of ``size`` that cover ``extent`` (at least one).
-
-    Parameters
-    ----------
-    extent, size : int
-
-    Returns
-    -------
-    int
-    """
+    """Blocks of ``size`` that cover ``extent`` (at least one)."""
     return max(1, math.ceil(extent / max(1, size)))
 
 
 def tree_tasks(partials: int, fan_in: int) -> int:
-    """Add tasks in a tree that reduces ``partials`` blocks with the given fan-in.
-
-    Parameters
-    ----------
-    partials, fan_in : int
-
-    Returns
-    -------
-    int
-    """
+    """Add tasks in a tree that reduces ``partials`` blocks with the given fan-in."""
     tasks = 0
     while partials > 1:
         partials = math.ceil(partials / fan_in)

@@ -1,16 +1,25 @@
 """scipy.ndimage-style arguments checked and normalised: modes, methods, axes, origins, dtypes.
 
 Each check raises the one-line error the CLI prints, so the API and the CLI refuse the same
-things with the same words.
+things with the same words. The error is also the builtin scipy.ndimage raises for the same
+mistake (see distconv/errors.py): RuntimeError for an unknown mode or an origin sequence of the
+wrong length, TypeError for a float origin or an unknown dtype name, ValueError for an origin
+outside the kernel or a repeated axis.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import numpy as np
 
-from distconv.errors import DistconvError
+from distconv.errors import (
+    DistconvError,
+    DistconvRuntimeError,
+    DistconvTypeError,
+    WeightsRankError,
+)
 
 __all__ = [
     "CANONICAL_MODE",
@@ -49,7 +58,7 @@ METHODS = ("auto", "direct", "fft", "separable")
 
 
 def normalize_mode(mode: str) -> str:
-    """Validate a scipy.ndimage boundary mode and return its canonical name.
+    """A scipy.ndimage boundary mode (one of :data:`MODES`) by its canonical name.
 
     Parameters
     ----------
@@ -63,61 +72,45 @@ def normalize_mode(mode: str) -> str:
 
     Raises
     ------
-    DistconvError
-        An unknown mode.
+    DistconvRuntimeError
+        An unknown mode, or a sequence of modes (scipy.ndimage raises RuntimeError for both).
     """
+    if not isinstance(mode, str):
+        raise DistconvRuntimeError(
+            f"mode must be one name, got {mode!r}; choose one of: {', '.join(MODES)}"
+        )
     if mode not in MODES:
-        raise DistconvError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+        raise DistconvRuntimeError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
     return CANONICAL_MODE.get(mode, mode)
 
 
 def normalize_method(method: str) -> str:
-    """Validate a correlation method.
+    """A correlation method, checked to be one of :data:`METHODS`."""
+    return _one_of(method, METHODS, "method")
 
-    Parameters
-    ----------
-    method : str
-        One of :data:`METHODS`.
 
-    Returns
-    -------
-    str
-
-    Raises
-    ------
-    DistconvError
-        An unknown method.
-    """
-    if method not in METHODS:
-        raise DistconvError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    return method
+def _one_of(value: str, choices, what: str) -> str:
+    if value not in choices:
+        raise DistconvError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
+    return value
 
 
 def compute_dtype_for(dtype: np.dtype) -> np.dtype:
-    """float64 stays float64 (and 64-bit integers need it); everything else computes in float32.
-
-    Parameters
-    ----------
-    dtype : dtype
-        The input's dtype.
-
-    Returns
-    -------
-    numpy.dtype
+    """The compute dtype for an input of ``dtype``; refuses complex or non-numeric input.
 
     Raises
     ------
-    DistconvError
-        Complex or non-numeric input.
+    DistconvRuntimeError
+        Complex or non-numeric input (scipy.ndimage's RuntimeError for unsupported array types).
     """
     dtype = np.dtype(dtype)
     if dtype.kind == "c":
-        raise DistconvError(
+        raise DistconvRuntimeError(
             f"complex input ({dtype}) is not supported; filter the real and "
             "imaginary parts separately"
         )
     if dtype.kind not in "biuf":
-        raise DistconvError(f"input dtype {dtype} is not numeric")
+        raise DistconvRuntimeError(f"input dtype {dtype} is not numeric")
     if dtype == np.float64 or (dtype.kind in "iu" and dtype.itemsize == 8):
         return np.dtype(np.float64)
     return np.dtype(np.float32)
@@ -126,18 +119,12 @@ def compute_dtype_for(dtype: np.dtype) -> np.dtype:
 def check_weights(weights) -> np.ndarray:
     """Return weights as a float64 array, refusing what cannot be a filter kernel.
 
-    Parameters
-    ----------
-    weights : array_like
-
-    Returns
-    -------
-    numpy.ndarray
-
     Raises
     ------
     DistconvError
-        Non-real, empty, 0-d or non-finite weights.
+        Non-real, empty or non-finite weights.
+    WeightsRankError
+        0-d weights (their rank cannot match any input's).
     """
     array = np.asarray(weights)
     if array.dtype.kind not in "biuf":
@@ -145,7 +132,7 @@ def check_weights(weights) -> np.ndarray:
     if array.size == 0:
         raise DistconvError(f"weights are empty (shape {array.shape})")
     if array.ndim == 0:
-        raise DistconvError("weights must have at least one dimension")
+        raise WeightsRankError("weights must have at least one dimension")
     array = array.astype(np.float64)
     if not np.all(np.isfinite(array)):
         raise DistconvError("weights contain NaN or infinity")
@@ -153,7 +140,7 @@ def check_weights(weights) -> np.ndarray:
 
 
 def normalize_axes(axes, weights_ndim: int, input_ndim: int) -> tuple[int, ...]:
-    """The input axes that the weights' axes filter, in the weights' order.
+    """The input axes (non-negative) that the weights' axes filter, in the weights' order.
 
     Parameters
     ----------
@@ -169,11 +156,15 @@ def normalize_axes(axes, weights_ndim: int, input_ndim: int) -> tuple[int, ...]:
     Raises
     ------
     DistconvError
-        Out-of-range or repeated axes, or a count that does not match the weights.
+        Out-of-range or repeated axes (a ValueError, as scipy.ndimage's).
+    DistconvTypeError
+        An axis that is not an integer.
+    WeightsRankError
+        Weights whose rank differs from the input's (no ``axes``) or from ``len(axes)``.
     """
     if axes is None:
         if weights_ndim != input_ndim:
-            raise DistconvError(
+            raise WeightsRankError(
                 f"weights have {weights_ndim} dimension(s) but the input has {input_ndim}; "
                 f"pass axes= (--axes) to name the {weights_ndim} input axes to filter"
             )
@@ -182,13 +173,14 @@ def normalize_axes(axes, weights_ndim: int, input_ndim: int) -> tuple[int, ...]:
         axes = (int(axes),)
     normalized = []
     for axis in axes:
-        if not -input_ndim <= int(axis) < input_ndim:
+        axis = _integer(axis, "axis")
+        if not -input_ndim <= axis < input_ndim:
             raise DistconvError(f"axis {axis} is out of range for a {input_ndim}-D input")
-        normalized.append(int(axis) % input_ndim)
+        normalized.append(axis % input_ndim)
     if len(set(normalized)) != len(normalized):
         raise DistconvError(f"axes {tuple(axes)} repeat an axis")
     if len(normalized) != weights_ndim:
-        raise DistconvError(
+        raise WeightsRankError(
             f"axes {tuple(axes)} name {len(normalized)} axis/axes but the weights have "
             f"{weights_ndim} dimension(s)"
         )
@@ -196,7 +188,7 @@ def normalize_axes(axes, weights_ndim: int, input_ndim: int) -> tuple[int, ...]:
 
 
 def normalize_origins(origin, shape: Sequence[int]) -> tuple[int, ...]:
-    """Origins per weights axis, checked against scipy.ndimage's allowed range.
+    """Origins (ints) per weights axis, checked against scipy.ndimage's allowed range.
 
     Parameters
     ----------
@@ -212,21 +204,23 @@ def normalize_origins(origin, shape: Sequence[int]) -> tuple[int, ...]:
     Raises
     ------
     DistconvError
-        A non-integer or out-of-range origin, or a count that does not match the weights.
+        An origin outside the kernel (a ValueError, as scipy.ndimage's).
+    DistconvTypeError
+        An origin that is not an integer: a float (even 1.0), complex, bool or string.
+    DistconvRuntimeError
+        A sequence of origins whose length is not the weights' rank.
     """
-    if np.ndim(origin) == 0:
+    if isinstance(origin, (str, bytes)) or not np.iterable(origin):  # scipy's test for one
         origins = [origin] * len(shape)
     else:
         origins = list(origin)
         if len(origins) != len(shape):
-            raise DistconvError(
+            raise DistconvRuntimeError(
                 f"origin has {len(origins)} value(s) but the weights have {len(shape)} axes"
             )
     result = []
     for value, size in zip(origins, shape):
-        if isinstance(value, (bool, np.bool_)) or float(value) != int(value):
-            raise DistconvError(f"origin {value!r} is not an integer")
-        value = int(value)
+        value = _integer(value, "origin")
         if not -(size // 2) <= value <= (size - 1) // 2:
             raise DistconvError(
                 f"invalid origin {value} for a kernel of size {size}: "
@@ -236,13 +230,25 @@ def normalize_origins(origin, shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(result)
 
 
-def output_dtype_for(dtype, compute_dtype: np.dtype) -> np.dtype:
-    """The output dtype: ``dtype`` when given, else the compute dtype.
+def _integer(value, what: str) -> int:
+    """An integer argument as scipy.ndimage takes it: ints and NumPy integers, nothing else."""
+    if isinstance(value, (bool, np.bool_)):
+        raise DistconvTypeError(f"{what} {value!r} is not an integer")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise DistconvTypeError(f"{what} {value!r} is not an integer") from None
+
+
+def output_dtype_for(dtype, input_dtype) -> np.dtype:
+    """The output dtype, as scipy.ndimage's: ``dtype`` when given, else the input's dtype.
 
     Parameters
     ----------
-    dtype : dtype or None
-    compute_dtype : numpy.dtype
+    dtype : dtype-like or None
+        The requested output dtype (scipy.ndimage's ``output``).
+    input_dtype : dtype-like
+        The input's dtype.
 
     Returns
     -------
@@ -250,46 +256,54 @@ def output_dtype_for(dtype, compute_dtype: np.dtype) -> np.dtype:
 
     Raises
     ------
-    DistconvError
-        An unknown or non-numeric (integer or float) dtype.
+    DistconvTypeError, DistconvRuntimeError
+        As :func:`check_output_dtype`.
     """
-    if dtype is None:
-        return compute_dtype
-    try:
-        out = np.dtype(dtype)
-    except TypeError:
-        raise DistconvError(f"unknown dtype {dtype!r}") from None
-    if out.kind not in "biuf":
-        raise DistconvError(f"output dtype {out} is not supported; use an integer or float type")
-    return out
+    out = check_output_dtype(dtype)
+    return np.dtype(input_dtype) if out is None else out
 
 
 def check_output_dtype(dtype) -> np.dtype | None:
-    """Refuse an output dtype a filter cannot write: bool, complex or not numeric.
+    """Refuse an output a filter cannot write: an array, an unknown name, complex, not numeric.
+
+    Results are lazy, so ``output`` names a dtype; scipy.ndimage's other form (an array to
+    fill) is refused with a hint.
 
     Parameters
     ----------
     dtype : dtype-like, optional
-        The requested output dtype; None asks for the default (the compute dtype).
+        The requested output dtype; None asks for the default (the input's dtype).
 
     Returns
     -------
     numpy.dtype or None
-        The dtype, or None when none was requested.
+        The dtype (bool, integer or float), or None when none was requested.
 
     Raises
     ------
-    DistconvError
-        For an unknown dtype name, or a dtype that is neither an integer nor a float type.
+    DistconvTypeError
+        An array instead of a dtype, or an unknown dtype name (scipy.ndimage's TypeError).
+    DistconvRuntimeError
+        A dtype that is not bool, integer or float (scipy.ndimage's RuntimeError).
     """
     if dtype is None:
         return None
+    if not isinstance(dtype, (np.dtype, type, str)) and (
+        hasattr(dtype, "__array__") or hasattr(dtype, "__array_function__")
+    ):
+        raise DistconvTypeError(
+            f"output must be a dtype or its name, not {type(dtype).__name__}: distconv's "
+            "results are lazy dask arrays; pass output=array.dtype, then dc.save(result, path) "
+            "or array[...] = result.compute()"
+        )
     try:
         out = np.dtype(dtype)
-    except TypeError:
-        raise DistconvError(f"unknown dtype {dtype!r}") from None
-    if out.kind not in "iuf":
-        raise DistconvError(f"output dtype {out} is not supported; use an integer or float type")
+    except (TypeError, ValueError):
+        raise DistconvTypeError(f"unknown dtype {dtype!r}") from None
+    if out.kind not in "biuf":
+        raise DistconvRuntimeError(
+            f"output dtype {out} is not supported; use a bool, integer or float type"
+        )
     return out
 
 
@@ -305,20 +319,9 @@ def check_weights_fit(
     by its boundary mode. On the command line it is a mistake, and the halo would make every
     chunk the whole axis.
 
-    Parameters
-    ----------
-    weights_shape : sequence of int
-        Shape of the weights.
-    input_shape : sequence of int
-        Shape of the input.
-    axes : int or sequence of int, optional
-        Input axes the weights' axes filter (default: all, in order). When their count does not
-        match the weights, nothing is checked here: the planner reports the mismatch.
-
-    Raises
-    ------
-    DistconvError
-        Naming the first axis, as given, on which the weights are larger than the input.
+    ``axes`` are the input axes the weights' axes filter (default: all, in order); when their
+    count does not match the weights nothing is checked here (the planner reports that). The
+    error names the first axis, as given, on which the weights are larger than the input.
     """
     ndim = len(input_shape)
     if axes is None:

@@ -76,20 +76,9 @@ def scalar_as(scalar, dtype: np.dtype) -> np.ndarray:
 
 
 def broadcast_shape(a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The shape :func:`numpy.multiply` gives operands of these shapes.
+    """The shape :func:`numpy.multiply` gives operands of these shapes (tuples of int).
 
-    Parameters
-    ----------
-    a_shape, b_shape : tuple of int
-
-    Returns
-    -------
-    tuple of int
-
-    Raises
-    ------
-    DistconvError
-        Shapes that do not broadcast, with NumPy's message.
+    Shapes that do not broadcast raise :class:`DistconvError` with NumPy's message.
     """
     try:
         return np.broadcast_shapes(a_shape, b_shape)

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from distconv import kernels
-from distconv.errors import DistconvError, EngineError
+from distconv.errors import DistconvError, DistconvTypeError, EngineError
 from distconv.plan.arguments import (
     MODES,
-    check_output_dtype,
     check_weights,
     compute_dtype_for,
     normalize_axes,
@@ -205,7 +204,8 @@ def plan_correlation(
     engine : str
         An engine name or "auto".
     dtype : dtype, optional
-        Output dtype (default: the compute dtype).
+        Output dtype (default: the input's, as scipy.ndimage). The compute dtype is float32, or
+        float64 for float64 and 64-bit integer input.
     convolution : bool
         Plan :func:`scipy.ndimage.convolve` instead (weights flipped, origins shifted).
     gpu_chunks : bool
@@ -218,7 +218,8 @@ def plan_correlation(
     Raises
     ------
     DistconvError
-        Invalid arguments.
+        Invalid arguments; the subclasses are also the builtin scipy.ndimage raises for the
+        same mistake (:mod:`distconv.errors`).
     EngineError
         No installed engine can run the plan.
     """
@@ -229,14 +230,15 @@ def plan_correlation(
     if ndim == 0 or 0 in tuple(input_shape):
         raise DistconvError(f"input is empty (shape {tuple(input_shape)})")
     compute_dtype = compute_dtype_for(input_dtype)
-    check_output_dtype(dtype)
-    out_dtype = output_dtype_for(dtype, compute_dtype)
+    out_dtype = output_dtype_for(dtype, input_dtype)
     axes = normalize_axes(axes, weights.ndim, ndim)
     origins = normalize_origins(origin, weights.shape)
-    try:
+    try:  # scipy.ndimage: TypeError ("must be real number"), for a string too
+        if isinstance(cval, (str, bytes)):
+            raise TypeError
         cval = float(cval)
     except (TypeError, ValueError):
-        raise DistconvError(f"cval {cval!r} is not a number") from None
+        raise DistconvTypeError(f"cval {cval!r} is not a real number") from None
 
     if convolution:
         # scipy.ndimage.convolve: correlate with the flipped kernel, origin negated and shifted
@@ -282,14 +284,7 @@ def plan_correlation(
         )
     if not engines:
         raise EngineError(f"engine {engine!r} cannot correlate {ndim}-D {compute_dtype}")
+    # Positional, in the dataclass's field order (each local is named after its field).
     return CorrelationPlan(
-        weights=full,
-        origins=tuple(full_origins),
-        mode=mode,
-        cval=cval,
-        compute_dtype=compute_dtype,
-        out_dtype=out_dtype,
-        method=method,
-        engines=engines,
-        factors=factors,
+        full, tuple(full_origins), mode, cval, compute_dtype, out_dtype, method, engines, factors
     )

@@ -366,19 +366,8 @@ class MatmulPlan:
 def matmul_result_shape(a_shape: Sequence[int], b_shape: Sequence[int]) -> tuple[int, ...]:
     """The shape :func:`numpy.matmul` returns for operands of these shapes.
 
-    Parameters
-    ----------
-    a_shape, b_shape : sequence of int
-        Operand shapes (1-D operands and stacks of matrices as in NumPy).
-
-    Returns
-    -------
-    tuple of int
-
-    Raises
-    ------
-    DistconvError
-        Shapes NumPy refuses, with NumPy's message.
+    1-D operands and stacks of matrices are taken as NumPy takes them; shapes NumPy refuses
+    raise :class:`DistconvError` with NumPy's message.
     """
     a_shape, b_shape = tuple(a_shape), tuple(b_shape)
     if not a_shape or not b_shape:
@@ -460,47 +449,39 @@ def plan_matmul(
             resources.parallel_tasks, resources.cores_per_task, budget_bytes(memory_budget), "given"
         )
     a_shape, b_shape = tuple(a_shape), tuple(b_shape)
-    n = 1 if len(a_shape) == 1 else a_shape[-2]
-    k = a_shape[-1]
-    m = 1 if len(b_shape) == 1 else b_shape[-1]
-    batch = out_shape[: len(out_shape) - (len(a_shape) > 1) - (len(b_shape) > 1)]
     hints = _chunk_hints(a_shape, b_shape, a_chunks, b_chunks)
-    a_chunk_sizes, b_chunk_sizes = _chunk_sizes(a_chunks), _chunk_sizes(b_chunks)
+    # What the search scores with, and the plan records, alike.
+    operands = {
+        "a_shape": a_shape,
+        "b_shape": b_shape,
+        "a_dtype": np.dtype(a_dtype),
+        "b_dtype": np.dtype(b_dtype),
+        "dtype": dtype,
+        "resources": resources,
+        "panels_from_zarr": panels_from_zarr,
+        "a_chunk_sizes": _chunk_sizes(a_chunks),
+        "b_chunk_sizes": _chunk_sizes(b_chunks),
+    }
     search = BlockSearch(
-        a_shape=a_shape,
-        b_shape=b_shape,
-        batch=batch,
-        n=n,
-        k=k,
-        m=m,
-        a_dtype=np.dtype(a_dtype),
-        b_dtype=np.dtype(b_dtype),
-        dtype=dtype,
-        resources=resources,
-        panels_from_zarr=panels_from_zarr,
-        a_chunk_sizes=a_chunk_sizes,
-        b_chunk_sizes=b_chunk_sizes,
+        **operands,
+        batch=out_shape[: len(out_shape) - (len(a_shape) > 1) - (len(b_shape) > 1)],
+        n=1 if len(a_shape) == 1 else a_shape[-2],
+        k=a_shape[-1],
+        m=1 if len(b_shape) == 1 else b_shape[-1],
         streams=not kernels.is_gpu_engine(name),
     )
     choice = search.best(hints)
     return MatmulPlan(
-        a_shape=a_shape,
-        b_shape=b_shape,
-        a_dtype=np.dtype(a_dtype),
-        b_dtype=np.dtype(b_dtype),
-        dtype=dtype,
+        **operands,
         engine=name,
+        blas_threads=search.threads_per_task(choice.tasks),
+        natural_chunks=(hints["n"], hints["m"]),
+        # The chosen candidate's blocks, k step and estimate.
         batch_chunks=choice.batch_chunks,
         block_n=choice.bn,
         block_k=choice.bk,
         block_m=choice.bm,
         fan_in=choice.fan_in,
-        blas_threads=search.threads_per_task(choice.tasks),
-        resources=resources,
-        panels_from_zarr=panels_from_zarr,
-        natural_chunks=(hints["n"], hints["m"]),
-        a_chunk_sizes=a_chunk_sizes,
-        b_chunk_sizes=b_chunk_sizes,
         stream_k=choice.step,
         fits_budget=choice.fits,
         estimated_seconds=choice.seconds,
