@@ -175,6 +175,16 @@ def test_plan_api_matches_the_graph(tmp_path):
     assert all(method in ("direct", "fft", "separable") for _, _, method, _ in rows)
     text = plan.describe()
     assert "convolve plan: 300×200 float32" in text and "method per tile:" in text
+    # The tile plan goes into the output's provenance (and resume ignores it).
+    written = dc.save(y, tmp_path / "out.zarr", progress=False)
+    assert written.attrs["distconv"]["steps"][0]["plan"] == plan.tiles.summary()
+    array = zarr.open_array(str(tmp_path / "out.zarr"), mode="r+")
+    produced = array.attrs["distconv"]
+    produced["steps"][0]["plan"]["tasks"] += 1  # as planned for another cluster
+    array.attrs["distconv"] = {**produced, "complete": False}
+    assert dc.save(y, tmp_path / "out.zarr", resume=True, progress=False).attrs["distconv"][
+        "complete"
+    ]
 
 
 def test_multiply_and_map_chunks_run_on_tiles(tmp_path):

@@ -152,7 +152,8 @@ def _filter(
     )
     if not is_gpu_array(x) and any(kernels.is_gpu_engine(e) for e in plan.engines.values()):
         x = to_device(x)  # a GPU engine on host chunks: upload each chunk once, here
-    y = correlate_with_plan(x, plan)
+    tiles = correlation_tiles(x, plan)
+    y = correlate_with_plan(x, plan, tiles)
     largest = [max(c) for c in y.chunks]
     method_used = plan.method_for(largest)
     return remember_provenance(
@@ -174,6 +175,7 @@ def _filter(
             "engine": plan.engines[method_used],
             "input_shape": list(x.shape),
             "input_dtype": str(x.dtype),
+            "plan": tiles.summary(),
         },
     )
 
