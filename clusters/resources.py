@@ -219,13 +219,15 @@ def _cores_per_thread(client, workers: dict) -> int:
     return max(1, min(cores_on_host[h] // threads_on_host[h] for h in threads_on_host))
 
 
-def budget_bytes(value: int | str) -> int:
-    """A per-task memory budget in bytes.
+def budget_bytes(value: int | str, what: str = "memory budget", example: str = "2GiB") -> int:
+    """A per-task memory budget (or another size: ``what``, for the error) in bytes.
 
     Parameters
     ----------
     value : int or str
         Bytes, or a size such as ``"2GiB"``.
+    what, example : str
+        How the error names the size, and an example of one.
 
     Returns
     -------
@@ -240,8 +242,8 @@ def budget_bytes(value: int | str) -> int:
         budget = parse_bytes(value) if isinstance(value, str) else int(value)
     except (ValueError, TypeError):
         raise DistconvError(
-            f"memory budget must be bytes or a size like '2GiB', got {value!r}"
+            f"{what} must be bytes or a size like '{example}', got {value!r}"
         ) from None
     if budget <= 0:
-        raise DistconvError(f"memory budget must be positive, got {value!r}")
+        raise DistconvError(f"{what} must be positive, got {value!r}")
     return budget

@@ -92,20 +92,9 @@ def remember_provenance(x: da.Array, record: dict[str, Any]) -> da.Array:
 
 
 def remember_layout(x: da.Array, record: dict[str, Any]) -> da.Array:
-    """Record the stored layout ``x`` comes from (or belongs in): the chunks and shards an
-    output computed from it is written with by default.
-
-    Parameters
-    ----------
-    x : dask.array.Array
-    record : dict
-        ``{"shape": tuple, "chunks": tuple, "shards": tuple or None}``; a copy is kept.
-
-    Returns
-    -------
-    dask.array.Array
-        ``x`` itself.
-    """
+    """Record the stored layout ``x`` comes from or belongs in (``record``: ``{"shape",
+    "chunks", "shards"}``, copied), the chunks and shards an output computed from it is written
+    with by default; return ``x`` itself."""
     _LAYOUTS[x.name] = dict(record)
     return x
 

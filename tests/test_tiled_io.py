@@ -175,6 +175,11 @@ def test_plan_api_matches_the_graph(tmp_path):
     assert all(method in ("direct", "fft", "separable") for _, _, method, _ in rows)
     text = plan.describe()
     assert "convolve plan: 300×200 float32" in text and "method per tile:" in text
+    # convolve's own signature, scipy.ndimage's order: output third.
+    as_uint8 = dc.plan_correlate(str(tmp_path / "in.zarr"), np.ones((5, 5)), "uint8", "nearest")
+    assert as_uint8.correlation.out_dtype == np.uint8 and as_uint8.correlation.mode == "nearest"
+    with pytest.raises(TypeError):
+        dc.plan_convolve(str(tmp_path / "in.zarr"), np.ones((5, 5)), kernel_size=3)
     # The tile plan goes into the output's provenance (and resume ignores it).
     written = dc.save(y, tmp_path / "out.zarr", progress=False)
     assert written.attrs["distconv"]["steps"][0]["plan"] == plan.tiles.summary()

@@ -50,7 +50,7 @@ def _scipy_filter(convolution: bool, doc: str):
         engine: str | None = None,
         dtype=None,
     ) -> da.Array:
-        output = _output_dtype(output, dtype)
+        output = output_dtype(output, dtype)
         return _filter(
             input, weights, mode, cval, origin, axes, method, engine, output, convolution
         )
@@ -120,7 +120,7 @@ convolve = _scipy_filter(
 )
 
 
-def _output_dtype(output, dtype):
+def output_dtype(output, dtype):
     """``output`` and its second name ``dtype``: one of them, or both the same dtype."""
     if dtype is None or output is None:
         return dtype if output is None else output
@@ -132,11 +132,12 @@ def _output_dtype(output, dtype):
     return output
 
 
-def _filter(
-    input, weights, mode, cval, origin, axes, method, engine, dtype, convolution: bool
-) -> da.Array:
-    x = as_dask_array(input)
-    plan = plan_correlation(
+def correlation_plan(
+    x: da.Array, weights, mode, cval, origin, axes, method, engine, dtype, convolution: bool
+) -> CorrelationPlan:
+    """The :class:`CorrelationPlan` of :func:`correlate` (or :func:`convolve`) on the dask array
+    ``x``; ``method`` and ``engine`` default to the config's, ``dtype`` is the output dtype."""
+    return plan_correlation(
         x.shape,
         x.dtype,
         weights,
@@ -149,6 +150,15 @@ def _filter(
         dtype=dtype,
         convolution=convolution,
         gpu_chunks=is_gpu_array(x),
+    )
+
+
+def _filter(
+    input, weights, mode, cval, origin, axes, method, engine, dtype, convolution: bool
+) -> da.Array:
+    x = as_dask_array(input)
+    plan = correlation_plan(
+        x, weights, mode, cval, origin, axes, method, engine, dtype, convolution
     )
     if not is_gpu_array(x) and any(kernels.is_gpu_engine(e) for e in plan.engines.values()):
         x = to_device(x)  # a GPU engine on host chunks: upload each chunk once, here
@@ -265,4 +275,12 @@ def correlate_block(block, plan: CorrelationPlan, dtype_out=None):
     return cast_output(out, plan.out_dtype if dtype_out is None else dtype_out)
 
 
-__all__ = ["convolve", "correlate", "correlate_block", "correlate_with_plan", "correlation_tiles"]
+__all__ = [
+    "convolve",
+    "correlate",
+    "correlate_block",
+    "correlate_with_plan",
+    "correlation_plan",
+    "correlation_tiles",
+    "output_dtype",
+]

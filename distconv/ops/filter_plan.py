@@ -8,6 +8,7 @@ task, and the method and engine each tile shape gets.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from collections import Counter
@@ -17,12 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from distconv.backend import is_gpu_array
 from distconv.clusters.resources import Resources
-from distconv.config import get_default
 from distconv.io import as_dask_array
-from distconv.ops.convolve import correlation_tiles
-from distconv.plan import CorrelationPlan, plan_correlation
+from distconv.ops.convolve import correlate, correlation_plan, correlation_tiles, output_dtype
+from distconv.plan import CorrelationPlan
 from distconv.plan.tiles import TilePlan
 from distconv.provenance import source_of
 
@@ -41,22 +40,11 @@ class FilterPlan:
     correlation: CorrelationPlan
     tiles: TilePlan
 
-    @property
-    def tile_shape(self) -> tuple[int, ...]:
-        return self.tiles.tile_shape
-
-    @property
-    def tasks(self) -> int:
-        """Tiles: one task per tile for each stage (read, halo, compute, write)."""
-        return self.tiles.tasks
-
-    @property
-    def bytes_decoded(self) -> int:
-        return self.tiles.bytes_decoded
-
-    @property
-    def peak_task_bytes(self) -> int:
-        return self.tiles.peak_task_bytes
+    # The tiles' own figures (tasks: one per tile for each stage: read, halo, compute, write).
+    tile_shape = property(lambda self: self.tiles.tile_shape)
+    tasks = property(lambda self: self.tiles.tasks)
+    bytes_decoded = property(lambda self: self.tiles.bytes_decoded)
+    peak_task_bytes = property(lambda self: self.tiles.peak_task_bytes)
 
     def per_tile(self) -> list[tuple[tuple[int, ...], int, str, str]]:
         """(tile shape, how many tiles, method, engine) for each distinct tile shape, largest
@@ -107,26 +95,17 @@ class FilterPlan:
 
 
 def plan_filter(
-    input,
-    weights,
-    mode: str = "reflect",
-    cval: float = 0.0,
-    origin=0,
-    *,
-    axes: Sequence[int] | None = None,
-    method: str | None = None,
-    engine: str | None = None,
-    dtype=None,
-    convolution: bool = False,
-    resources: Resources | None = None,
+    *args: Any, convolution: bool = False, resources: Resources | None = None, **kwargs: Any
 ) -> FilterPlan:
     """The plan of :func:`~distconv.ops.convolve.correlate` (``convolution=False``) or
     :func:`~distconv.ops.convolve.convolve` on these arguments, without building a graph.
 
     Parameters
     ----------
-    input, weights, mode, cval, origin, axes, method, engine, dtype
-        As for :func:`~distconv.ops.convolve.correlate`.
+    *args, **kwargs
+        The arguments of :func:`~distconv.ops.convolve.correlate` (``input, weights, output,
+        mode, cval, origin``, scipy.ndimage's order, then ``axes``, ``method``, ``engine``,
+        ``dtype``), checked against its signature.
     convolution : bool
         Plan a convolution.
     resources : Resources, optional
@@ -137,20 +116,21 @@ def plan_filter(
     -------
     FilterPlan
     """
-    x = as_dask_array(input)
-    plan = plan_correlation(
-        x.shape,
-        x.dtype,
-        weights,
-        mode=mode,
-        cval=cval,
-        origin=origin,
-        axes=axes,
-        method=method or get_default("method"),
-        engine=engine or get_default("engine"),
-        dtype=dtype,
-        convolution=convolution,
-        gpu_chunks=is_gpu_array(x),
+    bound = inspect.signature(correlate).bind(*args, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    x = as_dask_array(a["input"])
+    plan = correlation_plan(
+        x,
+        a["weights"],
+        a["mode"],
+        a["cval"],
+        a["origin"],
+        a["axes"],
+        a["method"],
+        a["engine"],
+        output_dtype(a["output"], a["dtype"]),
+        convolution,
     )
     record = source_of(x)
     return FilterPlan(
@@ -158,20 +138,22 @@ def plan_filter(
         input_shape=tuple(x.shape),
         input_dtype=x.dtype,
         source=record["path"] if record else None,
-        weights_shape=tuple(np.shape(weights)),
+        weights_shape=tuple(np.shape(a["weights"])),
         correlation=plan,
         tiles=correlation_tiles(x, plan, resources),
     )
 
 
-def plan_convolve(input, weights, mode="reflect", cval=0.0, origin=0, **kwargs) -> FilterPlan:
-    """The plan :func:`distconv.convolve` would run (see :func:`plan_filter`)."""
-    return plan_filter(input, weights, mode, cval, origin, convolution=True, **kwargs)
+def plan_convolve(*args: Any, **kwargs: Any) -> FilterPlan:
+    """The :class:`FilterPlan` :func:`distconv.convolve` would run on the same arguments
+    (``resources=`` as for :func:`plan_filter`)."""
+    return plan_filter(*args, convolution=True, **kwargs)
 
 
-def plan_correlate(input, weights, mode="reflect", cval=0.0, origin=0, **kwargs) -> FilterPlan:
-    """The plan :func:`distconv.correlate` would run (see :func:`plan_filter`)."""
-    return plan_filter(input, weights, mode, cval, origin, convolution=False, **kwargs)
+def plan_correlate(*args: Any, **kwargs: Any) -> FilterPlan:
+    """The :class:`FilterPlan` :func:`distconv.correlate` would run on the same arguments
+    (``resources=`` as for :func:`plan_filter`)."""
+    return plan_filter(*args, convolution=False, **kwargs)
 
 
 def _shape_text(shape: Sequence[int]) -> str:

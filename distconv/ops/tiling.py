@@ -9,11 +9,10 @@ merge (:attr:`~distconv.plan.tiles.TilePlan.worth_regrouping`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from typing import Any
 
 import dask.array as da
 
-from distconv.clusters.resources import Resources
 from distconv.io import open as open_store
 from distconv.plan.tiles import TilePlan, plan_tiles, regular_grid
 from distconv.provenance import source_of
@@ -35,25 +34,17 @@ def store_grid(x: da.Array) -> tuple[tuple[tuple[int, ...], ...], str] | None:
     return regular_grid(x.shape, shards or record["chunks"]), "shard" if shards else "chunk"
 
 
-def tile_plan_for(
-    x: da.Array,
-    *,
-    depth: Sequence[int] | None = None,
-    compute_dtype=None,
-    out_dtype=None,
-    method_for: Callable[[tuple[int, ...]], str | None] | None = None,
-    operands: int = 1,
-    resources: Resources | None = None,
-    target_bytes: int | str | None = None,
-) -> TilePlan:
+def tile_plan_for(x: da.Array, **options: Any) -> TilePlan:
     """:func:`~distconv.plan.tiles.plan_tiles` for a dask array: over its stored chunks (or
     shards) when it comes straight from a store, else over its Dask chunks.
 
     Parameters
     ----------
     x : dask.array.Array
-    depth, compute_dtype, out_dtype, method_for, operands, resources, target_bytes
-        As for :func:`~distconv.plan.tiles.plan_tiles`.
+    **options
+        The keywords of :func:`~distconv.plan.tiles.plan_tiles` after ``unit_kind`` and
+        ``from_store`` (``depth``, ``compute_dtype``, ``out_dtype``, ``method_for``,
+        ``operands``, ``resources``, ``target_bytes``).
 
     Returns
     -------
@@ -62,18 +53,7 @@ def tile_plan_for(
     stored = store_grid(x)
     grid, kind = stored if stored else (x.chunks, "dask chunk")
     return plan_tiles(
-        x.shape,
-        x.dtype,
-        grid,
-        unit_kind=kind,
-        from_store=stored is not None,
-        depth=depth,
-        compute_dtype=compute_dtype,
-        out_dtype=out_dtype,
-        method_for=method_for,
-        operands=operands,
-        resources=resources,
-        target_bytes=target_bytes,
+        x.shape, x.dtype, grid, unit_kind=kind, from_store=stored is not None, **options
     )
 
 

@@ -27,11 +27,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from dask.utils import format_bytes, parse_bytes
+from dask.utils import format_bytes
 
-from distconv.clusters.resources import Resources
+from distconv.clusters.resources import Resources, budget_bytes
 from distconv.config import get_default
-from distconv.errors import DistconvError
 
 __all__ = [
     "MAX_HALO_OVERHEAD",
@@ -209,32 +208,11 @@ class TilePlan:
 
 
 def tile_target_bytes(value: int | str | None = None) -> int:
-    """The target size of a tile's input in bytes: ``value``, else config ``distconv.tile_size``.
-
-    Parameters
-    ----------
-    value : int or str, optional
-        Bytes, or a size such as ``"16MiB"``.
-
-    Returns
-    -------
-    int
-
-    Raises
-    ------
-    DistconvError
-        Not a positive size.
-    """
+    """The target size of a tile's input in bytes: ``value`` (bytes, or a size such as
+    ``"16MiB"``), else config ``distconv.tile_size``; a :class:`DistconvError` unless it is a
+    positive size."""
     value = get_default("tile_size") if value is None else value
-    try:
-        size = parse_bytes(value) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
-        raise DistconvError(
-            f"tile size must be bytes or a size like '16MiB', got {value!r}"
-        ) from None
-    if size <= 0:
-        raise DistconvError(f"tile size must be positive, got {value!r}")
-    return size
+    return budget_bytes(value, "tile size", "16MiB")
 
 
 def regular_grid(shape: Sequence[int], unit: Sequence[int]) -> tuple[tuple[int, ...], ...]:
