@@ -3,10 +3,13 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# CPU engines are installed for the tests so the conformance suite covers them.
-TEST_EXTRAS := test,numba,tensorflow
+# numba and ducc0 are core dependencies (`make demo` gets them without an extra); TensorFlow is
+# installed for the tests so the conformance suite covers it too.
+TEST_EXTRAS := test,tensorflow
+# `make gpu-check` runs with this Python as it is (it installs nothing): .venv's when present.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +38,11 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/run_all.py
 
+# Every GPU test (pytest -m gpu, the numba-cuda simulator and PTX checks) and the GPU benchmark,
+# in under 8 minutes, without network: gpu-check/results.md, JUnit XML and logs beside it.
+# Needs CuPy (cupy-cuda12x or cupy-cuda13x) and numba-cuda in GPU_PYTHON; TensorFlow optional.
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --out gpu-check
+
 clean:
-	rm -rf $(VENV) demo-output build dist *.egg-info
+	rm -rf $(VENV) demo-output gpu-check build dist *.egg-info

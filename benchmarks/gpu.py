@@ -6,6 +6,9 @@ GPU. Without a device the section says so and nothing runs. Section "gpu" of
 benchmarks/RESULTS.md.
 
     python benchmarks/gpu.py [--size 8192] [--kernel-sizes 3,9,31,127] [--repeats 3]
+                             [--output-dir distconv-bench/gpu] [--no-references] [--no-write]
+
+``make gpu-check`` (benchmarks/gpu_check.py) runs it at a smaller size next to the GPU tests.
 """
 
 from __future__ import annotations
@@ -21,8 +24,16 @@ from distconv.clusters.resources import gpu_count
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_options(parser, size=8192, kernels="3,9,31,127", repeats=3)
+    add_options(parser, size=8192, kernels="3,9,31,127", repeats=3, max_seconds=600.0)
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    parser.add_argument(
+        "--output-dir", default="distconv-bench/gpu", help="JSON and PNG charts go here"
+    )
+    parser.add_argument(
+        "--no-references",
+        action="store_true",
+        help="time distconv's engines only (no dask-image or in-memory SciPy rows)",
+    )
     args = parser.parse_args(argv)
     devices = gpu_count()
     engines = [e for e in kernels.GPU_ENGINES if kernels.is_installed(e)]
@@ -51,7 +62,8 @@ def main(argv=None) -> None:
         "## GPU engines (benchmarks/gpu.py)",
         "",
         f"Command: `python benchmarks/gpu.py --size {args.size} --kernel-sizes {args.kernels} "
-        f"--repeats {args.repeats}`; {devices} GPU(s), one worker process per GPU.",
+        f"--repeats {args.repeats}{' --no-references' if args.no_references else ''}`; "
+        f"{devices} GPU(s), one worker process per GPU.",
         "",
     ]
     convolve = bench.run(
@@ -60,7 +72,8 @@ def main(argv=None) -> None:
         engines=["scipy", *engines],
         kernels=[int(k) for k in args.kernels.split(",")],
         repeats=args.repeats,
-        max_seconds=600.0,
+        max_seconds=args.max_seconds,
+        references=not args.no_references,
         log=log,
         **where,
     )
@@ -70,12 +83,16 @@ def main(argv=None) -> None:
         size=args.size,
         engines=["scipy", *matmul_engines],
         repeats=args.repeats,
+        references=not args.no_references,
         log=log,
         **where,
     )
     for result in (convolve, matmul):
         bench.print_table(result)
-        bench.write_outputs(result, "distconv-bench/gpu")
+        try:
+            bench.write_outputs(result, args.output_dir)  # the JSON first, then the chart
+        except ImportError as error:  # no matplotlib on this machine: the JSON alone
+            log(f"no chart for {result.benchmark}: {error}")
         sections += [f"### {result.benchmark}", "", bench.markdown(result), ""]
     text = "\n".join(sections)
     if not args.no_write:

@@ -2,9 +2,12 @@
 
 Forms:
 
+``auto``
+    The default: ``threads`` for a job under 1 GiB of input plus output, else ``local``
+    (:mod:`.auto`; without the job's size, ``local``).
 ``local``
     An embedded ``distributed.LocalCluster`` of worker processes sized to this machine's cores
-    and memory, scheduler and dashboard on 127.0.0.1 (the default).
+    and memory, scheduler and dashboard on 127.0.0.1.
 ``threads``
     No cluster: Dask's threaded scheduler in this process.
 ``cuda``
@@ -21,15 +24,18 @@ worker's share of the cores, and TensorFlow/CuPy set up to share a GPU worker's 
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from distconv.clusters.auto import AutoChoice, choose
+from distconv.clusters.guard import check_main_guard
 from distconv.errors import DistconvError
 
-SPEC_FORMS = "local, threads, cuda, tcp://HOST:PORT, tls://HOST:PORT, PATH.yaml (dask-jobqueue)"
-KINDS = ("local", "threads", "cuda", "remote", "jobqueue")
+SPEC_FORMS = (
+    "auto, local, threads, cuda, tcp://HOST:PORT, tls://HOST:PORT, PATH.yaml (dask-jobqueue)"
+)
+KINDS = ("auto", "local", "threads", "cuda", "remote", "jobqueue")
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ def parse_spec(spec: str | None) -> ClusterSpec:
     Parameters
     ----------
     spec : str, optional
-        See :data:`SPEC_FORMS`; default from config ``distconv.cluster`` ("local").
+        See :data:`SPEC_FORMS`; default from config ``distconv.cluster`` ("auto").
 
     Raises
     ------
@@ -69,7 +75,7 @@ def parse_spec(spec: str | None) -> ClusterSpec:
 
         spec = get_default("cluster")
     text = str(spec).strip()
-    if text in ("local", "threads", "cuda"):
+    if text in ("auto", "local", "threads", "cuda"):
         return ClusterSpec(text)
     if text.startswith(("tcp://", "tls://")):
         host_port = text.split("://", 1)[1]
@@ -88,22 +94,54 @@ def parse_spec(spec: str | None) -> ClusterSpec:
     raise DistconvError(f"unknown cluster {spec!r}; use one of: {SPEC_FORMS}")
 
 
+def resolve(
+    spec: str | None = None, work: Any = None, *, sized: bool = False
+) -> tuple[ClusterSpec, AutoChoice | None]:
+    """Parse a spec and, for ``auto``, choose ``threads`` or ``local`` for this job.
+
+    Parameters
+    ----------
+    spec : str, optional
+        See :data:`SPEC_FORMS`; default from config ``distconv.cluster`` ("auto").
+    work : int, array or iterable of arrays, optional
+        The job's input and output arrays (or their bytes), for ``auto``.
+    sized : bool
+        Workers or threads per worker were given (``auto`` then starts worker processes).
+
+    Returns
+    -------
+    (ClusterSpec, AutoChoice or None)
+        The spec to start (never ``auto``) and, when ``auto`` chose it, the choice and reason.
+    """
+    parsed = parse_spec(spec)
+    if parsed.kind != "auto":
+        return parsed, None
+    choice = choose(work, sized=sized)
+    return ClusterSpec(choice.kind), choice
+
+
 @contextlib.contextmanager
 def cluster(
     spec: str | None = None,
     *,
+    work: Any = None,
     workers: int | None = None,
     threads_per_worker: int | None = None,
     memory_limit: str | int | None = None,
     rmm_pool_size: str | int | None = None,
     quiet: bool = False,
+    worker_logs: bool = False,
 ) -> Iterator[Any]:
     """Start (or connect to) the cluster a spec names and yield its ``distributed.Client``.
 
     Parameters
     ----------
     spec : str, optional
-        See :data:`SPEC_FORMS`; default from config ``distconv.cluster`` ("local").
+        See :data:`SPEC_FORMS`; default from config ``distconv.cluster`` ("auto").
+    work : int, array or iterable of arrays, optional
+        For ``auto``: the job's input and output arrays (or their bytes). Under 1 GiB
+        (config ``distconv.auto-local-bytes``) the job runs on threads in this process and
+        None is yielded; from there on, or when ``work`` is not given, a local cluster starts.
     workers, threads_per_worker, memory_limit
         Sizing for ``local`` (default: one single-threaded worker process per core, memory
         shared equally) and ``cuda`` (default: one single-threaded worker per GPU).
@@ -111,6 +149,10 @@ def cluster(
         ``cuda`` only: an RMM pool of this size on each GPU worker (e.g. ``"24GB"``).
     quiet : bool
         Do not print the dashboard link.
+    worker_logs : bool
+        Let the workers of a cluster started here (``local``, ``cuda``) log errors to this
+        terminal (the CLI's ``--debug``). Off by default: a failed task reaches you once, as
+        the exception the job raises, not again as a worker's "Compute Failed" log.
 
     Yields
     ------
@@ -121,13 +163,24 @@ def cluster(
     --------
     >>> with dc.cluster("tcp://10.0.0.5:8786") as client:   # doctest: +SKIP
     ...     dc.save(dc.convolve(dc.open("big.zarr"), w), "out.zarr")
+    >>> y = dc.convolve(dc.open("big.zarr"), w)
+    >>> with dc.cluster(work=[y]) as client:   # auto: threads if small    # doctest: +SKIP
+    ...     dc.save(y, "out.zarr")
+
+    Notes
+    -----
+    A ``local`` or ``cuda`` cluster started by a script's top-level code outside
+    ``if __name__ == "__main__":`` stops the script with one line saying so
+    (:mod:`.guard`): its worker processes would run the script again.
     """
-    parsed = parse_spec(spec)
+    parsed, _ = resolve(spec, work, sized=bool(workers or threads_per_worker))
     if rmm_pool_size is not None and parsed.kind != "cuda":
         raise DistconvError("--rmm-pool-size applies to --cluster cuda only")
     if parsed.kind == "threads":
         yield None
         return
+    if parsed.kind in ("local", "cuda"):
+        check_main_guard(parsed.kind)
     from distributed import Client
 
     from distconv.clusters.plugins import register_plugins
@@ -143,7 +196,10 @@ def cluster(
         from distconv.clusters.local import local_cluster
 
         made = local_cluster(
-            workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit
+            workers=workers,
+            threads_per_worker=threads_per_worker,
+            memory_limit=memory_limit,
+            worker_logs=worker_logs,
         )
     elif parsed.kind == "cuda":
         from distconv.clusters.cuda import cuda_cluster
@@ -153,6 +209,7 @@ def cluster(
             threads_per_worker=threads_per_worker,
             memory_limit=memory_limit,
             rmm_pool_size=rmm_pool_size,
+            worker_logs=worker_logs,
         )
     else:
         if workers or threads_per_worker or memory_limit:
@@ -166,7 +223,8 @@ def cluster(
     with made, Client(made) as client:
         register_plugins(client, rmm=rmm_pool_size is not None)
         if not quiet and client.dashboard_link:
-            print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
+            # stdout: stderr is kept for errors, so a failed job's stderr is its one line.
+            print(f"dashboard: {client.dashboard_link}", flush=True)
         yield client
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from distconv.clusters.local import chunk_job_settings
+from distconv.clusters.local import chunk_job_settings, worker_log_level
 from distconv.clusters.resources import gpu_count
 from distconv.errors import DistconvError
 
@@ -23,6 +23,7 @@ def cuda_cluster(
     threads_per_worker: int | None = None,
     memory_limit: str | int | None = None,
     rmm_pool_size: str | int | None = None,
+    worker_logs: bool = False,
 ):
     """A ``dask_cuda.LocalCUDACluster`` on 127.0.0.1, one single-threaded worker per GPU.
 
@@ -37,6 +38,8 @@ def cuda_cluster(
     rmm_pool_size : str or int, optional
         Size of an RMM memory pool per worker (``"24GB"``, bytes, or a fraction of the device);
         CuPy then allocates from it. Needs the ``rmm`` package.
+    worker_logs : bool
+        Let workers log errors to this terminal (default: critical messages only).
 
     Returns
     -------
@@ -75,7 +78,7 @@ def cuda_cluster(
                 host="127.0.0.1",
                 dashboard_address="127.0.0.1:0",
                 resources={"GPU": 1},
-                silence_logs=40,
+                silence_logs=worker_log_level(worker_logs),
             )
     except (ValueError, TypeError) as exc:  # dask-cuda's own argument checks
         raise DistconvError(f"cannot start the cuda cluster: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 
@@ -36,15 +37,27 @@ def machine_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def worker_log_level(worker_logs: bool = False) -> int:
+    """The level from which a cluster distconv starts lets its scheduler and workers log.
+
+    A failed task reaches the user once, as the exception the job raises (one line from the
+    CLI); the worker's own "Compute Failed" report of it, logged at ERROR, is left out unless
+    ``worker_logs`` (the CLI's ``--debug``).
+    """
+    return logging.ERROR if worker_logs else logging.CRITICAL
+
+
 def local_cluster(
     workers: int | None = None,
     threads_per_worker: int | None = None,
     memory_limit: str | int | None = None,
+    worker_logs: bool = False,
 ) -> LocalCluster:
     """A LocalCluster of worker processes; scheduler and dashboard bind to 127.0.0.1 only.
 
     Default: one single-threaded worker per core, so NumPy/SciPy/BLAS in a task never compete
-    for cores; memory is split equally between workers.
+    for cores; memory is split equally between workers. Workers log critical messages only,
+    or errors too with ``worker_logs`` (:func:`worker_log_level`).
     """
     cores = os.cpu_count() or 1
     threads = threads_per_worker or 1
@@ -58,7 +71,7 @@ def local_cluster(
             memory_limit=limit,
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0",
-            silence_logs=40,  # errors only: the CLI prints its own progress
+            silence_logs=worker_log_level(worker_logs),
         )
 
 

@@ -8,6 +8,7 @@ called); GPUs are counted with NVML, never through the CUDA runtime, so no CUDA 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,8 @@ def current_client():
     distributed.Client or None
         None when work runs on local threads (or distributed is not installed).
     """
+    if "distributed" not in sys.modules:
+        return None  # no client can exist, and importing distributed costs ~0.3 s
     try:
         from distributed import get_client
 

@@ -6,6 +6,7 @@ in :mod:`distconv.kernels`). CuPy is registered lazily, so importing distconv ne
 
 from __future__ import annotations
 
+import importlib.util
 from types import ModuleType
 from typing import Any
 
@@ -35,9 +36,18 @@ def is_gpu_array(x) -> bool:
     return type(meta).__module__.split(".")[0] == "cupy"
 
 
+def device_arrays_available() -> bool:
+    """Whether CuPy is installed (found, not imported): chunks can then live on the GPU."""
+    return importlib.util.find_spec("cupy") is not None
+
+
 def to_device(x):
-    """Move a dask array's chunks to the GPU once (CuPy meta); they stay there until save."""
-    if is_gpu_array(x):
+    """Move a dask array's chunks to the GPU once (CuPy meta); they stay there until save.
+
+    Without CuPy the chunks stay NumPy: a GPU engine that takes host blocks (numba-cuda, also
+    under the CUDA simulator) copies each block to its device and the result back itself.
+    """
+    if is_gpu_array(x) or not device_arrays_available():
         return x
     import cupy
 

@@ -13,7 +13,10 @@ import dask.config
 DEFAULTS: dict[str, Any] = {
     "engine": "auto",  # which library computes a chunk (see `distconv engines`)
     "method": "auto",  # direct | fft | separable | auto (per-chunk cost model)
-    "cluster": "local",  # embedded LocalCluster; "threads" runs in this process
+    # auto: small jobs on threads in this process, a local cluster (worker processes) from
+    # auto-local-bytes of input plus output on (distconv.clusters.auto)
+    "cluster": "auto",
+    "auto-local-bytes": "1GiB",
     "progress": True,  # progress bar on jobs that last more than a moment
     # Target input bytes of one task's tile of stored chunks (distconv/plan/tiles.py).
     "tile_size": "16MiB",

@@ -1,9 +1,11 @@
-"""The `make demo` job: build a sample image, convolve it on the local cluster, show both.
+"""The `make demo` job: build a sample image, convolve it with distconv's defaults, show both.
 
 Writes demo-output/sample.zarr (8192×8192 float32 with cell-like structure, chunks 2048²) and a
 31×31 difference-of-Gaussians kernel (a blob detector), runs the real `distconv convolve` command
-on the embedded LocalCluster (it prints time and throughput), and saves demo-output/demo.png with
-the input and the output side by side.
+with what a plain `pip install distconv` gives (the FFT method on ducc0, the default `auto`
+cluster: 512 MiB of input and output run on threads in this process; its summary line says so,
+with time and throughput), and saves demo-output/demo.png with the input and the output side by
+side.
 
     python examples/demo.py [--size 8192] [--out demo-output]
 """

@@ -31,7 +31,7 @@ from distconv.kernels._crop import circular_valid, valid_crop, valid_crop_axis
 from distconv.kernels._wiener import wiener_transfer
 from distconv.kernels.registry import CORRELATE_OPS, LINALG_OPS
 
-__all__ = [*CORRELATE_OPS, "device_info", "map_chunk", *LINALG_OPS, "wiener_filter"]
+__all__ = [*CORRELATE_OPS, "device_info", "map_chunk", *LINALG_OPS, "usable", "wiener_filter"]
 
 
 def correlate_direct(block, weights):
@@ -108,6 +108,14 @@ def multiply(a, b):
     """``cupy.multiply`` on one pair of blocks."""
     with _placement(a, b) as (a, b, back):
         return back(cupy.multiply(a, b))
+
+
+def usable() -> bool:
+    """Whether CuPy sees a CUDA device (it is installed, so a driver may still be missing)."""
+    try:
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # CUDARuntimeError without a driver or device
+        return False
 
 
 def device_info() -> str:

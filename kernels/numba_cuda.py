@@ -49,7 +49,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from threading import Lock
+from threading import RLock
 from types import ModuleType
 
 import numba
@@ -75,6 +75,7 @@ __all__ = [
     "map_chunk",
     "matmul",
     "multiply",
+    "usable",
 ]
 
 #: True when numba runs kernels in its CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
@@ -98,6 +99,11 @@ MAX_MULTIPLY_BLOCKS: int = 65535
 # --------------------------------------------------------------------------------------------
 # Compiled kernels (their sources are in kernels/_numba_cuda_sources.py)
 # --------------------------------------------------------------------------------------------
+
+# The simulator runs one kernel at a time per process and swaps the kernel module's `cuda`
+# global while one runs: calls take this (re-entrant: map_chunk holds it around user code that
+# itself launches through _Call) one at a time there.
+_SIMULATOR_LOCK = RLock()
 
 # Compiled once per process under the cache's lock; never evicted (a handful per job).
 _KERNELS: KeyedCache = KeyedCache(maxsize=None, compute_under_lock=True)
@@ -160,9 +166,14 @@ class _Call:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[_Call]:
-        """Make the call's device current for both CuPy and Numba."""
+        """Make the call's device current for both CuPy and Numba.
+
+        Under the simulator, one call at a time: it runs one kernel per process ("concurrent
+        simulated kernel not supported"), and Dask's threads would launch several at once.
+        """
         if SIMULATOR:
-            yield self
+            with _SIMULATOR_LOCK:
+                yield self
         elif self.gpu:
             with self.xp.cuda.Device(self.device_id), cuda.gpus[self.device_id]:
                 yield self
@@ -374,9 +385,6 @@ def multiply(a, b, *, threads: int | None = None, max_blocks: int = MAX_MULTIPLY
         return result().reshape(a.shape)
 
 
-_SIMULATOR_LOCK = Lock()
-
-
 def map_chunk(fn, kwargs: dict, *blocks):
     """Run a user's Numba CUDA function (``distconv.map_chunks``) on device arrays.
 
@@ -395,6 +403,16 @@ def map_chunk(fn, kwargs: dict, *blocks):
         if hasattr(out, "copy_to_host"):
             return out.copy_to_host()
         return out.get() if _is_cupy(out) else np.asarray(out)
+
+
+def usable() -> bool:
+    """Whether kernels can run here: a CUDA device Numba sees, or the CUDA simulator."""
+    if SIMULATOR:
+        return True
+    try:
+        return bool(cuda.is_available())
+    except Exception:  # a broken driver means no device, not a failed command
+        return False
 
 
 def device_info() -> str:

@@ -68,6 +68,7 @@ __all__ = [
     "engine_names",
     "get_engine",
     "get_op",
+    "install_hint",
     "installed_engines",
     "is_gpu_engine",
     "is_installed",
@@ -170,7 +171,8 @@ def _numba_cuda_rule(op: str, ndim: int, dtype) -> bool:
 
 @cache
 def ducc0_installed() -> bool:
-    """Whether ducc0 (the ``fft`` extra) can be imported; it is not imported here."""
+    """Whether ducc0 (a core dependency; scipy.fft is the fallback) can be imported; it is not
+    imported here."""
     return importlib.util.find_spec("ducc0") is not None
 
 
@@ -320,7 +322,7 @@ ENGINES: dict[str, EngineSpec] = {
             "numba",
             "numba_cpu",
             ("numba",),
-            "numba",
+            "",  # a core dependency
             "cpu",
             CORRELATE_OPS[::2] + ("multiply",),
             rule=_numba_rule,
@@ -348,18 +350,20 @@ ENGINES: dict[str, EngineSpec] = {
             cost=_CUPY_COST,
             map_chunk=_run_cupy,
         ),
-        # map_chunks runs numba-cuda on NumPy chunks without CuPy (e.g. the CUDA simulator).
+        # numba-cuda needs only Numba (numba.cuda, or the numba-cuda package that replaces it):
+        # without CuPy it copies host blocks to Numba device arrays and back, which is also how
+        # it runs under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) on a machine without a GPU.
+        # The `gpu` extra adds numba-cuda (the maintained CUDA target) and CuPy.
         EngineSpec(
             "numba-cuda",
             "numba_cuda",
-            ("numba", "cupy"),
+            ("numba",),
             "gpu",
             "gpu",
             ("correlate_direct", "matmul", "multiply"),
             rule=_numba_cuda_rule,
             cost=_NUMBA_CUDA_COST,
             map_chunk=_run_numba_cuda,
-            map_chunk_requires=("numba",),
         ),
     )
 }
@@ -399,6 +403,19 @@ def is_installed(name: str) -> bool:
     """True when every package the engine needs can be found (nothing is imported)."""
     spec = _spec(name)
     return all(importlib.util.find_spec(pkg) is not None for pkg in spec.requires)
+
+
+def install_hint(name: str) -> str:
+    """The pip command that installs engine ``name``'s packages.
+
+    ``pip install 'distconv[EXTRA]'`` for an engine behind an extra; for a core engine (whose
+    packages ``pip install distconv`` brings) the packages themselves, missing only from an
+    environment assembled by hand.
+    """
+    spec = _spec(name)
+    if spec.extra:
+        return f"pip install 'distconv[{spec.extra}]'"
+    return f"pip install {' '.join(spec.requires)}"
 
 
 def installed_engines() -> list[str]:
@@ -495,9 +512,7 @@ def chunk_runner(engine: str) -> Runner:
     needed = spec.requires if spec.map_chunk_requires is None else spec.map_chunk_requires
     missing = [p for p in needed if importlib.util.find_spec(p) is None]
     if missing:
-        raise EngineError(
-            f"engine {engine!r} needs {', '.join(missing)} (pip install 'distconv[{spec.extra}]')"
-        )
+        raise EngineError(f"engine {engine!r} needs {', '.join(missing)} ({install_hint(engine)})")
     return spec.map_chunk
 
 
@@ -515,7 +530,7 @@ def _require_installed(name: str) -> EngineSpec:
     spec = _spec(name)
     if not is_installed(name):
         raise EngineError(
-            f"engine {name!r} is not installed (pip install 'distconv[{spec.extra}]'); "
+            f"engine {name!r} is not installed ({install_hint(name)}); "
             f"installed engines: {', '.join(installed_engines())}"
         )
     return spec

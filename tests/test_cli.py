@@ -41,7 +41,7 @@ def test_convolve_options_on_the_local_cluster(image):
     options = "--mode mirror --origin 1 --method fft --workers 2".split()
     result = distconv("convolve", "big.zarr", "kernel.npy", "-o", "out.zarr", *options, cwd=folder)
     assert result.returncode == 0, result.stderr
-    assert "dashboard: http://127.0.0.1:" in result.stderr
+    assert "dashboard: http://127.0.0.1:" in result.stdout  # a local cluster started
     expected = ndimage.convolve(
         data.astype(np.float64), np.load(folder / "kernel.npy"), mode="mirror", origin=1
     )

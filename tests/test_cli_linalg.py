@@ -216,7 +216,7 @@ def test_matmul_on_the_default_local_cluster(operands):
         "matmul", "a.zarr", "b.zarr", "-o", "local.zarr", "--workers", "2", cwd=folder
     )
     assert result.returncode == 0, result.stderr
-    assert "dashboard:" in result.stderr  # a LocalCluster really started
+    assert "dashboard:" in result.stdout  # a LocalCluster really started (--workers)
     out = zarr.open_array(str(folder / "local.zarr"), mode="r")
     np.testing.assert_allclose(out[:], float64_product(a, b), rtol=0, atol=1e-4)
 

@@ -33,7 +33,7 @@ def test_spec_parser(tmp_path):
     assert parse_spec("tcp://[::1]:8786").address == "tcp://[::1]:8786"
     (tmp_path / "slurm.yml").write_text("system: slurm\n")
     assert parse_spec(str(tmp_path / "slurm.yml")).path == str(tmp_path / "slurm.yml")
-    assert parse_spec(None).kind == "local"  # config default
+    assert parse_spec(None).kind == "auto"  # config default
     for bad in ("moon", "", "http://x:1", "gpu", "slurm"):
         with pytest.raises(dc.DistconvError, match="local, threads, cuda, tcp://HOST:PORT"):
             parse_spec(bad)

@@ -4,8 +4,10 @@
 imported, and it would change ``numba.cuda`` for every later test in this process, so the checks
 (tests/_cudasim_checks.py) run once in a subprocess and each check is reported here as its own
 test. References: scipy.ndimage.correlate in float64, numpy.matmul, numpy.multiply, on random
-data. A second subprocess compiles the kernels to PTX when a CUDA compiler (NVVM) is installed;
-no device is needed for either.
+data. The same is done for the public API (dc.convolve/correlate in every mode, dc.matmul,
+dc.multiply, dc.save) on host arrays with CuPy made unimportable (tests/_cudasim_api_checks.py):
+what a user without a GPU can run to test a numba-cuda pipeline. A last subprocess compiles the
+kernels to PTX when a CUDA compiler (NVVM) is installed; no device is needed for any of them.
 """
 
 from __future__ import annotations
@@ -20,24 +22,35 @@ from pathlib import Path
 import pytest
 
 HELPER = Path(__file__).with_name("_cudasim_checks.py")
-_spec = importlib.util.spec_from_file_location("_cudasim_checks", HELPER)
-checks = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(checks)  # only names and constants: imports no numba
+API_HELPER = Path(__file__).with_name("_cudasim_api_checks.py")
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # only names and constants: imports no numba
+    return module
+
+
+checks = _load(HELPER)
+api_checks = _load(API_HELPER)
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("numba") is None,
-    reason="numba is not installed (pip install 'distconv[numba]')",
+    reason="numba is not installed (a core dependency: pip install numba)",
 )
 
 
-def _run_helper(args: list[str], simulator: bool, timeout: float) -> tuple[dict, str]:
+def _run_helper(
+    args: list[str], simulator: bool, timeout: float, helper: Path = HELPER
+) -> tuple[dict, str]:
     env = {**os.environ}
     if simulator:
         env["NUMBA_ENABLE_CUDASIM"] = "1"
     else:
         env.pop("NUMBA_ENABLE_CUDASIM", None)
     proc = subprocess.run(
-        [sys.executable, str(HELPER), *args],
+        [sys.executable, str(helper), *args],
         env=env,
         capture_output=True,
         text=True,
@@ -67,6 +80,23 @@ def simulator_results():
 @pytest.mark.parametrize("name", checks.SIM_CHECKS)
 def test_under_cuda_simulator(simulator_results, name):
     results, log = simulator_results
+    assert name in results, f"check {name} did not report (crashed?)\n{log}"
+    assert results[name]["ok"], results[name]["detail"]
+
+
+@pytest.fixture(scope="module")
+def api_results():
+    """The public API on engine="numba-cuda" under the simulator, CuPy made unimportable
+    (tests/_cudasim_api_checks.py; about 30 s on two cores)."""
+    results, log = _run_helper([], simulator=True, timeout=600, helper=API_HELPER)
+    if "unavailable" in results:
+        pytest.skip(results["unavailable"]["unavailable"])
+    return results, log
+
+
+@pytest.mark.parametrize("name", api_checks.API_CHECKS)
+def test_public_api_under_cuda_simulator_without_cupy(api_results, name):
+    results, log = api_results
     assert name in results, f"check {name} did not report (crashed?)\n{log}"
     assert results[name]["ok"], results[name]["detail"]
 

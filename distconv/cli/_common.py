@@ -27,7 +27,10 @@ EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
-CLUSTER_HELP = f"Where the work runs: {SPEC_FORMS} [default: local]."
+CLUSTER_HELP = (
+    f"Where the work runs: {SPEC_FORMS} [default: config, auto: threads in this process "
+    f"for jobs under 1 GiB of input and output, else local]."
+)
 
 
 class CommandState:
@@ -37,6 +40,8 @@ class CommandState:
     # Set while a job writes its output: the command that finishes it after an interruption.
     resume_command: str | None = None
     argv: Sequence[str] = ()
+    # Where the last job ran (command_cluster's words: "threads (auto: ...)", "local, 2 workers").
+    ran_on: str | None = None
 
 
 class Interrupted(Exception):
@@ -284,22 +289,45 @@ def command_cluster(
     threads_per_worker: int | None,
     quiet: bool,
     rmm_pool_size: str | None = None,
-) -> Iterator[None]:
-    """The cluster a command's job runs on, its workers started with Ctrl-C ignored."""
-    from distconv.clusters import cluster
+    work: Any = None,
+) -> Iterator[str]:
+    """The cluster a command's job runs on, its workers started with Ctrl-C ignored.
 
+    ``work`` (the job's input and output arrays, or their bytes) lets the default ``auto``
+    choose threads or a local cluster. Yields the few words the summary line ends with: where
+    the job ran (``threads (auto: 1.0 MiB < 1.00 GiB)``, ``local, 2 workers``).
+    Worker logs stay out of the terminal unless ``--debug``.
+    """
+    from distconv.clusters import cluster, resolve
+
+    parsed, choice = resolve(cluster_spec, work, sized=bool(workers or threads_per_worker))
+    spec = parsed.address or parsed.path or parsed.kind
     with contextlib.ExitStack() as stack:
         with workers_ignore_ctrl_c():
-            stack.enter_context(
+            client = stack.enter_context(
                 cluster(
-                    cluster_spec,
+                    spec,
                     workers=workers,
                     threads_per_worker=threads_per_worker,
                     rmm_pool_size=rmm_pool_size,
                     quiet=quiet,
+                    worker_logs=CommandState.debug,
                 )
             )
-        yield
+        yield where_it_ran(spec, client, choice)
+
+
+def where_it_ran(spec: str, client: Any, choice: Any = None) -> str:
+    """``threads``, ``local, 2 workers``, ``tcp://host:8786, 3 workers``, plus ``auto``'s reason."""
+    words = spec
+    if client is not None:
+        from distconv.clusters.resources import scheduler_info
+
+        count = len(scheduler_info(client).get("workers", {}))
+        words += f", {count} worker{'s' if count != 1 else ''}"
+    if choice is not None:
+        words += f" (auto: {choice.reason})"
+    return words
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,11 +344,19 @@ class JobOptions:
     out_chunks: str | None = None
     out_shards: str | None = None
 
-    def cluster(self, quiet: bool | None = None) -> contextlib.AbstractContextManager[None]:
-        """:func:`command_cluster` for these options (``quiet`` overrides ``--quiet``)."""
+    def cluster(
+        self, quiet: bool | None = None, work: Any = None
+    ) -> contextlib.AbstractContextManager[str]:
+        """:func:`command_cluster` for these options (``quiet`` overrides ``--quiet``); ``work``
+        (the job's input and output arrays) sizes the default ``auto``."""
         quiet = self.quiet if quiet is None else quiet
         return command_cluster(
-            self.cluster_spec, self.workers, self.threads_per_worker, quiet, self.rmm_pool_size
+            self.cluster_spec,
+            self.workers,
+            self.threads_per_worker,
+            quiet,
+            self.rmm_pool_size,
+            work=work,
         )
 
     def save(self, y, output: str, operation: str) -> tuple[Any, float]:
@@ -349,12 +385,19 @@ class JobOptions:
 
         check_output_path(output, sources, self.overwrite, self.resume)
 
-    def write(self, y, output: str, operation: str, sources: Sequence[str]) -> tuple[Any, float]:
+    def write(
+        self, y, output: str, operation: str, sources: Sequence[str], work: Any = None
+    ) -> tuple[Any, float]:
         """:meth:`check_output` and :meth:`layout`, then :meth:`save` ``y`` on the command's
-        cluster."""
+        cluster.
+
+        ``work``: the job's input and output arrays, for ``auto`` (default: ``y`` alone).
+        Where the job ran is left in ``CommandState.ran_on`` for the summary line.
+        """
         self.check_output(output, sources)
         self.layout(y)
-        with self.cluster():
+        with self.cluster(work=(y,) if work is None else work) as where:
+            CommandState.ran_on = where
             return self.save(y, output, operation)
 
 
@@ -398,7 +441,7 @@ def run_command_line(group: click.Group, argv: Sequence[str] | None) -> None:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    CommandState.argv, CommandState.resume_command = args, None
+    CommandState.argv, CommandState.resume_command, CommandState.ran_on = args, None, None
     try:
         group.main(args=args, prog_name="distconv", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -55,9 +55,8 @@ def check_engines(benchmark: str, text: str | None) -> list[str]:
                 f"unknown engine {name!r}; choose from: auto, {', '.join(kernels.engine_names())}"
             )
         if not kernels.is_installed(name):
-            extra = kernels.ENGINES[name].extra
             raise DistconvError(
-                f"engine {name!r} is not installed here (pip install 'distconv[{extra}]')"
+                f"engine {name!r} is not installed here ({kernels.install_hint(name)})"
             )
         if not any(op in kernels.ENGINES[name].ops for op in _OPS[benchmark]):
             raise DistconvError(f"engine {name!r} cannot {benchmark}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+from dask.utils import format_bytes
 
 from distconv.cli._common import cluster_options
 
@@ -42,13 +43,22 @@ def info_command(
 
     \b
     Examples:
-      distconv cluster info                                  # the default local cluster
+      distconv cluster info                                  # the local cluster (auto)
       distconv cluster info --cluster tcp://10.0.0.5:8786
       distconv cluster info --cluster slurm.yaml             # job script + scaling
     """
     from distconv.clusters import cluster, describe, parse_spec
+    from distconv.clusters.auto import local_threshold
 
     parsed = parse_spec(cluster_spec)
+    auto_note = None
+    if parsed.kind == "auto":  # no job to size: show the local cluster large jobs get
+        auto_note = (
+            f"auto: jobs under {format_bytes(local_threshold())} of input and output run on "
+            "threads in this process; larger ones on this local cluster"
+        )
+        parsed = parse_spec("local")
+        cluster_spec = "local"
     if parsed.kind == "threads":
         import dask.system
 
@@ -69,6 +79,8 @@ def info_command(
         if wait_workers:
             client.wait_for_workers(wait_workers)
         description = {"kind": parsed.kind, **describe(client)}
+        if auto_note:
+            description["auto"] = auto_note
         if parsed.kind == "jobqueue":
             from distconv.clusters.jobqueue import load_spec
 
@@ -79,6 +91,8 @@ def info_command(
     if as_json:
         click.echo(json.dumps(description, indent=2))
         return
+    if auto_note:
+        click.echo(auto_note)
     click.echo(f"{'kind:':12}{description['kind']}")
     click.echo(f"{'scheduler:':12}{description['scheduler']}")
     click.echo(f"{'dashboard:':12}{description['dashboard']}")

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from distconv.cli._common import (
+    CommandState,
     JobOptions,
     default_output,
     engine_option,
@@ -67,14 +68,16 @@ def _filter_job(
     )
     if dry_run:  # planned where it would run: the workers' threads and memory size tiles
         layout = job.layout(y)  # a bad layout fails before any cluster
-        with job.cluster(quiet=True):
+        with job.cluster(quiet=True, work=(x, y)):
             plan = dc.plan_convolve if operation == "convolve" else dc.plan_correlate
             described = plan(
                 x, w, origin=origin_arg, axes=axes_t, dtype=dtype, **filter_options
             ).describe()
         click.echo(f"{described}\n{output_text(output, layout, y.shape)}")
         return
-    written, seconds = job.write(y, output, operation, source_paths(y))  # checked, then saved
+    written, seconds = job.write(  # checked, then saved
+        y, output, operation, source_paths(y), work=(x, y)
+    )
     if not job.quiet:
         produced = written.attrs["distconv"]
         record = produced["steps"][-1]
@@ -83,7 +86,8 @@ def _filter_job(
             f"wrote {output}: {'×'.join(map(str, y.shape))} {y.dtype}, "
             f"{written.nchunks} chunks in {y.npartitions} tiles, method {record['method']}, "
             f"engine {record['engine']}; {seconds:.2f} s, {pixels / seconds / 1e6:.1f} Mpx/s, "
-            f"{x.nbytes / seconds / 2**20:.0f} MiB/s read{_clipped_note(produced, x.dtype)}"
+            f"{x.nbytes / seconds / 2**20:.0f} MiB/s read{_clipped_note(produced, x.dtype)}; "
+            f"on {CommandState.ran_on}"
         )
 
 

@@ -73,34 +73,50 @@ def _fmt(value) -> str:
 
 @click.command("engines")
 def engines_command() -> None:
-    """List engines: installed?, usable here?, device, version, operations.
+    """List engines: installed?, usable here?, device, operations, pip extra; then what each
+    usable engine runs on here (versions, CPU or GPUs).
 
     \b
     Example:
       distconv engines
       DASK_DISTCONV__ENGINE=numba python my_analysis.py   # choose one by config
     """
+    from rich import box
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table("engine", "installed", "usable here", "device", "ops", "pip extra")
+    # Short cells in the table (it fits 80 columns); each engine's long description of its
+    # device (versions, CPU, GPUs) goes below it, where lines wrap as text.
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for header in ("engine", "installed", "usable", "device"):
+        table.add_column(header, no_wrap=True)
+    table.add_column("ops", ratio=1)
+    table.add_column("pip extra", no_wrap=True)
+    details = []
     for name, spec in kernels.ENGINES.items():
         installed = kernels.is_installed(name)
-        usable, device = False, spec.device.upper()
+        usable, detail = False, None
         if installed:
             try:
                 module = kernels.get_engine(name)
+                usable = bool(getattr(module, "usable", lambda: True)())
                 describe_device = getattr(module, "device_info", None)
-                usable = True
-                device = describe_device() if describe_device else spec.device
+                detail = describe_device() if describe_device else None
             except Exception as exc:  # an engine whose import fails is reported, not fatal
-                device = f"import failed: {str(exc).splitlines()[0][:60]}"
+                detail = f"import failed: {str(exc).splitlines()[0][:200]}"
+        if detail:
+            details.append((name, detail))
         table.add_row(
             name,
             "yes" if installed else "no",
             "yes" if usable else "no",
-            device,
+            spec.device.upper(),
             ", ".join(op.replace("correlate_", "") for op in spec.ops),
-            f"distconv[{spec.extra}]" if spec.extra else "(core)",
+            # Text, not a markup string: rich would take "[tensorflow]" for a style tag.
+            Text(f"distconv[{spec.extra}]" if spec.extra else "(core)"),
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for name, detail in details:
+        console.print(f"{name}: {detail}", highlight=False, markup=False)

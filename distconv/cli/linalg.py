@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from distconv.cli._common import (
+    CommandState,
     JobOptions,
     default_output,
     engine_option,
@@ -80,7 +81,8 @@ def _matmul_job(
     output = output or default_output(a, "matmul")
     if not dry_run:
         job.check_output(output, [a, b])
-    with job.cluster(quiet=job.quiet or dry_run):
+    work = (x, y, _matmul_result_bytes(x, y))
+    with job.cluster(quiet=job.quiet or dry_run, work=work) as where:
         if dry_run:  # planned where it would run: the workers' memory sets the budget
             click.echo(plan_for(x, y, engine=engine, memory_budget=memory_budget).describe())
             return
@@ -92,7 +94,7 @@ def _matmul_job(
         click.echo(
             f"wrote {output}: {_shape(product.shape)} {product.dtype}, "
             f"{product.npartitions} chunks, engine {step['engine']}, {step['method']}; "
-            f"{seconds:.2f} s, {flops / seconds / 1e9:.1f} GFLOP/s"
+            f"{seconds:.2f} s, {flops / seconds / 1e9:.1f} GFLOP/s; on {where}"
         )
 
 
@@ -127,13 +129,24 @@ def _multiply_job(job: JobOptions, a: str, b: str, output: str | None, engine: s
     product = dc.multiply(x, y, engine=engine)  # NumPy's broadcasting error, before a cluster
     output = output or default_output(a, "multiply")
     sources = [a] + ([] if isinstance(y, (int, float)) else [b])
-    seconds = job.write(product, output, "multiply", sources)[1]
+    work = (x, y, product) if hasattr(y, "nbytes") else (x, product)
+    seconds = job.write(product, output, "multiply", sources, work=work)[1]
     if not job.quiet:
         click.echo(
             f"wrote {output}: {_shape(product.shape)} {product.dtype}, "
             f"{product.npartitions} chunks; {seconds:.2f} s, "
-            f"{product.nbytes / seconds / 2**20:.0f} MiB/s written"
+            f"{product.nbytes / seconds / 2**20:.0f} MiB/s written; on {CommandState.ran_on}"
         )
+
+
+def _matmul_result_bytes(x, y) -> int:
+    """Bytes of ``x @ y`` (shape from NumPy's rule, dtype from NumPy's promotion)."""
+    import numpy as np
+
+    from distconv.plan.matmul import matmul_result_shape
+
+    shape = matmul_result_shape(x.shape, y.shape)
+    return int(np.prod(shape, dtype=np.int64)) * np.result_type(x.dtype, y.dtype).itemsize
 
 
 def _number(text: str) -> int | float | None:

@@ -19,7 +19,7 @@ from dask.array.reductions import reduction
 from dask.highlevelgraph import HighLevelGraph
 
 from distconv import kernels
-from distconv.backend import array_module, is_gpu_array, to_numpy
+from distconv.backend import array_module, device_arrays_available, is_gpu_array, to_numpy
 from distconv.config import get_default
 from distconv.errors import InputReadError
 from distconv.io import as_dask_array, open_zarr_array
@@ -261,8 +261,9 @@ def _product_reading_stores(a: da.Array, b: da.Array, plan: MatmulPlan, meta) ->
 
 def _partials_on_device(plan: MatmulPlan, a: da.Array) -> bool:
     """A GPU engine's partial products stay on its device through the tree sum; only summed
-    blocks come back to the host (CuPy chunks never leave the device at all)."""
-    return kernels.is_gpu_engine(plan.engine) and not is_gpu_array(a)
+    blocks come back to the host (CuPy chunks never leave the device at all). Without CuPy
+    (numba-cuda on host blocks, e.g. under the CUDA simulator) partials are summed on the host."""
+    return kernels.is_gpu_engine(plan.engine) and not is_gpu_array(a) and device_arrays_available()
 
 
 def matmul_stores_block(
