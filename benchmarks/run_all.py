@@ -6,7 +6,7 @@ machine, the date, the versions and how long each section took. Sized to finish 
 minutes on the 2-core machine; ``--quick`` runs the same suite on small inputs (a minute or two)
 to check that it works and to show the format.
 
-    python benchmarks/run_all.py [--quick] [--only convolve,memory] [--skip gpu]
+    python benchmarks/run_all.py [--quick] [--only convolve,memory] [--skip gpu] [--with stores]
     python benchmarks/run_all.py --only deconvolve   # optional: not part of the 20 minutes
     make bench
 """
@@ -44,6 +44,7 @@ FULL = {
     "gpu": "gpu.py --size 8192 --kernel-sizes 3,9,31,127 --repeats 3",
     # Optional (scikit-image alone takes several minutes at these sizes): --only deconvolve.
     "deconvolve": "deconvolve.py",
+    "stores": "stores.py --size 16384 --chunk 256 --levels 4 --repeats 2",
 }
 # --quick: the same suite on small inputs; these values replace the full-size ones.
 QUICK = {
@@ -58,6 +59,7 @@ QUICK = {
     "gpu": "--size 1024 --kernel-sizes 3,31 --repeats 2",
     "deconvolve": "--size 1024 --chunk 256 --iterations 10 --size3d 64 --chunk3d 32 "
     "--iterations3d 5",
+    "stores": "--size 2048 --repeats 1",
 }
 
 
@@ -72,8 +74,10 @@ def arguments(section: str, quick: bool) -> list[str]:
     return [script, *(word for pair in values.items() for word in pair)]
 
 
-# Sections run only when named in --only.
-OPTIONAL = {"deconvolve"}
+# Sections run only when named (--only, --with): deconvolve (scikit-image alone takes several
+# minutes at these sizes) and stores (it starts an S3 server and needs the test extras: moto,
+# s3fs, ome-zarr; its full size adds minutes to the 20-minute suite).
+OPTIONAL = {"deconvolve", "stores"}
 
 QUICK_NOTE = "QUICK RUN on small inputs: it shows the format, not the targets. "
 
@@ -84,10 +88,14 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default=None, help="comma list of sections to run")
     parser.add_argument("--skip", default="", help="comma list of sections to leave as they are")
     parser.add_argument(
+        "--with", dest="extra", default="", help=f"optional sections to add: {', '.join(OPTIONAL)}"
+    )
+    parser.add_argument(
         "--output-dir", default="distconv-bench", help="where the JSON and PNG files of the runs go"
     )
     args = parser.parse_args(argv)
-    chosen = args.only.split(",") if args.only else [s for s in FULL if s not in OPTIONAL]
+    added = [s for s in args.extra.split(",") if s]
+    chosen = args.only.split(",") if args.only else [s for s in FULL if s not in OPTIONAL] + added
     unknown = [s for s in (*chosen, *filter(None, args.skip.split(","))) if s not in FULL]
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(FULL)}")

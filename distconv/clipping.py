@@ -3,9 +3,10 @@
 scipy.ndimage wraps an integer result that does not fit its dtype (600 in uint8 is 88); distconv
 saturates it (255) and counts how many samples it clipped. The count needs the float result,
 so :func:`distconv.save` writes a filter's integer output from its float intermediate
-(:func:`distconv.provenance.saturating_cast_source`): its tile writers cast each unit with
-:func:`cast_units`, and save sums the per-tile counts and records them under
-``attrs["distconv"]["clipped"]``.
+(:func:`distconv.provenance.saturating_cast_source`): the tile writers cast each unit with
+:func:`cast_units` (a pyramid's write task, :func:`distconv.pyramid.write_tile`, casts its tile,
+counts the clipped samples and writes every level); ``save`` sums the per-tile counts and records
+them under ``attrs["distconv"]["clipped"]``.
 """
 
 from __future__ import annotations
@@ -58,11 +59,11 @@ def clipped_record(
     previous : dict or None
         The entry already recorded (a resumed output), if any.
     counts : sequence of array_like
-        The markers the tile writers of this run returned (samples clipped per tile).
+        The markers the writers of this run returned (samples clipped per tile).
     chunks_counted : int
-        Stored chunks this run wrote (in the units it wrote).
+        Stored chunks (or pyramid tiles) this run wrote.
     chunks_total : int
-        Stored chunks in the whole output.
+        Write units (chunks, shards, or tiles of a pyramid) in the whole output.
     dtype : dtype-like
         The output dtype.
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from distconv.backend import to_numpy
 from distconv.clipping import cast_units
 from distconv.errors import DistconvError
 from distconv.provenance import layout_of, sources
+from distconv.stores import redact, storage_failure
 
 __all__ = [
     "Layout",
@@ -40,8 +40,6 @@ __all__ = [
     "output_layout",
     "planned_layout",
     "regular_chunks",
-    "remove_interrupted_writes",
-    "stored_keys",
     "tile_units",
     "units_written",
     "write_tiles",
@@ -316,7 +314,13 @@ def write_units(target, pieces: list[tuple[tuple[slice, ...], np.ndarray]]) -> N
 
     for outcome in sync(write_all()):
         if isinstance(outcome, BaseException):
-            raise outcome
+            if not storage_failure(outcome) or isinstance(outcome, OSError):
+                raise outcome
+            # A store client's own exception may not pickle back to the client: say it as an
+            # OSError (the job fails, resumable), secrets blanked.
+            text = str(outcome).strip()
+            text = redact(text.splitlines()[0] if text else "")
+            raise OSError(f"{type(outcome).__name__}: {text}") from None
 
 
 def write_tiles(
@@ -375,9 +379,9 @@ def write_tiles(
     return markers, skip
 
 
-def units_written(path: str, array, layout: Layout) -> set[tuple[int, ...]]:
-    """Grid indices of the units (chunks or shards) whose objects exist in a local store."""
-    stored = stored_keys(path)
+def units_written(stored: set[str], array, layout: Layout) -> set[tuple[int, ...]]:
+    """Grid indices of the units (chunks or shards) whose objects are among ``stored``, the
+    keys under the array (:meth:`distconv.stores.Location.keys`, local or an object store)."""
     if len(stored) <= 1:  # only metadata
         return set()
     return {
@@ -385,27 +389,6 @@ def units_written(path: str, array, layout: Layout) -> set[tuple[int, ...]]:
         for index in np.ndindex(*layout.grid(array.shape))
         if array.metadata.encode_chunk_key(index) in stored
     }
-
-
-def stored_keys(path: str) -> set[str]:
-    """Relative keys (``/``-separated) of every file under a local store."""
-    keys = set()
-    for root, _, files in os.walk(path):
-        relative = os.path.relpath(root, path)
-        for name in files:
-            key = name if relative == "." else os.path.join(relative, name)
-            keys.add(key.replace(os.sep, "/"))
-    return keys
-
-
-def remove_interrupted_writes(path: str) -> None:
-    """Delete what a killed write left: zarr's local store writes ``<key>.<uuid hex>.partial``
-    and renames it, so these are never valid chunks."""
-    for root, _, files in os.walk(path):
-        for name in files:
-            stem, _, suffix = name.rpartition(".")
-            if suffix == "partial" and len(stem.rpartition(".")[2]) == 32:
-                os.remove(os.path.join(root, name))
 
 
 def _target_id(target) -> str:

@@ -19,18 +19,27 @@ from typing import Any
 
 import click
 
-from distconv import kernels
-from distconv.clusters import SPEC_FORMS
+from distconv.cli._options import (  # noqa: F401 - the options live there, used from here
+    CLUSTER_HELP,
+    cluster_options,
+    engine_option,
+    job_options,
+    layout_options,
+    options,
+    output_option,
+    output_text,
+    pyramid_options,
+    quiet_option,
+    shards_argument,
+    store_options,
+    write_options,
+)
 from distconv.errors import DistconvError
+from distconv.stores import quiet_abandoned_store_reads, redact
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
-
-CLUSTER_HELP = (
-    f"Where the work runs: {SPEC_FORMS} [default: config, auto: threads in this process "
-    f"for jobs under 1 GiB of input and output, else local]."
-)
 
 
 class CommandState:
@@ -48,126 +57,6 @@ class Interrupted(Exception):
     """Ctrl-C inside a command (reported by :func:`run_command_line`, exit 130)."""
 
 
-# Options ---------------------------------------------------------------------------------------
-
-
-def options(*decorators: Callable) -> Callable:
-    """Apply click option decorators in the order given (the order ``--help`` lists them)."""
-
-    def apply(command: Callable) -> Callable:
-        for decorator in reversed(decorators):
-            command = decorator(command)
-        return command
-
-    return apply
-
-
-def output_option(default: str) -> Callable:
-    """``-o/--output``; ``default`` describes the store written without it."""
-    return click.option("-o", "--output", help=f"Output Zarr path [default: {default}].")
-
-
-def engine_option(unit: str = "chunk") -> Callable:
-    """``--engine``: auto or any engine distconv knows (installed or not: the error says how)."""
-    return click.option(
-        "--engine",
-        type=click.Choice(["auto", *kernels.engine_names()]),
-        default=None,
-        help=f"Engine computing each {unit} [default: config, auto].",
-    )
-
-
-def write_options(must_match: str) -> Callable:
-    """``--overwrite`` and ``--resume``; ``must_match`` names what a resumed run must repeat."""
-    return options(
-        click.option("--overwrite", is_flag=True, help="Replace an existing output store."),
-        click.option(
-            "--resume",
-            is_flag=True,
-            help="Finish an interrupted run into the same output: only chunks not yet "
-            f"written are computed ({must_match} must match).",
-        ),
-    )
-
-
-def layout_options() -> Callable:
-    """``--chunks`` and ``--shards``: the output's stored layout (default: the input's)."""
-    return options(
-        click.option(
-            "--chunks",
-            "out_chunks",
-            default=None,
-            help="Output chunk shape, e.g. 512,512 or 512 for every axis "
-            "[default: the input's stored chunks].",
-        ),
-        click.option(
-            "--shards",
-            "out_shards",
-            default=None,
-            help="Output shard shape (Zarr v3; whole multiples of the chunks), e.g. 4096,4096, "
-            "or 'none' [default: the input's shards, if any].",
-        ),
-    )
-
-
-def shards_argument(text: str | None):
-    """``--shards`` for :func:`distconv.save`: None (as the input), False ('none'), or sizes."""
-    if text is not None and text.strip().lower() in ("none", "no", "false", "0"):
-        return False
-    return text
-
-
-def output_text(output: str, layout, shape) -> str:
-    """The ``--dry-run`` line about the output: its chunks, shards and writers."""
-    from distconv.layout import count_units
-
-    units = count_units(shape, layout)
-    chunks = "×".join(map(str, layout.chunks))
-    shards = f", shards {'×'.join(map(str, layout.shards))}" if layout.shards else ""
-    return (
-        f"  output:            {output}: chunks {chunks}{shards}; {units} "
-        f"{layout.unit_name}(s), each written whole by exactly one task"
-    )
-
-
-def cluster_options(*, rmm: bool = False) -> Callable:
-    """``--cluster`` (every form of :data:`distconv.clusters.SPEC_FORMS`) and its sizing."""
-    decorators = [
-        click.option("--cluster", "cluster_spec", default=None, help=CLUSTER_HELP),
-        click.option(
-            "--workers", type=click.IntRange(min=1), help="Worker processes (local, cuda)."
-        ),
-        click.option(
-            "--threads-per-worker",
-            type=click.IntRange(min=1),
-            help="Threads per worker (local, cuda).",
-        ),
-    ]
-    if rmm:
-        decorators.append(
-            click.option(
-                "--rmm-pool-size",
-                default=None,
-                help="RMM pool per GPU worker (--cluster cuda), e.g. 24GB.",
-            )
-        )
-    return options(*decorators)
-
-
-def quiet_option(help: str = "No progress bar, links or summary.") -> Callable:
-    """``-q/--quiet``."""
-    return click.option("-q", "--quiet", is_flag=True, help=help)
-
-
-def job_options(must_match: str, *, rmm: bool = False) -> Callable:
-    """What every command that writes a store ends with: :func:`write_options`,
-    :func:`layout_options`, :func:`cluster_options` and :func:`quiet_option` (read back as
-    :class:`JobOptions`)."""
-    return options(
-        write_options(must_match), layout_options(), cluster_options(rmm=rmm), quiet_option()
-    )
-
-
 # Outputs ---------------------------------------------------------------------------------------
 
 
@@ -177,7 +66,7 @@ def default_output(input_path: str, operation: str) -> str:
     Parameters
     ----------
     input_path : str
-        The input, possibly a path inside a Zarr group.
+        The input: a path (possibly inside a Zarr group), a TIFF, or a URL.
     operation : str
         The word that goes into the name (``convolved``, ``matmul``...).
 
@@ -185,17 +74,30 @@ def default_output(input_path: str, operation: str) -> str:
     -------
     str
         ``big.zarr`` → ``big.convolved.zarr`` beside it; ``big.zarr/raw/0`` →
-        ``big.raw-0.convolved.zarr``.
+        ``big.raw-0.convolved.zarr``; ``img.ome.zarr`` and ``img.ome.tif`` →
+        ``img.convolved.ome.zarr``; ``s3://b/big.zarr`` → ``s3://b/big.convolved.zarr``.
     """
+    from distconv.stores import is_url
+
+    if is_url(input_path):
+        head, _, rest = input_path.partition("://")
+        bucket, _, key = rest.partition("/")
+        inner = default_output(key.strip("/") or "input", operation).replace(os.sep, "/")
+        return f"{head}://{bucket}/{inner}"
     path = os.path.normpath(input_path)
     parts = path.split(os.sep)
     for index, part in enumerate(parts):
         if part.endswith(".zarr"):
             stem = part[: -len(".zarr")]
+            ome = stem.endswith(".ome")
+            stem = stem[: -len(".ome")] if ome else stem
             inner = "-".join(parts[index + 1 :])
             name = f"{stem}.{inner}" if inner else stem
-            return os.path.join(os.sep.join(parts[:index]) or "", f"{name}.{operation}.zarr")
-    stem = os.path.splitext(path)[0]
+            suffix = "ome.zarr" if ome and not inner else "zarr"
+            return os.path.join(os.sep.join(parts[:index]) or "", f"{name}.{operation}.{suffix}")
+    stem, extension = os.path.splitext(path)
+    if extension.lower() in (".tif", ".tiff") and stem.lower().endswith(".ome"):
+        return f"{stem[: -len('.ome')]}.{operation}.ome.zarr"
     return f"{stem}.{operation}.zarr"
 
 
@@ -219,11 +121,14 @@ def save_resumable(
     chunks=None,
     shards=None,
     description: str | None = None,
+    **save_options: Any,
 ) -> tuple[Any, float]:
     """``dc.save`` for a command: the command line goes into the provenance, and while the job
-    runs an interruption's message names the exact ``--resume`` command (``chunks`` and
-    ``shards`` as :func:`distconv.save` takes them; ``description`` labels the progress bar;
-    default: the operation).
+    runs an interruption's message names the exact ``--resume`` command (secrets blanked;
+    ``chunks`` and ``shards`` as :func:`distconv.save` takes them; ``description`` labels the
+    progress bar; default: the operation).
+
+    ``save_options`` go to :func:`distconv.save` (``storage_options``, ``pyramid``...).
 
     Returns
     -------
@@ -235,7 +140,7 @@ def save_resumable(
     argv = list(CommandState.argv)
     argv = argv[argv.index(operation) :] if operation in argv else [operation]
     start = time.perf_counter()
-    CommandState.resume_command = resume_command(argv)  # read on Ctrl-C or failure
+    CommandState.resume_command = redact(resume_command(argv))  # read on Ctrl-C or failure
     written = dc.save(
         y,
         output,
@@ -245,14 +150,16 @@ def save_resumable(
         shards=shards,
         progress=not quiet,
         description=description or operation,
-        attributes={"command": shlex.join(["distconv", *argv])},
+        attributes={"command": redact(shlex.join(["distconv", *argv]))},
+        **save_options,
     )
     CommandState.resume_command = None
     seconds = time.perf_counter() - start
     produced = written.attrs["distconv"]
     if not quiet and produced.get("resumed"):
         last = produced["resumed"][-1]
-        already, total = last["chunks_already_written"], last.get("chunks_total", y.npartitions)
+        already = last["chunks_already_written"]
+        total = last.get("chunks_total", last.get("tasks", y.npartitions))
         unit = last.get("unit", "chunk")
         click.echo(
             f"resumed {output}: {already} of {total} {unit}s were already "
@@ -343,6 +250,24 @@ class JobOptions:
     rmm_pool_size: str | None = None
     out_chunks: str | None = None
     out_shards: str | None = None
+    # store_options and pyramid_options: how inputs open, how the output is saved
+    level: int | None = None
+    storage_option: tuple[str, ...] = ()
+    pyramid: int | None = None
+    pyramid_method: str = "mean"
+
+    @property
+    def storage_options(self) -> dict[str, Any] | None:
+        """``--storage-option KEY=VALUE`` as fsspec's options (None without any)."""
+        from distconv.stores import parse_storage_options
+
+        return parse_storage_options(self.storage_option) or None
+
+    def open(self, path: str) -> Any:
+        """``dc.open`` an input at ``--level`` with ``--storage-option``."""
+        import distconv as dc
+
+        return dc.open(path, level=self.level, storage_options=self.storage_options)
 
     def cluster(
         self, quiet: bool | None = None, work: Any = None
@@ -361,15 +286,16 @@ class JobOptions:
 
     def save(self, y, output: str, operation: str) -> tuple[Any, float]:
         """:func:`save_resumable` with these options: the written array and the seconds."""
+        names = ("overwrite", "resume", "quiet", "pyramid", "pyramid_method")
+        passed = {name: getattr(self, name) for name in names}
         return save_resumable(
             y,
             output,
             operation,
-            overwrite=self.overwrite,
-            resume=self.resume,
-            quiet=self.quiet,
             chunks=self.out_chunks,
             shards=shards_argument(self.out_shards),
+            storage_options=self.storage_options,
+            **passed,
         )
 
     def layout(self, y):
@@ -383,7 +309,9 @@ class JobOptions:
         """Refuse an ``output`` that is one of ``sources`` or in the way (before any cluster)."""
         from distconv.io import check_output_path
 
-        check_output_path(output, sources, self.overwrite, self.resume)
+        check_output_path(
+            output, sources, self.overwrite, self.resume, storage_options=self.storage_options
+        )
 
     def write(
         self, y, output: str, operation: str, sources: Sequence[str], work: Any = None
@@ -441,6 +369,8 @@ def run_command_line(group: click.Group, argv: Sequence[str] | None) -> None:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    if not debug:
+        quiet_abandoned_store_reads()  # one line on stderr, even when a store is unreachable
     CommandState.argv, CommandState.resume_command, CommandState.ran_on = args, None, None
     try:
         group.main(args=args, prog_name="distconv", standalone_mode=False)
@@ -477,5 +407,5 @@ def _interrupted() -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"distconv: error: {' '.join(message.split())}", err=True)
+    click.echo(f"distconv: error: {redact(' '.join(message.split()))}", err=True)
     sys.exit(code)

@@ -26,6 +26,18 @@ from distconv.plan import (
 )
 
 
+def _axes_list(value: str | None) -> tuple[int | str, ...] | None:
+    """``--axes 1,2`` → (1, 2); ``--axes y,x`` → ("y", "x") (names of an image's axes)."""
+    if value is None:
+        return None
+    words = [v.strip() for v in value.split(",")]
+    if not all(words):
+        raise DistconvError(
+            f"--axes must be axis numbers or names separated by commas, got {value!r}"
+        )
+    return tuple(int(w) if w.lstrip("-").isdigit() else w for w in words)
+
+
 def _int_list(value: str | None, name: str) -> tuple[int, ...] | None:
     if value is None:
         return None
@@ -50,15 +62,17 @@ def _filter_job(
 ) -> None:
     """Parse, filter, write; ``filter_options``: ``mode``, ``cval``, ``method``, ``engine``."""
     import distconv as dc
+    from distconv.axes import default_filter_ndim, resolve_axes
     from distconv.clusters import parse_spec
     from distconv.provenance import source_paths
 
     parse_spec(job.cluster_spec)  # a bad spec fails before any work
-    x = dc.open(input)
-    axes_t = _int_list(axes, "--axes")
+    x = job.open(input)
+    axes_t = _axes_list(axes)
     origins = _int_list(origin, "--origin")
     origin_arg: Any = origins[0] if origins and len(origins) == 1 else origins
-    w = dc.load_weights(weights, ndim=len(axes_t) if axes_t else x.ndim)
+    w = dc.load_weights(weights, ndim=len(axes_t) if axes_t else default_filter_ndim(x))
+    axes_t = resolve_axes(axes_t, x, w.ndim)  # names → numbers; a 2-D kernel → an image's y, x
     check_output_dtype(dtype)
     function = dc.convolve if operation == "convolve" else dc.correlate
     y = function(x, w, origin=origin_arg, axes=axes_t, dtype=dtype, **filter_options)
@@ -109,6 +123,10 @@ Examples:
   distconv {op} big.zarr kernel.npy -o out.zarr --mode mirror --origin 1 --method fft
   distconv {op} big.zarr/raw/0 gaussian:sigma=4 -o smooth.zarr --axes 1,2
   distconv {op} big.zarr box:size=5 --cluster threads --quiet
+  distconv {op} cells.ome.zarr gaussian:sigma=2 --level 1 --axes y,x --pyramid
+  distconv {op} s3://bucket/big.zarr k.npy -o s3://bucket/out.zarr \\
+      --storage-option endpoint_url=http://127.0.0.1:9000
+  distconv {op} stack.ome.tif gaussian:sigma=1 -o smooth.ome.zarr
   distconv {op} big.zarr kernel.npy --dry-run        # the plan: tiles, tasks, bytes, memory
   distconv {op} big.zarr kernel.npy -o out.zarr --chunks 256,256 --shards 4096,4096
 
@@ -142,7 +160,11 @@ def _filter_command(operation: str) -> click.Command:
         show_default=True,
         help="Kernel origin shift: one integer or one per filtered axis (1,0).",
     )
-    @click.option("--axes", help="Input axes the kernel filters, e.g. 1,2.")
+    @click.option(
+        "--axes",
+        help="Input axes the kernel filters: numbers (1,2) or an image's axis names (y,x) "
+        "[default: all; an image's last space axes for a smaller kernel].",
+    )
     @click.option(
         "--method",
         type=click.Choice(list(METHODS)),
@@ -166,9 +188,10 @@ def _filter_command(operation: str) -> click.Command:
         run_job(_filter_job, operation, **params)
 
     command.__doc__ = (
-        f"{operation.capitalize()} INPUT (a Zarr array, v2 or v3, or a path inside a group) "
-        f"with WEIGHTS, chunk by chunk, as scipy.ndimage.{operation} does, and write a Zarr "
-        f"array.\n{_EXAMPLES.format(op=operation)}"
+        f"{operation.capitalize()} INPUT (a Zarr array, v2 or v3, or a path inside a group; an "
+        "OME-Zarr image; a TIFF or OME-TIFF; local or an s3://, gs://... URL) with WEIGHTS, "
+        f"chunk by chunk, as scipy.ndimage.{operation} does, and write a Zarr array (an "
+        f"OME-Zarr image for an image input).\n{_EXAMPLES.format(op=operation)}"
     )
     return click.command(operation)(command)
 

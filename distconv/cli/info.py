@@ -7,28 +7,41 @@ import json
 import click
 
 from distconv import kernels
+from distconv.cli._common import store_options
 from distconv.clipping import describe_clipped
 
 
 @click.command("info")
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def info_command(path: str, as_json: bool) -> None:
-    """Describe a Zarr array: shape, dtype, chunks, codecs, bytes, provenance, completeness.
+@store_options()
+def info_command(
+    path: str, as_json: bool, level: int | None, storage_option: tuple[str, ...]
+) -> None:
+    """Describe a Zarr array, an OME-Zarr image or a TIFF: shape, dtype, chunks, codecs, bytes,
+    axes and levels, provenance, completeness.
 
     \b
-    Example:
+    Examples:
       distconv info out.zarr
+      distconv info cells.ome.zarr --level 2
+      distconv info s3://bucket/out.zarr --storage-option endpoint_url=http://127.0.0.1:9000
     """
     import distconv as dc
+    from distconv.stores import parse_storage_options
 
-    description = dc.info(path)
+    storage = parse_storage_options(storage_option) or None
+    description = dc.info(path, level=level, storage_options=storage)
     if as_json:
         click.echo(json.dumps(description, indent=2, default=str))
         return
-    for key in ("path", "zarr_format", "shape", "dtype", "chunks", "shards", "codecs"):
-        if description[key] is not None:
+    for key in ("path", "format", "zarr_format", "shape", "dtype", "chunks", "shards", "codecs"):
+        if description.get(key) is not None:
             click.echo(f"{key + ':':14}{_fmt(description[key])}")
+    _echo_image(description.get("image"))
+    if "nbytes_stored" not in description:  # a TIFF: no distconv provenance
+        click.echo(f"{'bytes:':14}{description['nbytes']:,}")
+        return
     click.echo(f"{'bytes:':14}{description['nbytes']:,} ({description['nbytes_stored']:,} stored)")
     produced = description["provenance"]
     if produced is None:
@@ -57,6 +70,20 @@ def info_command(path: str, as_json: bool) -> None:
     for key in ("inputs", "command", "version", "created", "finished"):
         if key in produced:
             click.echo(f"{key + ':':14}{_fmt(produced[key])}")
+
+
+def _echo_image(image) -> None:
+    """Axes (with units) and levels of an OME-Zarr image or a TIFF."""
+    if not image:
+        return
+    axes = [f"{a} ({u})" if u else str(a) for a, u in zip(image["axes"], image["units"])]
+    kind = f"OME-Zarr {image['ngff']}" if image.get("ngff") else "TIFF"
+    click.echo(f"{'image:':14}{kind}, level {image['level']} of {len(image['levels'])}")
+    click.echo(f"{'axes:':14}{', '.join(axes)}")
+    for index, level in enumerate(image["levels"]):
+        shape = _fmt(level["shape"]) if level["shape"] else "missing"
+        scale = f", scale {_fmt(level['scale'])}" if level.get("scale") else ""
+        click.echo(f"{f'level {index}:':14}{level['path']}: {shape}{scale}")
 
 
 def _fmt(value) -> str:

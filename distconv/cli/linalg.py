@@ -75,12 +75,13 @@ def _matmul_job(
     import distconv as dc
     from distconv.ops.matmul import plan_for
     from distconv.plan.matmul import matmul_result_shape
+    from distconv.provenance import source_paths
 
-    x, y = dc.open(a), dc.open(b)
+    x, y = job.open(a), job.open(b)
     matmul_result_shape(x.shape, y.shape)  # NumPy's error before any cluster starts
     output = output or default_output(a, "matmul")
     if not dry_run:
-        job.check_output(output, [a, b])
+        job.check_output(output, source_paths(x) + source_paths(y))
     work = (x, y, _matmul_result_bytes(x, y))
     with job.cluster(quiet=job.quiet or dry_run, work=work) as where:
         if dry_run:  # planned where it would run: the workers' memory sets the budget
@@ -90,7 +91,7 @@ def _matmul_job(
         seconds = job.save(product, output, "matmul")[1]
     if not job.quiet:
         flops = 2 * int(product.size) * x.shape[-1]  # one multiply-add per k per element
-        step = dc.info(output)["provenance"]["steps"][-1]
+        step = dc.info(output, storage_options=job.storage_options)["provenance"]["steps"][-1]
         click.echo(
             f"wrote {output}: {_shape(product.shape)} {product.dtype}, "
             f"{product.npartitions} chunks, engine {step['engine']}, {step['method']}; "
@@ -121,16 +122,16 @@ def multiply_command(**params: Any) -> None:
 
 def _multiply_job(job: JobOptions, a: str, b: str, output: str | None, engine: str | None) -> None:
     import distconv as dc
+    from distconv.provenance import source_paths
 
-    x = dc.open(a)
+    x = job.open(a)
     y = _number(b)
     if y is None:
-        y = dc.open(b)
+        y = job.open(b)
     product = dc.multiply(x, y, engine=engine)  # NumPy's broadcasting error, before a cluster
     output = output or default_output(a, "multiply")
-    sources = [a] + ([] if isinstance(y, (int, float)) else [b])
     work = (x, y, product) if hasattr(y, "nbytes") else (x, product)
-    seconds = job.write(product, output, "multiply", sources, work=work)[1]
+    seconds = job.write(product, output, "multiply", source_paths(product), work=work)[1]
     if not job.quiet:
         click.echo(
             f"wrote {output}: {_shape(product.shape)} {product.dtype}, "

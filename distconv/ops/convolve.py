@@ -17,6 +17,7 @@ import dask.array as da
 import numpy as np
 
 from distconv import kernels
+from distconv.axes import resolve_axes
 from distconv.backend import array_module, cast_output, is_gpu_array, to_device
 from distconv.clusters.resources import Resources
 from distconv.config import get_default
@@ -45,7 +46,7 @@ def _scipy_filter(convolution: bool, doc: str):
         cval: float = 0.0,
         origin=0,
         *,
-        axes: Sequence[int] | None = None,
+        axes: Sequence[int | str] | None = None,
         method: str | None = None,
         engine: str | None = None,
         dtype=None,
@@ -83,8 +84,10 @@ correlate = _scipy_filter(
         Fill value for ``mode='constant'``.
     origin : int or sequence of int
         Shift of the kernel's centre, per filtered axis.
-    axes : sequence of int, optional
+    axes : sequence of int or str, optional
         Input axes the weights' axes filter; needed when the weights have fewer dimensions.
+        An image read from OME-Zarr or TIFF takes axis names (``("y", "x")``), and by default
+        weights with fewer dimensions filter its last space axes.
     method : {'auto', 'direct', 'fft', 'separable'}, optional
         Default from config ``distconv.method`` ("auto": a per-chunk cost model picks).
     engine : str, optional
@@ -136,7 +139,9 @@ def correlation_plan(
     x: da.Array, weights, mode, cval, origin, axes, method, engine, dtype, convolution: bool
 ) -> CorrelationPlan:
     """The :class:`CorrelationPlan` of :func:`correlate` (or :func:`convolve`) on the dask array
-    ``x``; ``method`` and ``engine`` default to the config's, ``dtype`` is the output dtype."""
+    ``x``; ``method`` and ``engine`` default to the config's, ``dtype`` is the output dtype;
+    ``axes`` may name an image's axes (``"y"``, ``"x"``)."""
+    axes = resolve_axes(axes, x, np.ndim(weights))
     return plan_correlation(
         x.shape,
         x.dtype,
@@ -157,6 +162,7 @@ def _filter(
     input, weights, mode, cval, origin, axes, method, engine, dtype, convolution: bool
 ) -> da.Array:
     x = as_dask_array(input)
+    axes = resolve_axes(axes, x, np.ndim(weights))  # names ("y", "x") of an image's axes
     plan = correlation_plan(
         x, weights, mode, cval, origin, axes, method, engine, dtype, convolution
     )

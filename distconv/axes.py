@@ -1,0 +1,107 @@
+"""Axes by name: ``axes=("y", "x")`` for an input that carries axis names (OME-Zarr, TIFF).
+
+The names come from the source record of the store the input was read from
+(:func:`distconv.provenance.source_of`); an array computed from it with the same shape keeps
+them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array as da
+
+from distconv.errors import DistconvError
+from distconv.provenance import source_of, sources
+
+__all__ = ["axes_record", "axis_names", "default_filter_ndim", "resolve_axes"]
+
+
+def axes_record(x: da.Array) -> list[dict[str, Any]] | None:
+    """Axis dicts (``name``, ``type``, ``unit``) of ``x``, or None when it has no names.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+        An array read by :func:`distconv.open`, or computed from one without changing its shape.
+    """
+    own = source_of(x)
+    candidates = [own] if own else [r for r in sources(x) if list(r.get("shape", ())) == [*x.shape]]
+    for record in candidates:
+        axes = record.get("axes") if record else None
+        if axes and len(axes) == x.ndim:
+            return [dict(a) for a in axes]
+    return None
+
+
+def axis_names(x: da.Array) -> list[str] | None:
+    """The names of ``x``'s axes (``["c", "z", "y", "x"]``), or None."""
+    axes = axes_record(x)
+    return None if axes is None else [str(a.get("name")) for a in axes]
+
+
+def resolve_axes(axes, x: da.Array, weights_ndim: int) -> tuple[int, ...] | None:
+    """Axes as integers: names looked up in ``x``'s axis names.
+
+    Without ``axes``, weights with fewer dimensions than a named input filter its last
+    ``weights_ndim`` space axes (a 2-D kernel on a ``czyx`` image filters ``y, x``).
+
+    Parameters
+    ----------
+    axes : int, str, sequence of int or str, or None
+        Integers pass through; names (``"y"``, or ``"y,x"``) are looked up.
+    x : dask.array.Array
+        The input.
+    weights_ndim : int
+        Dimensions of the weights.
+
+    Returns
+    -------
+    tuple of int or None
+        None only when ``axes`` is None and the default of every axis applies.
+
+    Raises
+    ------
+    DistconvError
+        Names for an input without axis names, or a name the input lacks.
+    """
+    if axes is None:
+        record = axes_record(x)
+        if record is None or weights_ndim >= x.ndim:
+            return None
+        spatial = [i for i, axis in enumerate(record) if axis.get("type") == "space"]
+        return tuple(spatial[-weights_ndim:]) if len(spatial) >= weights_ndim else None
+    if isinstance(axes, str):
+        axes = [a.strip() for a in axes.split(",")]
+    if not isinstance(axes, Sequence):
+        return axes
+    if not any(isinstance(a, str) for a in axes):
+        return tuple(axes)
+    names = axis_names(x)
+    if names is None:
+        raise DistconvError(
+            f"axes {', '.join(map(str, axes))} are given by name but the input has no axis "
+            "names (only OME-Zarr and TIFF inputs do); give axis numbers"
+        )
+    result = []
+    for axis in axes:
+        if isinstance(axis, str) and not axis.lstrip("-").isdigit():
+            if axis not in names:
+                raise DistconvError(
+                    f"the image has no axis {axis!r}; its axes are {', '.join(names)}"
+                )
+            result.append(names.index(axis))
+        else:
+            result.append(int(axis))
+    return tuple(result)
+
+
+def default_filter_ndim(x: da.Array) -> int:
+    """How many axes a named kernel (``gaussian:sigma=2``) filters without ``axes``: the space
+    axes of a named input, else every axis."""
+    record = axes_record(x)
+    if record is None:
+        return x.ndim
+    spatial = sum(1 for axis in record if axis.get("type") == "space")
+    return spatial or x.ndim
