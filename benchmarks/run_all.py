@@ -30,6 +30,11 @@ FULL = {
     "engines": "engines.py --size 1024 --kernel-sizes 3,9,31,127 --repeats 2 --max-seconds 4",
     "convolve": "convolve.py --size 8192 --chunk 2048 --kernel-sizes 3,9,31,127 "
     "--engines scipy,numba,tensorflow --repeats 3",
+    # Small stored chunks (issue 14): one image in four chunkings, a uint16 volume in two.
+    "convolve-chunks": "convolve.py --size 16384 --chunks 256,512,1024,2048 --kernel-sizes 5,31 "
+    "--engines auto --repeats 2 --section convolve-chunks",
+    "convolve-3d": "convolve.py --size 512 --ndim 3 --dtype uint16 --chunks 64,128 "
+    "--kernel-sizes 5 --engines auto --repeats 2 --section convolve-3d",
     "profile": "profile_convolve.py --size 8192 --chunk 2048 --kernel-sizes 3,9,31,127",
     "linalg": "linalg.py --size 8192 --chunk 1024 --repeats 3 --peak-size 16384",
     # 9×9 (direct/numba, near the copy's speed) keeps the 32768² run to about a minute; the
@@ -45,6 +50,8 @@ FULL = {
 QUICK = {
     "engines": "--size 256 --kernel-sizes 3,9,31 --max-seconds 1",
     "convolve": "--size 1024 --chunk 256 --kernel-sizes 3,9,31",
+    "convolve-chunks": "--size 1024 --chunks 128,256 --kernel-sizes 5 --repeats 1",
+    "convolve-3d": "--size 96 --chunks 16,32 --repeats 1",
     "profile": "--size 1024 --chunk 512 --kernel-sizes 3,31",
     "linalg": "--size 1024 --chunk 256 --repeats 2 --peak-size 2048",
     "memory": "--sizes 1024,2048,4096 --kernel 31 --chunk 512",
@@ -101,7 +108,7 @@ def main(argv=None) -> int:
     for section in chosen:
         script, *rest = arguments(section, args.quick)
         command = [sys.executable, str(HERE / script), *rest]
-        if section == "convolve":
+        if section.startswith("convolve"):
             command += ["--output-dir", args.output_dir]
         print(f"== {section}: {' '.join(command[1:])}", flush=True)
         start = time.perf_counter()

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 import dask
 from distributed import LocalCluster
 
+from distconv.clusters.resources import machine_memory
+
 # distributed's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which also switches off
 # glibc's adaptive mmap threshold: every chunk-sized array is then a fresh mmap, paid in page
 # faults on each allocation (an 8192² Zarr → Zarr copy in 2048² chunks took 0.55 s instead of
@@ -25,16 +27,6 @@ _REUSE_BELOW = str(32 * 2**20)
 # peak memory at 32768².
 _DASK_DEFAULT_SATURATION = 1.1
 _SATURATION = 2.5
-
-
-def machine_memory() -> int:
-    """Bytes of memory this process may use (cgroup limit where one is set)."""
-    try:
-        from distributed.system import MEMORY_LIMIT
-
-        return int(MEMORY_LIMIT)
-    except ImportError:  # pragma: no cover - distributed always has it today
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def worker_log_level(worker_logs: bool = False) -> int:

@@ -26,6 +26,7 @@ from distconv.errors import (
 from distconv.io import info, open, save
 from distconv.ops.convolve import convolve, correlate
 from distconv.ops.deconvolve import richardson_lucy, wiener
+from distconv.ops.filter_plan import plan_convolve, plan_correlate
 from distconv.ops.map_chunks import map_chunks
 from distconv.ops.matmul import matmul
 from distconv.ops.multiply import multiply
@@ -50,6 +51,8 @@ __all__ = [
     "matmul",
     "multiply",
     "open",
+    "plan_convolve",
+    "plan_correlate",
     "richardson_lucy",
     "save",
     "wiener",

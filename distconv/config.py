@@ -18,6 +18,10 @@ DEFAULTS: dict[str, Any] = {
     "cluster": "auto",
     "auto-local-bytes": "1GiB",
     "progress": True,  # progress bar on jobs that last more than a moment
+    # Target input bytes of one task's tile of stored chunks (distconv/plan/tiles.py).
+    "tile_size": "16MiB",
+    # Codec pipeline that reads inputs: "auto" (zarrs when installed), "zarrs" or "zarr".
+    "read_pipeline": "auto",
 }
 
 dask.config.update_defaults({"distconv": DEFAULTS})

@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 
 import dask
 import dask.array as da
+import dask.system
 import numpy as np
 from dask.callbacks import Callback
 from dask.threaded import get as threaded_get
@@ -60,10 +62,7 @@ def compute_blocks(
     with _bar(description, len(pieces), show) as advance:
         client = current_client()
         if client is None:
-            with _BlockCounter(blocks.name, advance):
-                # The threaded scheduler's function, not its name: given "threads", dask
-                # imports distributed (~0.3 s) to look for a client first.
-                values = dask.compute(*pieces, scheduler=threaded_get)
+            values = _compute_on_threads(pieces, _BlockCounter(blocks.name, advance))
             if results is not None:
                 results.extend(values)
             return len(pieces)
@@ -84,6 +83,21 @@ def compute_blocks(
             client.cancel(futures)
             raise
         return len(pieces)
+
+
+def _compute_on_threads(pieces: list, counter: Callback) -> tuple:
+    """``dask.compute`` on a thread pool of our own that, on Ctrl-C or an error, lets the
+    running tasks finish before the exception leaves: a task stopped by the interpreter's exit
+    halfway through writing a tile leaves Zarr's event loop with writes it cannot finish (and a
+    screen of their tracebacks); a finished one leaves whole chunks."""
+    pool = ThreadPoolExecutor(dask.system.CPU_COUNT, thread_name_prefix="distconv-task")
+    try:
+        with counter:
+            # The threaded scheduler's function, not its name: given "threads", dask imports
+            # distributed (~0.3 s) to look for a client first.
+            return dask.compute(*pieces, scheduler=threaded_get, pool=pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _bar:
@@ -111,7 +125,7 @@ class _bar:
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("chunks"),
+            TextColumn("tiles"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=Console(stderr=True),

@@ -1,8 +1,10 @@
-"""Zarr in and out: open lazily, save chunk-aligned with provenance, describe a store.
+"""Zarr in and out: open lazily, save in whole stored chunks with provenance, describe a store.
 
-Output safety (docs/architecture.md): the output array is created with chunks equal to the Dask
-chunks, so no two tasks ever write the same Zarr chunk; its attributes record what produced it, and
-``complete`` becomes true only after the last chunk is written.
+Output safety (docs/architecture.md): the output keeps the stored chunks (and shards) of what it
+was computed from unless told otherwise (:mod:`distconv.layout`), every task writes whole chunks
+(shards, or a pyramid tile covering whole chunks of every level) and none is written by two
+tasks; its attributes record what produced it, and ``complete`` becomes true only after the last
+one is written. Outputs may live on any fsspec store (:mod:`distconv.stores`).
 """
 
 from __future__ import annotations
@@ -22,21 +24,29 @@ from dask.base import tokenize
 
 from distconv._version import __version__
 from distconv.clipping import clipped_record
-from distconv.errors import DistconvError, InputReadError, JobFailed, OutputError
+from distconv.errors import DistconvError, InputReadError, JobFailed
 from distconv.executor import compute_blocks
-from distconv.ome import describe_image, image_level, image_of_array, multiscale_of, output_image
-from distconv.outputs import (
-    check_output_location,
-    check_same_image,
-    check_same_job,
-    create_output,
-    level_paths,
-    open_output_levels,
+from distconv.layout import (
+    array_layout,
+    chunks_in_units,
+    default_format,
+    planned_layout,  # noqa: F401 - part of io's API: the layout save() would write
+    regular_chunks,  # noqa: F401 - its documented home was here
+    units_written,
 )
-from distconv.provenance import remember_source, saturating_cast_source, sources, steps
-from distconv.pyramid import finished_tiles, tiling_for, write_tile
+from distconv.ome import describe_image, image_level, image_of_array, multiscale_of, output_image
+from distconv.outputs import check_output_location, create_output
+from distconv.provenance import (
+    remember_layout,
+    remember_source,
+    saturating_cast_source,
+    sources,
+    steps,
+)
+from distconv.reading import damaged_chunk, read_pipeline
 from distconv.stores import Location, public_options, redact, remote_error, storage_failure
 from distconv.tiff import describe_tiff, is_tiff, open_tiff
+from distconv.writing import image_record, plan_writes, reopen_for_resume
 
 ATTRS_KEY = "distconv"
 
@@ -47,6 +57,7 @@ def open(
     level: int | None = None,
     storage_options: dict[str, Any] | None = None,
     allow_partial: bool = False,
+    chunks=None,
 ) -> da.Array:
     """Open a Zarr array, an OME-Zarr image or a TIFF lazily, on a local disk or an object store.
 
@@ -65,11 +76,17 @@ def open(
     allow_partial : bool
         Read a distconv output that is not marked complete (its missing chunks read as the fill
         value). By default such an output is refused.
+    chunks : tuple, optional
+        Dask chunks to read with (as :func:`dask.array.from_zarr` takes them). Blocks of whole
+        stored chunks are read by one task each, Zarr decoding the chunks concurrently; the
+        operations plan such tiles themselves (:mod:`distconv.plan.tiles`).
 
     Returns
     -------
     dask.array.Array
-        Chunks equal to the stored chunks. An image's axis names, units and scales are kept
+        By default one Dask chunk per stored chunk (per shard for a sharded array). Operations
+        on it compute tiles of several stored chunks per task and write their outputs in these
+        stored chunks (see :func:`save`). An image's axis names, units and scales are kept
         with it: operations take ``axes`` by name and :func:`save` writes an image.
     """
     text = os.fspath(path)
@@ -81,7 +98,8 @@ def open(
         return remember_source(x, {"path": os.path.abspath(text), "zarr_format": None})
     location = Location.parse(text, storage_options)
     if is_tiff(location.url):
-        return open_tiff(location, level)
+        x = open_tiff(location, level)
+        return x if chunks is None else x.rechunk(chunks)
     array, image = _open_level(location, level)
     produced = dict(array.attrs).get(ATTRS_KEY)
     if isinstance(produced, dict) and not produced.get("complete", True) and not allow_partial:
@@ -90,8 +108,17 @@ def open(
             "finish it with --resume, or open it with allow_partial=True"
         )
     where = location.child(image["path"]) if image and "path" in image else location
-    x = _from_zarr(array, where.url)
-    record = {"path": where.url, "zarr_format": array.metadata.zarr_format, "shape": [*x.shape]}
+    layout = array_layout(array)
+    x = _from_zarr(array, where.url, chunks or layout.unit)
+    remember_layout(x, {**layout.record(array.shape), "zarr_format": array.metadata.zarr_format})
+    record = {
+        "path": where.url,
+        "zarr_format": array.metadata.zarr_format,
+        "shape": tuple(array.shape),
+        "chunks": layout.chunks,
+        "shards": layout.shards,
+        "chunks_given": chunks is not None,  # the caller's blocks: operations keep them
+    }
     record.update({k: v for k, v in (image or {}).items() if k != "path"})
     return remember_source(x, record)
 
@@ -116,12 +143,12 @@ def _open_level(location: Location, level: int | None) -> tuple[zarr.Array, dict
     return node, image_of_array(group, location.name, parent.url if parent else "", node.shape)
 
 
-def _from_zarr(array: zarr.Array, path: str) -> da.Array:
+def _from_zarr(array: zarr.Array, path: str, chunks) -> da.Array:
     """``da.from_zarr`` whose chunk reads name the store and chunk when they fail."""
-    name = "from-zarr-" + tokenize(path, array.shape, array.dtype, array.chunks, dict(array.attrs))
+    name = "from-zarr-" + tokenize(path, array.shape, array.dtype, chunks, dict(array.attrs))
     return da.from_array(
         array,
-        chunks=array.chunks,
+        chunks=chunks,
         name=name,
         getitem=_ChunkReader(path),
         meta=np.empty((0,) * array.ndim, dtype=array.dtype),
@@ -132,7 +159,8 @@ class _ChunkReader:
     """Dask ``getitem`` for Zarr inputs: a damaged chunk becomes an :class:`InputReadError`.
 
     Such damage is only seen when a task reads the chunk, so the error travels back from the
-    worker as this (picklable) type, which the CLI reports as bad input.
+    worker as this (picklable) type, which the CLI reports as bad input. A task reading a tile
+    of many chunks reads them again one by one to name the damaged one.
     """
 
     def __init__(self, path: str):
@@ -142,14 +170,15 @@ class _ChunkReader:
         try:
             return getter(array, index, asarray=asarray, lock=lock)
         except Exception as exc:
-            if storage_failure(exc):  # the store, not the data: the job fails, resumable
+            # The store, not the data: the job fails, resumable. zarrs reports a chunk it
+            # cannot decode as a bare OSError (no errno): that is damaged data.
+            decode = type(exc) is OSError and exc.errno is None
+            if storage_failure(exc) and not decode:
                 raise OSError(
                     f"{self.path}: {type(exc).__name__}: {redact(_one_line(exc))}"
                 ) from None
-            where = ", ".join(
-                f"{s.start}:{s.stop}" if isinstance(s, slice) else str(s)
-                for s in (index if isinstance(index, tuple) else (index,))
-            )
+            index = index if isinstance(index, tuple) else (index,)
+            where, exc = damaged_chunk(array, index, exc)
             raise InputReadError(
                 f"{self.path}: the chunk at [{where}] cannot be read "
                 f"({type(exc).__name__}: {_one_line(exc)}); the input is "
@@ -182,8 +211,9 @@ def _open_node(location: Location, mode: str) -> zarr.Array | zarr.Group:
         raise DistconvError(f"{url}: no such file or directory")
     try:
         # Absolute (or a URL): the array object is pickled into tasks, and a remote worker's
-        # working directory is not ours.
-        return zarr.open(location.zarr_store(read_only=mode == "r"), mode=mode)
+        # working directory is not ours. The codec pipeline is chosen here and travels with it.
+        with zarr.config.set(read_pipeline() if mode == "r" else {}):
+            return zarr.open(location.zarr_store(read_only=mode == "r"), mode=mode)
     except Exception as exc:  # zarr raises several types for missing or unreadable metadata
         if location.remote:
             raise remote_error(location, exc) from None
@@ -207,25 +237,6 @@ def as_dask_array(input) -> da.Array:
     raise DistconvError(f"cannot use {type(input).__name__} as an array")
 
 
-def regular_chunks(chunks: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
-    """Chunks a Zarr array can hold: equal sizes with a smaller or equal last one.
-
-    Irregular Dask chunks (merged halo chunks, uneven NumPy inputs) are replaced by a regular
-    grid of the largest chunk size, so every task writes whole Zarr chunks of its own.
-    """
-    result = []
-    for axis in chunks:
-        axis = tuple(axis)
-        size = axis[0]
-        if all(c == size for c in axis[:-1]) and axis[-1] <= size:
-            result.append(axis)
-            continue
-        size = max(axis)
-        total = sum(axis)
-        result.append((size,) * (total // size) + ((total % size,) if total % size else ()))
-    return tuple(result)
-
-
 def check_output_path(
     path, inputs: Sequence[str], overwrite: bool, resume: bool = False, storage_options=None
 ) -> None:
@@ -246,6 +257,8 @@ def save(
     overwrite: bool = False,
     resume: bool = False,
     zarr_format: int | None = None,
+    chunks=None,
+    shards=None,
     attributes: dict[str, Any] | None = None,
     progress: bool | None = None,
     description: str = "writing",
@@ -255,8 +268,8 @@ def save(
     pyramid_axes: Sequence[str] | None = None,
     ome: bool | None = None,
 ) -> zarr.Array:
-    """Compute ``x`` and write it to a new Zarr array or OME-Zarr image at ``path``, chunk by
-    chunk.
+    """Compute ``x`` and write it to a new Zarr array or OME-Zarr image at ``path``, tile by
+    tile.
 
     Parameters
     ----------
@@ -271,11 +284,19 @@ def save(
     resume : bool
         Finish an interrupted :func:`save` of the same job: the output at ``path`` is reopened,
         its recorded provenance (inputs, operations and their parameters, weights hash, shape,
-        dtype, chunks, pyramid; not the engine or method) must match ``x``, and only the tiles
-        not yet written are computed. Without an output at ``path`` this is a plain save.
+        dtype, chunks, shards, pyramid; not the engine or method) must match ``x``, and only
+        the tiles with chunks (shards, pyramid tiles) not yet written are computed; only those
+        are written. Without an output at ``path`` this is a plain save.
     zarr_format : {2, 3}, optional
         Default: the format of the Zarr store ``x`` was read from (NGFF 0.4 is Zarr v2, 0.5
         is v3), else 3.
+    chunks : int, sequence of int or str, optional
+        Chunk shape of the output (-1: a whole axis). Default: the stored chunks of the array
+        ``x`` was computed from (as :func:`open` read it), else the Dask chunks of ``x``.
+    shards : int, sequence of int, str or False, optional
+        Shard shape (Zarr format 3, whole multiples of the chunks): far fewer files for small
+        chunks. Default: the shards of the array ``x`` was computed from when its chunks are
+        kept, else none; False: not sharded. Not with a pyramid.
     attributes : dict, optional
         Extra provenance to record under ``attrs["distconv"]``.
     progress : bool, optional
@@ -312,8 +333,10 @@ def save(
 
     Notes
     -----
-    Every chunk is one object written atomically (the local store writes a temporary file and
-    renames it; an object store's PUT is atomic), so a chunk that exists is complete.
+    Every task writes a block of whole chunks (shards; with a pyramid, a tile covering whole
+    chunks of every level), and no chunk (shard) is written by two tasks. Each is one object
+    written atomically (the local store writes a temporary file and renames it; an object
+    store's PUT is atomic), so an object that exists is complete: resume needs no other record.
     """
     location = Location.parse(path, storage_options)
     x = as_dask_array(x)
@@ -331,25 +354,9 @@ def save(
         ome=ome,
         zarr_format=zarr_format,
     )
-    if zarr_format is None:
-        formats = [s["zarr_format"] for s in read if s["zarr_format"]]
-        zarr_format = image.zarr_format if image else formats[0] if formats else 3
-    chunks = regular_chunks(x.chunks)
-    if chunks != x.chunks:
-        x = x.rechunk(chunks)
-    tiling = tiling_for(
-        x.shape,
-        [c[0] for c in chunks],
-        x.dtype.itemsize,
-        *((image.levels, image.downsampled, image.method) if image else ()),
-    )
-    if tiling.tile != tuple(c[0] for c in chunks):
-        x = x.rechunk(tiling.tile)  # a task per tile: one writer per chunk of every level
-    # What the tasks write: x, or for a saturating integer cast the floats it casts (each tile
-    # is cast, its clipped samples counted, then written and downsampled from the cast values).
-    values = x if unclipped is None else unclipped
-    if values.chunks != x.chunks:
-        values = values.rechunk(x.chunks)
+    zarr_format = zarr_format or (image.zarr_format if image else default_format(x))
+    plan = plan_writes(x, unclipped, chunks, shards, zarr_format, image)
+    x = plan.x
 
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     record = _jsonable(
@@ -360,8 +367,9 @@ def save(
             "steps": steps(x),
             "shape": list(x.shape),
             "dtype": str(x.dtype),
-            "chunks": list(tiling.chunks),
-            **_image_record(image),
+            "chunks": list(plan.layout.chunks),
+            **({"shards": list(plan.layout.shards)} if plan.layout.shards else {}),
+            **image_record(image),
             **({"storage_options": public_options(storage_options)} if storage_options else {}),
             **(attributes or {}),
             "complete": False,
@@ -371,16 +379,24 @@ def save(
     if created:
         location.remove()  # an output being replaced (--overwrite); missing is fine
         targets = create_output(
-            location, x.shape, x.dtype, tiling, zarr_format, {ATTRS_KEY: record}, image
+            location,
+            x.shape,
+            x.dtype,
+            plan.tiling,
+            zarr_format,
+            {ATTRS_KEY: record},
+            image,
+            shards=plan.layout.shards,
         )
         done: set[tuple[int, ...]] = set()
     else:
-        targets, record, done = _reopen_for_resume(location, x, record, tiling, image)
-        # Counted in tasks: a task writes one chunk, or one tile of a pyramid.
+        targets, record, done = reopen_for_resume(location, x, record, plan, image, ATTRS_KEY)
         record.setdefault("resumed", []).append(
             {
                 "at": now,
                 "chunks_already_written": len(done),
+                "chunks_total": plan.units_total(),
+                "unit": plan.unit_name,
                 "tasks": math.prod(x.numblocks),
                 **(attributes or {}),
             }
@@ -388,24 +404,14 @@ def save(
         targets[0].attrs.update({ATTRS_KEY: _jsonable(record)})
 
     # The array objects travel with each task: reopening the store per block costs a metadata
-    # read (~5 ms) per chunk.
-    # One task per tile casts (integer output from its floats), counts the clipped samples and
-    # writes every level; it returns the count.
-    written = values.map_blocks(
-        write_tile,
-        targets=targets,
-        tiling=tiling,
-        out_dtype=None if unclipped is None else x.dtype,
-        chunks=(1,) * x.ndim,
-        dtype=np.int64,
-        meta=np.empty((0,) * x.ndim, dtype=np.int64),
-        token="distconv-write",
-    )
+    # read (~5 ms) per chunk. Each task casts (integer output from its floats), counts the
+    # clipped samples and writes its whole units (every level of a pyramid tile).
+    written, skip = plan.writes(targets, done)
     shown = location.shown
     counts: list = []
     try:
         compute_blocks(
-            written, description=description, progress=progress, skip=done, results=counts
+            written, description=description, progress=progress, skip=skip, results=counts
         )
     except InputReadError:
         if created:  # bad input, not a failed write: leave nothing behind
@@ -426,45 +432,12 @@ def save(
             "memory"
         ) from exc
     if unclipped is not None:
-        record["clipped"] = clipped_record(record.get("clipped"), counts, x.npartitions, x.dtype)
+        counted, total = plan.chunks_counted(done)
+        record["clipped"] = clipped_record(record.get("clipped"), counts, counted, total, x.dtype)
     record["complete"] = True
     record["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     targets[0].attrs.update({ATTRS_KEY: _jsonable(record)})
     return targets[0]
-
-
-def _image_record(image) -> dict[str, Any]:
-    if image is None:
-        return {}
-    halved = [image.axes[i]["name"] for i in image.downsampled] if image.levels > 1 else []
-    return {
-        "ngff": image.version,
-        "pyramid": {"levels": image.levels, "method": image.method, "axes": halved},
-    }
-
-
-def _reopen_for_resume(location: Location, x: da.Array, record: dict[str, Any], tiling, image):
-    """Open a partial output, check it records the same job, and find its finished tiles."""
-    path = location.shown
-    targets, found_image = open_output_levels(location)
-    check_same_image(location, found_image, image, x.shape)
-    array = targets[0]
-    old = dict(array.attrs).get(ATTRS_KEY)
-    if not isinstance(old, dict):
-        raise OutputError(f"cannot resume {path}: it was not written by distconv")
-    found = {"shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks)}
-    for key in ("inputs", "shape", "dtype", "chunks", "pyramid"):
-        recorded = old.get(key, found.get(key))
-        if recorded != record.get(key):
-            raise OutputError(
-                f"cannot resume {path}: {key} differ ({recorded} recorded, "
-                f"{record.get(key)} now); use --overwrite to start again"
-            )
-    check_same_job(path, old, record)
-    location.remove_interrupted_writes()
-    stored = location.child(level_paths(image)[0]).keys()
-    done = finished_tiles(stored, array.metadata.encode_chunk_key, tiling, x.shape)
-    return targets, old, done
 
 
 def info(path, *, level: int | None = None, storage_options=None) -> dict[str, Any]:
@@ -501,7 +474,7 @@ def info(path, *, level: int | None = None, storage_options=None) -> dict[str, A
         "codecs": [_codec_name(c) for c in (*array.filters, *array.compressors)],
         "nbytes": int(array.nbytes),
         "nbytes_stored": _stored_bytes(array, location, image),
-        "chunks_initialized": int(array.nchunks_initialized),
+        "chunks_initialized": _chunks_initialized(array, location, image),
         "chunks_total": int(array.nchunks),
         "image": describe_image(location, image),
         "provenance": produced,
@@ -516,6 +489,16 @@ def _stored_bytes(array: zarr.Array, location: Location, image: dict | None) -> 
     where = location.child(image["path"]) if image and image.get("path") else location
     fs, root = where.filesystem()
     return int(fs.du(root))
+
+
+def _chunks_initialized(array: zarr.Array, location: Location, image: dict | None) -> int:
+    """Stored chunks written; in a sharded array, the in-bounds chunks of the shards written
+    (Zarr counts a partial edge shard's out-of-bounds chunks too)."""
+    layout = array_layout(array)
+    if not layout.shards:
+        return int(array.nchunks_initialized)
+    where = location.child(image["path"]) if image and image.get("path") else location
+    return chunks_in_units(array.shape, layout, units_written(where.keys(), array, layout))
 
 
 def _codec_name(codec) -> str:

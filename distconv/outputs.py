@@ -44,8 +44,10 @@ def create_output(
     zarr_format: int,
     attributes: dict[str, Any],
     image: OutputImage | None,
+    shards: Sequence[int] | None = None,
 ) -> list[zarr.Array]:
-    """Create the output's arrays (level 0 first) with ``attributes`` on level 0.
+    """Create the output's arrays (level 0 first) with ``attributes`` on level 0; ``shards``
+    (one level only) shards level 0.
 
     Raises
     ------
@@ -60,6 +62,7 @@ def create_output(
                     store=store,
                     shape=tuple(shape),
                     chunks=tiling.chunks,
+                    shards=None if shards is None else tuple(shards),
                     dtype=dtype,
                     zarr_format=zarr_format,
                     attributes=attributes,
@@ -77,6 +80,7 @@ def create_output(
                     paths[level],
                     shape=level_shape,
                     chunks=tiling.level_chunks(level_shape),
+                    shards=None if shards is None or level else tuple(shards),
                     dtype=dtype,
                     attributes=attributes if level == 0 else {},
                     config=_WRITE_ALL,

@@ -1,15 +1,17 @@
 """Provenance of lazy arrays: which stores they read and which operations produced them.
 
-Two registries map a Dask array name to a record: where an array was read from (a *source*:
-``{"path", "zarr_format"}``), and what operation produced it (a *step*: ``{"operation",
-"parameters", "engine", "method", ...}``). Graph layers keep these names, so the records of
-everything a result is derived from are found by walking the layers of its graph.
+Three registries map a Dask array name to a record: where an array was read from (a *source*:
+``{"path", "zarr_format", "shape", "chunks", "shards"}``), what operation produced it (a *step*:
+``{"operation", "parameters", "engine", "method", ...}``), and the stored layout its values
+belong in (``{"shape", "chunks", "shards"}``: an output keeps it by default). Graph layers keep
+these names, so the records of everything a result is derived from are found by walking the
+layers of its graph.
 
 :func:`distconv.save` writes the sources and steps into the output's attributes and refuses to
 write over a source; cluster routing sends work whose steps name a GPU engine to GPU workers.
 The operations record with :func:`remember_source` and :func:`remember_provenance`.
 
-A third registry marks results that are a saturating cast of a float array in the same graph
+A fourth registry marks results that are a saturating cast of a float array in the same graph
 (integer output of a filter): :func:`distconv.save` writes such a result from the float array,
 casting and counting the clipped samples per chunk (:func:`saturating_cast_source`).
 """
@@ -22,6 +24,8 @@ import dask.array as da
 
 __all__ = [
     "engines_used",
+    "layout_of",
+    "remember_layout",
     "remember_provenance",
     "remember_saturating_cast",
     "remember_source",
@@ -37,6 +41,8 @@ __all__ = [
 # names, so save() finds the source and the provenance of anything derived from them.
 _SOURCES: dict[str, dict[str, Any]] = {}
 _STEPS: dict[str, dict[str, Any]] = {}
+# Dask array name → the stored layout its values belong in: {"shape", "chunks", "shards"}.
+_LAYOUTS: dict[str, dict[str, Any]] = {}
 # Dask array name of a saturating cast → the name and (empty) meta of the float array it casts.
 # Not the array: its graph would keep in-memory inputs alive.
 _SATURATING: dict[str, tuple[str, Any]] = {}
@@ -83,6 +89,48 @@ def remember_provenance(x: da.Array, record: dict[str, Any]) -> da.Array:
     """
     _STEPS[x.name] = record
     return x
+
+
+def remember_layout(x: da.Array, record: dict[str, Any]) -> da.Array:
+    """Record the stored layout ``x`` comes from or belongs in (``record``: ``{"shape",
+    "chunks", "shards"}``, copied), the chunks and shards an output computed from it is written
+    with by default; return ``x`` itself."""
+    _LAYOUTS[x.name] = dict(record)
+    return x
+
+
+def layout_of(x: da.Array) -> dict[str, Any] | None:
+    """The stored layout nearest to ``x`` in its graph, for an array of ``x``'s shape.
+
+    The graph is walked from ``x`` towards its inputs, nearest layers first, so a result
+    derived element-wise or by a filter from a stored array finds that array's chunks and
+    shards; a result of another shape (a slice, a product) finds none unless its operation
+    recorded one.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+
+    Returns
+    -------
+    dict or None
+        ``{"shape", "chunks", "shards"}`` (see :func:`remember_layout`).
+    """
+    graph = x.__dask_graph__()
+    dependencies = getattr(graph, "dependencies", {})
+    seen, frontier = {x.name}, [x.name]
+    while frontier:
+        following = []
+        for name in frontier:
+            record = _LAYOUTS.get(name)
+            if record is not None and tuple(record["shape"]) == tuple(x.shape):
+                return record
+            for dependency in sorted(dependencies.get(name, ())):
+                if dependency not in seen:
+                    seen.add(dependency)
+                    following.append(dependency)
+        frontier = following
+    return None
 
 
 def remember_saturating_cast(x: da.Array, source: da.Array) -> da.Array:

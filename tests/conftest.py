@@ -101,8 +101,9 @@ def distconv(*args, cwd=None, timeout: float = 300) -> subprocess.CompletedProce
     )
 
 
-def start_distconv(args, folder) -> subprocess.Popen:
-    """The ``distconv`` command started in ``folder``, in its own session (to be signalled)."""
+def start_distconv(args, folder, env: dict | None = None) -> subprocess.Popen:
+    """The ``distconv`` command started in ``folder``, in its own session (to be signalled);
+    ``env`` adds environment variables."""
     return subprocess.Popen(
         [DISTCONV, *args],
         cwd=folder,
@@ -110,6 +111,7 @@ def start_distconv(args, folder) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
 
 

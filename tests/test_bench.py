@@ -54,9 +54,15 @@ def test_bench_convolve_smoke(tmp_path):
     data = json.loads((out / "bench-convolve.json").read_text())
     assert data["benchmark"] == "convolve" and data["setup"]["size"] == 192
     rows = {(r["group"], r["contender"]): r for r in data["rows"]}
+    copies = [r for r in data["rows"] if r["group"] == "copy"]
+    floor = next(r for r in copies if r["kind"] == "floor")
+    assert floor["contender"].startswith("best copy") and floor["vs_floor"] == 1.0
+    assert len(floor["runs"]) == 1
+    dask_copy = rows[("copy", "dask from_zarr → to_zarr")]
+    identity = rows[("copy", "distconv identity (open → save)")]
+    assert identity["vs_reference"] == pytest.approx(identity["seconds"] / dask_copy["seconds"])
     for k in ("3×3", "9×9"):
-        floor, ours = rows[(k, "Zarr→Zarr copy")], rows[(k, "distconv scipy")]
-        assert floor["vs_floor"] == 1.0 and len(floor["runs"]) == 1
+        ours = rows[(k, "distconv scipy")]
         assert ours["seconds"] > 0 and ours["rate"] == pytest.approx(
             192 * 192 / 1e6 / ours["seconds"]
         )
@@ -65,10 +71,41 @@ def test_bench_convolve_smoke(tmp_path):
         assert ours["method"] in ("direct", "fft", "separable") and ours["engine"] == "scipy"
         assert f"{k}" in done.stdout
     # The table printed every row of the JSON, with the ratio columns.
-    assert done.stdout.count("distconv scipy") == 2 and "× Zarr→Zarr copy" in done.stdout
+    assert done.stdout.count("distconv scipy") == 2 and "× best copy" in done.stdout
     png = (out / "bench-convolve.png").read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 5000
     assert not any(p.name.endswith(".zarr") for p in tmp_path.iterdir())  # scratch removed
+
+
+def test_bench_convolve_chunkings_and_volumes_in_process(tmp_path):
+    """Several stored chunkings of one image, and a uint16 volume in 8³ and 16³ chunks: every
+    group has the copies and distconv, ratios against the best copy of its chunking."""
+    from distconv import bench
+
+    for options in (
+        {"size": 128, "chunks": [16, 32], "kernels": [3]},
+        {"size": 32, "chunks": [8, 16], "kernels": [3], "ndim": 3, "dtype": "uint16"},
+    ):
+        result = bench.run(
+            "convolve",
+            engines=["scipy"],
+            repeats=1,
+            cluster="threads",
+            workdir=tmp_path,
+            max_seconds=60,
+            **options,
+        )
+        power = "³" if options.get("ndim") == 3 else "²"
+        kernel = "×".join(["3"] * options.get("ndim", 2))
+        for side in options["chunks"]:
+            rows = {r.contender: r for r in result.rows if r.group.endswith(f"@{side}{power}")}
+            floor = next(r for r in rows.values() if r.kind == "floor")
+            ours = rows["distconv scipy"]
+            assert ours.group == f"{kernel} @{side}{power}"
+            assert ours.vs_floor == pytest.approx(ours.seconds / floor.seconds)
+            assert ours.error < 1e-5 and rows["distconv identity (open → save)"].seconds > 0
+            assert "dask-image" in rows and "dask from_zarr → to_zarr" in rows
+        assert f"Zarr chunks {options['chunks'][0]}{power}" in bench.markdown(result)
 
 
 def test_bench_matmul_in_process_threads(tmp_path):

@@ -158,12 +158,17 @@ def test_resume_ignores_the_engine(tmp_path):
     np.testing.assert_allclose(done[:], ndimage.correlate(data.astype(float), weights), atol=1e-4)
 
 
-def _big_job(folder, size=512, chunk=32, seed=1):
-    """256 chunks: a second or more of work, far longer than the 5 ms between polls."""
+def _big_job(folder, size=1024, chunk=32, seed=1, shard=None):
+    """1024 chunks in 256 tiles (SMALL_TILES), or in 64 shards of 128² (one tile each): a
+    second or more of work, far longer than the 5 ms between polls."""
     rng = np.random.default_rng(seed)
     data = rng.random((size, size), dtype=np.float32)
     zarr.create_array(
-        str(folder / "big.zarr"), shape=data.shape, chunks=(chunk, chunk), dtype=data.dtype
+        str(folder / "big.zarr"),
+        shape=data.shape,
+        chunks=(chunk, chunk),
+        shards=(shard, shard) if shard else None,
+        dtype=data.dtype,
     )[:] = data
     np.save(folder / "k.npy", rng.standard_normal((9, 9)))
     return [
@@ -181,6 +186,10 @@ def _big_job(folder, size=512, chunk=32, seed=1):
     ]
 
 
+# Tiles of 4 stored chunks (64² float32): 64 tasks, so a kill lands while tiles are written.
+SMALL_TILES = {"DASK_DISTCONV__TILE_SIZE": "16KiB"}
+
+
 def _wait_for_chunks(process, output, count: int, timeout: float = 60) -> int:
     """Poll until ``count`` chunk objects exist (or the process ended); return how many."""
     deadline = time.monotonic() + timeout
@@ -194,7 +203,7 @@ def _wait_for_chunks(process, output, count: int, timeout: float = 60) -> int:
 
 def test_ctrl_c_cancels_says_how_to_resume_and_exits_130(tmp_path):
     args = _big_job(tmp_path)
-    process = start_distconv(args, tmp_path)
+    process = start_distconv(args, tmp_path, env=SMALL_TILES)
     written = _wait_for_chunks(process, tmp_path / "out.zarr", 3)
     assert process.poll() is None, "the job finished before it could be interrupted"
     os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
@@ -217,11 +226,13 @@ def test_ctrl_c_cancels_says_how_to_resume_and_exits_130(tmp_path):
     )
 
 
-def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("shard", [None, 128])
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path, shard):
     """Kill -9 the CLI at seeded random moments (fresh run, then resumed runs), finish with
-    --resume: the chunks equal an uninterrupted run's, byte for byte, and it is complete."""
-    args = _big_job(tmp_path)
-    total = (512 // 32) ** 2
+    --resume: the chunks (or shards, the output keeping the input's) equal an uninterrupted
+    run's, byte for byte, and it is complete."""
+    args = _big_job(tmp_path, shard=shard)
+    total = (1024 // (shard or 32)) ** 2
     reference = dc.save(
         dc.convolve(
             dc.open(tmp_path / "big.zarr"),
@@ -237,7 +248,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     kills = 0
     for trial in range(3):
         target = choices.randint(written + 1, written + (total - written) // 2)
-        process = start_distconv(args + (["--resume"] if trial else []), tmp_path)
+        process = start_distconv(args + (["--resume"] if trial else []), tmp_path, env=SMALL_TILES)
         written = _wait_for_chunks(process, tmp_path / "out.zarr", target)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
@@ -245,9 +256,11 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
         process.communicate(timeout=60)
         assert dc.info(tmp_path / "out.zarr")["complete"] is False
     assert kills >= 2
+    # Default tiles: resumed runs may plan other tiles; chunks are still written whole.
     finished = distconv(*args, "--resume", cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr
     assert dc.info(tmp_path / "out.zarr")["complete"] is True
+    assert dc.info(tmp_path / "out.zarr")["shards"] == ((shard, shard) if shard else None)
     assert chunk_digest(tmp_path / "out.zarr") == chunk_digest(tmp_path / "ref.zarr")
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.zarr"))[:], reference[:])
 

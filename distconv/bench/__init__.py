@@ -29,6 +29,9 @@ def run(
     engines: Sequence[str],
     kernels: Sequence[int] = (),
     chunk: int | None = None,
+    chunks: Sequence[int] | None = None,
+    ndim: int = 2,
+    dtype: str = "float32",
     repeats: int = 3,
     cluster: str | None = "local",
     workers: int | None = None,
@@ -51,6 +54,12 @@ def run(
         Kernel sizes (convolve only).
     chunk : int, optional
         Zarr chunk side (default 2048 for convolve, 1024 otherwise, at most ``size``).
+    chunks : sequence of int, optional
+        Convolve: chunk sides to store the data in, one after the other (instead of ``chunk``).
+    ndim : {2, 3}
+        Convolve: an image or a volume of side ``size``.
+    dtype : str
+        Convolve: the stored dtype.
     repeats : int
         Timed runs per contender after one warm-up.
     cluster, workers, threads_per_worker
@@ -68,7 +77,8 @@ def run(
 
     if benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {benchmark!r}")
-    chunk = min(chunk or (2048 if benchmark == "convolve" else 1024), size)
+    default = (128 if ndim == 3 else 2048) if benchmark == "convolve" else 1024
+    chunk = min(chunk or default, size)
     with (
         tempfile.TemporaryDirectory(prefix="distconv-bench-", dir=workdir) as tmp,
         dc.cluster(
@@ -79,7 +89,16 @@ def run(
         if benchmark == "convolve":
             from distconv.bench.convolve import bench_convolve
 
-            result = bench_convolve(size, kernels, engines, session, max_seconds)
+            result = bench_convolve(
+                size,
+                kernels,
+                engines,
+                session,
+                max_seconds,
+                chunks=chunks,
+                ndim=ndim,
+                dtype=dtype,
+            )
         else:
             from distconv.bench.linalg import bench_linalg
 

@@ -29,7 +29,8 @@ from distconv.clusters.resources import gpu_count, worker_infos
 def make_input(
     path: str | os.PathLike, size: int | tuple[int, ...], chunk: int, seed: int, dtype="float32"
 ) -> None:
-    """Write a random array in [0.5, 1.5) (seeded, never zeros) to a new Zarr v3 array.
+    """Write a random array in [0.5, 1.5) (seeded, never zeros) to a new Zarr v3 array;
+    integer dtypes get [1, 4096) (a 12-bit camera's range).
 
     Written strip by strip along the first axis, so a 32768² input never sits in memory.
     """
@@ -42,9 +43,12 @@ def make_input(
     )
     for start in range(0, shape[0], chunk):
         rows = min(chunk, shape[0] - start)
-        array[start : start + rows] = (
-            rng.random((rows, *shape[1:]), dtype=np.float32) + 0.5
-        ).astype(dtype, copy=False)
+        values = rng.random((rows, *shape[1:]), dtype=np.float32)
+        if np.dtype(dtype).kind in "iu":
+            values = 1 + values * 4095
+        else:
+            values += 0.5
+        array[start : start + rows] = values.astype(dtype, copy=False)
 
 
 def fresh(path: str | os.PathLike) -> str:

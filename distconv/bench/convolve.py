@@ -1,8 +1,10 @@
 """Zarr → Zarr convolution: distconv per engine vs the copy floor and the reference tools.
 
-Per kernel size, on the same seeded input: the Zarr → Zarr copy (``dask.array.from_zarr`` →
-``to_zarr``, the floor no Zarr → Zarr filter can beat), ``distconv.convolve`` with each engine (the
-plan picks the method per chunk), dask-image's ``ndfilters.convolve`` when installed, and in-memory
+Per stored chunking (``chunks``: 256², 512², ... or 64³, 128³ for volumes), on the same seeded
+data: first the copies (:mod:`distconv.bench.copies`: the best copy, the floor no Zarr → Zarr
+filter can beat; dask's own from_zarr → to_zarr; distconv's identity pass), then per kernel size
+``distconv.convolve`` with each engine (tiles and the method per tile planned), dask-image's
+``ndfilters.convolve`` on the store's own chunks when installed, and in-memory
 ``scipy.ndimage.convolve`` and ``scipy.signal.oaconvolve`` on one core. Cells the cost model
 expects to take longer than ``max_seconds`` are listed as skipped, with the estimate, instead of
 run.
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from distconv.bench.common import Contender, Session, fresh, make_input, run_alternating
+from distconv.bench.copies import copy_contenders
 from distconv.bench.report import Result
 
 
@@ -27,17 +30,18 @@ def kernel_for(size: int, ndim: int = 2) -> np.ndarray:
 
 
 def _distconv_estimate(
-    shape, chunk: int, kernel: np.ndarray, engine: str, workers: int
+    source: Path, kernel: np.ndarray, engine: str, workers: int
 ) -> tuple[str, float]:
-    """The method the plan picks for a full chunk and the cost model's wall-seconds."""
-    from distconv.plan import method_costs, plan_correlation
+    """The method the plan picks for a full tile and the cost model's wall-seconds."""
+    import distconv as dc
+    from distconv.plan import method_costs
 
-    plan = plan_correlation(shape, np.float32, kernel, engine=engine, convolution=True)
-    block = [min(chunk, s) for s in shape]
-    method = plan.method_for(block)
-    per_chunk = method_costs(plan.weights, block, {method: plan.engines[method]})[method]
-    chunks = math.prod(math.ceil(s / chunk) for s in shape)
-    return f"{method}/{plan.engines[method]}", per_chunk * chunks / max(workers, 1)
+    plan = dc.plan_convolve(str(source), kernel, engine=engine, dtype="float32")
+    tile = plan.tile_shape
+    method = plan.correlation.method_for(tile)
+    engines = {method: plan.correlation.engines[method]}
+    per_tile = method_costs(plan.correlation.weights, tile, engines)[method]
+    return f"{method}/{engines[method]}", per_tile * plan.tasks / max(workers, 1)
 
 
 def _scipy_direct_estimate(pixels: float, kernel: np.ndarray) -> float:
@@ -74,88 +78,117 @@ def bench_convolve(
     engines: Sequence[str],
     session: Session,
     max_seconds: float = 30.0,
+    *,
+    chunks: Sequence[int] | None = None,
+    ndim: int = 2,
+    dtype: str = "float32",
 ) -> Result:
-    """Time a Zarr → Zarr convolve of ``size``² float32 per engine and kernel size.
+    """Time a Zarr → Zarr convolve of ``size``² (or ³) per chunking, engine and kernel size.
 
-    Parameters are those of :func:`distconv.bench.run` (``kernel_sizes`` its ``kernels``); the
-    rest is in ``session``.
+    Parameters are those of :func:`distconv.bench.run` (``kernel_sizes`` its ``kernels``;
+    ``chunks``: chunk sides to store the same data in, one after the other, instead of
+    ``session.chunk``; ``ndim``: an image or a volume; ``dtype``: the stored dtype, e.g.
+    ``uint16`` volumes, distconv writing float32); the rest is in ``session``.
     """
-    import dask.array as da
-
     import distconv as dc
 
-    workdir, chunk = session.workdir, session.chunk
-    source = workdir / "input.zarr"
-    shape = (size, size)
-    make_input(source, shape, chunk, seed=0)
+    workdir = session.workdir
+    shape = (size,) * ndim
+    chunkings = [min(c, size) for c in (chunks or [session.chunk])]
     workers = session.workers
-    pixels = float(size * size)
-    in_memory = {}
-    warmed: set[str] = set()  # contenders warm up once, at the first kernel they run
+    pixels = float(math.prod(shape))
+    power = "²" if ndim == 2 else "³"
     result = Result(
         "convolve",
         unit="Mpx/s",
         work=pixels / 1e6,
-        setup=session.setup(size, engines, kernels=list(kernel_sizes)),
+        setup=session.setup(
+            size,
+            engines,
+            chunk=chunkings[0],
+            ndim=ndim,
+            chunks=chunkings,
+            dtype=dtype,
+            kernels=list(kernel_sizes),
+        ),
+        floor_name="best copy",
     )
-    log = session.log
-    for k in kernel_sizes:
-        kernel = kernel_for(k)
-        group = f"{k}×{k}"
+    warmed: set[str] = set()  # contenders warm up once, at the first group they run in
+    source = workdir / "input.zarr"  # the same data, stored again for each chunking
+    for stored in chunkings:
+        make_input(fresh(source), shape, stored, seed=0, dtype=dtype)
+        in_memory: dict = {}
+        where = f" @{stored}{power}" if len(chunkings) > 1 or ndim == 3 else ""
+        copies = copy_contenders(source, workdir)
+        _run_group(result, f"copy{where}", copies, session, warmed)
+        floor = copies[0].seconds
+        for k in kernel_sizes:
+            kernel = kernel_for(k, ndim)
+            group = "×".join([str(k)] * ndim) + where
+            contenders = []
+            # What engine="auto" would run for a full tile, whether or not "auto" is timed.
+            result.setup.setdefault("auto_choice", {})[group] = _distconv_estimate(
+                source, kernel, "auto", workers
+            )[0]
+            for engine in engines:
+                how, estimate = _distconv_estimate(source, kernel, engine, workers)
 
-        def copy():
-            da.from_zarr(str(source)).to_zarr(fresh(workdir / "copy.zarr"))
+                # float32 output whatever the stored dtype (scipy's rule would keep uint16).
+                def run(engine=engine, kernel=kernel):
+                    dc.save(
+                        dc.convolve(dc.open(source), kernel, "float32", engine=engine),
+                        fresh(workdir / f"dc-{engine}.zarr"),
+                        progress=False,
+                    )
 
-        contenders = [Contender("Zarr→Zarr copy", copy, kind="floor")]
-        # What engine="auto" would run for a full chunk, whether or not "auto" is timed.
-        result.setup.setdefault("auto_choice", {})[group] = _distconv_estimate(
-            shape, chunk, kernel, "auto", workers
-        )[0]
-        for engine in engines:
-            how, estimate = _distconv_estimate(shape, chunk, kernel, engine, workers)
-
-            def run(engine=engine, kernel=kernel):
-                dc.save(
-                    dc.convolve(dc.open(source), kernel, engine=engine),
-                    fresh(workdir / f"dc-{engine}.zarr"),
-                    progress=False,
+                method, resolved = how.split("/")
+                contenders.append(
+                    Contender(
+                        f"distconv {engine}",
+                        run,
+                        engine=resolved,
+                        method=method,
+                        skip=f"skipped (≈{estimate:.0f} s)" if estimate > max_seconds else None,
+                    )
                 )
-
-            method, resolved = how.split("/")
-            contenders.append(
-                Contender(
-                    f"distconv {engine}",
-                    run,
-                    engine=resolved,
-                    method=method,
-                    skip=f"skipped (≈{estimate:.0f} s)" if estimate > max_seconds else None,
+            if session.references:
+                contenders += _references(
+                    source, workdir, kernel, pixels, workers, max_seconds, in_memory
                 )
-            )
-        if session.references:
-            contenders += _references(
-                source, workdir, kernel, pixels, workers, max_seconds, in_memory
-            )
-        run_alternating(
-            contenders,
-            session.repeats,
-            log=(lambda text, k=k: log(f"k={k} {text}")) if log else None,
-            warmed=warmed,
-        )
-        errors = {}
-        for engine in engines:
-            output = workdir / f"dc-{engine}.zarr"
-            if output.exists():
-                errors[f"distconv {engine}"] = check_window(str(source), str(output), kernel, chunk)
-        # dask-image when it ran for this kernel, else SciPy in memory.
-        ran = [c for c in contenders if c.seconds is not None]
-        chosen = next((c for c in ran if c.kind == "reference"), None) or next(
-            (c for c in ran if c.kind == "baseline"), None
-        )
-        result.add_group(group, contenders, chosen, errors)
-        for engine in engines:
-            fresh(workdir / f"dc-{engine}.zarr")
-    in_memory.clear()
+            errors = {}
+
+            def check(kernel=kernel, errors=errors, stored=stored):
+                for engine in engines:
+                    output = workdir / f"dc-{engine}.zarr"
+                    if output.exists():
+                        errors[f"distconv {engine}"] = check_window(
+                            str(source), str(output), kernel, stored
+                        )
+                        fresh(output)
+
+            _run_group(result, group, contenders, session, warmed, floor, check, errors)
+        in_memory.clear()
     return result
+
+
+def _run_group(result, group, contenders, session, warmed, floor=None, check=None, errors=None):
+    """Time one group's contenders in turn and add their rows (the floor: the group's own
+    ``kind="floor"`` row, else ``floor`` seconds)."""
+    log = session.log
+    run_alternating(
+        contenders,
+        session.repeats,
+        log=(lambda text: log(f"{group}: {text}")) if log else None,
+        warmed=warmed,
+    )
+    if check is not None:
+        check()
+    ran = [c for c in contenders if c.seconds is not None]
+    # dask-image (or dask's copy) when it ran for this group, else SciPy in memory.
+    chosen = next((c for c in ran if c.kind == "reference"), None) or next(
+        (c for c in ran if c.kind == "baseline"), None
+    )
+    result.add_group(group, contenders, chosen, errors or {}, floor)
 
 
 def _references(

@@ -82,16 +82,20 @@ class Result:
         contenders: list[Contender],
         reference: Contender | None,
         errors: dict[str, float],
+        floor: float | None = None,
     ) -> None:
-        """One row per contender, against the group's floor (the first contender) and
-        ``reference``; ``errors``: contender name → max relative error, where checked."""
+        """One row per contender, against the group's floor (its ``kind="floor"`` contender
+        when that ran, else ``floor`` seconds) and ``reference``; ``errors``: contender name →
+        max relative error, where checked."""
+        own = next((c.seconds for c in contenders if c.kind == "floor" and c.seconds), None)
+        floor = own if own is not None else floor
         self.references[group] = reference.name if reference else None
         for contender in contenders:
             self.rows.append(
                 Row.from_contender(
                     group,
                     contender,
-                    floor=contenders[0].seconds,
+                    floor=floor,
                     reference=reference.seconds if reference else None,
                     work=self.work,
                     error=errors.get(contender.name),
@@ -179,7 +183,9 @@ def markdown(result: Result) -> str:
 
 def _setup_text(result: Result) -> str:
     setup = result.setup
-    text = f"{setup['size']}² {setup.get('dtype', 'float32')}, Zarr chunks {setup['chunk']}²"
+    power = "³" if setup.get("ndim") == 3 else "²"
+    chunks = ", ".join(f"{c}{power}" for c in setup.get("chunks") or [setup["chunk"]])
+    text = f"{setup['size']}{power} {setup.get('dtype', 'float32')}, Zarr chunks {chunks}"
     if "cluster" in setup:
         text += f", {setup['cluster']}"
     elif "workers" in setup:
@@ -227,7 +233,8 @@ def write_chart(result: Result, path: str | os.PathLike) -> Path:
         axis.set_yscale("log")
     axis.set_ylabel("seconds (median, lower is better)")
     axis.set_title(
-        f"distconv bench {result.benchmark}: {result.setup['size']}² float32", fontsize=10
+        f"distconv bench {result.benchmark}: {_setup_text(result).split(', median')[0]}",
+        fontsize=10,
     )
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()

@@ -19,19 +19,28 @@ from typing import Any
 
 import click
 
-from distconv import kernels
-from distconv.clusters import SPEC_FORMS
+from distconv.cli._options import (  # noqa: F401 - the options live there, used from here
+    CLUSTER_HELP,
+    cluster_options,
+    engine_option,
+    job_options,
+    layout_options,
+    mode_option,
+    options,
+    output_option,
+    output_text,
+    pyramid_options,
+    quiet_option,
+    shards_argument,
+    store_options,
+    write_options,
+)
 from distconv.errors import DistconvError
 from distconv.stores import quiet_abandoned_store_reads, redact
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
-
-CLUSTER_HELP = (
-    f"Where the work runs: {SPEC_FORMS} [default: config, auto: threads in this process "
-    f"for jobs under 1 GiB of input and output, else local]."
-)
 
 
 class CommandState:
@@ -47,143 +56,6 @@ class CommandState:
 
 class Interrupted(Exception):
     """Ctrl-C inside a command (reported by :func:`run_command_line`, exit 130)."""
-
-
-# Options ---------------------------------------------------------------------------------------
-
-
-def options(*decorators: Callable) -> Callable:
-    """Apply click option decorators in the order given (the order ``--help`` lists them)."""
-
-    def apply(command: Callable) -> Callable:
-        for decorator in reversed(decorators):
-            command = decorator(command)
-        return command
-
-    return apply
-
-
-def output_option(default: str) -> Callable:
-    """``-o/--output``; ``default`` describes the store written without it."""
-    return click.option("-o", "--output", help=f"Output Zarr path [default: {default}].")
-
-
-def engine_option(unit: str = "chunk") -> Callable:
-    """``--engine``: auto or any engine distconv knows (installed or not: the error says how)."""
-    return click.option(
-        "--engine",
-        type=click.Choice(["auto", *kernels.engine_names()]),
-        default=None,
-        help=f"Engine computing each {unit} [default: config, auto].",
-    )
-
-
-def mode_option(help: str) -> Callable:
-    """``--mode``: how the input extends past its edges (scipy.ndimage's modes)."""
-    from distconv.plan import MODES
-
-    return click.option(
-        "--mode", type=click.Choice(list(MODES)), default="reflect", show_default=True, help=help
-    )
-
-
-def write_options(must_match: str) -> Callable:
-    """``--overwrite`` and ``--resume``; ``must_match`` names what a resumed run must repeat."""
-    return options(
-        click.option("--overwrite", is_flag=True, help="Replace an existing output store."),
-        click.option(
-            "--resume",
-            is_flag=True,
-            help="Finish an interrupted run into the same output: only chunks not yet "
-            f"written are computed ({must_match} must match).",
-        ),
-    )
-
-
-def cluster_options(*, rmm: bool = False) -> Callable:
-    """``--cluster`` (every form of :data:`distconv.clusters.SPEC_FORMS`) and its sizing."""
-    decorators = [
-        click.option("--cluster", "cluster_spec", default=None, help=CLUSTER_HELP),
-        click.option(
-            "--workers", type=click.IntRange(min=1), help="Worker processes (local, cuda)."
-        ),
-        click.option(
-            "--threads-per-worker",
-            type=click.IntRange(min=1),
-            help="Threads per worker (local, cuda).",
-        ),
-    ]
-    if rmm:
-        decorators.append(
-            click.option(
-                "--rmm-pool-size",
-                default=None,
-                help="RMM pool per GPU worker (--cluster cuda), e.g. 24GB.",
-            )
-        )
-    return options(*decorators)
-
-
-def store_options() -> Callable:
-    """``--level`` (of an OME-Zarr image or a pyramidal TIFF) and ``--storage-option``."""
-    return options(
-        click.option(
-            "--level",
-            type=click.IntRange(min=0),
-            default=None,
-            help="Level of an OME-Zarr image or pyramidal TIFF to read [default: 0, the "
-            "highest resolution].",
-        ),
-        click.option(
-            "--storage-option",
-            "storage_option",
-            multiple=True,
-            metavar="KEY=VALUE",
-            help="fsspec option for s3://, gs://... URLs, e.g. endpoint_url=http://host:9000 "
-            "(repeatable). Credentials come from the environment or profiles.",
-        ),
-    )
-
-
-def pyramid_options() -> Callable:
-    """``--pyramid [N]`` and ``--pyramid-method``: multiscale levels written in the same pass."""
-    return options(
-        click.option(
-            "--pyramid",
-            metavar="[N]",
-            type=click.IntRange(min=2),
-            is_flag=False,
-            flag_value=4,
-            default=None,
-            help="Write an OME-Zarr image with N levels (4 without N), each downsampled 2x "
-            "from the one above in the same pass.",
-        ),
-        click.option(
-            "--pyramid-method",
-            type=click.Choice(["mean", "nearest"]),
-            default="mean",
-            show_default=True,
-            help="Downsampling: mean (images) or nearest (labels).",
-        ),
-    )
-
-
-def quiet_option(help: str = "No progress bar, links or summary.") -> Callable:
-    """``-q/--quiet``."""
-    return click.option("-q", "--quiet", is_flag=True, help=help)
-
-
-def job_options(must_match: str, *, rmm: bool = False) -> Callable:
-    """What every command that writes a store ends with: :func:`write_options`,
-    :func:`store_options`, :func:`pyramid_options`, :func:`cluster_options` and
-    :func:`quiet_option` (read back as :class:`JobOptions`)."""
-    return options(
-        write_options(must_match),
-        store_options(),
-        pyramid_options(),
-        cluster_options(rmm=rmm),
-        quiet_option(),
-    )
 
 
 # Outputs ---------------------------------------------------------------------------------------
@@ -247,12 +119,15 @@ def save_resumable(
     overwrite: bool,
     resume: bool,
     quiet: bool,
+    chunks=None,
+    shards=None,
     description: str | None = None,
     **save_options: Any,
 ) -> tuple[Any, float]:
     """``dc.save`` for a command: the command line goes into the provenance, and while the job
     runs an interruption's message names the exact ``--resume`` command (secrets blanked;
-    ``description`` labels the progress bar; default: the operation).
+    ``chunks`` and ``shards`` as :func:`distconv.save` takes them; ``description`` labels the
+    progress bar; default: the operation).
 
     ``save_options`` go to :func:`distconv.save` (``storage_options``, ``pyramid``...).
 
@@ -272,6 +147,8 @@ def save_resumable(
         output,
         overwrite=overwrite,
         resume=resume,
+        chunks=chunks,
+        shards=shards,
         progress=not quiet,
         description=description or operation,
         attributes={"command": redact(shlex.join(["distconv", *argv]))},
@@ -281,11 +158,12 @@ def save_resumable(
     seconds = time.perf_counter() - start
     produced = written.attrs["distconv"]
     if not quiet and produced.get("resumed"):
-        already = produced["resumed"][-1]["chunks_already_written"]
-        total = produced["resumed"][-1].get("tasks", y.npartitions)
-        unit = "tiles" if produced.get("pyramid", {}).get("levels", 1) > 1 else "chunks"
+        last = produced["resumed"][-1]
+        already = last["chunks_already_written"]
+        total = last.get("chunks_total", last.get("tasks", y.npartitions))
+        unit = last.get("unit", "chunk")
         click.echo(
-            f"resumed {output}: {already} of {total} {unit} were already "
+            f"resumed {output}: {already} of {total} {unit}s were already "
             f"written, computed the other {total - already}"
         )
     return written, seconds
@@ -371,6 +249,8 @@ class JobOptions:
     threads_per_worker: int | None
     quiet: bool
     rmm_pool_size: str | None = None
+    out_chunks: str | None = None
+    out_shards: str | None = None
     # store_options and pyramid_options: how inputs open, how the output is saved
     level: int | None = None
     storage_option: tuple[str, ...] = ()
@@ -408,8 +288,23 @@ class JobOptions:
     def save(self, y, output: str, operation: str) -> tuple[Any, float]:
         """:func:`save_resumable` with these options: the written array and the seconds."""
         names = ("overwrite", "resume", "quiet", "pyramid", "pyramid_method")
-        options = {name: getattr(self, name) for name in names}
-        return save_resumable(y, output, operation, storage_options=self.storage_options, **options)
+        passed = {name: getattr(self, name) for name in names}
+        return save_resumable(
+            y,
+            output,
+            operation,
+            chunks=self.out_chunks,
+            shards=shards_argument(self.out_shards),
+            storage_options=self.storage_options,
+            **passed,
+        )
+
+    def layout(self, y):
+        """The layout ``y`` would be written with (``--chunks``, ``--shards``); a bad one fails
+        here, before any cluster starts."""
+        from distconv.layout import planned_layout
+
+        return planned_layout(y, self.out_chunks, shards_argument(self.out_shards))
 
     def check_output(self, output: str, sources: Sequence[str]) -> None:
         """Refuse an ``output`` that is one of ``sources`` or in the way (before any cluster)."""
@@ -422,25 +317,27 @@ class JobOptions:
     def write(
         self, y, output: str, operation: str, sources: Sequence[str], work: Any = None
     ) -> tuple[Any, float]:
-        """:meth:`check_output`, then :meth:`save` ``y`` on the command's cluster.
+        """:meth:`check_output` and :meth:`layout`, then :meth:`save` ``y`` on the command's
+        cluster.
 
         ``work``: the job's input and output arrays, for ``auto`` (default: ``y`` alone).
         Where the job ran is left in ``CommandState.ran_on`` for the summary line.
         """
         self.check_output(output, sources)
+        self.layout(y)
         with self.cluster(work=(y,) if work is None else work) as where:
             CommandState.ran_on = where
             return self.save(y, output, operation)
 
 
-def interruptible(job: Callable[..., None], *args: Any) -> None:
+def interruptible(job: Callable[..., None], *args: Any, **kwargs: Any) -> None:
     """Run a command's job; Ctrl-C becomes :class:`Interrupted` (exit 130, --resume hint).
 
-    :func:`run_job` does the same for commands built on :class:`JobOptions`; ``distconv
-    deconvolve`` (cli/deconvolve.py) still calls this one.
+    :func:`run_job` calls it for commands built on :class:`JobOptions`; ``distconv
+    deconvolve`` (cli/deconvolve.py) calls it directly.
     """
     try:
-        job(*args)
+        job(*args, **kwargs)
     except KeyboardInterrupt:
         # Raised past click as itself, click would print a blank line and turn it into Abort.
         raise Interrupted() from None
@@ -454,11 +351,7 @@ def run_job(job: Callable[..., None], *args: Any, **params: Any) -> None:
     """
     names = [field.name for field in dataclasses.fields(JobOptions)]
     settings = JobOptions(**{name: params.pop(name) for name in names if name in params})
-    try:
-        job(*args, settings, **params)
-    except KeyboardInterrupt:
-        # Raised past click as itself, click would print a blank line and turn it into Abort.
-        raise Interrupted() from None
+    interruptible(job, *args, settings, **params)
 
 
 # The command line ------------------------------------------------------------------------------

@@ -65,16 +65,17 @@ def check_engines(benchmark: str, text: str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _kernel_sizes(text: str) -> list[int]:
+def _positive_ints(text: str, option: str) -> list[int]:
+    """``"3,9,31"`` → ``[3, 9, 31]``; ``option`` names the option in the error."""
     try:
-        sizes = [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise DistconvError(
-            f"--kernel-sizes/--kernels must be integers separated by commas, got {text!r}"
+            f"{option} must be integers separated by commas, got {text!r}"
         ) from None
-    if not sizes or any(k < 1 for k in sizes):
-        raise DistconvError(f"--kernel-sizes/--kernels must be positive integers, got {text!r}")
-    return sizes
+    if not values or any(v < 1 for v in values):
+        raise DistconvError(f"{option} must be positive integers, got {text!r}")
+    return values
 
 
 def _run(
@@ -86,12 +87,14 @@ def _run(
     cluster_spec: str | None,
     quiet: bool,
     kernels_text: str = "",
+    chunks_text: str | None = None,
     **settings: Any,
 ) -> None:
     """Check every option, run the benchmark, write and print its results.
 
     ``settings`` go to :func:`distconv.bench.run` as they are: ``size``, ``chunk``, ``repeats``,
-    ``workdir``, ``workers``, ``threads_per_worker`` and, for convolve, ``max_seconds``.
+    ``workdir``, ``workers``, ``threads_per_worker`` and, for convolve, ``max_seconds``,
+    ``ndim`` and ``dtype``; ``chunks_text`` (``--chunks``) goes as ``chunks``.
     """
     import os
 
@@ -102,11 +105,23 @@ def _run(
     engine_list = check_engines(benchmark, engines)
     if not engine_list:
         raise DistconvError(f"no engine installed here can {benchmark}")
-    sizes = _kernel_sizes(kernels_text) if benchmark == "convolve" else []
+    sizes = (
+        _positive_ints(kernels_text, "--kernel-sizes/--kernels") if benchmark == "convolve" else []
+    )
     if sizes and max(sizes) > size:
         raise DistconvError(f"kernel {max(sizes)} is larger than the image ({size})")
-    if chunk is not None and sizes and chunk < max(sizes) // 2:
-        raise DistconvError(f"--chunk {chunk} is thinner than the halo of a {max(sizes)} kernel")
+    chunk_list = _positive_ints(chunks_text, "--chunks") if chunks_text else None
+    for side in chunk_list or ([chunk] if chunk is not None else []):
+        if sizes and side < max(sizes) // 2:
+            raise DistconvError(f"chunk {side} is thinner than the halo of a {max(sizes)} kernel")
+    import numpy as np
+
+    dtype = settings.get("dtype", "float32")
+    try:
+        if np.dtype(dtype).kind not in "iuf":
+            raise TypeError
+    except TypeError:
+        raise DistconvError(f"--dtype must be an integer or float type, got {dtype!r}") from None
     parse_spec(cluster_spec)
     import importlib.util
 
@@ -126,6 +141,7 @@ def _run(
         benchmark,
         engines=engine_list,
         kernels=sizes,
+        chunks=chunk_list,
         cluster=cluster_spec or "local",
         references=not no_references,
         log=None if quiet else (lambda line: click.echo(line, err=True)),
@@ -192,6 +208,26 @@ def _bench_command(benchmark: str) -> click.Command:
                 help="Sides of the square weights, comma separated.",
             ),
             click.option(
+                "--chunks",
+                "chunks_text",
+                default=None,
+                help="Chunk sides to store the same data in, one after the other, e.g. "
+                "256,512,1024,2048 (64,128 for --ndim 3) [default: --chunk].",
+            ),
+            click.option(
+                "--ndim",
+                type=click.IntRange(2, 3),
+                default=2,
+                show_default=True,
+                help="2: a size² image; 3: a size³ volume with cubic kernels.",
+            ),
+            click.option(
+                "--dtype",
+                default="float32",
+                show_default=True,
+                help="Stored dtype of the input (e.g. uint16); distconv writes float32.",
+            ),
+            click.option(
                 "--max-seconds",
                 type=click.FloatRange(min=0),
                 default=30.0,
@@ -213,14 +249,18 @@ _DOCS = {
     "convolve": """Time Zarr → Zarr convolution per engine and kernel size.
 
     \b
-    Random seeded size² float32 data is written to Zarr once; per kernel, the Zarr → Zarr copy
-    (floor), distconv with each engine, dask-image and in-memory SciPy run in turn
-    (warm-up, median of --repeats). Prints seconds, Mpx/s, × copy floor, × reference; writes
-    JSON and a PNG chart.
+    Random seeded size² (--ndim 3: size³) data is written to Zarr in each of --chunks; per
+    chunking the copies run first (the best copy: large tiles written into the stored chunks,
+    the floor; dask's from_zarr → to_zarr; distconv's identity pass), then per kernel distconv
+    with each engine, dask-image on the stored chunks and in-memory SciPy, in turn (warm-up,
+    median of --repeats). Prints seconds, Mpx/s, × best copy, × reference; writes JSON and a
+    PNG chart.
 
     \b
     Examples:
       distconv bench convolve --size 8192 --kernel-sizes 3,9,31,127 --engines scipy,numba,tensorflow
+      distconv bench convolve --size 16384 --chunks 256,512,1024,2048 --kernel-sizes 5
+      distconv bench convolve --ndim 3 --size 512 --chunks 64,128 --dtype uint16 --kernel-sizes 5
       distconv bench convolve --size 1024 --kernel-sizes 3,31 --repeats 1 --output-dir /tmp/b
     """,
     "matmul": """Time Zarr → Zarr matmul per engine vs in-memory BLAS and dask.array.

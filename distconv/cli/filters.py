@@ -14,6 +14,7 @@ from distconv.cli._common import (
     job_options,
     mode_option,
     output_option,
+    output_text,
     run_job,
 )
 from distconv.errors import DistconvError
@@ -56,6 +57,7 @@ def _filter_job(
     origin: str,
     axes: str | None,
     dtype: str | None,
+    dry_run: bool,
     **filter_options: Any,
 ) -> None:
     """Parse, filter, write; ``filter_options``: ``mode``, ``cval``, ``method``, ``engine``."""
@@ -78,6 +80,15 @@ def _filter_job(
     output = output or default_output(
         input, "convolved" if operation == "convolve" else "correlated"
     )
+    if dry_run:  # planned where it would run: the workers' threads and memory size tiles
+        layout = job.layout(y)  # a bad layout fails before any cluster
+        with job.cluster(quiet=True, work=(x, y)):
+            plan = dc.plan_convolve if operation == "convolve" else dc.plan_correlate
+            described = plan(
+                x, w, origin=origin_arg, axes=axes_t, dtype=dtype, **filter_options
+            ).describe()
+        click.echo(f"{described}\n{output_text(output, layout, y.shape)}")
+        return
     written, seconds = job.write(  # checked, then saved
         y, output, operation, source_paths(y), work=(x, y)
     )
@@ -87,7 +98,7 @@ def _filter_job(
         pixels = float(x.size)
         click.echo(
             f"wrote {output}: {'×'.join(map(str, y.shape))} {y.dtype}, "
-            f"{y.npartitions} chunks, method {record['method']}, "
+            f"{written.nchunks} chunks in {y.npartitions} tiles, method {record['method']}, "
             f"engine {record['engine']}; {seconds:.2f} s, {pixels / seconds / 1e6:.1f} Mpx/s, "
             f"{x.nbytes / seconds / 2**20:.0f} MiB/s read{_clipped_note(produced, x.dtype)}; "
             f"on {CommandState.ran_on}"
@@ -116,6 +127,12 @@ Examples:
   distconv {op} s3://bucket/big.zarr k.npy -o s3://bucket/out.zarr \\
       --storage-option endpoint_url=http://127.0.0.1:9000
   distconv {op} stack.ome.tif gaussian:sigma=1 -o smooth.ome.zarr
+  distconv {op} big.zarr kernel.npy --dry-run        # the plan: tiles, tasks, bytes, memory
+  distconv {op} big.zarr kernel.npy -o out.zarr --chunks 256,256 --shards 4096,4096
+
+\b
+Each task computes a tile of many stored chunks (sized for the cluster's threads and memory:
+see --dry-run); the output is written in the input's stored chunks unless --chunks says.
 
 \b
 WEIGHTS is a .npy, .npz (one array), .txt or .csv file, or a named kernel:
@@ -155,6 +172,12 @@ def _filter_command(operation: str) -> click.Command:
         "scipy.ndimage]. Integers saturate; the summary counts clipped samples.",
     )
     @job_options("inputs, weights and parameters", rmm=True)
+    @click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Print the plan (tiles, tasks, bytes decoded, halo, peak memory per task, "
+        "method per tile, output chunks); write nothing.",
+    )
     def command(**params: Any) -> None:
         run_job(_filter_job, operation, **params)
 

@@ -19,11 +19,14 @@ import numpy as np
 from distconv import kernels
 from distconv.axes import resolve_axes
 from distconv.backend import array_module, cast_output, is_gpu_array, to_device
+from distconv.clusters.resources import Resources
 from distconv.config import get_default
 from distconv.errors import DistconvTypeError
 from distconv.io import as_dask_array
 from distconv.ops.halo import exchange_halos
+from distconv.ops.tiling import as_tiles, tile_plan_for
 from distconv.plan import METHOD_OPS, CorrelationPlan, check_output_dtype, plan_correlation
+from distconv.plan.tiles import TilePlan
 from distconv.provenance import remember_provenance, remember_saturating_cast
 from distconv.weights import weights_digest
 
@@ -48,7 +51,7 @@ def _scipy_filter(convolution: bool, doc: str):
         engine: str | None = None,
         dtype=None,
     ) -> da.Array:
-        output = _output_dtype(output, dtype)
+        output = output_dtype(output, dtype)
         return _filter(
             input, weights, mode, cval, origin, axes, method, engine, output, convolution
         )
@@ -95,8 +98,10 @@ correlate = _scipy_filter(
     Returns
     -------
     dask.array.Array
-        Lazy result chunked like the input (chunks thinner than the halo are merged first).
-        Computed in float32 (float64 for float64 and 64-bit integer input), then cast.
+        Lazy result chunked in tiles of whole stored chunks (:mod:`distconv.plan.tiles`;
+        tiles thinner than the halo are merged first); :func:`distconv.save` writes it in the
+        input's stored chunks. Computed in float32 (float64 for float64 and 64-bit integer
+        input), then cast.
 
     Raises
     ------
@@ -118,7 +123,7 @@ convolve = _scipy_filter(
 )
 
 
-def _output_dtype(output, dtype):
+def output_dtype(output, dtype):
     """``output`` and its second name ``dtype``: one of them, or both the same dtype."""
     if dtype is None or output is None:
         return dtype if output is None else output
@@ -130,12 +135,14 @@ def _output_dtype(output, dtype):
     return output
 
 
-def _filter(
-    input, weights, mode, cval, origin, axes, method, engine, dtype, convolution: bool
-) -> da.Array:
-    x = as_dask_array(input)
-    axes = resolve_axes(axes, x, np.ndim(weights))  # names ("y", "x") of an image's axes
-    plan = plan_correlation(
+def correlation_plan(
+    x: da.Array, weights, mode, cval, origin, axes, method, engine, dtype, convolution: bool
+) -> CorrelationPlan:
+    """The :class:`CorrelationPlan` of :func:`correlate` (or :func:`convolve`) on the dask array
+    ``x``; ``method`` and ``engine`` default to the config's, ``dtype`` is the output dtype;
+    ``axes`` may name an image's axes (``"y"``, ``"x"``)."""
+    axes = resolve_axes(axes, x, np.ndim(weights))
+    return plan_correlation(
         x.shape,
         x.dtype,
         weights,
@@ -149,9 +156,20 @@ def _filter(
         convolution=convolution,
         gpu_chunks=is_gpu_array(x),
     )
+
+
+def _filter(
+    input, weights, mode, cval, origin, axes, method, engine, dtype, convolution: bool
+) -> da.Array:
+    x = as_dask_array(input)
+    axes = resolve_axes(axes, x, np.ndim(weights))  # names ("y", "x") of an image's axes
+    plan = correlation_plan(
+        x, weights, mode, cval, origin, axes, method, engine, dtype, convolution
+    )
     if not is_gpu_array(x) and any(kernels.is_gpu_engine(e) for e in plan.engines.values()):
         x = to_device(x)  # a GPU engine on host chunks: upload each chunk once, here
-    y = correlate_with_plan(x, plan)
+    tiles = correlation_tiles(x, plan)
+    y = correlate_with_plan(x, plan, tiles)
     largest = [max(c) for c in y.chunks]
     method_used = plan.method_for(largest)
     return remember_provenance(
@@ -173,16 +191,49 @@ def _filter(
             "engine": plan.engines[method_used],
             "input_shape": list(x.shape),
             "input_dtype": str(x.dtype),
+            "plan": tiles.summary(),
         },
     )
 
 
-def correlate_with_plan(x: da.Array, plan: CorrelationPlan) -> da.Array:
-    """Build the graph for a resolved plan: merge thin chunks, exchange halos, map blocks.
+def correlation_tiles(
+    x: da.Array, plan: CorrelationPlan, resources: Resources | None = None
+) -> TilePlan:
+    """The tiles a correlation of ``x`` runs on (:mod:`distconv.plan.tiles`).
 
-    Integer output is one more (fused) layer: the float result, then a saturating cast that
-    :func:`distconv.save` replaces by its cast-count-and-write.
+    Parameters
+    ----------
+    x : dask.array.Array
+        The input, as :func:`distconv.open` returned it (or any dask array).
+    plan : CorrelationPlan
+    resources : Resources, optional
+        Threads and per-task memory (default: the current client's, else this machine's).
+
+    Returns
+    -------
+    TilePlan
     """
+    return tile_plan_for(
+        x,
+        depth=plan.depth,
+        compute_dtype=plan.compute_dtype,
+        out_dtype=plan.out_dtype,
+        method_for=plan.method_for,
+        resources=resources,
+    )
+
+
+def correlate_with_plan(
+    x: da.Array, plan: CorrelationPlan, tiles: TilePlan | None = None
+) -> da.Array:
+    """Build the graph for a resolved plan: tiles, merge thin ones, exchange halos, map blocks.
+
+    ``tiles`` defaults to :func:`correlation_tiles`; the result is chunked in tiles and is
+    written in the input's stored chunks by :func:`distconv.save`. Integer output is one more
+    (fused) layer: the float result, then a saturating cast that :func:`distconv.save` replaces
+    by its cast-count-and-write of whole units.
+    """
+    x = as_tiles(x, tiles or correlation_tiles(x, plan))
     x, haloed = exchange_halos(x, plan.depth, plan.pad_mode, plan.cval, plan.compute_dtype)
     xp = array_module(x._meta)
     saturates = plan.out_dtype.kind in "iu"
@@ -230,4 +281,12 @@ def correlate_block(block, plan: CorrelationPlan, dtype_out=None):
     return cast_output(out, plan.out_dtype if dtype_out is None else dtype_out)
 
 
-__all__ = ["convolve", "correlate", "correlate_block", "correlate_with_plan"]
+__all__ = [
+    "convolve",
+    "correlate",
+    "correlate_block",
+    "correlate_with_plan",
+    "correlation_plan",
+    "correlation_tiles",
+    "output_dtype",
+]

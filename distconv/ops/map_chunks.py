@@ -38,7 +38,8 @@ from distconv.backend import is_gpu_array, to_device, to_numpy
 from distconv.errors import ChunkError, DistconvError
 from distconv.io import as_dask_array
 from distconv.ops.halo import exchange_halos, normalize_boundary, normalize_depth
-from distconv.provenance import remember_provenance
+from distconv.ops.tiling import as_tiles, same_tiles, store_grid, tile_plan_for
+from distconv.provenance import layout_of, remember_layout, remember_provenance
 
 #: Engines map_chunks can call a function with (the registry's); the first three call it
 #: directly.
@@ -134,6 +135,15 @@ def map_chunks(
             "cannot trim a halo on an axis the function drops; use depth 0 on that axis"
         )
 
+    if chunks is None and store_grid(first) is not None:
+        # Tiles of whole stored chunks, as for convolve: fn sees larger blocks, fewer tasks.
+        # Only for stores (and output chunks left to the probe): a dask array keeps the blocks
+        # its author chose.
+        plan = tile_plan_for(first, depth=depths, operands=len(xs))
+        xs = [as_tiles(first, plan)] + [
+            same_tiles(x, plan.chunks) if x.shape == first.shape else x for x in xs[1:]
+        ]
+        first = xs[0]
     if any(len(first.chunks[a]) > 1 for a in drop):
         # A dropped axis is reduced by the function, so each task must see all of it.
         xs = [x.rechunk({a: -1 for a in drop}) for x in xs]
@@ -221,6 +231,9 @@ def map_chunks(
             keep_on_device,
         ),
     )
+    layout = layout_of(first)
+    if layout is not None and tuple(result.shape) == tuple(first.shape):
+        remember_layout(result, layout)  # stored like the first array (others may differ)
     return remember_provenance(
         result,
         {

@@ -25,7 +25,12 @@ from distconv.errors import InputReadError
 from distconv.io import as_dask_array, open_zarr_array
 from distconv.ops._blas import limit_blas_threads
 from distconv.plan.matmul import MATMUL_OP, MatmulPlan, plan_matmul
-from distconv.provenance import remember_provenance, remember_source, source_of
+from distconv.provenance import (
+    remember_layout,
+    remember_provenance,
+    remember_source,
+    source_of,
+)
 
 __all__ = ["matmul", "matmul_block", "matmul_stores_block", "matmul_with_plan", "plan_for"]
 
@@ -63,6 +68,9 @@ def matmul(a, b, *, engine: str | None = None, memory_budget: int | str | None =
     x, y = as_dask_array(a), as_dask_array(b)
     plan = plan_for(x, y, engine=engine, memory_budget=memory_budget)
     result = matmul_with_plan(x, y, plan)
+    # Written in the planned output chunks (the inputs' n and m chunks where they divide the
+    # blocks), not in a same-shaped input's layout.
+    remember_layout(result, {"shape": plan.out_shape, "chunks": plan.output_chunks})
     return remember_provenance(
         result,
         {

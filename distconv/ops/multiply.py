@@ -14,8 +14,9 @@ from distconv.backend import array_module, is_gpu_array
 from distconv.config import get_default
 from distconv.errors import DistconvError
 from distconv.io import as_dask_array
+from distconv.ops.tiling import as_tiles, same_tiles, tile_plan_for
 from distconv.plan.broadcast import broadcast_shape, is_scalar, scalar_as, scalar_result_dtype
-from distconv.provenance import remember_provenance
+from distconv.provenance import layout_of, remember_layout, remember_provenance
 
 __all__ = ["multiply", "multiply_block"]
 
@@ -59,6 +60,8 @@ def multiply(a, b, *, engine: str | None = None) -> da.Array:
         scalar = None
         dtype = np.result_type(x.dtype, y.dtype)
         out_shape = broadcast_shape(x.shape, y.shape)
+    if tuple(x.shape) == tuple(out_shape):
+        x, y = _in_tiles(x, y, dtype)
     name = kernels.resolve_engine(
         engine or get_default("engine"),
         _MULTIPLY_OP,
@@ -79,6 +82,9 @@ def multiply(a, b, *, engine: str | None = None) -> da.Array:
         out_ind = tuple(range(len(out_shape)))
         x_ind, y_ind = out_ind[len(out_shape) - x.ndim :], out_ind[len(out_shape) - y.ndim :]
         product = da.blockwise(multiply_block, out_ind, x, x_ind, y, y_ind, **graph_options)
+    layout = layout_of(x)
+    if layout is not None:  # stored like the first operand (the second may differ)
+        remember_layout(product, layout)
     return remember_provenance(
         product,
         {
@@ -93,6 +99,23 @@ def multiply(a, b, *, engine: str | None = None) -> da.Array:
             "input_dtypes": [str(x.dtype)] + ([] if y is None else [str(y.dtype)]),
         },
     )
+
+
+def _in_tiles(x: da.Array, y: da.Array | None, dtype) -> tuple[da.Array, da.Array | None]:
+    """Both operands in tiles of ``x``'s stored chunks (or of its Dask chunks when merging
+    enough of them pays), ``y`` read from its store at the same tiles when it has ``x``'s shape.
+    Tiles are planned for ``x``; a broadcast ``y`` is aligned by ``blockwise``."""
+    plan = tile_plan_for(
+        x,
+        compute_dtype=dtype,
+        out_dtype=dtype,
+        method_for=lambda tile: "elementwise",
+        operands=1 if y is None else 2,
+    )
+    x = as_tiles(x, plan)
+    if y is not None and y.shape == x.shape:
+        y = same_tiles(y, x.chunks)
+    return x, y
 
 
 def multiply_block(a, b, *, engine: str, dtype_: np.dtype):

@@ -104,10 +104,16 @@ class BlockSearch:
         -------
         Choice
         """
-        n_sizes = _candidate_sizes(self.n, hints["n"])
-        m_sizes = _candidate_sizes(self.m, hints["m"])
+        # A task reading its panels from a store decodes every chunk a panel touches: blocks
+        # of whole stored chunks decode nothing twice.
+        a_direct, b_direct = self.panels_from_zarr
+        n_sizes = _candidate_sizes(self.n, hints["n"], whole_chunks=a_direct)
+        m_sizes = _candidate_sizes(self.m, hints["m"], whole_chunks=b_direct)
         batch_options = _batch_options(self.batch)
-        k_sizes = sorted(_candidate_sizes(self.k, hints["k"]), reverse=True)
+        k_chunk = self._k_chunk() if a_direct and b_direct else hints["k"]
+        k_sizes = sorted(
+            _candidate_sizes(self.k, k_chunk, whole_chunks=a_direct and b_direct), reverse=True
+        )
         for bk in k_sizes:
             scored = [
                 self._score(batch_chunks, bn, bk, bm)
@@ -135,6 +141,14 @@ class BlockSearch:
                 return min(fitting, key=lambda c: (c.seconds, c.moved))
         smallest = min(_candidate_sizes(self.k, hints["k"]))
         return self._score(batch_options[0], min(n_sizes), smallest, min(m_sizes))
+
+    def _k_chunk(self) -> int:
+        """A k panel size both operands' stored chunks divide (0: unknown)."""
+        a_k = self.a_chunk_sizes[-1] if self.a_chunk_sizes else 0
+        b_k = self.b_chunk_sizes[-2 if len(self.b_shape) > 1 else -1] if self.b_chunk_sizes else 0
+        if not (a_k and b_k):
+            return a_k or b_k
+        return math.lcm(a_k, b_k)
 
     def threads_per_task(self, tasks: int) -> int:
         """A task's BLAS threads: its core share, more when fewer tasks than threads exist.
@@ -302,11 +316,25 @@ def _cast_bytes(panel: int, panel_dtype: np.dtype, dtype: np.dtype) -> int:
     return panel * dtype.itemsize // panel_dtype.itemsize if panel_dtype != dtype else 0
 
 
-def _candidate_sizes(extent: int, chunk: int) -> list[int]:
-    """Block sizes worth trying on one axis: multiples of the chunk, even splits, powers of 2."""
+def _candidate_sizes(extent: int, chunk: int, whole_chunks: bool = False) -> list[int]:
+    """Block sizes worth trying on one axis: multiples of the chunk, even splits, powers of 2.
+
+    With ``whole_chunks`` (and a known chunk size) only whole multiples of the chunk, and the
+    whole axis: chunk × 2^i and the even splits of the chunk count.
+    """
     if extent <= 1:
         return [1]
     floor = min(extent, MIN_BLOCK_EDGE)
+    if whole_chunks and 0 < chunk < extent:
+        count = math.ceil(extent / chunk)
+        multiples = {extent}
+        parts = 1
+        while parts <= count:
+            multiples.add(chunk * math.ceil(count / parts))
+            multiples.add(min(extent, chunk * parts))
+            parts *= 2
+        fitting = sorted(s for s in multiples if floor <= s <= extent)
+        return fitting or [min(multiples)]
     sizes = {extent}
     size = max(1, chunk)
     while size < extent:

@@ -1,0 +1,448 @@
+"""Tiles: how many stored chunks one task computes, chosen for the machine rather than the store.
+
+A *tile* is a block of whole *units*: the stored Zarr chunks of the input (its shards when it is
+sharded, so that a task decodes every shard it touches once), or the Dask chunks of an input that
+does not come straight from a store. Tiles grow from one unit, on the axis where they are
+thinnest (a square tile has the least halo per sample), while
+
+- a tile stays under the target size (config ``distconv.tile_size``, 16 MiB of input by
+  default: 2048² float32), big enough that a task's fixed costs -- scheduling, the halo strips
+  sent between tasks, one codec call per chunk -- are small next to its work; past the target
+  only while the halo is more than :data:`MAX_HALO_OVERHEAD` of the tile;
+- there are at least :data:`TILES_PER_THREAD` tiles per thread of the cluster, so that every
+  thread has work and a slow tile does not leave the others idle at the end;
+- a task's estimated peak memory fits its budget
+  (:func:`distconv.clusters.resources.detect_resources`).
+
+Units already larger than the target stay as they are: a tile is never smaller than one unit,
+since splitting a stored chunk makes several tasks decode it.
+
+Pure: the cluster is asked only when :func:`plan_tiles` gets no ``resources``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from dask.utils import format_bytes
+
+from distconv.clusters.resources import Resources, budget_bytes
+from distconv.config import get_default
+
+__all__ = [
+    "MAX_HALO_OVERHEAD",
+    "METHOD_TEMPORARIES",
+    "TILES_PER_THREAD",
+    "TilePlan",
+    "group_chunks",
+    "plan_tiles",
+    "regular_grid",
+    "tile_target_bytes",
+]
+
+#: Tiles per thread of the cluster the planner keeps at least (when the array has that many units).
+TILES_PER_THREAD = 2
+#: Above this halo share of a tile's samples, tiles may grow past the target (up to 4×).
+MAX_HALO_OVERHEAD = 0.25
+#: Copies of the haloed block (in the compute dtype) an engine holds while computing one tile,
+#: besides the block itself: direct keeps its output, separable one intermediate pass as well,
+#: FFT the block's spectrum, the weights' spectrum and the inverse transform.
+METHOD_TEMPORARIES = {"direct": 1.0, "separable": 2.0, "fft": 3.0, "elementwise": 0.0, None: 1.0}
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Tiles of whole units and what one task costs.
+
+    ``grid`` holds the unit sizes along each axis (a stored chunk grid: equal sizes with a
+    shorter last one; any Dask chunks otherwise) and ``groups`` how many consecutive units one
+    tile spans per axis.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype  # what is decoded or read per sample
+    grid: tuple[tuple[int, ...], ...]
+    groups: tuple[int, ...]
+    unit_kind: str  # "chunk", "shard" or "dask chunk"
+    from_store: bool  # units are stored chunks or shards a task reads itself
+    depth: tuple[int, ...]
+    compute_dtype: np.dtype
+    out_dtype: np.dtype
+    method: str | None  # for the full tile (None: no engine method, e.g. a user function)
+    operands: int  # input arrays each task reads (a product reads two)
+    resources: Resources
+    target_bytes: int
+    reason: str  # what stopped the tile from growing, for describe()
+
+    # -- the tiles --
+    @property
+    def chunks(self) -> tuple[tuple[int, ...], ...]:
+        """The Dask chunks of the tiled array."""
+        return tuple(group_chunks(axis, g) for axis, g in zip(self.grid, self.groups))
+
+    @property
+    def tile_shape(self) -> tuple[int, ...]:
+        """The largest tile."""
+        return tuple(max(axis) for axis in self.chunks)
+
+    @property
+    def unit_shape(self) -> tuple[int, ...]:
+        return tuple(max(axis) for axis in self.grid)
+
+    @property
+    def tasks(self) -> int:
+        """Tiles, i.e. tasks per stage of the graph."""
+        return math.prod(len(axis) for axis in self.chunks)
+
+    @property
+    def units(self) -> int:
+        return math.prod(len(axis) for axis in self.grid)
+
+    @property
+    def units_per_tile(self) -> int:
+        return math.prod(min(g, len(axis)) for g, axis in zip(self.groups, self.grid))
+
+    @property
+    def worth_regrouping(self) -> bool:
+        """Re-read or rechunk the input into tiles: always from a store (no extra tasks), else
+        only when a tile merges enough chunks to pay for the merge task it adds."""
+        if self.units_per_tile == 1:
+            return False
+        return self.from_store or self.units_per_tile >= 4
+
+    # -- costs --
+    @property
+    def haloed_shape(self) -> tuple[int, ...]:
+        return tuple(t + 2 * d for t, d in zip(self.tile_shape, self.depth))
+
+    @property
+    def halo_overhead(self) -> float:
+        """Extra samples a haloed tile holds, as a share of the tile's own."""
+        return halo_overhead(self.tile_shape, self.depth)
+
+    @property
+    def peak_task_bytes(self) -> int:
+        """Estimated largest memory one task holds (read, halo, engine, cast, encode)."""
+        return peak_bytes(
+            self.tile_shape,
+            self.depth,
+            self.dtype,
+            self.compute_dtype,
+            self.out_dtype,
+            self.method,
+            self.operands,
+        )
+
+    @property
+    def bytes_decoded(self) -> int:
+        """Bytes decoded from the input: each unit once (halos travel between tiles)."""
+        return self.operands * math.prod(self.shape) * self.dtype.itemsize
+
+    @property
+    def halo_bytes(self) -> int:
+        """Bytes of halo strips cut from tiles and sent to their neighbours."""
+        if not any(self.depth):
+            return 0
+        total = 0
+        for index in np.ndindex(*[len(axis) for axis in self.chunks]):
+            tile = [axis[i] for axis, i in zip(self.chunks, index)]
+            haloed = [t + 2 * d for t, d in zip(tile, self.depth)]
+            total += math.prod(haloed) - math.prod(tile)
+        return total * self.dtype.itemsize
+
+    @property
+    def reread_factor(self) -> float:
+        """Bytes decoded over the input's bytes if each task read its halo from the store
+        instead: every unit within ``depth`` of a tile is decoded again by that tile."""
+        per_axis = []  # the grid is a product of axes, so the factor is too
+        for grid, tiles, d in zip(self.grid, self.chunks, self.depth):
+            bounds = np.cumsum((0,) + grid)
+            total, edge = 0, 0
+            for tile in tiles:
+                first = max(0, int(np.searchsorted(bounds, edge - d, side="right")) - 1)
+                last = min(len(grid), int(np.searchsorted(bounds, edge + tile + d, side="left")))
+                total += int(bounds[last] - bounds[first])
+                edge += tile
+            per_axis.append(total / max(1, sum(tiles)))
+        return float(math.prod(per_axis))
+
+    def describe(self) -> str:
+        """Lines for ``--dry-run``: tiles, tasks, bytes, halo, peak memory."""
+        shape = _shape_text
+        unit = f"{self.unit_kind} {shape(self.unit_shape)}"
+        lines = [
+            f"  tiles:             {shape(self.tile_shape)} = {self.units_per_tile} x {unit}"
+            f" ({self.reason})",
+            f"  tasks:             {self.tasks} tile(s) for {self.units} {self.unit_kind}(s); "
+            f"{self.resources.parallel_tasks} task(s) at once",
+            f"  bytes decoded:     {format_bytes(self.bytes_decoded)} "
+            f"({'read by the tasks from the store' if self.from_store else 'from the graph'}, "
+            "1.00x the input)",
+        ]
+        if any(self.depth):
+            lines.append(
+                f"  halo:              depth {shape(self.depth)}, exchanged between tiles: "
+                f"{format_bytes(self.halo_bytes)} of strips ({self.halo_overhead:.1%} per tile); "
+                f"reading it from the store instead would decode {self.reread_factor:.2f}x"
+            )
+        fits = self.peak_task_bytes <= self.resources.memory_budget
+        lines.append(
+            f"  peak memory/task:  {format_bytes(self.peak_task_bytes)} of a "
+            f"{format_bytes(self.resources.memory_budget)} budget "
+            f"({self.resources.budget_source})" + ("" if fits else "  (OVER the budget)")
+        )
+        return "\n".join(lines)
+
+    def summary(self) -> dict:
+        """The plan as plain values, for provenance."""
+        return {
+            "tile": list(self.tile_shape),
+            "unit": self.unit_kind,
+            "units_per_tile": self.units_per_tile,
+            "tasks": self.tasks,
+            "peak_task_bytes": self.peak_task_bytes,
+        }
+
+
+def tile_target_bytes(value: int | str | None = None) -> int:
+    """The target size of a tile's input in bytes: ``value`` (bytes, or a size such as
+    ``"16MiB"``), else config ``distconv.tile_size``; a :class:`DistconvError` unless it is a
+    positive size."""
+    value = get_default("tile_size") if value is None else value
+    return budget_bytes(value, "tile size", "16MiB")
+
+
+def regular_grid(shape: Sequence[int], unit: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """Unit sizes per axis of a stored grid: ``unit`` repeated, the last one shorter.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The array's shape.
+    unit : sequence of int
+        The stored chunk (or shard) shape.
+
+    Returns
+    -------
+    tuple of tuple of int
+    """
+    grid = []
+    for size, step in zip(shape, unit):
+        step = max(1, min(int(step), int(size))) if size else 1
+        full, rest = divmod(int(size), step)
+        grid.append((step,) * full + ((rest,) if rest else ()) or (0,))
+    return tuple(grid)
+
+
+def group_chunks(sizes: Sequence[int], group: int) -> tuple[int, ...]:
+    """Sum ``group`` consecutive sizes at a time (the last group may hold fewer)."""
+    sizes = tuple(sizes)
+    return tuple(sum(sizes[i : i + group]) for i in range(0, len(sizes), group))
+
+
+def halo_overhead(tile: Sequence[int], depth: Sequence[int]) -> float:
+    """Extra samples of a haloed tile over the tile's own."""
+    inner = math.prod(tile)
+    return math.prod(t + 2 * d for t, d in zip(tile, depth)) / inner - 1 if inner else 0.0
+
+
+def peak_bytes(
+    tile: Sequence[int],
+    depth: Sequence[int],
+    dtype,
+    compute_dtype,
+    out_dtype,
+    method: str | None,
+    operands: int = 1,
+) -> int:
+    """Estimated peak memory of one task on one tile.
+
+    The decoded input tile(s), the haloed block in the compute dtype with the engine's
+    temporaries (:data:`METHOD_TEMPORARIES`), the result in the compute dtype, and the output
+    cast with the encoder's copy of it.
+    """
+    samples = math.prod(tile)
+    haloed = math.prod(t + 2 * d for t, d in zip(tile, depth))
+    compute = np.dtype(compute_dtype).itemsize
+    temporaries = METHOD_TEMPORARIES.get(method, 1.0)
+    return int(
+        operands * samples * np.dtype(dtype).itemsize
+        + haloed * compute * (1 + temporaries)
+        + 2 * samples * np.dtype(out_dtype).itemsize
+    )
+
+
+def plan_tiles(
+    shape: Sequence[int],
+    dtype,
+    grid: Sequence[Sequence[int]],
+    *,
+    unit_kind: str = "chunk",
+    from_store: bool = True,
+    depth: Sequence[int] | None = None,
+    compute_dtype=None,
+    out_dtype=None,
+    method_for: Callable[[tuple[int, ...]], str | None] | None = None,
+    operands: int = 1,
+    resources: Resources | None = None,
+    target_bytes: int | str | None = None,
+) -> TilePlan:
+    """Choose tiles of whole units for an array, for the machine that will compute them.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The array's shape.
+    dtype : dtype
+        Its dtype (what is decoded per sample).
+    grid : sequence of sequence of int, or sequence of int
+        Unit sizes per axis (the stored chunk or shard grid, or the Dask chunks), or one unit
+        shape (a regular grid over ``shape``).
+    unit_kind : {"chunk", "shard", "dask chunk"}
+        What a unit is, for :meth:`TilePlan.describe`.
+    from_store : bool
+        The units are stored chunks or shards a task reads itself.
+    depth : sequence of int, optional
+        Halo width per axis (default none).
+    compute_dtype, out_dtype : dtype, optional
+        What the engine computes in and what is written (default ``dtype``).
+    method_for : callable, optional
+        The engine method for a tile shape (its temporaries enter the memory estimate).
+    operands : int
+        Arrays of this shape each task reads.
+    resources : Resources, optional
+        Threads and per-task memory; default :func:`~distconv.clusters.resources.detect_resources`.
+    target_bytes : int or str, optional
+        Target input bytes per tile; default config ``distconv.tile_size``.
+
+    Returns
+    -------
+    TilePlan
+    """
+    shape = tuple(int(s) for s in shape)
+    dtype = np.dtype(dtype)
+    if grid and all(isinstance(g, (int, np.integer)) for g in grid):
+        grid = regular_grid(shape, grid)
+    grid = tuple(tuple(int(c) for c in axis) for axis in grid)
+    depth = tuple(int(d) for d in depth) if depth is not None else (0,) * len(shape)
+    compute_dtype = np.dtype(compute_dtype or dtype)
+    out_dtype = np.dtype(out_dtype or compute_dtype)
+    if resources is None:
+        from distconv.clusters.resources import detect_resources
+
+        resources = detect_resources()
+    target = tile_target_bytes(target_bytes)
+    method_for = method_for or (lambda tile: None)
+    counts = [len(axis) for axis in grid]
+    min_tiles = TILES_PER_THREAD * max(1, resources.parallel_tasks)
+
+    def tile_of(groups) -> tuple[int, ...]:
+        return tuple(max(group_chunks(axis, g)) for axis, g in zip(grid, groups))
+
+    def tiles_of(groups) -> float:
+        # Whole tiles' worth of work: a short last tile does not keep a thread busy.
+        return math.prod(shape) / max(1, math.prod(tile_of(groups)))
+
+    def cost(groups) -> tuple[int, int]:
+        tile = tile_of(groups)
+        return (
+            operands * math.prod(tile) * dtype.itemsize,
+            peak_bytes(tile, depth, dtype, compute_dtype, out_dtype, method_for(tile), operands),
+        )
+
+    def accept(candidate) -> str | None:
+        return _refuse(candidate, tiles_of, cost, min_tiles, target, resources, tile_of, depth)
+
+    groups = [1] * len(shape)
+    reason = "one unit per tile: the array has a single unit" if tiles_of(groups) == 1 else ""
+    if not reason and cost(groups)[0] >= target:
+        reason = f"the {unit_kind}s are already at least the {format_bytes(target)} target"
+    while not reason:
+        stopped: set[str] = set()  # why each larger tile was refused, this round
+        tile = tile_of(groups)
+        # Thinnest axis first (ties: the last axis), so tiles stay close to square.
+        order = sorted(
+            (a for a in range(len(shape)) if groups[a] < counts[a]), key=lambda a: (tile[a], -a)
+        )
+        grown = None
+        for axis in order:
+            grown, refused = _grow(groups, axis, counts[axis], accept)
+            stopped |= refused
+            if grown:
+                break
+        if grown is None:
+            whole = all(g >= n for g, n in zip(groups, counts))
+            reason = "the whole array in one tile" if whole else _why(stopped, target, min_tiles)
+            break
+        groups = grown
+    groups_t = tuple(groups)
+    layout = (shape, dtype, grid, groups_t, unit_kind, from_store)  # the first fields, in order
+    return TilePlan(
+        *layout,
+        depth=depth,
+        compute_dtype=compute_dtype,
+        out_dtype=out_dtype,
+        method=method_for(tile_of(groups_t)),
+        operands=operands,
+        resources=resources,
+        target_bytes=target,
+        reason=reason,
+    )
+
+
+def _grow(groups, axis: int, count: int, accept) -> tuple[list[int] | None, set[str]]:
+    """``groups`` with the most units along ``axis`` that ``accept`` takes, up to twice as many
+    (doubling first, then the largest accepted step below it); None when even one more is
+    refused. Returns the reasons of the refusals too."""
+    refused: set[str] = set()
+
+    def trial(g: int) -> list[int] | None:
+        candidate = list(groups)
+        candidate[axis] = g
+        verdict = accept(candidate)
+        if verdict:
+            refused.add(verdict)
+            return None
+        return candidate
+
+    current = groups[axis]
+    top = min(2 * current, count)
+    if (best := trial(top)) is not None:
+        return best, refused
+    low, high, best = current + 1, top - 1, None
+    while low <= high:  # the constraints tighten as the tile grows
+        middle = (low + high) // 2
+        if (found := trial(middle)) is not None:
+            best, low = found, middle + 1
+        else:
+            high = middle - 1
+    return best, refused
+
+
+def _refuse(candidate, tiles_of, cost, min_tiles, target, resources, tile_of, depth) -> str | None:
+    """Why a larger tile is refused (None: accepted)."""
+    if tiles_of(candidate) < min_tiles:
+        return "threads"
+    read, peak = cost(candidate)
+    if peak > resources.memory_budget:
+        return "memory"
+    if read > target:
+        thick_halo = halo_overhead(tile_of(candidate), depth) > MAX_HALO_OVERHEAD
+        if not (thick_halo and read <= 4 * target):
+            return "target"
+    return None
+
+
+def _why(stopped: set[str], target: int, min_tiles: int) -> str:
+    if "memory" in stopped:
+        return "a larger tile would not fit a task's memory budget"
+    if "threads" in stopped:
+        return f"at least {min_tiles} tiles keep every thread busy"
+    return f"target {format_bytes(target)} of input per tile"
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "×".join(map(str, shape)) if len(shape) else "()"
