@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from results import machine, write_section
+from results import add_options, machine, write_section
 from scipy import ndimage
 
 import distconv as dc
@@ -189,8 +189,7 @@ def verdict(rows: list[dict]) -> list[str]:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=8192)
-    parser.add_argument("--chunk", type=int, default=1024)
+    add_options(parser, size=8192, chunk=1024)
     parser.add_argument("--psf", type=int, default=31)
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--size3d", type=int, default=512)

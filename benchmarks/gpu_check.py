@@ -70,11 +70,8 @@ except Exception as error:
     print("CUPY_DEVICES", 0)
 from distconv.clusters.resources import gpu_count
 print("NVML_DEVICES", gpu_count())
-from distconv.cli import main
-try:
-    main(["engines"])
-except SystemExit:
-    pass
+from distconv.cli import cli
+cli.main(["engines"], standalone_mode=False)  # print the table without click's sys.exit
 """
 
 

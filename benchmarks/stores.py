@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import machine, write_section
+from results import add_options, machine, write_section
 
 import distconv as dc
 from distconv.bench import cluster_text
@@ -186,11 +186,10 @@ def report(rows: list[dict], args) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=16384)
-    parser.add_argument("--chunk", type=int, default=256)
+    add_options(parser, size=16384, chunk=256)
     parser.add_argument("--levels", type=int, default=4)
     parser.add_argument("--sigma", type=float, default=2.0)
-    parser.add_argument("--repeats", type=int, default=2)
+    add_options(parser, repeats=2)
     parser.add_argument("--workdir", default=None, help="where the stores go (default: tmp)")
     parser.add_argument("--no-write", action="store_true", help="print only, keep RESULTS.md")
     args = parser.parse_args(argv)

@@ -335,7 +335,7 @@ def test_wiener_filter_op_on_both_fft_libraries(monkeypatch, ducc0, dtype):
     from distconv.kernels import scipy as engine
 
     if ducc0 and importlib.util.find_spec("ducc0") is None:
-        pytest.skip("ducc0 not installed (fft extra)")
+        pytest.skip("ducc0 not installed (a core dependency: pip install ducc0)")
     monkeypatch.setattr(engine, "_DUCC0_INSTALLED", ducc0)
     rng = np.random.default_rng(15)
     block = rng.random((33, 28, 10)).astype(dtype)

@@ -17,7 +17,8 @@ LIBRARIES = [
         True,
         id="ducc0",
         marks=pytest.mark.skipif(
-            importlib.util.find_spec("ducc0") is None, reason="ducc0 not installed (fft extra)"
+            importlib.util.find_spec("ducc0") is None,
+            reason="ducc0 not installed (a core dependency: pip install ducc0)",
         ),
     ),
     pytest.param(False, id="scipy.fft"),
