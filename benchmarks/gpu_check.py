@@ -75,9 +75,16 @@ cli.main(["engines"], standalone_mode=False)  # print the table without click's 
 """
 
 
-def _layout_source_tree(out: Path) -> Path:
-    """A folder where ``import distconv`` finds the source tree laid out as installed."""
+def _layout_source_tree(out: Path, with_distconv: bool) -> Path:
+    """A folder for ``PYTHONPATH``: ``tests`` (the tests import ``tests._images``) and, when
+    ``with_distconv``, ``distconv`` as the source tree laid out as installed."""
     top = out / "_src"
+    top.mkdir(parents=True, exist_ok=True)
+    tests = top / "tests"
+    if not tests.is_symlink():
+        tests.symlink_to(ROOT / "tests")
+    if not with_distconv:
+        return top
     package = top / "distconv"
     package.mkdir(parents=True, exist_ok=True)
     links = {entry.name: entry for entry in (ROOT / "distconv").iterdir()}
@@ -101,9 +108,9 @@ def _environment(out: Path) -> dict[str, str]:
         text=True,
         env=env,
     )
-    if probe.returncode != 0:  # not installed here: use the source tree as it is
-        top = _layout_source_tree(out)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(top), env.get("PYTHONPATH")]))
+    # Not installed here: use the source tree as it is.
+    top = _layout_source_tree(out, with_distconv=probe.returncode != 0)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(top), env.get("PYTHONPATH")]))
     return env
 
 

@@ -192,7 +192,17 @@ def test_cuda_cluster_one_worker_per_gpu_no_context_in_client(tmp_path):
     script = tmp_path / "client.py"
     script.write_text(
         textwrap.dedent(f"""
-        import sys, json
+        import sys, json, traceback
+
+        class FirstCupyImport:  # records who imports CuPy in this (client) process, if anyone
+            stack = None
+
+            def find_spec(self, name, path=None, target=None):
+                if name == "cupy" and FirstCupyImport.stack is None:
+                    FirstCupyImport.stack = "".join(traceback.format_stack(limit=30))
+                return None
+
+        sys.meta_path.insert(0, FirstCupyImport())
         import numpy as np, zarr
         import distconv as dc
         from distconv.clusters import describe
@@ -210,7 +220,8 @@ def test_cuda_cluster_one_worker_per_gpu_no_context_in_client(tmp_path):
                         "{tmp_path}/out.zarr", progress=False)
             cuda_modules = sorted(m for m in ("cupy", "numba.cuda", "tensorflow", "rmm")
                                   if m in sys.modules)
-            print(json.dumps({{"info": info, "reports": reports, "cuda_modules": cuda_modules}}))
+            print(json.dumps({{"info": info, "reports": reports, "cuda_modules": cuda_modules,
+                              "cupy_imported_by": FirstCupyImport.stack}}))
     """)
     )
     done = subprocess.run(
@@ -220,7 +231,7 @@ def test_cuda_cluster_one_worker_per_gpu_no_context_in_client(tmp_path):
     import json
 
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["cuda_modules"] == []
+    assert result["cuda_modules"] == [], result["cupy_imported_by"]
     from distconv.clusters.resources import gpu_count
 
     workers = result["info"]["workers"]

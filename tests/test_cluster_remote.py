@@ -325,7 +325,10 @@ def test_job_survives_a_killed_worker(tcp_cluster, tmp_path, kill_at):
 
     def job():
         try:
-            dc.save(y, tmp_path / "out.zarr", progress=False)
+            # One stored chunk (16 KiB) per task: with the default tiles the job is a few
+            # tasks, and a fast machine finishes them between two looks at the output.
+            with dask.config.set({"distconv.tile_size": "16KiB"}):
+                dc.save(y, tmp_path / "out.zarr", progress=False)
         except BaseException as exc:  # reported in the main thread
             errors.append(exc)
 

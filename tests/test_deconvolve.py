@@ -181,6 +181,44 @@ def test_cupy_engine_keeps_the_estimate_on_the_device():
     assert relative(cupy.asnumpy(w), reference) < RTOL
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("strategy", ["tiles", "passes"])
+def test_cupy_engine_on_a_cluster_uploads_host_tiles_in_the_tasks(tmp_path, strategy):
+    """Host chunks on a distributed cluster: the client leaves them on the host (it imports no
+    CuPy), each task uploads its tile once, and the result equals scikit-image's."""
+    if importlib.util.find_spec("cupy") is None:
+        pytest.skip("CuPy is not installed")
+    from distconv.clusters.resources import gpu_count
+
+    if gpu_count() == 0:
+        pytest.skip("no CUDA device: the CuPy engine's deconvolution needs a GPU")
+    from distributed import Client, LocalCluster
+
+    rng = np.random.default_rng(5)
+    image = rng.random((96, 80), dtype=np.float32)
+    psf = random_psf(rng, (5, 5))
+    expected = restoration.richardson_lucy(image.astype(np.float64), psf, 8, clip=False)
+    x = da.from_array(image, chunks=(48, 40))
+    defaults = {"clip": False, "filter_epsilon": None, "mode": "constant", "halo": "exact"}
+    plan = plan_for(
+        x,
+        psf,
+        "richardson-lucy",
+        iterations=8,
+        resources=SMALL_TILES,
+        strategy=strategy,
+        engine="cupy",
+        **defaults,
+    )
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster:
+        with Client(cluster):
+            y = richardson_lucy_with_plan(x, plan, psf, scratch=tmp_path / "scratch")
+            assert isinstance(y._meta, np.ndarray)
+            out = y.compute()
+    assert isinstance(out, np.ndarray)
+    assert relative(out, expected) < RTOL
+
+
 def beads(rng, shape, count=150):
     """Non-negative synthetic beads blurred and Poisson-noised: what deconvolution is for."""
     truth = np.zeros(shape)

@@ -129,10 +129,17 @@ def run_alternating(
     """
     active = [c for c in contenders if c.skip is None and c.function is not None]
     if warmup:
-        for contender in active:
+        for contender in list(active):
             if warmed is not None and contender.name in warmed:
                 continue
-            contender.function()
+            try:
+                contender.function()
+            except Exception as error:  # one broken engine must not cost the others' rows
+                contender.skip = f"failed: {type(error).__name__}: {str(error).splitlines()[0]}"
+                active.remove(contender)
+                if log:
+                    log(f"{contender.name}: {contender.skip}")
+                continue
             if warmed is not None:
                 warmed.add(contender.name)
     for repeat in range(repeats):

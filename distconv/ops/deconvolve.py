@@ -13,7 +13,7 @@ import dask.array as da
 import numpy as np
 
 from distconv import kernels
-from distconv.backend import array_module, is_gpu_array, to_device
+from distconv.backend import array_module, is_gpu_array, to_device, to_numpy, upload
 from distconv.clusters.resources import detect_resources
 from distconv.config import get_default
 from distconv.io import as_dask_array
@@ -21,6 +21,7 @@ from distconv.ops.deconvolve_blocks import (
     check_image_values,
     richardson_lucy_tile,
     tile_sides,
+    uploads_host_tiles,
     wiener_tile,
 )
 from distconv.ops.halo import exchange_halos
@@ -236,7 +237,13 @@ def _richardson_lucy_block(tile, plan: DeconvolutionPlan, counts, block_info=Non
     sides, edges = tile_sides(plan.halo, block_info[0]["chunk-location"], counts, plan.periodic)
     core = tuple(slice(lo, size - hi) for (lo, hi), size in zip(sides, tile.shape))
     check_image_values(tile[core], _where(block_info[None]["array-location"]))
-    return richardson_lucy_tile(tile, plan, sides, edges, plan.iterations, clip=plan.clip)
+    # Host tiles (chunks are not uploaded in the client of a cluster) go to the GPU once here,
+    # so the iterations' estimate stays on the device.
+    uploaded = not is_gpu_array(tile) and uploads_host_tiles(plan)
+    if uploaded:
+        tile = upload(tile)
+    out = richardson_lucy_tile(tile, plan, sides, edges, plan.iterations, clip=plan.clip)
+    return to_numpy(out) if uploaded else out
 
 
 def _wiener_tiles(x: da.Array, plan: DeconvolutionPlan) -> da.Array:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import scipy.fft
 
 from distconv import kernels
-from distconv.backend import array_module
+from distconv.backend import array_module, device_arrays_available
 from distconv.errors import InputValueError
 from distconv.plan import METHOD_OPS, CorrelationPlan
 from distconv.plan.arguments import MODES
@@ -34,6 +34,7 @@ __all__ = [
     "check_image_values",
     "richardson_lucy_tile",
     "tile_sides",
+    "uploads_host_tiles",
     "wiener_tile",
 ]
 
@@ -126,6 +127,12 @@ def wiener_tile(block, plan: DeconvolutionPlan, sides: Sides):
     out = function(block, plan.psf, plan.balance, plan.reg)
     out = out[tuple(slice(lo, size - hi) for (lo, hi), size in zip(sides, out.shape))]
     return array_module(out).clip(out, -1, 1) if plan.clip else out
+
+
+def uploads_host_tiles(plan: DeconvolutionPlan) -> bool:
+    """Whether a task uploads its host tile to the GPU itself (a GPU engine, CuPy present)."""
+    gpu = any(kernels.is_gpu_engine(e) for e in plan.engines_used())
+    return gpu and device_arrays_available()
 
 
 def check_image_values(core, where: str) -> None:

@@ -32,7 +32,12 @@ from dask.highlevelgraph import HighLevelGraph
 
 from distconv.backend import array_module, is_gpu_array, to_numpy
 from distconv.errors import DistconvError
-from distconv.ops.deconvolve_blocks import check_image_values, richardson_lucy_tile, tile_sides
+from distconv.ops.deconvolve_blocks import (
+    check_image_values,
+    richardson_lucy_tile,
+    tile_sides,
+    uploads_host_tiles,
+)
 from distconv.ops.halo import exchange_halos
 from distconv.plan.deconvolution import DeconvolutionPlan
 
@@ -174,7 +179,11 @@ def pass_markers(x: da.Array, plan: DeconvolutionPlan, store: Scratch, last: int
         )
         for index in np.ndindex(*grid)
     }
-    job = _Job(plan, store, arrays, regions, grid, to_gpu=is_gpu_array(x))
+    # Host chunks with a GPU engine: each task uploads what it reads, and the final estimate
+    # comes back to the host (the client of a cluster never made the chunks CuPy).
+    on_host = not is_gpu_array(x)
+    to_gpu = not on_host or uploads_host_tiles(plan)
+    job = _Job(plan, store, arrays, regions, grid, to_gpu=to_gpu, host_output=on_host)
     markers = np.empty((0,) * x.ndim, dtype=bool)
     if done == 0:
         merged, haloed = exchange_halos(
@@ -217,9 +226,10 @@ def pass_markers(x: da.Array, plan: DeconvolutionPlan, store: Scratch, last: int
 class _Job:
     """What every pass task needs: the plan, the stores, and the tiles' regions."""
 
-    def __init__(self, plan, store, arrays, regions, grid, to_gpu):
+    def __init__(self, plan, store, arrays, regions, grid, to_gpu, host_output):
         self.plan, self.store, self.arrays = plan, store, arrays
         self.regions, self.grid, self.to_gpu = regions, grid, to_gpu
+        self.host_output = host_output
 
     def neighbours(self, index):
         """Tiles whose cores the haloed region of tile ``index`` overlaps."""
@@ -318,7 +328,7 @@ def _next_pass(job: _Job, k: int, index, _neighbours_done):
     if k >= 3:
         job.forget(f"estimate-{k - 2}", index)  # its readers, pass k - 1 of the neighbours, ran
     if final:
-        return estimate
+        return to_numpy(estimate) if job.host_output else estimate
     job.write(k, index, estimate)
     return np.ones((1,) * len(index), dtype=bool)
 
