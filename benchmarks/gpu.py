@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from results import add_options, machine, publish, write_section
+from results import RESULTS, add_options, machine, publish, write_section
 
 from distconv import bench, kernels
 from distconv.clusters.resources import gpu_count
@@ -47,7 +47,8 @@ def main(argv=None) -> None:
             )
             + f". Machine: {machine()}."
         )
-        publish("gpu", text, write=not args.no_write)
+        # A GPU-less `make bench` keeps the tables a lent GPU machine recorded.
+        publish("gpu", text, write=not args.no_write and not _recorded_on_a_gpu())
         return
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     # One worker per GPU: the "cuda" cluster (dask-cuda) when installed, else local workers.
@@ -97,6 +98,13 @@ def main(argv=None) -> None:
     text = "\n".join(sections)
     if not args.no_write:
         write_section("gpu", text)
+
+
+def _recorded_on_a_gpu() -> bool:
+    """Whether RESULTS.md's GPU section holds a device's measurements (not a skip line)."""
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    start, end = text.find("<!-- gpu:start -->"), text.find("<!-- gpu:end -->")
+    return 0 <= start < end and "Skipped on this machine" not in text[start:end]
 
 
 if __name__ == "__main__":

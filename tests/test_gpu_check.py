@@ -32,7 +32,8 @@ def test_make_gpu_check_installs_nothing():
 
 
 def test_source_tree_layout_imports_without_an_install(tmp_path):
-    top = gpu_check._layout_source_tree(tmp_path)
+    top = gpu_check._layout_source_tree(tmp_path, with_distconv=True)
+    assert (top / "tests" / "_images.py").exists()  # the tests import tests._images
     site_packages = str(Path(numpy.__file__).parents[1])
     # -S: no site processing, so not the editable install; the layout and the dependencies only.
     code = (
