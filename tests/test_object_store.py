@@ -78,6 +78,30 @@ def test_the_same_job_on_disk_and_on_s3_writes_identical_bytes(s3, bucket, tmp_p
         ]
 
 
+def test_deconvolve_on_s3_with_a_pyramid_writes_what_it_writes_on_disk(s3, bucket, tmp_path):
+    """``distconv deconvolve`` takes ``--storage-option`` and ``--pyramid`` like convolve: the
+    same Richardson-Lucy job from and to S3 writes the bytes it writes on disk, and level 0
+    equals scikit-image's."""
+    restoration = pytest.importorskip("skimage.restoration")
+    name, data = bucket
+    job = ("gaussian:sigma=1.2", "--iterations", "6", "--no-clip", "--mode", "constant",
+           "--halo", "exact", "--pyramid", "3")  # fmt: skip
+    local = _run(s3, tmp_path, "deconvolve", tmp_path / "in.zarr", *job,
+                 "-o", tmp_path / "dec.ome.zarr")  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    remote = _run(s3, tmp_path, "deconvolve", f"s3://{name}/in.zarr", *job,
+                  "-o", f"s3://{name}/dec.ome.zarr", *_options(s3))  # fmt: skip
+    assert remote.returncode == 0, remote.stderr
+    on_disk = local_bytes(tmp_path / "dec.ome.zarr")
+    assert len(on_disk) > 4 and on_disk == object_bytes(s3.filesystem(), f"{name}/dec.ome.zarr")
+    group = zarr.open_group(str(tmp_path / "dec.ome.zarr"), mode="r")
+    assert [group[str(k)].shape for k in range(3)] == [(200, 150), (100, 75), (50, 38)]
+    psf = dc.load_weights("gaussian:sigma=1.2", ndim=2)
+    expected = restoration.richardson_lucy(data.astype(np.float64), psf, 6, clip=False)
+    got = group["0"][:]
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
 def test_api_reads_and_writes_s3_and_resumes_a_partial_output(s3, bucket):
     name, data = bucket
     options = _api(s3)

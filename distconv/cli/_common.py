@@ -285,8 +285,11 @@ class JobOptions:
             work=work,
         )
 
-    def save(self, y, output: str, operation: str) -> tuple[Any, float]:
-        """:func:`save_resumable` with these options: the written array and the seconds."""
+    def save(
+        self, y, output: str, operation: str, description: str | None = None
+    ) -> tuple[Any, float]:
+        """:func:`save_resumable` with these options: the written array and the seconds
+        (``description`` labels the progress bar; default: the operation)."""
         names = ("overwrite", "resume", "quiet", "pyramid", "pyramid_method")
         passed = {name: getattr(self, name) for name in names}
         return save_resumable(
@@ -296,6 +299,7 @@ class JobOptions:
             chunks=self.out_chunks,
             shards=shards_argument(self.out_shards),
             storage_options=self.storage_options,
+            description=description,
             **passed,
         )
 

@@ -1,8 +1,11 @@
 """``distconv deconvolve``: Richardson–Lucy or Wiener, parse, plan, call the public API, report.
 
 Same conventions as the other commands (:mod:`distconv.cli._common`). The ``passes`` strategy
-keeps its intermediate estimates in ``OUTPUT.scratch`` beside the output: kept after Ctrl-C or
-a failure for ``--resume``, replaced by a new run, removed once the output is complete.
+keeps its intermediate estimates in ``OUTPUT.scratch`` beside the output (for an ``s3://``...
+output, in the working directory): kept after Ctrl-C or a failure for ``--resume``, replaced by
+a new run, removed once the output is complete. Inputs and outputs take the options every
+writing command has: ``--storage-option``, ``--level``, ``--chunks``/``--shards`` and
+``--pyramid`` (an OME-Zarr image with levels written in the same pass).
 """
 
 from __future__ import annotations
@@ -15,18 +18,14 @@ import click
 
 from distconv.cli._common import (
     CommandState,
-    cluster_options,
-    command_cluster,
+    JobOptions,
     default_output,
     engine_option,
-    interruptible,
+    job_options,
     mode_option,
-    options,
     output_option,
-    quiet_option,
     resume_command,
-    save_resumable,
-    write_options,
+    run_job,
 )
 from distconv.errors import DistconvError, InputReadError
 
@@ -76,7 +75,7 @@ METHODS = ("richardson-lucy", "wiener")
     default=None,
     help="Memory one task may use, e.g. 2GiB [default: half a worker's memory per thread].",
 )
-@options(write_options("input, PSF and parameters"), cluster_options(), quiet_option())
+@job_options("input, PSF and parameters")
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -101,21 +100,22 @@ def deconvolve_command(**arguments) -> None:
       distconv deconvolve big.zarr psf.npy --iterations 50 --dry-run
       distconv deconvolve img.zarr gaussian:sigma=2 --method wiener --balance 0.05
       distconv deconvolve big.zarr psf.npy -o out.zarr --iterations 30 --resume
+      distconv deconvolve s3://lab/stack.zarr psf.npy -o s3://lab/restored.ome.zarr \
+          --iterations 30 --storage-option endpoint_url=http://minio:9000 --pyramid
 
     \b
     PSF is a .npy, .npz (one array), .txt or .csv file, or a named kernel such as
     gaussian:sigma=S (one sigma per axis: gaussian:sigma=1,2,2) or box:size=N.
     """
-    interruptible(_deconvolve_job, arguments)
+    run_job(_deconvolve_job, **arguments)
 
 
-def _deconvolve_job(a: dict) -> None:
+def _deconvolve_job(job: JobOptions, **a) -> None:
     import distconv as dc
     from distconv.clusters import parse_spec
-    from distconv.io import check_output_path
     from distconv.plan.deconvolution_checks import check_iterations, check_psf
 
-    parse_spec(a["cluster_spec"])  # a bad spec fails before any work
+    parse_spec(job.cluster_spec)  # a bad spec fails before any work
     rl = a["method"] == "richardson-lucy"
     if rl and a["iterations"] is None:
         raise DistconvError("richardson-lucy needs --iterations N")
@@ -128,24 +128,24 @@ def _deconvolve_job(a: dict) -> None:
     ):
         if given and not applies:
             raise DistconvError(f"{option} does not apply to --method {a['method']}")
-    x = dc.open(a["input"])
+    x = job.open(a["input"])
     psf = dc.load_weights(a["psf"], ndim=x.ndim)
     check_psf(psf, x.shape)  # before any cluster starts
     if rl:
         check_iterations(a["iterations"])
     output = a["output"] or default_output(a["input"], "deconvolved")
-    scratch = os.path.abspath(output) + ".scratch"
+    scratch = scratch_path(output)
     if not a["dry_run"]:
-        check_output_path(output, [a["input"]], a["overwrite"], a["resume"])
+        job.check_output(output, [a["input"]])
         _check_scratch(scratch, a["input"])
-    if a["clip"] and x.dtype.kind in "iu" and not a["quiet"]:
+    if a["clip"] and x.dtype.kind in "iu" and not job.quiet:
         click.echo(
             "note: --clip limits the result to [-1, 1] (scikit-image's default); "
             "use --no-clip for integer data in counts",
             err=True,
         )
-    quiet = a["quiet"] or a["dry_run"]
-    with command_cluster(a["cluster_spec"], a["workers"], a["threads_per_worker"], quiet):
+    quiet = job.quiet or a["dry_run"]
+    with job.cluster(quiet=quiet, work=(x, x)):
         plan = _plan(x, psf, a)
         if a["dry_run"]:
             click.echo(_dry_run(x, plan))
@@ -154,28 +154,20 @@ def _deconvolve_job(a: dict) -> None:
             _check_image(x)  # one read before anything is written
         started = time.perf_counter()
         try:
-            y = _graph(x, psf, plan, scratch, a)
+            y = _graph(x, psf, plan, scratch, job, a)
             description = (
                 f"iteration {plan.iterations}/{plan.iterations}"
                 if plan.strategy == "passes"
                 else f"{a['method']}"
                 + (f", {plan.iterations} iterations per tile" if rl else f", {plan.strategy}")
             )
-            save_resumable(
-                y,
-                output,
-                "deconvolve",
-                overwrite=a["overwrite"],
-                resume=a["resume"],
-                quiet=a["quiet"],
-                description=description,
-            )
+            job.save(y, output, "deconvolve", description=description)
             seconds = time.perf_counter() - started
         except InputReadError:
             shutil.rmtree(scratch, ignore_errors=True)  # bad input: nothing left behind
             raise
     shutil.rmtree(scratch, ignore_errors=True)
-    if not a["quiet"]:
+    if not job.quiet:
         click.echo(
             f"wrote {output}: {'×'.join(map(str, y.shape))} {y.dtype}, {y.npartitions} chunks, "
             f"{a['method']}"
@@ -205,7 +197,7 @@ def _plan(x, psf, a: dict):
     )
 
 
-def _graph(x, psf, plan, scratch: str, a: dict):
+def _graph(x, psf, plan, scratch: str, job: JobOptions, a: dict):
     """The result's graph; for passes, every pass but the last is run here, with progress."""
     from distconv.ops.deconvolve import richardson_lucy_with_plan, wiener_with_plan
     from distconv.ops.deconvolve_passes import open_scratch, run_passes
@@ -214,13 +206,13 @@ def _graph(x, psf, plan, scratch: str, a: dict):
         return wiener_with_plan(x, plan, psf)
     if plan.strategy != "passes":
         return richardson_lucy_with_plan(x, plan, psf)
-    if not a["resume"] and os.path.lexists(scratch):
+    if not job.resume and os.path.lexists(scratch):
         shutil.rmtree(scratch)  # a new run starts again
     store = open_scratch(scratch, plan, x)
     argv = list(CommandState.argv)
     argv = argv[argv.index("deconvolve") :] if "deconvolve" in argv else ["deconvolve"]
     CommandState.resume_command = resume_command(argv)  # Ctrl-C during the passes
-    run_passes(x, plan, store, progress=not a["quiet"])
+    run_passes(x, plan, store, progress=not job.quiet)
     return richardson_lucy_with_plan(x, plan, psf, scratch=store)
 
 
@@ -252,6 +244,17 @@ def _check_image(x) -> None:
         region = tuple(slice(s, s + c[i]) for s, c, i in zip(starts, x.chunks, index))
         where = "[" + ", ".join(f"{r.start}:{r.stop}" for r in region) + "]"
         check_image_values(np.asarray(x[region]), where)
+
+
+def scratch_path(output: str) -> str:
+    """Where the ``passes`` strategy keeps its estimates: ``OUTPUT.scratch`` beside a local
+    output; for an output URL (``s3://...``), ``NAME.scratch`` in the working directory, which
+    every worker must see (a local or shared file system)."""
+    from distconv.stores import is_url
+
+    if is_url(output):
+        return os.path.abspath(output.rstrip("/").rsplit("/", 1)[-1] + ".scratch")
+    return os.path.abspath(output) + ".scratch"
 
 
 def _check_scratch(scratch: str, input: str) -> None:
