@@ -157,14 +157,18 @@ def test_every_cpu_engine_gives_the_same_numbers(engine):
         assert relative(out, expected) < RTOL
 
 
-@pytest.mark.gpu
-def test_cupy_engine_keeps_the_estimate_on_the_device():
+def _skip_without_a_cuda_device() -> None:
     if importlib.util.find_spec("cupy") is None:
         pytest.skip("CuPy is not installed")
     from distconv.clusters.resources import gpu_count
 
     if gpu_count() == 0:
         pytest.skip("no CUDA device: the CuPy engine's deconvolution needs a GPU")
+
+
+@pytest.mark.gpu
+def test_cupy_engine_keeps_the_estimate_on_the_device():
+    _skip_without_a_cuda_device()
     import cupy
 
     rng = np.random.default_rng(4)
@@ -186,12 +190,7 @@ def test_cupy_engine_keeps_the_estimate_on_the_device():
 def test_cupy_engine_on_a_cluster_uploads_host_tiles_in_the_tasks(tmp_path, strategy):
     """Host chunks on a distributed cluster: the client leaves them on the host (it imports no
     CuPy), each task uploads its tile once, and the result equals scikit-image's."""
-    if importlib.util.find_spec("cupy") is None:
-        pytest.skip("CuPy is not installed")
-    from distconv.clusters.resources import gpu_count
-
-    if gpu_count() == 0:
-        pytest.skip("no CUDA device: the CuPy engine's deconvolution needs a GPU")
+    _skip_without_a_cuda_device()
     from distributed import Client, LocalCluster
 
     rng = np.random.default_rng(5)
