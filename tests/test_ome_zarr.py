@@ -219,6 +219,22 @@ def test_nothing_is_written_inside_an_input_image(image):
     assert tree_digest(path) == before
 
 
+def test_the_cli_halves_the_pyramid_axes_it_is_given(tmp_path):
+    data = np.random.default_rng(10).random((12, 20, 18)).astype(np.float32)
+    zarr.create_array(str(tmp_path / "vol.zarr"), data=data, chunks=(6, 10, 9))
+    job = ("convolve", tmp_path / "vol.zarr", "box:size=1", "--cluster", "threads", "-q")
+    done = distconv(*job, "-o", tmp_path / "zyx.ome.zarr", "--pyramid", "2",
+                    "--pyramid-axes", "z,y,x")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    level = zarr.open_group(str(tmp_path / "zyx.ome.zarr"), mode="r")["1"][:]
+    np.testing.assert_allclose(level, mean_halved(data.astype(np.float64), (0, 1, 2)), rtol=1e-6)
+    refused = distconv(*job, "-o", tmp_path / "no.zarr", "--pyramid-axes", "y,x")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "distconv: error: --pyramid-axes needs --pyramid"
+    ]
+    assert not (tmp_path / "no.zarr").exists()
+
+
 def test_pyramid_axes_may_include_z(tmp_path):
     data = np.random.default_rng(9).random((20, 36, 30))
     x = da.from_array(data, chunks=(5, 9, 10))

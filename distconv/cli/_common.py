@@ -256,6 +256,7 @@ class JobOptions:
     storage_option: tuple[str, ...] = ()
     pyramid: int | None = None
     pyramid_method: str = "mean"
+    pyramid_axes: str | None = None
 
     @property
     def storage_options(self) -> dict[str, Any] | None:
@@ -300,6 +301,7 @@ class JobOptions:
             shards=shards_argument(self.out_shards),
             storage_options=self.storage_options,
             description=description,
+            pyramid_axes=_names(self.pyramid_axes),
             **passed,
         )
 
@@ -313,6 +315,9 @@ class JobOptions:
     def check_output(self, output: str, sources: Sequence[str]) -> None:
         """Refuse an ``output`` that is one of ``sources`` or in the way (before any cluster)."""
         from distconv.io import check_output_path
+
+        if self.pyramid_axes is not None and self.pyramid is None:
+            raise DistconvError("--pyramid-axes needs --pyramid")
 
         check_output_path(
             output, sources, self.overwrite, self.resume, storage_options=self.storage_options
@@ -345,6 +350,11 @@ def interruptible(job: Callable[..., None], *args: Any, **kwargs: Any) -> None:
     except KeyboardInterrupt:
         # Raised past click as itself, click would print a blank line and turn it into Abort.
         raise Interrupted() from None
+
+
+def _names(text: str | None) -> list[str] | None:
+    """``z,y,x`` as ``["z", "y", "x"]`` (None stays None)."""
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
 
 
 def run_job(job: Callable[..., None], *args: Any, **params: Any) -> None:

@@ -149,7 +149,8 @@ def store_options() -> Callable:
 
 
 def pyramid_options() -> Callable:
-    """``--pyramid [N]`` and ``--pyramid-method``: multiscale levels written in the same pass."""
+    """``--pyramid [N]``, ``--pyramid-method`` and ``--pyramid-axes``: multiscale levels written
+    in the same pass."""
     return options(
         click.option(
             "--pyramid",
@@ -167,6 +168,12 @@ def pyramid_options() -> Callable:
             default="mean",
             show_default=True,
             help="Downsampling: mean (images) or nearest (labels).",
+        ),
+        click.option(
+            "--pyramid-axes",
+            metavar="NAMES",
+            default=None,
+            help="Axes halved per level, by name, e.g. z,y,x [default: the space axes but z].",
         ),
     )
 
