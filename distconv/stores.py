@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+_ZARR_CODE = f"{os.sep}zarr{os.sep}"  # in the file names of zarr's own coroutines
 
 # Option names whose values are credentials: s3fs's key/secret/token, gcsfs's token, adlfs's
 # account_key/sas_token/connection_string, any *password*.
@@ -98,12 +99,21 @@ def quiet_abandoned_store_reads() -> None:
 
     def hook(unraisable) -> None:
         code = getattr(unraisable.object, "cr_code", None)
-        if code is not None and f"{os.sep}zarr{os.sep}" in code.co_filename:
+        if code is not None and _ZARR_CODE in code.co_filename:
             return
         previous(unraisable)
 
     hook.distconv_quiet = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
+    # A failed chunk read leaves its sibling reads pending in zarr's event loop (its
+    # concurrent_map gathers without cancelling them); asyncio logs each such task as it is
+    # destroyed at exit.
+    logging.getLogger("asyncio").addFilter(_not_an_abandoned_zarr_task)
+
+
+def _not_an_abandoned_zarr_task(record: logging.LogRecord) -> bool:
+    text = record.getMessage()
+    return not (text.startswith("Task was destroyed but it is pending") and _ZARR_CODE in text)
 
 
 def is_url(path: str) -> bool:

@@ -34,7 +34,9 @@ def job(s3, tmp_path):
     common = ["gaussian:sigma=2", "--engine", "scipy", "--method", "direct",
               "--storage-option", f"endpoint_url={s3.endpoint}",
               "--cluster", "threads"]  # fmt: skip
-    env = s3_environment(tmp_path)
+    # Tiles of 4 stored chunks: 64 tasks, so a kill lands mid-job even on a fast machine (one
+    # default tile would hold the whole image and write all its chunks at once).
+    env = {**s3_environment(tmp_path), "DASK_DISTCONV__TILE_SIZE": "16KiB"}
     reference = subprocess.run(
         [DISTCONV, "convolve", f"s3://{bucket}/big.zarr", *common, "-o", f"s3://{bucket}/ref.zarr"],
         capture_output=True, text=True, env=env, timeout=300,
