@@ -317,18 +317,19 @@ def test_job_survives_a_killed_worker(tcp_cluster, tmp_path, kill_at):
     same values, and the output equals SciPy's."""
     data = make_input(tmp_path, shape=(512, 512), chunks=(64, 64), seed=int(kill_at * 10))
     w = np.random.default_rng(3).standard_normal((5, 5))
-    y = dc.convolve(
-        dc.open(tmp_path / "in.zarr"), w, mode="nearest", engine="scipy", method="direct"
-    )
+    # One stored chunk (16 KiB) per tile, planned here with the graph: with the default tiles
+    # the job is a few tasks, and a fast machine finishes them between two looks at the output.
+    with dask.config.set({"distconv.tile_size": "16KiB"}):
+        y = dc.convolve(
+            dc.open(tmp_path / "in.zarr"), w, mode="nearest", engine="scipy", method="direct"
+        )
     total = 8 * 8
+    assert y.numblocks == (8, 8)
     errors: list[BaseException] = []
 
     def job():
         try:
-            # One stored chunk (16 KiB) per task: with the default tiles the job is a few
-            # tasks, and a fast machine finishes them between two looks at the output.
-            with dask.config.set({"distconv.tile_size": "16KiB"}):
-                dc.save(y, tmp_path / "out.zarr", progress=False)
+            dc.save(y, tmp_path / "out.zarr", progress=False)
         except BaseException as exc:  # reported in the main thread
             errors.append(exc)
 
