@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from results import RESULTS, add_options, machine, publish, write_section
+from results import add_options, machine, publish, read_section, write_section
 
 from distconv import bench, kernels
 from distconv.clusters.resources import gpu_count
@@ -102,9 +102,8 @@ def main(argv=None) -> None:
 
 def _recorded_on_a_gpu() -> bool:
     """Whether RESULTS.md's GPU section holds a device's measurements (not a skip line)."""
-    text = RESULTS.read_text() if RESULTS.exists() else ""
-    start, end = text.find("<!-- gpu:start -->"), text.find("<!-- gpu:end -->")
-    return 0 <= start < end and "Skipped on this machine" not in text[start:end]
+    section = read_section("gpu")
+    return section is not None and "Skipped on this machine" not in section
 
 
 if __name__ == "__main__":

@@ -49,13 +49,25 @@ def publish(name: str, text: str, write: bool) -> None:
         write_section(name, text)
 
 
+def _section_pattern(name: str) -> re.Pattern:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    return re.compile(re.escape(start) + "\n?(.*?)\n?" + re.escape(end), re.S)
+
+
+def read_section(name: str, path: Path | None = None) -> str | None:
+    """The text of section ``name`` in RESULTS.md (None when it has none)."""
+    path = path or RESULTS
+    found = _section_pattern(name).search(path.read_text()) if path.exists() else None
+    return found.group(1) if found else None
+
+
 def write_section(name: str, markdown: str, path: Path | None = None) -> None:
     """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->``."""
     path = path or RESULTS
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{markdown.rstrip()}\n{end}"
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    pattern = _section_pattern(name)
     text = (
         pattern.sub(lambda _: block, text)
         if pattern.search(text)

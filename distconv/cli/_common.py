@@ -256,7 +256,7 @@ class JobOptions:
     storage_option: tuple[str, ...] = ()
     pyramid: int | None = None
     pyramid_method: str = "mean"
-    pyramid_axes: str | None = None
+    pyramid_axes: tuple[str, ...] | None = None  # parsed by its option
 
     @property
     def storage_options(self) -> dict[str, Any] | None:
@@ -301,7 +301,7 @@ class JobOptions:
             shards=shards_argument(self.out_shards),
             storage_options=self.storage_options,
             description=description,
-            pyramid_axes=_names(self.pyramid_axes),
+            pyramid_axes=self.pyramid_axes,
             **passed,
         )
 
@@ -350,11 +350,6 @@ def interruptible(job: Callable[..., None], *args: Any, **kwargs: Any) -> None:
     except KeyboardInterrupt:
         # Raised past click as itself, click would print a blank line and turn it into Abort.
         raise Interrupted() from None
-
-
-def _names(text: str | None) -> list[str] | None:
-    """``z,y,x`` as ``["z", "y", "x"]`` (None stays None)."""
-    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
 
 
 def run_job(job: Callable[..., None], *args: Any, **params: Any) -> None:

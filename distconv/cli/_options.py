@@ -173,9 +173,15 @@ def pyramid_options() -> Callable:
             "--pyramid-axes",
             metavar="NAMES",
             default=None,
+            callback=lambda _ctx, _param, text: _comma_names(text),
             help="Axes halved per level, by name, e.g. z,y,x [default: the space axes but z].",
         ),
     )
+
+
+def _comma_names(text: str | None) -> tuple[str, ...] | None:
+    """``z,y,x`` as ``("z", "y", "x")`` (None stays None)."""
+    return None if text is None else tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 def quiet_option(help: str = "No progress bar, links or summary.") -> Callable:

@@ -30,7 +30,7 @@ import zarr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from distconv.backend import array_module, is_gpu_array, to_numpy
+from distconv.backend import array_module, is_gpu_array, to_numpy, upload
 from distconv.errors import DistconvError
 from distconv.ops.deconvolve_blocks import (
     check_image_values,
@@ -282,11 +282,8 @@ class _Job:
             data = array.oindex[tuple(selection)]
         else:
             data = array[tuple(selection)]
-        if self.to_gpu:  # the tile goes to the device once; the estimate stays there
-            import cupy
-
-            return cupy.asarray(data)
-        return data
+        # The tile goes to the device once; the estimate stays there.
+        return upload(data) if self.to_gpu else data
 
     def write(self, name, index, core) -> None:
         array = self.arrays[name]
