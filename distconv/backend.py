@@ -41,23 +41,6 @@ def device_arrays_available() -> bool:
     return importlib.util.find_spec("cupy") is not None
 
 
-def to_device(x):
-    """Move a dask array's chunks to the GPU once (CuPy meta); they stay there until save.
-
-    The chunks stay NumPy without CuPy, and when a ``distributed`` client is active: its tasks
-    run in worker processes, and the client must not import CuPy (the meta would need it) nor
-    create a CUDA context. The GPU engines take host blocks too: each uploads its tile, halo
-    included, and brings the result back itself.
-    """
-    from distconv.clusters.resources import current_client
-
-    if is_gpu_array(x) or not device_arrays_available() or current_client() is not None:
-        return x
-    import cupy
-
-    return x.map_blocks(cupy.asarray, dtype=x.dtype, meta=cupy.empty((0,) * x.ndim, x.dtype))
-
-
 def upload(block):
     """A host block copied to the GPU; CuPy is imported here, in the task, never in the client."""
     import cupy

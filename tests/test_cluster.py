@@ -180,6 +180,28 @@ def test_cuda_without_a_gpu_or_dask_cuda_is_one_line():
     assert ("distconv[cuda]" in message) == (importlib.util.find_spec("dask_cuda") is None)
 
 
+# Whether this process holds a CUDA context, asked of the driver without creating one: the
+# primary context of each device (what CuPy, Numba and the runtime API use) and the current one.
+CUDA_CONTEXT_PROBE = """
+def cuda_contexts():
+    import ctypes
+    cuda = ctypes.CDLL("libcuda.so.1")
+    assert cuda.cuInit(0) == 0
+    count = ctypes.c_int()
+    assert cuda.cuDeviceGetCount(ctypes.byref(count)) == 0
+    active = []
+    for ordinal in range(count.value):
+        device, flags, on = ctypes.c_int(), ctypes.c_uint(), ctypes.c_int()
+        assert cuda.cuDeviceGet(ctypes.byref(device), ordinal) == 0
+        assert cuda.cuDevicePrimaryCtxGetState(device, ctypes.byref(flags), ctypes.byref(on)) == 0
+        if on.value:
+            active.append(ordinal)
+    current = ctypes.c_void_p()
+    assert cuda.cuCtxGetCurrent(ctypes.byref(current)) == 0
+    return {"primary": active, "current": bool(current.value)}
+"""
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(_gpu_count() == 0, reason="no CUDA device (NVML reports none)")
 @pytest.mark.skipif(
@@ -187,22 +209,19 @@ def test_cuda_without_a_gpu_or_dask_cuda_is_one_line():
     reason="dask-cuda and cupy are needed (pip install 'distconv[cuda]')",
 )
 def test_cuda_cluster_one_worker_per_gpu_no_context_in_client(tmp_path):
-    """A cupy convolve on ``--cluster cuda``: one GPU worker per device, the client process
-    imports no CUDA library, and the output equals SciPy's."""
+    """A cupy convolve and matmul on ``--cluster cuda``: one GPU worker per device, no CUDA
+    context in the client process (it would take memory from GPU 0's worker), results equal
+    SciPy's and NumPy's.
+
+    Importing CuPy is not the test: ``dask.array`` itself imports it when installed
+    (``dask/array/chunk_types.py``), and an import creates no context. What must not happen is
+    CuPy, Numba or the runtime API touching a device in the client.
+    """
     script = tmp_path / "client.py"
     script.write_text(
-        textwrap.dedent(f"""
-        import sys, json, traceback
-
-        class FirstCupyImport:  # records who imports CuPy in this (client) process, if anyone
-            stack = None
-
-            def find_spec(self, name, path=None, target=None):
-                if name == "cupy" and FirstCupyImport.stack is None:
-                    FirstCupyImport.stack = "".join(traceback.format_stack(limit=30))
-                return None
-
-        sys.meta_path.insert(0, FirstCupyImport())
+        CUDA_CONTEXT_PROBE
+        + textwrap.dedent(f"""
+        import sys, json
         import numpy as np, zarr
         import distconv as dc
         from distconv.clusters import describe
@@ -213,15 +232,24 @@ def test_cuda_cluster_one_worker_per_gpu_no_context_in_client(tmp_path):
                                   dtype=data.dtype)
             z[:] = data
             w = np.random.default_rng(1).standard_normal((7, 7))
+            rng = np.random.default_rng(2)
             with dc.cluster("cuda", quiet=True) as client:
                 info = describe(client)
                 reports = client.run(plugin_report)
                 dc.save(dc.convolve(dc.open("{tmp_path}/in.zarr"), w, engine="cupy"),
                         "{tmp_path}/out.zarr", progress=False)
-            cuda_modules = sorted(m for m in ("cupy", "numba.cuda", "tensorflow", "rmm")
-                                  if m in sys.modules)
-            print(json.dumps({{"info": info, "reports": reports, "cuda_modules": cuda_modules,
-                              "cupy_imported_by": FirstCupyImport.stack}}))
+                # Partial products summed on the workers' devices (the budget splits k).
+                a = rng.random((150, 1100)).astype(np.float32)
+                b = rng.random((1100, 140)).astype(np.float32)
+                zarr.create_array("{tmp_path}/a.zarr", data=a, chunks=(100, 100))
+                zarr.create_array("{tmp_path}/b.zarr", data=b, chunks=(100, 70))
+                product = dc.matmul(dc.open("{tmp_path}/a.zarr"), dc.open("{tmp_path}/b.zarr"),
+                                    engine="cupy", memory_budget="600KiB")
+                assert any(n.startswith("distconv-matmul-sum") for n in product.dask.layers)
+                dc.save(product, "{tmp_path}/ab.zarr", progress=False)
+            print(json.dumps({{"info": info, "reports": reports, "contexts": cuda_contexts(),
+                              "modules": sorted(m for m in ("numba.cuda", "tensorflow", "rmm")
+                                                if m in sys.modules)}}))
     """)
     )
     done = subprocess.run(
@@ -231,7 +259,8 @@ def test_cuda_cluster_one_worker_per_gpu_no_context_in_client(tmp_path):
     import json
 
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["cuda_modules"] == [], result["cupy_imported_by"]
+    assert result["contexts"] == {"primary": [], "current": False}
+    assert result["modules"] == []
     from distconv.clusters.resources import gpu_count
 
     workers = result["info"]["workers"]
@@ -248,3 +277,29 @@ def test_cuda_cluster_one_worker_per_gpu_no_context_in_client(tmp_path):
         rtol=1e-4,
         atol=1e-4,
     )
+    a, b = (zarr.open_array(str(tmp_path / name))[:] for name in ("a.zarr", "b.zarr"))
+    np.testing.assert_allclose(
+        zarr.open_array(str(tmp_path / "ab.zarr"))[:],
+        a.astype(np.float64) @ b.astype(np.float64),
+        rtol=1e-4,
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpu_count() == 0, reason="no CUDA device (NVML reports none)")
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is None, reason="cupy is needed")
+def test_the_cuda_context_probe_sees_a_context(tmp_path):
+    """The probe above can fail: after CuPy touches a device, it reports that device."""
+    script = tmp_path / "probe.py"
+    script.write_text(
+        CUDA_CONTEXT_PROBE
+        + "import json, cupy\nbefore = cuda_contexts()\ncupy.arange(3).sum()\n"
+        + "print(json.dumps([before, cuda_contexts()]))\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import json
+
+    before, after = json.loads(done.stdout.strip().splitlines()[-1])
+    assert before == {"primary": [], "current": False}
+    assert after["current"] and after["primary"] == [0]

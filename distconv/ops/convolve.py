@@ -18,7 +18,7 @@ import numpy as np
 
 from distconv import kernels
 from distconv.axes import resolve_axes
-from distconv.backend import array_module, cast_output, is_gpu_array, to_device
+from distconv.backend import array_module, cast_output, is_gpu_array
 from distconv.clusters.resources import Resources
 from distconv.config import get_default
 from distconv.errors import DistconvTypeError
@@ -166,8 +166,6 @@ def _filter(
     plan = correlation_plan(
         x, weights, mode, cval, origin, axes, method, engine, dtype, convolution
     )
-    if not is_gpu_array(x) and any(kernels.is_gpu_engine(e) for e in plan.engines.values()):
-        x = to_device(x)  # a GPU engine on host chunks: upload each chunk once, here
     tiles = correlation_tiles(x, plan)
     y = correlate_with_plan(x, plan, tiles)
     largest = [max(c) for c in y.chunks]

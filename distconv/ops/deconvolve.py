@@ -12,8 +12,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 
-from distconv import kernels
-from distconv.backend import array_module, is_gpu_array, to_device, to_numpy, upload
+from distconv.backend import array_module, is_gpu_array, to_numpy, upload
 from distconv.clusters.resources import detect_resources
 from distconv.config import get_default
 from distconv.io import as_dask_array
@@ -196,7 +195,6 @@ def plan_for(
 
 def richardson_lucy_with_plan(x: da.Array, plan: DeconvolutionPlan, psf, *, scratch=None):
     """The Richardson–Lucy graph for a resolved plan, with its provenance recorded."""
-    x = _on_device(x, plan)
     if plan.strategy == "passes":
         from distconv.ops.deconvolve_passes import richardson_lucy_passes
 
@@ -208,7 +206,6 @@ def richardson_lucy_with_plan(x: da.Array, plan: DeconvolutionPlan, psf, *, scra
 
 def wiener_with_plan(x: da.Array, plan: DeconvolutionPlan, psf, reg=None) -> da.Array:
     """The Wiener graph for a resolved plan, with its provenance recorded."""
-    x = _on_device(x, plan)
     if plan.strategy == "whole":
         sides = ((0, 0),) * x.ndim
         whole = x.rechunk(tuple((s,) for s in x.shape)).astype(plan.compute_dtype)
@@ -265,13 +262,6 @@ def _tiles(x: da.Array, plan: DeconvolutionPlan, pad_mode: str | None):
     if x.chunks != plan.layout.chunks:
         x = x.rechunk(plan.layout.chunks)
     return exchange_halos(x, plan.halo, pad_mode, 0.0, plan.compute_dtype)
-
-
-def _on_device(x: da.Array, plan: DeconvolutionPlan) -> da.Array:
-    """Upload host chunks once when a GPU engine computes them."""
-    if not is_gpu_array(x) and any(kernels.is_gpu_engine(e) for e in plan.engines_used()):
-        return to_device(x)
-    return x
 
 
 def _meta(x: da.Array, plan: DeconvolutionPlan):

@@ -24,7 +24,6 @@ function on a tiny probe block. An exception raised by the function reaches the 
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Sequence
 from numbers import Number
 
@@ -34,7 +33,7 @@ import numpy as np
 from dask.base import tokenize
 
 from distconv import kernels
-from distconv.backend import is_gpu_array, to_device, to_numpy
+from distconv.backend import is_gpu_array, to_numpy
 from distconv.errors import ChunkError, DistconvError
 from distconv.io import as_dask_array
 from distconv.ops.halo import exchange_halos, normalize_boundary, normalize_depth
@@ -150,8 +149,6 @@ def map_chunks(
         first = xs[0]
     on_device = is_gpu_array(first)
     gpu_engine = kernels.is_gpu_engine(engine)
-    if gpu_engine and not on_device and importlib.util.find_spec("cupy"):
-        xs = [to_device(x) for x in xs]  # upload once, before the halo exchange
     keep_on_device = on_device or not gpu_engine
     # Merge thin chunks of the first array; the others follow its chunks exactly.
     merged, haloed = exchange_halos(xs[0], depths, pad_mode, cval)
