@@ -20,6 +20,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from distconv import kernels
 from distconv.backend import array_module, device_arrays_available, is_gpu_array, to_numpy
+from distconv.clusters.resources import current_client
 from distconv.config import get_default
 from distconv.errors import InputReadError
 from distconv.io import as_dask_array, open_zarr_array
@@ -261,9 +262,19 @@ def _product_reading_stores(a: da.Array, b: da.Array, plan: MatmulPlan, meta) ->
 
 def _partials_on_device(plan: MatmulPlan, a: da.Array) -> bool:
     """A GPU engine's partial products stay on its device through the tree sum; only summed
-    blocks come back to the host (CuPy chunks never leave the device at all). Without CuPy
-    (numba-cuda on host blocks, e.g. under the CUDA simulator) partials are summed on the host."""
-    return kernels.is_gpu_engine(plan.engine) and not is_gpu_array(a) and device_arrays_available()
+    blocks come back to the host (CuPy chunks never leave the device at all).
+
+    Partials are summed on the host without CuPy (numba-cuda on host blocks, e.g. under the
+    CUDA simulator), and on a ``distributed`` cluster: there the client would have to build the
+    tree sum's CuPy meta, which creates a CUDA context on GPU 0 (seen on an H200), and partials
+    moving between workers are copied through the host anyway.
+    """
+    return (
+        kernels.is_gpu_engine(plan.engine)
+        and not is_gpu_array(a)
+        and device_arrays_available()
+        and current_client() is None
+    )
 
 
 def matmul_stores_block(
