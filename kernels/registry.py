@@ -206,11 +206,13 @@ _TENSORFLOW_COST = {
     "separable": (6.4e-9, 3.6e-10),
 }
 
-# cupy: UNMEASURED order-of-magnitude estimates for an H100 written without a GPU (cupyx's
-# generic correlate kernel ~2e12 taps/s; cuFFT bandwidth-bound ~3e12 sample·log2/s; 1-D passes
-# bandwidth-bound). They put the direct/FFT crossover near 7x7 kernels, where GPU libraries
-# usually see it. Replace with measurements from benchmarks/engines.py.
-_CUPY_COST = {"direct": 5e-13, "fft": 3e-13, "separable": 3e-13}
+# cupy: direct and separable are order-of-magnitude estimates written without a GPU (cupyx's
+# generic correlate kernel ~2e12 taps/s; 1-D passes bandwidth-bound). fft is set from the H200
+# (2026-12-04, benchmarks/RESULTS.md "GPU engines"): with tiles run by threads, cupyx's FFT path
+# lost to its direct kernel at every small kernel measured (512³ uint16, 5³, 128³ chunks: direct
+# 0.52 s, fft 1.53 s; 4096², 9×9: fft 1.69× the copy, numba-cuda's direct 1.12×) and won at
+# 31×31. 3.3e-12 puts the crossover near 17×17 in 2-D and 7³ in 3-D.
+_CUPY_COST = {"direct": 5e-13, "fft": 3.3e-12, "separable": 3e-13}
 
 # numba-cuda: UNMEASURED, from H100 throughput (about 2e12 taps/s for a shared-memory
 # stencil), written without a GPU. Only "direct" is priced: other methods use scipy's COST.
