@@ -20,6 +20,10 @@ DEFAULTS: dict[str, Any] = {
     "progress": True,  # progress bar on jobs that last more than a moment
     # Target input bytes of one task's tile of stored chunks (distconv/plan/tiles.py).
     "tile_size": "16MiB",
+    # Where tiles' halos come from: "exchange" (cut from decoded neighbours), "store" (read
+    # again: memory independent of the image's width) or "auto" (store when an exchange would
+    # hold more than the running tasks do; distconv/plan/tiles.py).
+    "halo_source": "auto",
     # Codec pipeline that reads inputs: "auto" (zarrs when installed), "zarrs" or "zarr".
     "read_pipeline": "auto",
 }

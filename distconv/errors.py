@@ -89,3 +89,9 @@ class ChunkError(RuntimeError):
         super().__init__(message)
         self.block_index = block_index
         self.function = function
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

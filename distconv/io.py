@@ -19,12 +19,11 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import zarr
-from dask.array.core import getter
 from dask.base import tokenize
 
 from distconv._version import __version__
 from distconv.clipping import clipped_record
-from distconv.errors import DistconvError, InputReadError, JobFailed
+from distconv.errors import DistconvError, InputReadError, JobFailed, one_line
 from distconv.executor import compute_blocks
 from distconv.layout import (
     array_layout,
@@ -43,7 +42,7 @@ from distconv.provenance import (
     sources,
     steps,
 )
-from distconv.reading import damaged_chunk, read_pipeline
+from distconv.reading import ChunkReader, RegionReader, read_pipeline, remember_store
 from distconv.stores import Location, public_options, redact, remote_error, storage_failure
 from distconv.tiff import describe_tiff, is_tiff, open_tiff
 from distconv.writing import image_record, plan_writes, reopen_for_resume
@@ -146,44 +145,15 @@ def _open_level(location: Location, level: int | None) -> tuple[zarr.Array, dict
 def _from_zarr(array: zarr.Array, path: str, chunks) -> da.Array:
     """``da.from_zarr`` whose chunk reads name the store and chunk when they fail."""
     name = "from-zarr-" + tokenize(path, array.shape, array.dtype, chunks, dict(array.attrs))
-    return da.from_array(
+    x = da.from_array(
         array,
         chunks=chunks,
         name=name,
-        getitem=_ChunkReader(path),
+        getitem=ChunkReader(path),
         meta=np.empty((0,) * array.ndim, dtype=array.dtype),
     )
-
-
-class _ChunkReader:
-    """Dask ``getitem`` for Zarr inputs: a damaged chunk becomes an :class:`InputReadError`.
-
-    Such damage is only seen when a task reads the chunk, so the error travels back from the
-    worker as this (picklable) type, which the CLI reports as bad input. A task reading a tile
-    of many chunks reads them again one by one to name the damaged one.
-    """
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def __call__(self, array, index, asarray=True, lock=None):
-        try:
-            return getter(array, index, asarray=asarray, lock=lock)
-        except Exception as exc:
-            # The store, not the data: the job fails, resumable. zarrs reports a chunk it
-            # cannot decode as a bare OSError (no errno): that is damaged data.
-            decode = type(exc) is OSError and exc.errno is None
-            if storage_failure(exc) and not decode:
-                raise OSError(
-                    f"{self.path}: {type(exc).__name__}: {redact(_one_line(exc))}"
-                ) from None
-            index = index if isinstance(index, tuple) else (index,)
-            where, exc = damaged_chunk(array, index, exc)
-            raise InputReadError(
-                f"{self.path}: the chunk at [{where}] cannot be read "
-                f"({type(exc).__name__}: {_one_line(exc)}); the input is "
-                "damaged"
-            ) from None
+    remember_store(x, RegionReader(array, path))
+    return x
 
 
 def open_zarr_array(
@@ -218,7 +188,7 @@ def _open_node(location: Location, mode: str) -> zarr.Array | zarr.Group:
         if location.remote:
             raise remote_error(location, exc) from None
         raise DistconvError(
-            f"{url} is not a readable Zarr array or group ({_one_line(exc)})"
+            f"{url} is not a readable Zarr array or group ({one_line(exc)})"
         ) from exc
 
 
@@ -420,13 +390,13 @@ def save(
     except Exception as exc:
         if storage_failure(exc):
             raise JobFailed(
-                f"writing {shown} failed ({redact(_one_line(exc))}); the output is partial, "
+                f"writing {shown} failed ({redact(one_line(exc))}); the output is partial, "
                 "not marked complete: fix the cause and rerun with --resume (resume=True)"
             ) from exc
         if type(exc).__name__ != "KilledWorker":  # distributed's; not imported unless used
             raise
         raise JobFailed(
-            f"a Dask worker died while computing {shown} ({_one_line(exc)}); the "
+            f"a Dask worker died while computing {shown} ({one_line(exc)}); the "
             "output is partial, not marked complete: rerun with --resume "
             "(resume=True), with more memory per worker if it was killed for "
             "memory"
@@ -519,8 +489,3 @@ def _jsonable(value):
     if isinstance(value, np.dtype):
         return str(value)
     return value
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

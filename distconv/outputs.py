@@ -12,7 +12,7 @@ from typing import Any
 
 import zarr
 
-from distconv.errors import OutputError
+from distconv.errors import OutputError, one_line
 from distconv.ome import OutputImage, group_attributes, multiscale_of
 from distconv.pyramid import Tiling, level_shapes
 from distconv.stores import Location, bucket_missing, remote_error, storage_failure
@@ -95,7 +95,7 @@ def create_output(
         if location.remote:
             error = remote_error(location, exc, "write")
             raise OutputError(f"cannot create output: {error}") from None
-        raise OutputError(f"cannot create output {location.shown} ({_one_line(exc)})") from None
+        raise OutputError(f"cannot create output {location.shown} ({one_line(exc)})") from None
 
 
 def check_output_location(
@@ -190,11 +190,6 @@ def check_same_image(location: Location, found: dict[str, Any] | None, image, sh
             f"cannot resume {location.shown}: it has {len(found['datasets'])} levels, this job "
             f"writes {image.levels}; use --overwrite to start again"
         )
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 # Provenance that may differ between an interrupted run and its resumption: how chunks are

@@ -1,16 +1,27 @@
-"""Reading Zarr inputs: the codec pipeline that decodes them, and naming a damaged chunk."""
+"""Reading Zarr inputs: the codec pipeline that decodes them, chunk reads that name a damaged
+chunk, and any region of a store an array was opened from (for halos read from the store)."""
 
 from __future__ import annotations
 
 import importlib.util
 
+import dask.array as da
 import zarr
+from dask.array.core import getter
 
 from distconv.config import get_default
-from distconv.errors import DistconvError
+from distconv.errors import DistconvError, InputReadError, one_line
 from distconv.layout import tile_units
+from distconv.stores import redact, storage_failure
 
-__all__ = ["damaged_chunk", "read_pipeline"]
+__all__ = [
+    "ChunkReader",
+    "RegionReader",
+    "damaged_chunk",
+    "read_pipeline",
+    "region_reader",
+    "remember_store",
+]
 
 
 def read_pipeline() -> dict[str, str]:
@@ -69,3 +80,67 @@ def damaged_chunk(array: zarr.Array, index: tuple, error: Exception) -> tuple[st
         except Exception as exc:
             return text(region), exc
     return text(index), error
+
+
+class ChunkReader:
+    """Dask ``getitem`` for Zarr inputs: a damaged chunk becomes an :class:`InputReadError`.
+
+    Such damage is only seen when a task reads the chunk, so the error travels back from the
+    worker as this (picklable) type, which the CLI reports as bad input. A task reading a tile
+    of many chunks reads them again one by one to name the damaged one.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __call__(self, array, index, asarray=True, lock=None):
+        try:
+            return getter(array, index, asarray=asarray, lock=lock)
+        except Exception as exc:
+            # The store, not the data: the job fails, resumable. zarrs reports a chunk it
+            # cannot decode as a bare OSError (no errno): that is damaged data.
+            decode = type(exc) is OSError and exc.errno is None
+            if storage_failure(exc) and not decode:
+                raise OSError(
+                    f"{self.path}: {type(exc).__name__}: {redact(one_line(exc))}"
+                ) from None
+            index = index if isinstance(index, tuple) else (index,)
+            where, exc = damaged_chunk(array, index, exc)
+            raise InputReadError(
+                f"{self.path}: the chunk at [{where}] cannot be read "
+                f"({type(exc).__name__}: {one_line(exc)}); the input is "
+                "damaged"
+            ) from None
+
+
+class RegionReader:
+    """Reads any region of one Zarr array in a task, with :class:`ChunkReader`'s errors.
+
+    Picklable: it travels to workers inside the tasks that read halo strips from the store.
+    """
+
+    def __init__(self, array: zarr.Array, path: str):
+        self.array, self.read = array, ChunkReader(path)
+
+    @property
+    def unit(self) -> tuple[int, ...]:
+        """The shape one read decodes at a time (the chunk; the inner chunk of a shard)."""
+        return tuple(self.array.chunks)
+
+    def __call__(self, region: tuple[slice, ...]):
+        return self.read(self.array, region)
+
+
+# The store each array opened by distconv.open reads, by the array's graph name (a token of
+# the store, shape, dtype and chunks: opening the same store again finds the same entry).
+_READERS: dict[str, RegionReader] = {}
+
+
+def remember_store(x: da.Array, reader: RegionReader) -> None:
+    """Record the store ``x`` (fresh from :func:`distconv.open`) reads."""
+    _READERS[x.name] = reader
+
+
+def region_reader(x: da.Array) -> RegionReader | None:
+    """The reader of the store ``x`` was opened from; None for any other array."""
+    return _READERS.get(x.name)

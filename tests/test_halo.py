@@ -80,3 +80,57 @@ def test_pad_in_place_falls_back_to_numpy_pad_when_too_short_to_reflect():
     np.testing.assert_array_equal(
         pad_in_place(buffer, [(5, 5)], "reflect"), np.pad(inside, 5, mode="reflect")
     )
+
+
+# --- strips read again from the store (halo_source="store") ----------------------------------
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_strips_read_from_the_store_equal_numpy_pad(tmp_path, seed):
+    """Blocks whose strips are read from a real Zarr store (irregular last chunks, chunks
+    thinner than the halo, 1-3 axes, every pad mode) equal numpy.pad of the whole array, and
+    no strip task depends on a decoded block."""
+    import zarr
+
+    import distconv as dc
+    from distconv.reading import region_reader
+
+    rng = np.random.default_rng(100 + seed)
+    ndim = int(rng.integers(1, 4))
+    shape = tuple(int(s) for s in rng.integers(4, 30 if ndim < 3 else 14, ndim))
+    stored = tuple(int(rng.integers(1, s + 1)) for s in shape)
+    depth = tuple(int(rng.integers(0, 5)) for _ in shape)
+    mode = [None, *PAD_MODES][seed % 6]
+    a = rng.standard_normal(shape).astype(np.float32)
+    zarr.create_array(str(tmp_path / "a.zarr"), data=a, chunks=stored)
+    groups = tuple(int(rng.integers(1, 4)) for _ in shape)  # tiles of several stored chunks
+    x = dc.open(tmp_path / "a.zarr", chunks=tuple(s * g for s, g in zip(stored, groups)))
+    merged, haloed = exchange_halos(x, depth, mode, 2.5, np.float64, region_reader(x))
+    graph = dict(haloed.__dask_graph__())
+    cuts = [key for key in graph if key[0].startswith("halo-cut")]
+    dependencies = haloed.dask.dependencies[haloed.name]
+    assert all(merged.name not in str(graph[key]) for key in cuts)
+    assert merged.name in dependencies  # the block's own units still come from its tile read
+    for index in np.ndindex(*haloed.numblocks):
+        got = haloed.blocks[index].compute(scheduler="sync")
+        want = expected_block(a.astype(np.float64), merged, index, depth, mode, 2.5)
+        np.testing.assert_array_equal(got, want, err_msg=f"block {index}")
+
+
+def test_strip_reads_decode_faces_or_the_whole_block():
+    """The reads of one block's strips: face bands when they touch fewer stored units than the
+    block, else the block once (never a unit read for each strip that touches it)."""
+    from distconv.ops.halo import _strip_reads
+
+    def regions(size, d):  # the 8 strips a 2-D block sends, relative to it
+        cuts = {-1: slice(0, d), 0: slice(None), 1: slice(size - d, size)}
+        return [(cuts[i], cuts[j]) for i in (-1, 0, 1) for j in (-1, 0, 1) if i or j]
+
+    # One stored unit per block: read it once.
+    reads, picks = _strip_reads(regions(64, 2), (64, 128), (64, 64), (2, 2), (64, 64))
+    assert reads == ((slice(64, 128), slice(128, 192)),)
+    assert picks[0] == (0, (slice(0, 2), slice(0, 2)))
+    # 8x8 units per block, 1-sample halos: the four face bands, 28 units of 64 (corners twice).
+    reads, picks = _strip_reads(regions(64, 1), (0, 0), (64, 64), (1, 1), (8, 8))
+    assert len(reads) == 4 and all(index < 4 for index, _ in picks)
+    assert sorted((r[0].stop - r[0].start) * (r[1].stop - r[1].start) for r in reads) == [64] * 4

@@ -13,6 +13,7 @@ import zarr
 from scipy import ndimage
 
 import distconv as dc
+from distconv.provenance import step_of
 
 # Small tiles: several tiles per array, so halos cross tile borders (and chunk borders inside).
 SMALL_TILES = {"distconv.tile_size": "4KiB"}
@@ -324,3 +325,49 @@ def test_dask_arrays_of_small_chunks_are_merged_into_tiles_large_ones_kept(tmp_p
         np.testing.assert_allclose(y.compute(), expected, atol=1e-10)
     written = dc.save(small, tmp_path / "o.zarr", progress=False)
     np.testing.assert_allclose(written[:], expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("layout", ["v2", "v3", "sharded"])
+def test_halos_read_from_the_store_equal_the_exchanged_ones(tmp_path, layout):
+    """halo_source="store": the same output as exchanging strips, bit for bit, and SciPy's, on
+    irregular last chunks of every store layout; a damaged chunk is still named."""
+    rng = np.random.default_rng(11)
+    data = rng.random((100, 90), dtype=np.float32)
+    weights = rng.standard_normal((7, 5))
+    chunks, shards, fmt = {"v2": ((16, 16), None, 2), "v3": ((16, 16), None, 3)}.get(
+        layout, ((8, 8), (32, 24), 3)
+    )
+    store(tmp_path / "in.zarr", data, chunks, shards, zarr_format=fmt)
+    out = {}
+    for source in ("exchange", "store"):
+        with dask.config.set({**SMALL_TILES, "distconv.halo_source": source}):
+            y = dc.convolve(dc.open(tmp_path / "in.zarr"), weights, mode="mirror")
+            assert step_of(y)["plan"]["halo_source"] == source
+            out[source] = dc.save(y, tmp_path / f"{source}.zarr", progress=False)[:]
+    np.testing.assert_array_equal(out["store"], out["exchange"])
+    expected = ndimage.convolve(data.astype(np.float64), weights, mode="mirror")
+    np.testing.assert_allclose(out["store"], expected, atol=1e-5)
+    if layout == "v3":
+        (tmp_path / "in.zarr" / "c" / "2" / "1").write_bytes(b"not a zstd frame")
+        with dask.config.set({**SMALL_TILES, "distconv.halo_source": "store"}):
+            y = dc.convolve(dc.open(tmp_path / "in.zarr"), weights)
+            with pytest.raises(dc.DistconvError, match=r"\[32:48, 16:32\] cannot be read"):
+                dc.save(y, tmp_path / "never.zarr", progress=False)
+        assert not (tmp_path / "never.zarr").exists()
+
+
+def test_dry_run_says_where_halos_come_from(tmp_path):
+    store(tmp_path / "in.zarr", np.zeros((64, 64), np.float32) + 1, (16, 16))
+    np.save(tmp_path / "k.npy", np.ones((3, 3)))
+    from click.testing import CliRunner
+
+    from distconv.cli import cli
+
+    for source, words in (("store", "read again from the store"), ("exchange", "exchanged")):
+        config = {"distconv.halo_source": source, "distconv.tile_size": "2KiB"}
+        with dask.config.set(config):
+            result = CliRunner().invoke(
+                cli, ["convolve", str(tmp_path / "in.zarr"), str(tmp_path / "k.npy"), "--dry-run"]
+            )
+        assert result.exit_code == 0, result.output
+        assert words in result.output

@@ -88,14 +88,56 @@ def test_tile_size_from_config_and_irregular_dask_chunks():
         plan_tiles((10,), "f4", (5,), resources=TWO_THREADS, target_bytes="lots")
 
 
-def test_halo_reread_factor_and_describe():
+def test_halo_strip_read_factor_and_describe():
     plan = plan_tiles((4096, 4096), "float32", (256, 256), depth=(2, 2), resources=TWO_THREADS)
-    # Reading the halo from the store would decode a ring of chunks around each 2048² tile.
-    assert plan.reread_factor == pytest.approx(((2048 + 256) / 2048) ** 2)
+    assert plan.tile_shape == (2048, 2048)
+    # Strips read from the store decode each 8x8-chunk tile's 4 faces of 8 chunks again.
+    assert plan.strip_read_factor == pytest.approx(1 + 32 / 64)
     text = plan.describe()
     for words in ("tiles:", "tasks:", "bytes decoded:", "halo:", "peak memory/task:"):
         assert words in text
     assert regular_grid((10, 7), (4, 7)) == ((4, 4, 2), (7,))
+    one_chunk = plan_tiles((8192, 8192), "f4", (2048, 2048), depth=(4, 4), resources=TWO_THREADS)
+    assert one_chunk.units_per_tile == 1 and one_chunk.strip_read_factor == 2.0  # read twice
+
+
+@pytest.mark.parametrize(
+    ("side", "expected"), [(8192, "exchange"), (16384, "exchange"), (32768, "store")]
+)
+def test_wide_images_read_halos_from_the_store(side, expected):
+    """auto: an exchange's slab of waiting tiles (4, 8, 16 tiles of 16 MiB here) against what
+    two running tasks hold; beyond it, strips are read again and memory stays flat."""
+    plan = plan_tiles(
+        (side, side),
+        "f4",
+        (2048, 2048),
+        depth=(4, 4),
+        method_for=lambda tile: "direct",
+        resources=TWO_THREADS,
+    )
+    assert plan.exchange_front_bytes == (side // 2048) * 2048 * 2048 * 4
+    assert plan.halo_source == expected
+    assert ("read again from the store" in plan.describe()) == (expected == "store")
+    assert plan.summary()["halo_source"] == expected
+
+
+def test_halo_source_config():
+    kwargs = {"depth": (1, 1), "resources": TWO_THREADS}
+    with dask.config.set({"distconv.halo_source": "store"}):
+        assert plan_tiles((64, 64), "f4", (16, 16), **kwargs).halo_source == "store"
+        # Only tiles read from a store can read their strips again.
+        assert plan_tiles((64, 64), "f4", (16, 16), from_store=False, **kwargs).halo_source == (
+            "exchange"
+        )
+        assert plan_tiles((64, 64), "f4", (16, 16), resources=TWO_THREADS).halo_source == (
+            "exchange"  # no halo
+        )
+    with dask.config.set({"distconv.halo_source": "exchange"}):
+        wide = plan_tiles((32768, 32768), "f4", (2048, 2048), **kwargs)
+        assert wide.halo_source == "exchange"
+    with dask.config.set({"distconv.halo_source": "sideways"}):
+        with pytest.raises(dc.DistconvError, match="halo_source must be one of"):
+            plan_tiles((64, 64), "f4", (16, 16), **kwargs)
 
 
 def test_planning_and_graph_for_65536_stored_chunks_is_fast(tmp_path):

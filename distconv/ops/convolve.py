@@ -28,6 +28,7 @@ from distconv.ops.tiling import as_tiles, tile_plan_for
 from distconv.plan import METHOD_OPS, CorrelationPlan, check_output_dtype, plan_correlation
 from distconv.plan.tiles import TilePlan
 from distconv.provenance import remember_provenance, remember_saturating_cast
+from distconv.reading import region_reader
 from distconv.weights import weights_digest
 
 
@@ -231,8 +232,16 @@ def correlate_with_plan(
     (fused) layer: the float result, then a saturating cast that :func:`distconv.save` replaces
     by its cast-count-and-write of whole units.
     """
-    x = as_tiles(x, tiles or correlation_tiles(x, plan))
-    x, haloed = exchange_halos(x, plan.depth, plan.pad_mode, plan.cval, plan.compute_dtype)
+    tiles = tiles or correlation_tiles(x, plan)
+    x = as_tiles(x, tiles)
+    x, haloed = exchange_halos(
+        x,
+        plan.depth,
+        plan.pad_mode,
+        plan.cval,
+        plan.compute_dtype,
+        strips_from=region_reader(x) if tiles.halo_source == "store" else None,
+    )
     xp = array_module(x._meta)
     saturates = plan.out_dtype.kind in "iu"
     result_dtype = plan.compute_dtype if saturates else plan.out_dtype

@@ -11,6 +11,7 @@ tasks and two extra copies of every block).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -24,6 +25,7 @@ from dask.highlevelgraph import HighLevelGraph
 from distconv.backend import array_module
 from distconv.errors import DistconvError
 from distconv.plan.arguments import MODES, normalize_mode
+from distconv.reading import RegionReader
 
 __all__ = [
     "exchange_halos",
@@ -35,7 +37,12 @@ __all__ = [
 
 
 def exchange_halos(
-    x: da.Array, depth: Sequence[int], pad_mode: str | None, cval: float = 0.0, dtype=None
+    x: da.Array,
+    depth: Sequence[int],
+    pad_mode: str | None,
+    cval: float = 0.0,
+    dtype=None,
+    strips_from: RegionReader | None = None,
 ) -> tuple[da.Array, da.Array]:
     """Give every block ``depth`` samples of its neighbours on both sides of every axis.
 
@@ -53,6 +60,10 @@ def exchange_halos(
         Fill value of mode "constant".
     dtype : dtype, optional
         dtype of the haloed blocks (the cast happens while copying into the buffer).
+    strips_from : RegionReader, optional
+        The store ``x`` reads (its blocks whole stored units): the strips a block sends are
+        then read again from there by a task of their own instead of cut from the decoded
+        block, so no block waits in memory for its neighbours (``halo_source="store"``).
 
     Returns
     -------
@@ -96,8 +107,16 @@ def exchange_halos(
         )
 
     graph: dict = {}
+    origins = [np.cumsum((0,) + c[:-1]) for c in chunks]
     for sender, regions in requests.items():
-        graph[(cut_name,) + sender] = (partial(_cut_strips, tuple(regions)), (x.name,) + sender)
+        if strips_from is None:
+            task = (partial(_cut_strips, tuple(regions)), (x.name,) + sender)
+        else:
+            origin = tuple(int(o[i]) for o, i in zip(origins, sender))
+            size = tuple(c[i] for c, i in zip(chunks, sender))
+            reads, picks = _strip_reads(regions, origin, size, depth, strips_from.unit)
+            task = (partial(_read_strips, strips_from, reads, picks),)
+        graph[(cut_name,) + sender] = task
     for receiver, layout in layouts.items():
         graph[(name,) + receiver] = (
             partial(_assemble, layout),
@@ -318,6 +337,57 @@ def _cut_strips(regions: tuple[tuple[slice, ...], ...], chunk):
     """Copies of the regions of one chunk that its neighbours need (a view would pin the
     whole chunk in memory and in transfers)."""
     return tuple(chunk[region].copy() for region in regions)
+
+
+def _read_strips(reader: RegionReader, reads, picks):
+    """A block's strips read from the store: each region in ``reads`` once, then every strip
+    copied out of the read that holds it (copies: a view would pin the whole read)."""
+    got = [reader(region) for region in reads]
+    return tuple(got[index][where].copy() for index, where in picks)
+
+
+def _strip_reads(regions, origin, size, depth, unit):
+    """What one block's strip task reads: the whole block, or each face band its neighbours
+    need, whichever decodes fewer stored units; and per strip, (read, slice within it).
+
+    ``regions`` are strips relative to the block (full slices on axes without an offset),
+    ``origin`` and ``size`` the block's place in the array, ``unit`` the stored unit shape.
+    """
+    spans = [
+        [(s.start or 0, size[a] if s.stop is None else s.stop) for a, s in enumerate(region)]
+        for region in regions
+    ]
+    faces = sorted(
+        {(a, lo == 0) for span in spans for a, (lo, hi) in enumerate(span) if hi - lo < size[a]}
+    )
+
+    def band(axis: int, low: bool) -> list[tuple[int, int]]:
+        cut = (0, depth[axis]) if low else (size[axis] - depth[axis], size[axis])
+        return [cut if a == axis else (0, n) for a, n in enumerate(size)]
+
+    def units(box) -> int:
+        return math.prod(
+            (o + hi - 1) // u - (o + lo) // u + 1 for (lo, hi), o, u in zip(box, origin, unit)
+        )
+
+    def holder(span, boxes) -> int | None:
+        inside = [all(b[0] <= lo and hi <= b[1] for (lo, hi), b in zip(span, box)) for box in boxes]
+        return inside.index(True) if True in inside else None
+
+    whole = [(0, n) for n in size]
+    boxes = [band(a, low) for a, low in faces]
+    # A strip as thick as the block on every axis with an offset lies in no band.
+    if sum(units(box) for box in boxes) >= units(whole) or any(
+        holder(span, boxes) is None for span in spans
+    ):
+        boxes = [whole]
+    picks = []
+    for span in spans:
+        index = holder(span, boxes)
+        box = boxes[index]
+        picks.append((index, tuple(slice(lo - b[0], hi - b[0]) for (lo, hi), b in zip(span, box))))
+    reads = tuple(tuple(slice(o + lo, o + hi) for (lo, hi), o in zip(box, origin)) for box in boxes)
+    return reads, tuple(picks)
 
 
 def _assemble(layout: _BlockLayout, chunk, *cuts):

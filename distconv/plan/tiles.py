@@ -22,6 +22,7 @@ Pure: the cluster is asked only when :func:`plan_tiles` gets no ``resources``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,12 +32,15 @@ from dask.utils import format_bytes
 
 from distconv.clusters.resources import Resources, budget_bytes
 from distconv.config import get_default
+from distconv.errors import DistconvError
 
 __all__ = [
+    "HALO_SOURCES",
     "MAX_HALO_OVERHEAD",
     "METHOD_TEMPORARIES",
     "TILES_PER_THREAD",
     "TilePlan",
+    "choose_halo_source",
     "group_chunks",
     "plan_tiles",
     "regular_grid",
@@ -76,6 +80,9 @@ class TilePlan:
     resources: Resources
     target_bytes: int
     reason: str  # what stopped the tile from growing, for describe()
+    # Where halos come from: "exchange" (strips cut from decoded neighbours, sent between
+    # tasks) or "store" (each tile's strips read again from the store: bounded memory).
+    halo_source: str = "exchange"
 
     # -- the tiles --
     @property
@@ -138,8 +145,14 @@ class TilePlan:
 
     @property
     def bytes_decoded(self) -> int:
-        """Bytes decoded from the input: each unit once (halos travel between tiles)."""
-        return self.operands * math.prod(self.shape) * self.dtype.itemsize
+        """Bytes decoded from the input: each unit once, and halo strips again when they are
+        read from the store."""
+        return int(self.decode_factor * self.operands * math.prod(self.shape) * self.dtype.itemsize)
+
+    @property
+    def decode_factor(self) -> float:
+        """Bytes decoded over the input's: 1 when halos are exchanged, more when read again."""
+        return self.strip_read_factor if self.halo_source == "store" else 1.0
 
     @property
     def halo_bytes(self) -> int:
@@ -154,20 +167,24 @@ class TilePlan:
         return total * self.dtype.itemsize
 
     @property
-    def reread_factor(self) -> float:
-        """Bytes decoded over the input's bytes if each task read its halo from the store
-        instead: every unit within ``depth`` of a tile is decoded again by that tile."""
-        per_axis = []  # the grid is a product of axes, so the factor is too
-        for grid, tiles, d in zip(self.grid, self.chunks, self.depth):
-            bounds = np.cumsum((0,) + grid)
-            total, edge = 0, 0
-            for tile in tiles:
-                first = max(0, int(np.searchsorted(bounds, edge - d, side="right")) - 1)
-                last = min(len(grid), int(np.searchsorted(bounds, edge + tile + d, side="left")))
-                total += int(bounds[last] - bounds[first])
-                edge += tile
-            per_axis.append(total / max(1, sum(tiles)))
-        return float(math.prod(per_axis))
+    def exchange_front_bytes(self) -> int:
+        """Decoded input an exchange of halos may hold at once: a slab of tiles, one tile deep
+        along the first axis, waits for the strips of the next slab (grows with the image)."""
+        slab = math.prod(len(axis) for axis in self.chunks[1:])
+        return self.operands * slab * math.prod(self.tile_shape) * self.dtype.itemsize
+
+    @property
+    def strip_read_factor(self) -> float:
+        """Bytes decoded over the input's bytes when halo strips are read from the store: each
+        tile once, and per tile the units of its faces (or the whole tile, if fewer) again."""
+        per_tile = [min(g, len(axis)) for g, axis in zip(self.groups, self.grid)]
+        whole = math.prod(per_tile)
+        faces = 0
+        for d, unit, n in zip(self.depth, self.unit_shape, per_tile):
+            if d:
+                deep = min(n, -(-d // max(1, unit)))  # units within d of one face
+                faces += 2 * deep * whole // n
+        return 1.0 + min(whole, faces) / whole if any(self.depth) else 1.0
 
     def describe(self) -> str:
         """Lines for ``--dry-run``: tiles, tasks, bytes, halo, peak memory."""
@@ -180,13 +197,20 @@ class TilePlan:
             f"{self.resources.parallel_tasks} task(s) at once",
             f"  bytes decoded:     {format_bytes(self.bytes_decoded)} "
             f"({'read by the tasks from the store' if self.from_store else 'from the graph'}, "
-            "1.00x the input)",
+            f"{self.decode_factor:.2f}x the input)",
         ]
-        if any(self.depth):
+        if any(self.depth) and self.halo_source == "store":
+            lines.append(
+                f"  halo:              depth {shape(self.depth)}, strips read again from the "
+                f"store: {self.strip_read_factor:.2f}x the input decoded, so memory stays "
+                f"flat (an exchange could hold {format_bytes(self.exchange_front_bytes)} of "
+                "tiles waiting for their neighbours)"
+            )
+        elif any(self.depth):
             lines.append(
                 f"  halo:              depth {shape(self.depth)}, exchanged between tiles: "
                 f"{format_bytes(self.halo_bytes)} of strips ({self.halo_overhead:.1%} per tile); "
-                f"reading it from the store instead would decode {self.reread_factor:.2f}x"
+                f"reading it from the store instead would decode {self.strip_read_factor:.2f}x"
             )
         fits = self.peak_task_bytes <= self.resources.memory_budget
         lines.append(
@@ -204,6 +228,7 @@ class TilePlan:
             "units_per_tile": self.units_per_tile,
             "tasks": self.tasks,
             "peak_task_bytes": self.peak_task_bytes,
+            "halo_source": self.halo_source,
         }
 
 
@@ -380,7 +405,7 @@ def plan_tiles(
         groups = grown
     groups_t = tuple(groups)
     layout = (shape, dtype, grid, groups_t, unit_kind, from_store)  # the first fields, in order
-    return TilePlan(
+    plan = TilePlan(
         *layout,
         depth=depth,
         compute_dtype=compute_dtype,
@@ -391,6 +416,38 @@ def plan_tiles(
         target_bytes=target,
         reason=reason,
     )
+    source = choose_halo_source(plan)
+    return plan if source == plan.halo_source else dataclasses.replace(plan, halo_source=source)
+
+
+HALO_SOURCES = ("auto", "exchange", "store")
+
+
+def choose_halo_source(plan: TilePlan) -> str:
+    """Where a plan's halos come from; config ``distconv.halo_source`` (auto, exchange, store).
+
+    ``auto`` exchanges strips between tiles (each unit decoded once) unless the exchange could
+    hold more decoded tiles waiting for their neighbours than the running tasks hold anyway
+    (``parallel_tasks x peak_task_bytes``): a slab of tiles grows with the image, so wide images
+    read their strips again from the store instead and memory stays flat. Only tiles that read
+    their own units from a store can do that; any other input exchanges.
+
+    Raises
+    ------
+    DistconvError
+        An unknown config value.
+    """
+    choice = str(get_default("halo_source")).lower()
+    if choice not in HALO_SOURCES:
+        raise DistconvError(
+            f"distconv.halo_source must be one of {', '.join(HALO_SOURCES)}, got {choice!r}"
+        )
+    if not any(plan.depth) or not plan.from_store or choice == "exchange":
+        return "exchange"
+    if choice == "store":
+        return "store"
+    running = plan.resources.parallel_tasks * plan.peak_task_bytes
+    return "store" if plan.exchange_front_bytes > running else "exchange"
 
 
 def _grow(groups, axis: int, count: int, accept) -> tuple[list[int] | None, set[str]]:
