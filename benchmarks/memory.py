@@ -60,6 +60,7 @@ def measure(size: int, kernel_size: int, chunk: int, workdir: Path, engine: str)
         "seconds": seconds,
         "generate_seconds": generated,
         "how": f"{step['method']}/{step['engine']}",
+        "halo": step["plan"]["halo_source"],
         "cluster": workers,
     }
 
@@ -103,7 +104,7 @@ def main(argv=None) -> list[dict]:
             print(
                 f"{size}²: peak {format_bytes(row['peak_total'])} (tree), "
                 f"{format_bytes(row['peak_process'])} (largest process), "
-                f"{row['seconds']:.1f} s",
+                f"{row['seconds']:.1f} s, halos {row['halo']}",
                 flush=True,
             )
 
@@ -117,13 +118,14 @@ def main(argv=None) -> list[dict]:
         f"Command: `python benchmarks/memory.py --sizes {args.sizes} --kernel {args.kernel} "
         f"--chunk {args.chunk}`.",
         "",
-        "| image | input | method/engine | peak, process tree | largest process | idle tree "
-        "| seconds | Mpx/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| image | input | method/engine | halos | peak, process tree | largest process "
+        "| idle tree | seconds | Mpx/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['size']}² | {format_bytes(row['input_bytes'])} | {row['how']} | "
+            f"{row['halo']} | "
             f"{format_bytes(row['peak_total'])} | {format_bytes(row['peak_process'])} | "
             f"{format_bytes(row['idle_total'])} | {row['seconds']:.1f} | "
             f"{row['size'] ** 2 / row['seconds'] / 1e6:.1f} |"

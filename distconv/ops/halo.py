@@ -63,7 +63,8 @@ def exchange_halos(
     strips_from : RegionReader, optional
         The store ``x`` reads (its blocks whole stored units): the strips a block sends are
         then read again from there by a task of their own instead of cut from the decoded
-        block, so no block waits in memory for its neighbours (``halo_source="store"``).
+        block, and each block reads its own units once its strips are ready, so no decoded
+        block waits in memory for its neighbours (``halo_source="store"``).
 
     Returns
     -------
@@ -118,11 +119,18 @@ def exchange_halos(
             task = (partial(_read_strips, strips_from, reads, picks),)
         graph[(cut_name,) + sender] = task
     for receiver, layout in layouts.items():
-        graph[(name,) + receiver] = (
-            partial(_assemble, layout),
-            (x.name,) + receiver,
-            *[(cut_name,) + sender for sender in senders[receiver]],
-        )
+        cuts = [(cut_name,) + sender for sender in senders[receiver]]
+        if strips_from is None:
+            graph[(name,) + receiver] = (partial(_assemble, layout), (x.name,) + receiver, *cuts)
+        else:
+            # The block reads its own units when its strips are ready: nothing decoded waits.
+            region = tuple(slice(o[i], o[i] + c[i]) for o, c, i in zip(origins, chunks, receiver))
+            graph[(name,) + receiver] = (
+                partial(_read_and_assemble, layout, strips_from, region),
+                *cuts,
+            )
+    # x stays a dependency even when no task reads its blocks: save() finds the input's store
+    # by its layer (refusing to overwrite it, recording provenance).
     hlg = HighLevelGraph.from_collections(name, graph, dependencies=[x])
     meta = array_module(x._meta).empty((0,) * x.ndim, dtype=dtype)
     return x, da.Array(hlg, name, grid.out_chunks(), meta=meta)
@@ -388,6 +396,11 @@ def _strip_reads(regions, origin, size, depth, unit):
         picks.append((index, tuple(slice(lo - b[0], hi - b[0]) for (lo, hi), b in zip(span, box))))
     reads = tuple(tuple(slice(o + lo, o + hi) for (lo, hi), o in zip(box, origin)) for box in boxes)
     return reads, tuple(picks)
+
+
+def _read_and_assemble(layout: _BlockLayout, reader: RegionReader, region, *cuts):
+    """:func:`_assemble` of a block read from the store here, once its strips have arrived."""
+    return _assemble(layout, reader(region), *cuts)
 
 
 def _assemble(layout: _BlockLayout, chunk, *cuts):
