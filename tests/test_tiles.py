@@ -104,11 +104,12 @@ def test_halo_strip_read_factor_and_describe():
 
 
 @pytest.mark.parametrize(
-    ("side", "expected"), [(8192, "exchange"), (16384, "exchange"), (32768, "store")]
+    ("side", "expected"), [(8192, "exchange"), (16384, "store"), (32768, "store")]
 )
 def test_wide_images_read_halos_from_the_store(side, expected):
-    """auto: an exchange's slab of waiting tiles (4, 8, 16 tiles of 16 MiB here) against what
-    two running tasks hold; beyond it, strips are read again and memory stays flat."""
+    """auto, one-chunk tiles (strips would be decoded twice): an exchange's slab of waiting
+    tiles (4, 8, 16 tiles of 16 MiB here) against half of what two running tasks hold (about
+    80 MiB); beyond it, strips are read again and memory stays flat."""
     plan = plan_tiles(
         (side, side),
         "f4",
@@ -121,6 +122,14 @@ def test_wide_images_read_halos_from_the_store(side, expected):
     assert plan.halo_source == expected
     assert ("read again from the store" in plan.describe()) == (expected == "store")
     assert plan.summary()["halo_source"] == expected
+
+
+def test_tiles_of_many_small_chunks_read_halos_from_the_store():
+    """auto: strips of 8x8-chunk tiles decode 1.5x the input, as cheap as an exchange."""
+    small = plan_tiles((4096, 4096), "f4", (256, 256), depth=(2, 2), resources=TWO_THREADS)
+    assert small.strip_read_factor == 1.5 and small.halo_source == "store"
+    volume = plan_tiles((512,) * 3, "u2", (64,) * 3, depth=(2,) * 3, resources=TWO_THREADS)
+    assert volume.strip_read_factor == 2.0 and volume.halo_source == "exchange"
 
 
 def test_halo_source_config():
