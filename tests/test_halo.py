@@ -120,17 +120,17 @@ def test_strips_read_from_the_store_equal_numpy_pad(tmp_path, seed):
 def test_strip_reads_decode_faces_or_the_whole_block():
     """The reads of one block's strips: face bands when they touch fewer stored units than the
     block, else the block once (never a unit read for each strip that touches it)."""
-    from distconv.ops.halo import _strip_reads
+    from distconv.ops.halo import strip_reads
 
     def regions(size, d):  # the 8 strips a 2-D block sends, relative to it
         cuts = {-1: slice(0, d), 0: slice(None), 1: slice(size - d, size)}
         return [(cuts[i], cuts[j]) for i in (-1, 0, 1) for j in (-1, 0, 1) if i or j]
 
     # One stored unit per block: read it once.
-    reads, picks = _strip_reads(regions(64, 2), (64, 128), (64, 64), (2, 2), (64, 64))
+    reads, picks = strip_reads(regions(64, 2), (64, 128), (64, 64), (2, 2), (64, 64))
     assert reads == ((slice(64, 128), slice(128, 192)),)
     assert picks[0] == (0, (slice(0, 2), slice(0, 2)))
     # 8x8 units per block, 1-sample halos: the four face bands, 28 units of 64 (corners twice).
-    reads, picks = _strip_reads(regions(64, 1), (0, 0), (64, 64), (1, 1), (8, 8))
+    reads, picks = strip_reads(regions(64, 1), (0, 0), (64, 64), (1, 1), (8, 8))
     assert len(reads) == 4 and all(index < 4 for index, _ in picks)
     assert sorted((r[0].stop - r[0].start) * (r[1].stop - r[1].start) for r in reads) == [64] * 4

@@ -371,3 +371,26 @@ def test_dry_run_says_where_halos_come_from(tmp_path):
             )
         assert result.exit_code == 0, result.output
         assert words in result.output
+
+
+def test_map_chunks_halos_read_from_the_store(tmp_path):
+    """map_chunks on a store with halo_source="store": the same blocks as an exchange, for two
+    operands read from stores, and ndimage's answer."""
+    rng = np.random.default_rng(12)
+    a, b = rng.random((90, 70), dtype=np.float32), rng.random((90, 70), dtype=np.float32)
+    store(tmp_path / "a.zarr", a, (10, 14))
+    store(tmp_path / "b.zarr", b, (10, 14))
+
+    def blur_sum(x, y):
+        return ndimage.uniform_filter(x, 5, mode="constant") + ndimage.uniform_filter(y, 5)
+
+    out = {}
+    for source in ("exchange", "store"):
+        with dask.config.set({**SMALL_TILES, "distconv.halo_source": source}):
+            x, y = dc.open(tmp_path / "a.zarr"), dc.open(tmp_path / "b.zarr")
+            z = dc.map_chunks(blur_sum, x, y, depth=2, boundary="reflect", dtype=np.float32)
+            assert step_of(z)["operation"] == "map_chunks"
+            out[source] = z.compute()
+    np.testing.assert_array_equal(out["store"], out["exchange"])
+    whole = ndimage.uniform_filter(a, 5, mode="reflect") + ndimage.uniform_filter(b, 5)
+    np.testing.assert_allclose(out["store"], whole, atol=1e-6)

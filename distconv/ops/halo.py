@@ -33,6 +33,7 @@ __all__ = [
     "normalize_boundary",
     "normalize_depth",
     "pad_in_place",
+    "strip_reads",
 ]
 
 
@@ -115,7 +116,7 @@ def exchange_halos(
         else:
             origin = tuple(int(o[i]) for o, i in zip(origins, sender))
             size = tuple(c[i] for c, i in zip(chunks, sender))
-            reads, picks = _strip_reads(regions, origin, size, depth, strips_from.unit)
+            reads, picks = strip_reads(regions, origin, size, depth, strips_from.unit)
             task = (partial(_read_strips, strips_from, reads, picks),)
         graph[(cut_name,) + sender] = task
     for receiver, layout in layouts.items():
@@ -354,7 +355,7 @@ def _read_strips(reader: RegionReader, reads, picks):
     return tuple(got[index][where].copy() for index, where in picks)
 
 
-def _strip_reads(regions, origin, size, depth, unit):
+def strip_reads(regions, origin, size, depth, unit):
     """What one block's strip task reads: the whole block, or each face band its neighbours
     need, whichever decodes fewer stored units; and per strip, (read, slice within it).
 

@@ -39,6 +39,7 @@ from distconv.io import as_dask_array
 from distconv.ops.halo import exchange_halos, normalize_boundary, normalize_depth
 from distconv.ops.tiling import as_tiles, same_tiles, store_grid, tile_plan_for
 from distconv.provenance import layout_of, remember_layout, remember_provenance
+from distconv.reading import region_reader
 
 #: Engines map_chunks can call a function with (the registry's); the first three call it
 #: directly.
@@ -134,11 +135,13 @@ def map_chunks(
             "cannot trim a halo on an axis the function drops; use depth 0 on that axis"
         )
 
+    from_store = False  # halo strips read again from the store (TilePlan.halo_source)
     if chunks is None and store_grid(first) is not None:
         # Tiles of whole stored chunks, as for convolve: fn sees larger blocks, fewer tasks.
         # Only for stores (and output chunks left to the probe): a dask array keeps the blocks
         # its author chose.
         plan = tile_plan_for(first, depth=depths, operands=len(xs))
+        from_store = plan.halo_source == "store"
         xs = [as_tiles(first, plan)] + [
             same_tiles(x, plan.chunks) if x.shape == first.shape else x for x in xs[1:]
         ]
@@ -150,13 +153,17 @@ def map_chunks(
     on_device = is_gpu_array(first)
     gpu_engine = kernels.is_gpu_engine(engine)
     keep_on_device = on_device or not gpu_engine
+
     # Merge thin chunks of the first array; the others follow its chunks exactly.
-    merged, haloed = exchange_halos(xs[0], depths, pad_mode, cval)
+    def reader(x):  # None for anything but an array fresh from its store (e.g. rechunked)
+        return region_reader(x) if from_store else None
+
+    merged, haloed = exchange_halos(xs[0], depths, pad_mode, cval, strips_from=reader(xs[0]))
     haloed_all = [haloed]
     for x in xs[1:]:
         if x.chunks != merged.chunks:
             x = x.rechunk(merged.chunks)
-        haloed_all.append(exchange_halos(x, depths, pad_mode, cval)[1])
+        haloed_all.append(exchange_halos(x, depths, pad_mode, cval, strips_from=reader(x))[1])
     in_chunks = merged.chunks
     # Sides that carry a halo in the block fn sees, per chunk, per axis (for trimming).
     halo_sides = tuple(
