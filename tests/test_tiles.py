@@ -104,19 +104,23 @@ def test_halo_strip_read_factor_and_describe():
 
 
 @pytest.mark.parametrize(
-    ("side", "expected"), [(8192, "exchange"), (16384, "store"), (32768, "store")]
+    ("side", "threads", "expected"),
+    [(8192, 2, "store"), (12288, 8, "exchange"), (16384, 2, "store"), (32768, 2, "store")],
 )
-def test_wide_images_read_halos_from_the_store(side, expected):
-    """auto, one-chunk tiles (strips would be decoded twice): an exchange's slab of waiting
-    tiles (4, 8, 16 tiles of 16 MiB here) against half of what two running tasks hold (about
-    80 MiB); beyond it, strips are read again and memory stays flat."""
+def test_wide_images_read_halos_from_the_store(side, threads, expected):
+    """auto, one-chunk tiles (strips would be decoded twice). 8192²: a slab of 4 of 16 tiles
+    leaves an exchange little to overlap. 12288² on 8 threads: 6 tiles of 16 MiB (96 MiB) are
+    within half of what 8 running tasks hold, so exchange. 16384² and 32768² on 2 threads: 8 and
+    16 tiles are more than half of what 2 running tasks hold (about 80 MiB), so memory stays
+    flat."""
+    resources = Resources(threads, 1, 2**30, f"test: {threads} threads")
     plan = plan_tiles(
         (side, side),
         "f4",
         (2048, 2048),
         depth=(4, 4),
         method_for=lambda tile: "direct",
-        resources=TWO_THREADS,
+        resources=resources,
     )
     assert plan.exchange_front_bytes == (side // 2048) * 2048 * 2048 * 4
     assert plan.halo_source == expected
@@ -128,8 +132,12 @@ def test_tiles_of_many_small_chunks_read_halos_from_the_store():
     """auto: strips of 8x8-chunk tiles decode 1.5x the input, as cheap as an exchange."""
     small = plan_tiles((4096, 4096), "f4", (256, 256), depth=(2, 2), resources=TWO_THREADS)
     assert small.strip_read_factor == 1.5 and small.halo_source == "store"
-    volume = plan_tiles((512,) * 3, "u2", (64,) * 3, depth=(2,) * 3, resources=TWO_THREADS)
-    assert volume.strip_read_factor == 2.0 and volume.halo_source == "exchange"
+    many = Resources(16, 1, 2**30, "test: 16 threads")
+    volume = plan_tiles((1024,) * 3, "u2", (64,) * 3, depth=(2,) * 3, resources=many)
+    assert volume.tasks == 128 and volume.strip_read_factor == 2.0  # 8x4x4 tiles of 16 MiB
+    assert volume.halo_source == "exchange"  # a slab (256 MiB) within what 16 tasks hold
+    small = plan_tiles((512,) * 3, "u2", (64,) * 3, depth=(2,) * 3, resources=TWO_THREADS)
+    assert small.tasks == 16 and small.halo_source == "store"  # 4x2x2: a slab is 4 of 16
 
 
 def test_halo_source_config():

@@ -424,23 +424,29 @@ def plan_tiles(
 HALO_SOURCES = ("auto", "exchange", "store")
 
 #: Decode factor up to which ``auto`` reads halo strips from the store regardless of memory.
-#: Side by side on 2 cores (exchange vs store, 4 alternating runs): 16384² float32 in 256²
-#: chunks (factor 1.5) 0.96x; 512³ uint16 in 64³/128³ chunks (2.0) 0.95x/0.92x; 8192² in 2048²
-#: chunks (2.0) 1.01x; 16384² in 2048² chunks (2.0) 1.21x.
+#: Store over exchange side by side on 2 cores (3 alternating runs each after a warm-up):
+#: 16384² float32 in 256² chunks (factor 1.5, 8x8 tiles) 0.96x; 512³ uint16 in 64³ and 128³
+#: chunks (2.0, 4x2x2 tiles) 0.95x and 0.92x; 8192² in 2048² chunks (2.0, 4x4) 1.01x; 16384²
+#: in 2048² chunks (2.0, 8x8) 1.21x.
 CHEAP_STRIP_READS = 1.5
 
 
 def choose_halo_source(plan: TilePlan) -> str:
     """Where a plan's halos come from; config ``distconv.halo_source`` (auto, exchange, store).
 
-    ``auto`` reads strips from the store when that decodes at most :data:`CHEAP_STRIP_READS`
-    times the input (tiles of many small chunks: measured as fast as exchanging, or faster,
-    since no tile waits for its neighbours), or when an exchange's slab of decoded tiles
-    waiting for their neighbours would exceed half of what the running tasks hold
-    (``parallel_tasks x peak_task_bytes``): the slab grows with the image's width, so memory
-    then stays flat at the price of decoding one-chunk tiles twice. Otherwise strips are
-    exchanged and each unit is decoded once. Only tiles that read their own units from a store
-    can read strips again; any other input exchanges.
+    ``auto`` reads strips from the store (no tile then waits for its neighbours' data):
+
+    - when that decodes at most :data:`CHEAP_STRIP_READS` times the input (tiles of many small
+      chunks);
+    - when a slab of tiles, one deep along the first axis, is a quarter of the tiles or more:
+      an exchange then waits for much of the image before tiles can finish, which costs as
+      much as decoding one-chunk tiles twice (measured: 4x4 and 4x2x2 tiles);
+    - when that slab of decoded tiles would exceed half of what the running tasks hold
+      (``parallel_tasks x peak_task_bytes``): it grows with the image's width, so memory stays
+      flat at the price of decoding one-chunk tiles twice.
+
+    Otherwise strips are exchanged and each unit is decoded once. Only tiles that read their
+    own units from a store can read strips again; any other input exchanges.
 
     Raises
     ------
@@ -456,7 +462,8 @@ def choose_halo_source(plan: TilePlan) -> str:
         return "exchange"
     if choice == "store":
         return "store"
-    if plan.strip_read_factor <= CHEAP_STRIP_READS:
+    slab = math.prod(len(axis) for axis in plan.chunks[1:])
+    if plan.strip_read_factor <= CHEAP_STRIP_READS or 4 * slab >= plan.tasks:
         return "store"
     running = plan.resources.parallel_tasks * plan.peak_task_bytes
     return "store" if plan.exchange_front_bytes > running / 2 else "exchange"
