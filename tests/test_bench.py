@@ -168,3 +168,28 @@ def test_contenders_warm_up_once_per_run():
         contenders = [Contender(name, (lambda name=name: calls.append(name))) for name in "ab"]
         run_alternating(contenders, repeats=1, warmed=warmed)
     assert calls == list("ab") + list("ab") + list("ab") and warmed == {"a", "b"}
+
+
+def test_halo_source_benchmark_times_both_sources(tmp_path):
+    """benchmarks/halo_source.py at a tiny size: both halo sources run and are timed."""
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "halo_source.py")
+    done = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--size",
+            "256",
+            "--chunk",
+            "64",
+            "--kernel",
+            "3",
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "exchange" in done.stdout and "store / exchange" in done.stdout
