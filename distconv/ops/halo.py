@@ -6,6 +6,10 @@ place). Per input chunk the graph has one task that cuts every strip its neighbo
 block waits on a handful of small transfers, not on one slicing task per neighbour and a
 concatenate plus a pad copy (``dask.array.overlap`` then ``numpy.pad``: about three times the
 tasks and two extra copies of every block).
+
+For blocks of a Zarr store the strips may instead be read again from the store
+(``strips_from``, chosen by :func:`distconv.plan.tiles.choose_halo_source`): then no decoded
+block waits for its neighbours, and memory does not grow with the image's width.
 """
 
 from __future__ import annotations
