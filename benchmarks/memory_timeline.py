@@ -12,32 +12,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import distconv as dc
-from distconv.bench.common import fresh, make_input
+from distconv.bench.common import PeakMemory, fresh, make_input
 from distconv.bench.convolve import kernel_for
-
-
-def sample(stop: threading.Event, client_peak: list[int], series: list[tuple[float, int]]):
-    """Every 50 ms: this process's RSS (the client and scheduler) and its children's largest."""
-    import psutil
-
-    me = psutil.Process(os.getpid())
-    while not stop.is_set():
-        sizes = []
-        for process in me.children(recursive=True):
-            try:
-                sizes.append(process.memory_info().rss)
-            except psutil.Error:  # a process that just ended
-                continue
-        client_peak[0] = max(client_peak[0], me.memory_info().rss)
-        series.append((time.perf_counter(), max(sizes, default=0)))
-        stop.wait(0.05)
 
 
 def main(argv=None) -> None:
@@ -50,19 +31,15 @@ def main(argv=None) -> None:
         with dc.cluster("local", quiet=True) as client:
             client.run(gc.collect)
             time.sleep(1.0)
-            client_peak, series = [0], []
-            stop = threading.Event()
-            thread = threading.Thread(target=sample, args=(stop, client_peak, series))
-            thread.start()
-            y = dc.convolve(dc.open(source), kernel_for(9))
-            dc.save(y, fresh(Path(tmp) / "out.zarr"), progress=False)
-            stop.set()
-            thread.join()
-    start = series[0][0]
-    for second in range(2, int(series[-1][0] - start) + 3, 2):
-        seen = [rss for at, rss in series if at - start <= second]
+            with PeakMemory() as memory:
+                y = dc.convolve(dc.open(source), kernel_for(9))
+                dc.save(y, fresh(Path(tmp) / "out.zarr"), progress=False)
+    timeline = memory.timeline
+    for second in range(2, int(timeline[-1][0]) + 3, 2):
+        seen = [worker for at, _, worker in timeline if at <= second]
         print(f"by {second:3d} s: largest worker's peak {max(seen) / 2**20:.0f} MiB")
-    print(f"client (and scheduler) peak {client_peak[0] / 2**20:.0f} MiB")
+    client = max(root for _, root, _ in timeline)
+    print(f"client (and scheduler) peak {client / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":

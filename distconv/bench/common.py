@@ -160,7 +160,8 @@ class PeakMemory:
     """Peak resident memory of this process and all its descendants (scheduler, workers).
 
     A thread samples ``psutil`` every ``interval`` seconds; ``peak_total`` is the largest sum
-    over the process tree, ``peak_process`` the largest single process.
+    over the process tree, ``peak_process`` the largest single process. ``timeline`` holds
+    every sample as (seconds since start, the root's RSS, the largest descendant's RSS).
     """
 
     def __init__(self, interval: float = 0.05, root: int | None = None):
@@ -168,6 +169,7 @@ class PeakMemory:
         self.root = root
         self.peak_total = 0
         self.peak_process = 0
+        self.timeline: list[tuple[float, int, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -183,6 +185,7 @@ class PeakMemory:
         import psutil
 
         root = psutil.Process(self.root)
+        start = time.perf_counter()
         while not self._stop.is_set():
             sizes = []
             for process in [root, *root.children(recursive=True)]:
@@ -192,6 +195,8 @@ class PeakMemory:
                     continue
             self.peak_total = max(self.peak_total, sum(sizes))
             self.peak_process = max(self.peak_process, max(sizes, default=0))
+            if sizes:
+                self.timeline.append((time.perf_counter() - start, sizes[0], max(sizes[1:] or [0])))
             self._stop.wait(self.interval)
 
 

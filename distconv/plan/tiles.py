@@ -168,11 +168,15 @@ class TilePlan:
         return total * self.dtype.itemsize
 
     @property
+    def slab_tiles(self) -> int:
+        """Tiles in a slab one tile deep along the first axis."""
+        return math.prod(len(axis) for axis in self.chunks[1:])
+
+    @property
     def exchange_front_bytes(self) -> int:
-        """Decoded input an exchange of halos may hold at once: a slab of tiles, one tile deep
-        along the first axis, waits for the strips of the next slab (grows with the image)."""
-        slab = math.prod(len(axis) for axis in self.chunks[1:])
-        return self.operands * slab * math.prod(self.tile_shape) * self.dtype.itemsize
+        """Decoded input an exchange of halos may hold at once: a slab of tiles waits for the
+        strips of the next slab (grows with the image's width)."""
+        return self.operands * self.slab_tiles * math.prod(self.tile_shape) * self.dtype.itemsize
 
     @property
     def strip_read_factor(self) -> float:
@@ -462,8 +466,7 @@ def choose_halo_source(plan: TilePlan) -> str:
         return "exchange"
     if choice == "store":
         return "store"
-    slab = math.prod(len(axis) for axis in plan.chunks[1:])
-    if plan.strip_read_factor <= CHEAP_STRIP_READS or 4 * slab >= plan.tasks:
+    if plan.strip_read_factor <= CHEAP_STRIP_READS or 4 * plan.slab_tiles >= plan.tasks:
         return "store"
     running = plan.resources.parallel_tasks * plan.peak_task_bytes
     return "store" if plan.exchange_front_bytes > running / 2 else "exchange"
