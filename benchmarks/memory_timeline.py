@@ -40,6 +40,11 @@ def main(argv=None) -> None:
         print(f"by {second:3d} s: largest worker's peak {max(seen) / 2**20:.0f} MiB")
     client = max(root for _, root, _ in timeline)
     print(f"client (and scheduler) peak {client / 2**20:.0f} MiB")
+    if memory.exact_process:
+        print(
+            f"kernel peaks (VmHWM): largest process {memory.exact_process / 2**20:.0f} MiB, "
+            f"sum over the tree {memory.exact_total_bound / 2**20:.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

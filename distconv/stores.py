@@ -105,15 +105,21 @@ def quiet_abandoned_store_reads() -> None:
 
     hook.distconv_quiet = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
-    # A failed chunk read leaves its sibling reads pending in zarr's event loop (its
-    # concurrent_map gathers without cancelling them); asyncio logs each such task as it is
-    # destroyed at exit.
+    # A failed read leaves its sibling reads in zarr's event loop (its concurrent_map gathers
+    # without cancelling them): asyncio logs each as it is destroyed, pending or with its own
+    # error never retrieved (a denied store fails all three metadata reads of zarr.open).
     logging.getLogger("asyncio").addFilter(_not_an_abandoned_zarr_task)
+
+
+_ABANDONED_TASK_REPORTS = (
+    "Task was destroyed but it is pending",
+    "Task exception was never retrieved",
+)
 
 
 def _not_an_abandoned_zarr_task(record: logging.LogRecord) -> bool:
     text = record.getMessage()
-    return not (text.startswith("Task was destroyed but it is pending") and _ZARR_CODE in text)
+    return not (text.startswith(_ABANDONED_TASK_REPORTS) and _ZARR_CODE in text)
 
 
 def is_url(path: str) -> bool:

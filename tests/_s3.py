@@ -7,6 +7,7 @@ again on the same port keeps the buckets (moto's backends live in this process).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -61,6 +62,28 @@ class S3Server:
 
         count = b"0" if enforce else b"inf"
         requests.post(f"{self.endpoint}/moto-api/reset-auth", data=count, timeout=10)
+
+    @contextlib.contextmanager
+    def denials(self):
+        """Collect the request lines the server answers with 403 while the block runs, for
+        a failing assertion to show which request was denied."""
+        lines: list[str] = []
+
+        class Denied(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                text = record.getMessage()
+                if '" 403 ' in text:
+                    lines.append(text.split('"')[1] if text.count('"') >= 2 else text)
+
+        server_log = logging.getLogger("werkzeug")
+        handler, level = Denied(logging.INFO), server_log.level
+        server_log.addHandler(handler)
+        server_log.setLevel(logging.INFO)
+        try:
+            yield lines
+        finally:
+            server_log.setLevel(level)
+            server_log.removeHandler(handler)
 
     def iam_user(self, name: str, actions: list[str]) -> tuple[str, str]:
         """A user allowed ``actions`` on every resource; returns its (key, secret)."""

@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from distconv.bench.common import Contender, run_alternating
+from distconv.bench.common import Contender, PeakMemory, run_alternating
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -193,3 +194,20 @@ def test_halo_source_benchmark_times_both_sources(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "exchange" in done.stdout and "store / exchange" in done.stdout
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux /proc only")
+def test_peak_memory_reads_the_kernels_peak_that_sampling_misses():
+    """A 256 MiB array held for a moment between two samples: the sampler sees nothing, the
+    kernel's high-water mark (reset on entry, so earlier allocations do not count) sees it."""
+    before = np.ones(2**29 // 8)  # a larger peak before the measurement starts
+    del before
+    with PeakMemory(interval=30) as memory:
+        time.sleep(0.2)  # after the sampler's first (and only) sample
+        held = np.ones(2**28 // 8)
+        del held
+    baseline = memory.timeline[0][1]
+    assert memory.peak_process < baseline + 2**26
+    assert memory.exact_process >= baseline + 2**28 - 2**24
+    assert memory.exact_process < baseline + 2**28 + 2**26  # the earlier peak was reset
+    assert memory.exact_total_bound >= memory.exact_process

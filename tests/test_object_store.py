@@ -257,19 +257,22 @@ def test_access_denied_is_one_line_and_writes_nothing(s3, bucket, tmp_path):
     nobody = s3.iam_user("nobody", ["iam:GetUser"])
     before = object_bytes(s3.filesystem(), name)
     env = s3_environment(tmp_path, credentials=False)
-    results = {}
+    results, denied = {}, {}
     s3.enforce_iam(True)
     try:
         for user, (key, secret) in (("reader", reader), ("nobody", nobody)):
-            results[user] = distconv(
-                "convolve", f"s3://{name}/in.zarr", "box:size=3", "-o", f"s3://{name}/o.zarr",
-                *_options(s3), "--storage-option", f"key={key}", "--storage-option",
-                f"secret={secret}", "--cluster", "threads", env=env,
-            )  # fmt: skip
+            with s3.denials() as denied[user]:
+                results[user] = distconv(
+                    "convolve", f"s3://{name}/in.zarr", "box:size=3", "-o",
+                    f"s3://{name}/o.zarr", *_options(s3), "--storage-option", f"key={key}",
+                    "--storage-option", f"secret={secret}", "--cluster", "threads", env=env,
+                )  # fmt: skip
     finally:
         s3.enforce_iam(False)
     assert results["reader"].returncode == 2
-    assert "cannot create output: access denied to write" in results["reader"].stderr
+    assert "cannot create output: access denied to write" in results["reader"].stderr, denied
+    assert not any("in.zarr" in line for line in denied["reader"]), denied
+    assert any("PUT /" in line and "/o.zarr/" in line for line in denied["reader"]), denied
     assert results["nobody"].returncode == 2
     assert "access denied to read" in results["nobody"].stderr
     for result in results.values():

@@ -49,3 +49,36 @@ def test_storage_options_and_secrets_in_command_lines():
         parse_storage_options(["no-equals-sign"])
     with pytest.raises(DistconvError, match="unknown storage protocol"):
         Location.parse("nosuchproto://bucket/x.zarr").zarr_store()
+
+
+_ABANDONED_READS = """
+import asyncio, gc
+from distconv.stores import quiet_abandoned_store_reads
+
+quiet_abandoned_store_reads()
+namespace = {}
+for folder in ("zarr", "elsewhere"):  # a coroutine of zarr's, and anyone else's
+    exec(compile("async def read():\\n    raise PermissionError('Forbidden')",
+                 f"/site-packages/{folder}/store.py", "exec"), namespace)
+
+    async def abandon(read=namespace["read"]):
+        asyncio.ensure_future(read())  # its error is never retrieved
+        await asyncio.sleep(0.01)
+
+    asyncio.run(abandon())
+    gc.collect()
+"""
+
+
+def test_errors_of_abandoned_zarr_reads_are_not_reported_after_the_one_line_error():
+    """zarr.open on a denied store fails three metadata reads at once and raises one; asyncio
+    would print the other two with their tracebacks, under the CLI's one-line error."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _ABANDONED_READS], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("Task exception was never retrieved") == 1
+    assert "/elsewhere/store.py" in result.stderr and "/zarr/store.py" not in result.stderr

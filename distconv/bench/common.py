@@ -162,6 +162,13 @@ class PeakMemory:
     A thread samples ``psutil`` every ``interval`` seconds; ``peak_total`` is the largest sum
     over the process tree, ``peak_process`` the largest single process. ``timeline`` holds
     every sample as (seconds since start, the root's RSS, the largest descendant's RSS).
+
+    Sampling misses peaks shorter than the interval, and a longer run takes more samples, so
+    its sampled peak is higher without anything growing. On Linux the kernel's own high-water
+    mark of each process (``VmHWM``, reset on entry through ``/proc/PID/clear_refs``) is read
+    on exit as well: ``exact_process`` is the largest process's true peak and
+    ``exact_total_bound`` the sum of every process's peak (at least the true total, since the
+    processes need not peak at once). Both are None where ``/proc`` cannot do this.
     """
 
     def __init__(self, interval: float = 0.05, root: int | None = None):
@@ -170,16 +177,37 @@ class PeakMemory:
         self.peak_total = 0
         self.peak_process = 0
         self.timeline: list[tuple[float, int, int]] = []
+        self.exact_process: int | None = None
+        self.exact_total_bound: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def __enter__(self) -> PeakMemory:
+        self._reset_high_water_marks()
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        marks = [_high_water_mark(pid) for pid in self._tree()]
+        if self._marks_reset and marks and None not in marks:
+            self.exact_process, self.exact_total_bound = max(marks), sum(marks)
+
+    def _tree(self) -> list[int]:
+        import psutil
+
+        root = psutil.Process(self.root)
+        return [root.pid, *(child.pid for child in root.children(recursive=True))]
+
+    def _reset_high_water_marks(self) -> None:
+        self._marks_reset = True
+        for pid in self._tree():
+            try:
+                with open(f"/proc/{pid}/clear_refs", "w") as handle:
+                    handle.write("5")  # 5: reset the peak RSS to the current RSS (proc(5))
+            except OSError:  # not Linux, or not allowed: the marks would date from start-up
+                self._marks_reset = False
 
     def _sample(self) -> None:
         import psutil
@@ -198,6 +226,18 @@ class PeakMemory:
             if sizes:
                 self.timeline.append((time.perf_counter() - start, sizes[0], max(sizes[1:] or [0])))
             self._stop.wait(self.interval)
+
+
+def _high_water_mark(pid: int) -> int | None:
+    """The kernel's peak resident set of ``pid`` in bytes (``VmHWM``), None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def machine() -> dict[str, object]:
