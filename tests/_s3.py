@@ -65,8 +65,11 @@ class S3Server:
 
     @contextlib.contextmanager
     def denials(self):
-        """Collect the request lines the server answers with 403 while the block runs, for
-        a failing assertion to show which request was denied."""
+        """Collect what the server answers with 403 while the block runs, for a failing
+        assertion to show which request was denied and why: the request lines, and moto's
+        reason (signature, unknown key, or policy) with the key and the action."""
+        from moto.iam.access_control import S3IAMRequest
+
         lines: list[str] = []
 
         class Denied(logging.Handler):
@@ -75,13 +78,32 @@ class S3Server:
                 if '" 403 ' in text:
                     lines.append(text.split('"')[1] if text.count('"') >= 2 else text)
 
+        def noting(reason: str, refuse):
+            def refused(request, *args):
+                key = request._headers.get("Authorization", "").partition("Credential=")[2]
+                lines.append(f"{reason}: {request._method} {request._path} "
+                             f"key={key.split('/')[0]} action={request._action}")  # fmt: skip
+                refuse(request, *args)
+
+            return refused
+
+        reasons = {
+            "_raise_signature_does_not_match": "signature does not match",
+            "_raise_invalid_access_key": "unknown access key",
+            "_raise_access_denied": "policy denies",
+        }
+        originals = {name: getattr(S3IAMRequest, name) for name in reasons}
         server_log = logging.getLogger("werkzeug")
         handler, level = Denied(logging.INFO), server_log.level
         server_log.addHandler(handler)
         server_log.setLevel(logging.INFO)
+        for name, reason in reasons.items():
+            setattr(S3IAMRequest, name, noting(reason, originals[name]))
         try:
             yield lines
         finally:
+            for name, original in originals.items():
+                setattr(S3IAMRequest, name, original)
             server_log.setLevel(level)
             server_log.removeHandler(handler)
 

@@ -253,7 +253,11 @@ def test_access_denied_is_one_line_and_writes_nothing(s3, bucket, tmp_path):
     """moto checks every request against IAM once asked to: a read-only user may read the
     input but not write the output; a user with no S3 rights may not read."""
     name, _ = bucket
-    reader = s3.iam_user("reader", ["s3:GetObject", "s3:ListBucket"])
+    # AWS authorises HeadObject as s3:GetObject and a listing as s3:ListBucket; moto 5.2.6
+    # checks the operation's own name instead, so the reader is granted both spellings.
+    reading = ["s3:GetObject", "s3:ListBucket"]
+    reading += ["s3:HeadObject", "s3:HeadBucket", "s3:ListObjectsV2", "s3:ListObjects"]
+    reader = s3.iam_user("reader", reading)
     nobody = s3.iam_user("nobody", ["iam:GetUser"])
     before = object_bytes(s3.filesystem(), name)
     env = s3_environment(tmp_path, credentials=False)
@@ -271,6 +275,7 @@ def test_access_denied_is_one_line_and_writes_nothing(s3, bucket, tmp_path):
         s3.enforce_iam(False)
     assert results["reader"].returncode == 2
     assert "cannot create output: access denied to write" in results["reader"].stderr, denied
+
     assert not any("in.zarr" in line for line in denied["reader"]), denied
     assert any("PUT /" in line and "/o.zarr/" in line for line in denied["reader"]), denied
     assert results["nobody"].returncode == 2
