@@ -69,7 +69,7 @@ def cuda_cluster(
     from dask_cuda import LocalCUDACluster
 
     try:
-        with chunk_job_settings():
+        with chunk_job_settings(threads_per_worker or 1):
             return LocalCUDACluster(
                 n_workers=workers or count,
                 threads_per_worker=threads_per_worker or 1,

@@ -104,31 +104,36 @@ def malloc_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
 
 
-@pytest.fixture
-def clean_malloc_environ(monkeypatch):
+def clean_malloc_environ(monkeypatch) -> None:
     """distributed copies the workers' pre-spawn variables into this process's environment,
     where they take precedence over the config for later clusters: start without them."""
     for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX"):
         monkeypatch.delenv(name, raising=False)
 
 
-def test_local_cluster_reuses_chunk_buffers_and_keeps_a_read_ready(clean_malloc_environ):
+def test_local_cluster_reuses_chunk_buffers_and_keeps_a_read_ready(monkeypatch):
+    clean_malloc_environ(monkeypatch)
     with dc.cluster("local", workers=1, quiet=True) as client:
         environs = list(client.run(malloc_environ).values())
         saturation = client.cluster.scheduler.WORKER_SATURATION
+    clean_malloc_environ(monkeypatch)
     assert environs == [
         {
             "MALLOC_TRIM_THRESHOLD_": str(32 * 2**20),
             "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
-            "MALLOC_ARENA_MAX": "2",
+            "MALLOC_ARENA_MAX": "1",
         }
     ]
     assert saturation == 2.5
+    with dc.cluster("local", workers=1, threads_per_worker=2, quiet=True) as client:
+        (arenas,) = client.run(lambda: os.environ["MALLOC_ARENA_MAX"]).values()
+    assert arenas == "2"  # one per computing thread
 
 
-def test_local_cluster_keeps_the_users_own_malloc_and_saturation_settings(clean_malloc_environ):
+def test_local_cluster_keeps_the_users_own_malloc_and_saturation_settings(monkeypatch):
     import dask
 
+    clean_malloc_environ(monkeypatch)
     with dask.config.set(
         {
             "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 4096,
