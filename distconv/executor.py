@@ -79,10 +79,39 @@ def compute_blocks(
                 if results is not None:
                     results.append(value)
                 advance()
-        except BaseException:  # a failed block or Ctrl-C: stop the rest on the workers
+        except BaseException as exc:  # a failed block or Ctrl-C: stop the rest on the workers
             client.cancel(futures)
+            if not isinstance(exc, KeyboardInterrupt):
+                _wait_for_running_blocks(client, blocks.name)
             raise
         return len(pieces)
+
+
+# A worker's states for a task whose function is still running, cancelled or not.
+_RUNNING = ("executing", "long-running", "cancelled", "resumed")
+
+
+def _wait_for_running_blocks(client, layer_name: str, timeout: float = 120.0) -> None:
+    """Return once no worker still runs a block of ``layer_name`` (or after ``timeout``).
+
+    Distributed cannot stop a task's function once it runs: a cancelled block still writes
+    its chunks, and one that lands after the error has reached the caller recreates an output
+    the caller has just removed (bad input leaves nothing behind). A block's task may be fused
+    with the layers before it; its key then ends with the block layer's name.
+    """
+
+    def running(dask_worker, name=layer_name) -> int:
+        tasks = dask_worker.state.tasks.values()
+        return sum(ts.state in _RUNNING and name in str(ts.key) for ts in tasks)
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not any(client.run(running).values()):
+                return
+        except Exception:  # the cluster itself is gone: nothing of it can write any more
+            return
+        time.sleep(0.05)
 
 
 def _compute_on_threads(pieces: list, counter: Callback) -> tuple:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 from conftest import distconv, one_stderr_line, tree_digest
@@ -105,3 +106,32 @@ def test_worker_logs_come_back_with_debug(folder):  # noqa: F811
     assert result.returncode != 0
     assert "Compute Failed" in result.stderr  # the worker's own report of the failed task
     assert "Traceback" in result.stderr
+
+
+def test_a_damaged_chunk_on_a_cluster_leaves_no_output_behind_running_blocks(tmp_path):
+    """The damaged chunk fails the job while the other worker is still writing its block:
+    distributed cannot stop that block, so save waits for it before removing the output, and
+    nothing lands in the output's place afterwards."""
+    import dask
+    import numpy as np
+    import zarr
+
+    import distconv as dc
+
+    data = np.random.default_rng(7).random((4096, 4096)).astype(np.float32)
+    zarr.create_array(str(tmp_path / "in.zarr"), data=data, chunks=(512, 512))
+    (tmp_path / "in.zarr" / "c" / "6" / "6").write_bytes(b"not a zstd frame")
+    weights = np.random.default_rng(8).random((31, 31))
+    out = tmp_path / "out.zarr"
+    with dask.config.set({"distconv.tile_size": "1MiB"}):  # 64 one-chunk tiles
+        with dc.cluster("local", workers=2, quiet=True) as client:
+            y = dc.convolve(dc.open(tmp_path / "in.zarr"), weights)
+            with pytest.raises(dc.DistconvError, match=r"\[3072:3584, 3072:3584\] cannot be read"):
+                dc.save(y, out, progress=False)
+            for _ in range(600):  # until the workers run nothing (what was running has landed)
+                busy = client.run(lambda dask_worker: len(dask_worker.state.executing))
+                if not any(busy.values()):
+                    break
+                time.sleep(0.05)
+            time.sleep(0.2)
+    assert not out.exists(), sorted(str(p.relative_to(out)) for p in out.rglob("*"))
