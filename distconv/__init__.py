@@ -23,13 +23,17 @@ from distconv.errors import (
     OutputError,
     WeightsRankError,
 )
-from distconv.io import info, open, save
+from distconv.io import info, open
 from distconv.ops.convolve import convolve, correlate
 from distconv.ops.deconvolve import richardson_lucy, wiener
 from distconv.ops.filter_plan import plan_convolve, plan_correlate
 from distconv.ops.map_chunks import map_chunks
 from distconv.ops.matmul import matmul
 from distconv.ops.multiply import multiply
+
+# Bound last: ``distconv.save`` is also the package of the save steps, and this name must be
+# the function (Python binds a subpackage's name on its parent only when first importing it).
+from distconv.save.steps import save
 from distconv.weights import load_weights
 
 __all__ = [

@@ -24,6 +24,7 @@ __all__ = [
     "JobFailed",
     "OutputError",
     "WeightsRankError",
+    "WorkersCannotSee",
 ]
 
 
@@ -62,6 +63,11 @@ class InputReadError(DistconvError):
 class InputValueError(InputReadError):
     """An input chunk holds values the operation refuses (e.g. negative counts for
     Richardson–Lucy); found while computing, handled as a damaged chunk."""
+
+
+class WorkersCannotSee(DistconvError):
+    """No worker of the cluster sees a store the job reads or writes (a local path on the
+    client's own disk, credentials only the client has): refused before any work."""
 
 
 class JobFailed(DistconvError):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import dask
 import dask.array as da
@@ -25,6 +27,8 @@ def compute_blocks(
     progress: bool | None = None,
     skip: Collection[tuple[int, ...]] = (),
     results: list | None = None,
+    resources: dict[str, float] | None = None,
+    watchers: Sequence[Callable[[Any], BaseException | None]] = (),
 ) -> int:
     """Compute the blocks of ``blocks`` (one small marker per block), showing progress.
 
@@ -46,6 +50,13 @@ def compute_blocks(
     results : list, optional
         Receives the value of each computed marker (in no particular order), e.g. the number
         of samples a writer clipped in its block.
+    resources : dict, optional
+        Resources every task of the job requires on a distributed client (the workers proved
+        to see its stores, :mod:`distconv.save.sight`), besides a GPU engine's.
+    watchers : sequence of callable, optional
+        Called with the client about twice a second while a distributed job runs (admit
+        workers that joined, notice lost ones); one that returns an exception stops the job
+        with it.
 
     Returns
     -------
@@ -72,19 +83,61 @@ def compute_blocks(
 
         # GPU-engine work goes to workers with a GPU resource; given at submission, it
         # survives graph fusion (see clusters/routing.py).
-        futures = client.compute(pieces, resources=submit_resources(blocks, client))
+        required = {**(submit_resources(blocks, client) or {}), **(resources or {})}
+        futures = client.compute(pieces, resources=required or None)
+        watch = _Watch(client, watchers, futures)
         try:
-            for future in as_completed(futures):
-                value = future.result()  # raises the task's own exception
-                if results is not None:
-                    results.append(value)
-                advance()
+            with watch:
+                for future in as_completed(futures):
+                    value = future.result()  # raises the task's own exception
+                    if results is not None:
+                        results.append(value)
+                    advance()
         except BaseException as exc:  # a failed block or Ctrl-C: stop the rest on the workers
             client.cancel(futures)
             if not isinstance(exc, KeyboardInterrupt):
                 _wait_for_running_blocks(client, blocks.name)
+            if watch.failure is not None:  # a watcher stopped the job: its reason, not the
+                raise watch.failure from None  # cancellation it caused
             raise
         return len(pieces)
+
+
+class _Watch:
+    """Calls the watchers from a thread of its own while the job's futures are awaited; the
+    first exception one returns is kept and the job's futures cancelled (which ends the wait)."""
+
+    interval = 0.5
+
+    def __init__(self, client, watchers, futures):
+        self.client, self.watchers, self.futures = client, list(watchers), futures
+        self.failure: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self):
+        if self.watchers:
+            self._thread = threading.Thread(target=self._run, name="distconv-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for watcher in self.watchers:
+                try:
+                    failure = watcher(self.client)
+                except Exception:  # a watcher that cannot look now looks again later
+                    failure = None
+                if failure is not None and not self._stop.is_set():
+                    self.failure = failure
+                    self.client.cancel(self.futures)
+                    return
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)  # a watcher waiting on a worker that hangs
+        return False
 
 
 # A worker's states for a task whose function is still running, cancelled or not.

@@ -1,19 +1,10 @@
-"""Zarr in and out: open lazily, save in whole stored chunks with provenance, describe a store.
-
-Output safety (docs/architecture.md): the output keeps the stored chunks (and shards) of what it
-was computed from unless told otherwise (:mod:`distconv.layout`), every task writes whole chunks
-(shards, or a pyramid tile covering whole chunks of every level) and none is written by two
-tasks; its attributes record what produced it, and ``complete`` becomes true only after the last
-one is written. Outputs may live on any fsspec store (:mod:`distconv.stores`).
-"""
+"""Zarr in: open lazily (local or an object store, plain or OME-Zarr, TIFF) and describe a
+store. Writing is :mod:`distconv.save`."""
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import math
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import dask.array as da
@@ -21,31 +12,19 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 
-from distconv._version import __version__
-from distconv.clipping import clipped_record
-from distconv.errors import DistconvError, InputReadError, JobFailed, one_line
-from distconv.executor import compute_blocks
-from distconv.layout import (
+from distconv.errors import DistconvError, one_line
+from distconv.ome import describe_image, image_level, image_of_array, multiscale_of
+from distconv.provenance import remember_layout, remember_source
+from distconv.reading import ChunkReader, RegionReader, read_pipeline, remember_store
+from distconv.save.layout import (
     array_layout,
     chunks_in_units,
-    default_format,
     planned_layout,  # noqa: F401 - part of io's API: the layout save() would write
     regular_chunks,  # noqa: F401 - its documented home was here
     units_written,
 )
-from distconv.ome import describe_image, image_level, image_of_array, multiscale_of, output_image
-from distconv.outputs import check_output_location, create_output
-from distconv.provenance import (
-    remember_layout,
-    remember_source,
-    saturating_cast_source,
-    sources,
-    steps,
-)
-from distconv.reading import ChunkReader, RegionReader, read_pipeline, remember_store
-from distconv.stores import Location, public_options, redact, remote_error, storage_failure
+from distconv.stores import Location, remote_error
 from distconv.tiff import describe_tiff, is_tiff, open_tiff
-from distconv.writing import image_record, plan_writes, reopen_for_resume
 
 ATTRS_KEY = "distconv"
 
@@ -207,209 +186,6 @@ def as_dask_array(input) -> da.Array:
     raise DistconvError(f"cannot use {type(input).__name__} as an array")
 
 
-def check_output_path(
-    path, inputs: Sequence[str], overwrite: bool, resume: bool = False, storage_options=None
-) -> None:
-    """Refuse an output that would destroy an input or an existing store.
-
-    ``path`` and ``inputs`` are local paths or URLs (a :class:`~distconv.stores.Location` is
-    taken as is). With ``resume`` an existing output is allowed (it must be a Zarr store;
-    :func:`save` checks its provenance); ``overwrite`` and ``resume`` exclude each other.
-    """
-    target = path if isinstance(path, Location) else Location.parse(path, storage_options)
-    check_output_location(target, target.shown, inputs, overwrite, resume)
-
-
-def save(
-    x,
-    path,
-    *,
-    overwrite: bool = False,
-    resume: bool = False,
-    zarr_format: int | None = None,
-    chunks=None,
-    shards=None,
-    attributes: dict[str, Any] | None = None,
-    progress: bool | None = None,
-    description: str = "writing",
-    storage_options: dict[str, Any] | None = None,
-    pyramid: int | None = None,
-    pyramid_method: str = "mean",
-    pyramid_axes: Sequence[str] | None = None,
-    ome: bool | None = None,
-) -> zarr.Array:
-    """Compute ``x`` and write it to a new Zarr array or OME-Zarr image at ``path``, tile by
-    tile.
-
-    Parameters
-    ----------
-    x : dask.array.Array or array_like
-        What to write; a lazy array is computed on the current Dask client (or threads).
-    path : str or os.PathLike
-        A new local directory or an fsspec URL (``s3://bucket/out.zarr``). An existing store is
-        replaced only with ``overwrite=True``, and only if it is a Zarr store; the inputs of
-        ``x`` are never written.
-    overwrite : bool
-        Replace an existing Zarr store at ``path``.
-    resume : bool
-        Finish an interrupted :func:`save` of the same job: the output at ``path`` is reopened,
-        its recorded provenance (inputs, operations and their parameters, weights hash, shape,
-        dtype, chunks, shards, pyramid; not the engine or method) must match ``x``, and only
-        the tiles with chunks (shards, pyramid tiles) not yet written are computed; only those
-        are written. Without an output at ``path`` this is a plain save.
-    zarr_format : {2, 3}, optional
-        Default: the format of the Zarr store ``x`` was read from (NGFF 0.4 is Zarr v2, 0.5
-        is v3), else 3.
-    chunks : int, sequence of int or str, optional
-        Chunk shape of the output (-1: a whole axis). Default: the stored chunks of the array
-        ``x`` was computed from (as :func:`open` read it), else the Dask chunks of ``x``.
-    shards : int, sequence of int, str or False, optional
-        Shard shape (Zarr format 3, whole multiples of the chunks): far fewer files for small
-        chunks. Default: the shards of the array ``x`` was computed from when its chunks are
-        kept, else none; False: not sharded. Not with a pyramid.
-    attributes : dict, optional
-        Extra provenance to record under ``attrs["distconv"]``.
-    progress : bool, optional
-        Show a progress bar (default from config ``distconv.progress``).
-    description : str
-        Label of the progress bar.
-    storage_options : dict, optional
-        fsspec options for a URL (endpoint, credentials); recorded without secrets.
-    pyramid : int, optional
-        Write an OME-Zarr image with this many levels (level 0 the result), each computed from
-        the tile its task holds: no second read of the result.
-    pyramid_method : {'mean', 'nearest'}
-        2× local mean (images) or first sample (labels) per halved axis, stated in the image's
-        metadata.
-    pyramid_axes : sequence of str, optional
-        Axes halved per level; default the space axes other than ``z``.
-    ome : bool, optional
-        Write an OME-Zarr image (default: when ``x`` was read from one, or with a pyramid).
-
-    Returns
-    -------
-    zarr.Array
-        The written array (level 0 of an image), with ``attrs["distconv"]["complete"] == True``.
-
-    Raises
-    ------
-    OutputError
-        The output is unsafe, cannot be created, or (resume) records a different job.
-    InputReadError
-        A chunk of an input cannot be read; an output created by this call is removed.
-    JobFailed
-        Writing failed (disk full, read-only, a store unreachable, a worker lost): the output
-        stays partial, never marked complete, and ``resume=True`` finishes it.
-
-    Notes
-    -----
-    Every task writes a block of whole chunks (shards; with a pyramid, a tile covering whole
-    chunks of every level), and no chunk (shard) is written by two tasks. Each is one object
-    written atomically (the local store writes a temporary file and renames it; an object
-    store's PUT is atomic), so an object that exists is complete: resume needs no other record.
-    """
-    location = Location.parse(path, storage_options)
-    x = as_dask_array(x)
-    unclipped = saturating_cast_source(x)  # integer filter output: written from its floats
-    read = sources(x)
-    # An image's other levels are the input too: nothing is written inside an input image.
-    protected = [s["path"] for s in read] + [s["image"] for s in read if s.get("image")]
-    check_output_path(location, protected, overwrite, resume)
-    image = output_image(
-        read,
-        x.shape,
-        pyramid=pyramid,
-        method=pyramid_method,
-        axes_to_halve=pyramid_axes,
-        ome=ome,
-        zarr_format=zarr_format,
-    )
-    zarr_format = zarr_format or (image.zarr_format if image else default_format(x))
-    plan = plan_writes(x, unclipped, chunks, shards, zarr_format, image)
-    x = plan.x
-
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    record = _jsonable(
-        {
-            "version": __version__,
-            "created": now,
-            "inputs": [s["path"] for s in read],
-            "steps": steps(x),
-            "shape": list(x.shape),
-            "dtype": str(x.dtype),
-            "chunks": list(plan.layout.chunks),
-            **({"shards": list(plan.layout.shards)} if plan.layout.shards else {}),
-            **image_record(image),
-            **({"storage_options": public_options(storage_options)} if storage_options else {}),
-            **(attributes or {}),
-            "complete": False,
-        }
-    )
-    created = not (resume and location.exists())
-    if created:
-        location.remove()  # an output being replaced (--overwrite); missing is fine
-        targets = create_output(
-            location,
-            x.shape,
-            x.dtype,
-            plan.tiling,
-            zarr_format,
-            {ATTRS_KEY: record},
-            image,
-            shards=plan.layout.shards,
-        )
-        done: set[tuple[int, ...]] = set()
-    else:
-        targets, record, done = reopen_for_resume(location, x, record, plan, image, ATTRS_KEY)
-        record.setdefault("resumed", []).append(
-            {
-                "at": now,
-                "chunks_already_written": len(done),
-                "chunks_total": plan.units_total(),
-                "unit": plan.unit_name,
-                "tasks": math.prod(x.numblocks),
-                **(attributes or {}),
-            }
-        )
-        targets[0].attrs.update({ATTRS_KEY: _jsonable(record)})
-
-    # The array objects travel with each task: reopening the store per block costs a metadata
-    # read (~5 ms) per chunk. Each task casts (integer output from its floats), counts the
-    # clipped samples and writes its whole units (every level of a pyramid tile).
-    written, skip = plan.writes(targets, done)
-    shown = location.shown
-    counts: list = []
-    try:
-        compute_blocks(
-            written, description=description, progress=progress, skip=skip, results=counts
-        )
-    except InputReadError:
-        if created:  # bad input, not a failed write: leave nothing behind
-            location.remove()
-        raise
-    except Exception as exc:
-        if storage_failure(exc):
-            raise JobFailed(
-                f"writing {shown} failed ({redact(one_line(exc))}); the output is partial, "
-                "not marked complete: fix the cause and rerun with --resume (resume=True)"
-            ) from exc
-        if type(exc).__name__ != "KilledWorker":  # distributed's; not imported unless used
-            raise
-        raise JobFailed(
-            f"a Dask worker died while computing {shown} ({one_line(exc)}); the "
-            "output is partial, not marked complete: rerun with --resume "
-            "(resume=True), with more memory per worker if it was killed for "
-            "memory"
-        ) from exc
-    if unclipped is not None:
-        counted, total = plan.chunks_counted(done)
-        record["clipped"] = clipped_record(record.get("clipped"), counts, counted, total, x.dtype)
-    record["complete"] = True
-    record["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    targets[0].attrs.update({ATTRS_KEY: _jsonable(record)})
-    return targets[0]
-
-
 def info(path, *, level: int | None = None, storage_options=None) -> dict[str, Any]:
     """Describe a stored array: shape, dtype, chunks, codecs, bytes, provenance, completeness.
 
@@ -474,18 +250,3 @@ def _chunks_initialized(array: zarr.Array, location: Location, image: dict | Non
 def _codec_name(codec) -> str:
     text = repr(codec)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _jsonable(value):
-    """Attributes are JSON: turn NumPy scalars, tuples and arrays into plain values."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.dtype):
-        return str(value)
-    return value

@@ -349,7 +349,7 @@ def group_attributes(image: OutputImage, paths: Sequence[str]) -> dict[str, Any]
         multiscale["metadata"] = {
             "description": f"2x {'local mean' if image.method == 'mean' else 'nearest sample'} "
             f"per level along {halved}, written with level 0 in one pass by distconv",
-            "method": f"distconv.pyramid.downsample_{image.method}",
+            "method": f"distconv.save.pyramid.downsample_{image.method}",
             "kwargs": {"factor": 2, "axes": [image.axes[i]["name"] for i in image.downsampled]},
         }
     if image.version == "0.4":

@@ -11,7 +11,7 @@ from dask.array.core import getter
 
 from distconv.config import get_default
 from distconv.errors import DistconvError, InputReadError, one_line
-from distconv.layout import tile_units
+from distconv.save.layout import tile_units
 from distconv.stores import redact, storage_failure
 
 __all__ = [

@@ -13,6 +13,7 @@ message and recorded command line, and provenance records only :func:`public_opt
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -347,6 +348,46 @@ class Location:
         fs.invalidate_cache(root)
         prefix = root.rstrip("/") + "/"
         return {p[len(prefix) :] for p in fs.find(root) if p.startswith(prefix)}
+
+    def fingerprint(self, key: str, limit: int = 1 << 20) -> str | None:
+        """SHA-256 of the object ``key`` under this location (its size and first ``limit``
+        bytes), or None when there is no such object: what a worker compares with what the
+        client read to prove it sees the same store."""
+        try:
+            if not self.remote:
+                path = os.path.join(self.url, *key.split("/"))
+                with open(path, "rb") as handle:
+                    head = handle.read(limit)
+                size = os.path.getsize(path)
+            else:
+                fs, root = self.filesystem()
+                path = f"{root.rstrip('/')}/{key}"
+                size = int(fs.size(path))
+                head = fs.cat_file(path, start=0, end=min(size, limit)) if size else b""
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return hashlib.sha256(str(size).encode() + b":" + head).hexdigest()
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write the object ``key`` under this location (parents created)."""
+        if not self.remote:
+            path = os.path.join(self.url, *key.split("/"))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as handle:
+                handle.write(data)
+            return
+        fs, root = self.filesystem()
+        fs.pipe_file(f"{root.rstrip('/')}/{key}", data)
+
+    def delete(self, key: str) -> None:
+        """Delete the object ``key`` under this location (missing is fine)."""
+        if not self.remote:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(self.url, *key.split("/")))
+            return
+        fs, root = self.filesystem()
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(f"{root.rstrip('/')}/{key}")
 
     def remove(self) -> None:
         """Delete everything at or under this location (missing is fine)."""

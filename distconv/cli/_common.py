@@ -308,13 +308,13 @@ class JobOptions:
     def layout(self, y):
         """The layout ``y`` would be written with (``--chunks``, ``--shards``); a bad one fails
         here, before any cluster starts."""
-        from distconv.layout import planned_layout
+        from distconv.save.layout import planned_layout
 
         return planned_layout(y, self.out_chunks, shards_argument(self.out_shards))
 
     def check_output(self, output: str, sources: Sequence[str]) -> None:
         """Refuse an ``output`` that is one of ``sources`` or in the way (before any cluster)."""
-        from distconv.io import check_output_path
+        from distconv.save.steps import check_output_path
 
         if self.pyramid_axes is not None and self.pyramid is None:
             raise DistconvError("--pyramid-axes needs --pyramid")

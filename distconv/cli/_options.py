@@ -92,7 +92,7 @@ def shards_argument(text: str | None):
 
 def output_text(output: str, layout, shape) -> str:
     """The ``--dry-run`` line about the output: its chunks, shards and writers."""
-    from distconv.layout import count_units
+    from distconv.save.layout import count_units
 
     units = count_units(shape, layout)
     chunks = "×".join(map(str, layout.chunks))

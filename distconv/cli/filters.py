@@ -107,7 +107,7 @@ def _filter_job(
 
 def _clipped_note(produced: dict, input_dtype) -> str:
     """``; 12 samples clipped ... (pass --dtype float32 to keep them)``, or nothing."""
-    from distconv.clipping import describe_clipped
+    from distconv.save.clipping import describe_clipped
 
     clipped = produced.get("clipped")
     if not clipped or not clipped["samples"]:

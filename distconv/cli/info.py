@@ -8,7 +8,7 @@ import click
 
 from distconv import kernels
 from distconv.cli._common import store_options
-from distconv.clipping import describe_clipped
+from distconv.save.clipping import describe_clipped
 
 
 @click.command("info")

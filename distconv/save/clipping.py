@@ -4,9 +4,9 @@ scipy.ndimage wraps an integer result that does not fit its dtype (600 in uint8 
 saturates it (255) and counts how many samples it clipped. The count needs the float result,
 so :func:`distconv.save` writes a filter's integer output from its float intermediate
 (:func:`distconv.provenance.saturating_cast_source`): the tile writers cast each unit with
-:func:`cast_units` (a pyramid's write task, :func:`distconv.pyramid.write_tile`, casts its tile,
-counts the clipped samples and writes every level); ``save`` sums the per-tile counts and records
-them under ``attrs["distconv"]["clipped"]``.
+:func:`cast_units` (a pyramid's write task, :func:`distconv.save.pyramid.write_tile`, casts its
+tile, counts the clipped samples and writes every level); ``save`` sums the per-tile counts and
+records them under ``attrs["distconv"]["clipped"]``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ __all__ = ["cast_units", "clipped_record", "describe_clipped"]
 def cast_units(pieces: list[tuple[Any, Any]], out_dtype) -> tuple[list[tuple[Any, Any]], int]:
     """Cast float units to the integer ``out_dtype`` (saturating) and count the samples clipped.
 
-    The tile writer (:class:`distconv.layout.TileWriter`) calls this on the whole units it
+    The tile writer (:class:`distconv.save.layout.TileWriter`) calls this on the whole units it
     writes, so a resumed job counts exactly the units it writes.
 
     Parameters

@@ -1,10 +1,10 @@
 """How :func:`distconv.save` cuts a result into write tasks, and how it resumes one.
 
 Without a pyramid the output keeps its layout's stored chunks (shards) and one
-:class:`distconv.layout.TileWriter` task writes each tile of whole units
-(:func:`distconv.layout.write_tiles`). With a pyramid a task writes one tile of
-:func:`distconv.pyramid.tiling_for` (whole level-0 chunks × ``2**(levels - 1)`` on the halved
-axes) into every level (:func:`distconv.pyramid.write_tile`). Either way an object that exists
+:class:`distconv.save.layout.TileWriter` task writes each tile of whole units
+(:func:`distconv.save.layout.write_tiles`). With a pyramid a task writes one tile of
+:func:`distconv.save.pyramid.tiling_for` (whole level-0 chunks × ``2**(levels - 1)`` on the halved
+axes) into every level (:func:`distconv.save.pyramid.write_tile`). Either way an object that exists
 is finished, which is what resume looks for.
 """
 
@@ -18,7 +18,7 @@ import dask.array as da
 import numpy as np
 
 from distconv.errors import DistconvError, OutputError
-from distconv.layout import (
+from distconv.save.layout import (
     Layout,
     aligned_chunks,
     array_layout,
@@ -28,11 +28,11 @@ from distconv.layout import (
     units_written,
     write_tiles,
 )
-from distconv.outputs import check_same_image, check_same_job, level_paths, open_output_levels
-from distconv.pyramid import Tiling, finished_tiles, tiling_for, write_tile
+from distconv.save.outputs import check_same_image, check_same_job, level_paths, open_output_levels
+from distconv.save.pyramid import Tiling, finished_tiles, tiling_for, write_tile
 from distconv.stores import Location
 
-__all__ = ["WritePlan", "image_record", "plan_writes", "reopen_for_resume"]
+__all__ = ["WritePlan", "image_record", "plan_writes", "reopen_for_resume", "units_found"]
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def plan_writes(x: da.Array, unclipped, chunks, shards, zarr_format: int, image)
     Raises
     ------
     DistconvError
-        Shards asked for with a pyramid, or a layout :func:`distconv.layout.output_layout`
+        Shards asked for with a pyramid, or a layout :func:`distconv.save.layout.output_layout`
         refuses.
     """
     levels = image.levels if image is not None else 1
@@ -174,9 +174,14 @@ def reopen_for_resume(
             )
     check_same_job(path, old, record)
     location.remove_interrupted_writes()
+    return targets, old, units_found(location, array, plan, image)
+
+
+def units_found(location: Location, array, plan: WritePlan, image) -> set[tuple[int, ...]]:
+    """Grid indices of the write units whose objects exist where this process reads the
+    output (pyramid tiles whose level-0 chunks all exist, else chunks or shards): what resume
+    skips and what the check before sealing counts."""
     keys = location.child(level_paths(image)[0]).keys()
     if plan.pyramid:
-        done = finished_tiles(keys, array.metadata.encode_chunk_key, plan.tiling, x.shape)
-    else:
-        done = units_written(keys, array, plan.layout)
-    return targets, old, done
+        return finished_tiles(keys, array.metadata.encode_chunk_key, plan.tiling, plan.x.shape)
+    return units_written(keys, array, plan.layout)

@@ -1,6 +1,6 @@
 """The store :func:`distconv.save` writes: a bare Zarr array, or an OME-Zarr image with levels.
 
-Created before any task runs, with every level's chunk shape fixed (:mod:`distconv.pyramid`),
+Created before any task runs, with every level's chunk shape fixed (:mod:`distconv.save.pyramid`),
 and reopened for ``resume``. Provenance lives in the attributes of the level-0 array (the
 array itself when bare), as for every distconv output.
 """
@@ -14,7 +14,7 @@ import zarr
 
 from distconv.errors import OutputError, one_line
 from distconv.ome import OutputImage, group_attributes, multiscale_of
-from distconv.pyramid import Tiling, level_shapes
+from distconv.save.pyramid import Tiling, level_shapes
 from distconv.stores import Location, bucket_missing, remote_error, storage_failure
 
 __all__ = [
@@ -101,7 +101,7 @@ def create_output(
 def check_output_location(
     target: Location, shown: str, inputs: Sequence[str], overwrite: bool, resume: bool
 ) -> None:
-    """:func:`distconv.io.check_output_path` for a parsed location (``shown`` in messages).
+    """:func:`distconv.save.steps.check_output_path` for a parsed location (``shown`` in messages).
 
     Raises
     ------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +23,9 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from distconv.backend import to_numpy
-from distconv.clipping import cast_units
 from distconv.errors import DistconvError
 from distconv.provenance import layout_of, sources
+from distconv.save.clipping import cast_units
 from distconv.stores import redact, storage_failure
 
 __all__ = [
@@ -200,7 +200,7 @@ def planned_layout(x, chunks=None, shards=None, zarr_format: int | None = None) 
 
     Returns
     -------
-    distconv.layout.Layout
+    distconv.save.layout.Layout
 
     Raises
     ------
@@ -250,7 +250,7 @@ class TileWriter:
     ``missing`` is None to write the whole tile in one call (Zarr encodes and stores its units
     concurrently), or the grid indices of the units still to write (a resumed job).
     ``out_dtype`` (integer output of a filter, written from its float result) casts each unit
-    to that dtype, saturating, and counts the samples clipped (:mod:`distconv.clipping`).
+    to that dtype, saturating, and counts the samples clipped (:mod:`distconv.save.clipping`).
     """
 
     def __init__(self, target, region: tuple[slice, ...], unit, missing=None, out_dtype=None):
@@ -384,11 +384,41 @@ def units_written(stored: set[str], array, layout: Layout) -> set[tuple[int, ...
     keys under the array (:meth:`distconv.stores.Location.keys`, local or an object store)."""
     if len(stored) <= 1:  # only metadata
         return set()
-    return {
-        index
-        for index in np.ndindex(*layout.grid(array.shape))
-        if array.metadata.encode_chunk_key(index) in stored
-    }
+    grid = layout.grid(array.shape)
+    parse = _chunk_key_parser(array.metadata)
+    if parse is None or not grid:  # an encoding we cannot read backwards: ask of every unit
+        return {
+            index for index in np.ndindex(*grid) if array.metadata.encode_chunk_key(index) in stored
+        }
+    # One pass over the keys, not over the grid: millions of units are checked in seconds.
+    found = set()
+    for key in stored:
+        index = parse(key)
+        if index is not None and len(index) == len(grid) and all(map(int.__lt__, index, grid)):
+            found.add(index)
+    return found
+
+
+def _chunk_key_parser(metadata) -> Callable[[str], tuple[int, ...] | None] | None:
+    """The inverse of ``metadata.encode_chunk_key`` for Zarr's two standard key encodings
+    (None for another): a key → the grid index it names, or None for any other object."""
+    encoding = getattr(metadata, "chunk_key_encoding", None)
+    if encoding is None:  # Zarr v2
+        prefix, separator = "", getattr(metadata, "dimension_separator", None) or "."
+    elif getattr(encoding, "name", None) == "default":
+        prefix, separator = "c" + encoding.separator, encoding.separator
+    elif getattr(encoding, "name", None) == "v2":
+        prefix, separator = "", encoding.separator
+    else:
+        return None
+
+    def parse(key: str) -> tuple[int, ...] | None:
+        if not key.startswith(prefix):
+            return None
+        parts = key[len(prefix) :].split(separator)
+        return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
+
+    return parse
 
 
 def _target_id(target) -> str:
