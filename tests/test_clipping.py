@@ -18,7 +18,7 @@ import zarr
 from scipy import ndimage
 
 import distconv as dc
-from distconv.clipping import describe_clipped
+from distconv.save.clipping import describe_clipped
 
 DISTCONV = os.path.join(os.path.dirname(sys.executable), "distconv")
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from distconv.pyramid import downsample, level_shapes, tiling_for, write_tile
+from distconv.save.pyramid import downsample, level_shapes, tiling_for, write_tile
 from tests._images import mean_halved
 
 
