@@ -15,7 +15,13 @@ from dask.base import tokenize
 from distconv.errors import DistconvError, one_line
 from distconv.ome import describe_image, image_level, image_of_array, multiscale_of
 from distconv.provenance import remember_layout, remember_source
-from distconv.reading import ChunkReader, RegionReader, read_pipeline, remember_store
+from distconv.reading import (
+    ChunkReader,
+    MissingChunksAreErrors,
+    RegionReader,
+    read_pipeline,
+    remember_store,
+)
 from distconv.save.layout import (
     array_layout,
     chunks_in_units,
@@ -85,6 +91,8 @@ def open(
             f"{location.shown} is a partial distconv output (not every chunk was written); "
             "finish it with --resume, or open it with allow_partial=True"
         )
+    if isinstance(produced, dict) and produced.get("complete"):
+        array = _missing_chunks_are_errors(array)
     where = location.child(image["path"]) if image and "path" in image else location
     layout = array_layout(array)
     x = _from_zarr(array, where.url, chunks or layout.unit)
@@ -119,6 +127,13 @@ def _open_level(location: Location, level: int | None) -> tuple[zarr.Array, dict
         with contextlib.suppress(Exception):  # no readable group above: a plain array
             group = zarr.open_group(parent.zarr_store(), mode="r")
     return node, image_of_array(group, location.name, parent.url if parent else "", node.shape)
+
+
+def _missing_chunks_are_errors(array: zarr.Array) -> zarr.Array:
+    """The same array read through :class:`MissingChunksAreErrors`: every unit of a complete
+    distconv output was written and checked, so one missing later is damage, not zeros."""
+    with zarr.config.set(read_pipeline()):
+        return zarr.open_array(store=MissingChunksAreErrors(array.store), path=array.path, mode="r")
 
 
 def _from_zarr(array: zarr.Array, path: str, chunks) -> da.Array:

@@ -8,6 +8,7 @@ import importlib.util
 import dask.array as da
 import zarr
 from dask.array.core import getter
+from zarr.storage import WrapperStore
 
 from distconv.config import get_default
 from distconv.errors import DistconvError, InputReadError, one_line
@@ -16,6 +17,8 @@ from distconv.stores import redact, storage_failure
 
 __all__ = [
     "ChunkReader",
+    "MissingChunk",
+    "MissingChunksAreErrors",
     "RegionReader",
     "damaged_chunk",
     "read_pipeline",
@@ -80,6 +83,32 @@ def damaged_chunk(array: zarr.Array, index: tuple, error: Exception) -> tuple[st
         except Exception as exc:
             return text(region), exc
     return text(index), error
+
+
+class MissingChunk(LookupError):
+    """A chunk a complete distconv output must hold is not in its store."""
+
+
+_METADATA = ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata")
+
+
+class MissingChunksAreErrors(WrapperStore):
+    """A store in which a missing chunk raises :class:`MissingChunk` instead of reading as the
+    fill value: how a complete distconv output is read (every unit was written, so a missing
+    one is damage, not zeros). Plain Zarr arrays keep Zarr's meaning."""
+
+    async def get(self, key, prototype, byte_range=None):
+        found = await self._store.get(key, prototype, byte_range)
+        if found is None and key.rsplit("/", 1)[-1] not in _METADATA:
+            raise MissingChunk(f"chunk {key} is missing from a complete distconv output")
+        return found
+
+    async def get_partial_values(self, prototype, key_ranges):
+        found = await self._store.get_partial_values(prototype, key_ranges)
+        for value, (key, _) in zip(found, key_ranges):
+            if value is None:
+                raise MissingChunk(f"chunk {key} is missing from a complete distconv output")
+        return found
 
 
 class ChunkReader:

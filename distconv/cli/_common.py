@@ -157,6 +157,9 @@ def save_resumable(
     CommandState.resume_command = None
     seconds = time.perf_counter() - start
     produced = written.attrs["distconv"]
+    left_out = workers_left_out(produced.get("workers"))
+    if left_out and CommandState.ran_on:
+        CommandState.ran_on = f"{CommandState.ran_on.split(',')[0]}, {left_out}"
     if not quiet and produced.get("resumed"):
         last = produced["resumed"][-1]
         already = last["chunks_already_written"]
@@ -167,6 +170,15 @@ def save_resumable(
             f"written, computed the other {total - already}"
         )
     return written, seconds
+
+
+def workers_left_out(record: dict[str, Any] | None) -> str | None:
+    """``3 of 5 workers: 2 cannot see /data/in.zarr`` from an output's ``workers`` record
+    (:mod:`distconv.save.sight`), or None when every worker probed could run the job."""
+    if not record or not record.get("cannot_see"):
+        return None
+    blind = ", ".join(f"{n} cannot see {path}" for path, n in record["cannot_see"].items())
+    return f"{record['admitted']} of {record['probed']} workers: {blind}"
 
 
 # Ctrl-C ----------------------------------------------------------------------------------------

@@ -195,14 +195,6 @@ class Sight:
         """Path → how many probed workers cannot see it."""
         return Counter(reason.split(": ", 1)[0] for r in self.seen.values() for reason in r)
 
-    def summary(self) -> str | None:
-        """``on 3 of 5 workers: 2 cannot see /data/in.zarr`` when some were left out."""
-        blind = self.cannot_see()
-        if not blind:
-            return None
-        left_out = ", ".join(f"{n} cannot see {path}" for path, n in blind.items())
-        return f"on {len(self.admitted)} of {len(self.seen)} workers: {left_out}"
-
     def record(self) -> dict[str, Any] | None:
         """What the output's provenance says of where the job could run."""
         if self.resource is None:
