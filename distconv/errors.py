@@ -25,6 +25,7 @@ __all__ = [
     "OutputError",
     "WeightsRankError",
     "WorkersCannotSee",
+    "WorkersLost",
 ]
 
 
@@ -74,6 +75,25 @@ class JobFailed(DistconvError):
     """The job ran and failed (writing, a lost worker): the output is partial, resumable."""
 
     exit_code = 1
+
+
+class WorkersLost(JobFailed):
+    """Every worker that could run the job was lost (killed, its batch job cancelled or ended)
+    and none came back within ``distconv.lost_workers_wait`` seconds: the job stops rather than
+    wait for workers forever; the output is partial, resumable.
+
+    Attributes
+    ----------
+    workers : int
+        How many workers that could run the job it had seen (all of them lost).
+    waited : float
+        The seconds it waited for one to come back.
+    """
+
+    def __init__(self, message: str, workers: int = 0, waited: float = 0.0) -> None:
+        super().__init__(message)
+        self.workers = workers
+        self.waited = waited
 
 
 class ChunkError(RuntimeError):

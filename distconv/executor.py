@@ -16,8 +16,9 @@ import numpy as np
 from dask.callbacks import Callback
 from dask.threaded import get as threaded_get
 
-from distconv.clusters.resources import current_client
+from distconv.clusters.resources import current_client, scheduler_info
 from distconv.config import get_default
+from distconv.errors import WorkersLost
 
 
 def compute_blocks(
@@ -56,12 +57,18 @@ def compute_blocks(
     watchers : sequence of callable, optional
         Called with the client about twice a second while a distributed job runs (admit
         workers that joined, notice lost ones); one that returns an exception stops the job
-        with it.
+        with it. A :class:`LostWorkers` watcher is always added after them.
 
     Returns
     -------
     int
         How many blocks were computed.
+
+    Raises
+    ------
+    WorkersLost
+        On a distributed client: every worker that could run the job was lost and none came
+        back within ``distconv.lost_workers_wait`` seconds.
     """
     show = get_default("progress") if progress is None else progress
     show = show and sys.stderr.isatty()  # a bar in a log file is noise; the summary line stays
@@ -85,7 +92,8 @@ def compute_blocks(
         # survives graph fusion (see clusters/routing.py).
         required = {**(submit_resources(blocks, client) or {}), **(resources or {})}
         futures = client.compute(pieces, resources=required or None)
-        watch = _Watch(client, watchers, futures)
+        # After the others: a worker that joined is admitted (sight) before it is counted.
+        watch = _Watch(client, [*watchers, LostWorkers(required)], futures)
         try:
             with watch:
                 for future in as_completed(futures):
@@ -138,6 +146,57 @@ class _Watch:
         if self._thread is not None:
             self._thread.join(timeout=10)  # a watcher waiting on a worker that hangs
         return False
+
+
+class LostWorkers:
+    """A watcher (:func:`compute_blocks`) that stops a job once no worker that may run it is left
+    and none comes back within ``wait`` seconds.
+
+    A worker may run the job when it holds every resource the job's tasks require (the sight
+    resource of the workers proven to see the stores, a GPU); without any, every worker may.
+    When all are lost, distributed keeps the tasks waiting for a worker forever: a cluster that
+    brings workers back (a jobqueue cluster resubmitting, a new worker passing sight's probe)
+    lets the job go on; one that does not would leave the command waiting silently. Nothing is
+    counted before the first such worker is seen: a batch queue may take long to start one.
+
+    Parameters
+    ----------
+    required : dict, optional
+        Resource name → amount every task of the job requires.
+    wait : float, optional
+        Seconds (default: config ``distconv.lost_workers_wait``).
+    """
+
+    def __init__(self, required: dict[str, float] | None = None, wait: float | None = None):
+        self.required = dict(required or {})
+        self.wait = float(get_default("lost_workers_wait") if wait is None else wait)
+        self.seen: set[str] = set()  # addresses of the workers that could run the job
+        self.since: float | None = None  # when the last of them was found gone
+
+    def may_run(self, info: dict[str, Any]) -> bool:
+        """Whether a worker (the scheduler's record of it) may run the job's tasks."""
+        held = info.get("resources") or {}
+        return all(held.get(name, 0) >= amount for name, amount in self.required.items())
+
+    def __call__(self, client) -> WorkersLost | None:
+        workers = scheduler_info(client).get("workers", {})
+        able = {address for address, info in workers.items() if self.may_run(info)}
+        if able or not self.seen:
+            self.seen |= able
+            self.since = None
+            return None
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        if now - self.since < self.wait:
+            return None
+        count = len(self.seen)
+        return WorkersLost(
+            f"all {count} worker{'s' if count != 1 else ''} that could run the job were lost "
+            f"and none came back in {self.wait:g} s",
+            workers=count,
+            waited=now - self.since,
+        )
 
 
 # A worker's states for a task whose function is still running, cancelled or not.

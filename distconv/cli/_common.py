@@ -35,7 +35,7 @@ from distconv.cli._options import (  # noqa: F401 - the options live there, used
     store_options,
     write_options,
 )
-from distconv.errors import DistconvError
+from distconv.errors import DistconvError, JobFailed
 from distconv.stores import quiet_abandoned_store_reads, redact
 
 EXIT_USAGE = 2
@@ -407,7 +407,7 @@ def run_command_line(group: click.Group, argv: Sequence[str] | None) -> None:
     except DistconvError as exc:
         if debug:
             raise
-        _fail(str(exc), getattr(exc, "exit_code", EXIT_USAGE))
+        _fail(_failure_message(exc), getattr(exc, "exit_code", EXIT_USAGE))
     except Exception as exc:  # unexpected: still one line unless --debug
         if debug:
             raise
@@ -426,6 +426,16 @@ def _interrupted() -> None:
             EXIT_INTERRUPTED,
         )
     _fail("interrupted; no output was marked complete", EXIT_INTERRUPTED)
+
+
+def _failure_message(exc: DistconvError) -> str:
+    """A failed job's message ends with the command that finishes its partial output (known
+    while an output is being written), unless the message already names it."""
+    message = str(exc).strip()
+    command = CommandState.resume_command
+    if isinstance(exc, JobFailed) and command and command not in message:
+        message = f"{message.rstrip('.')}; finish it with: {command}"
+    return message
 
 
 def _fail(message: str, code: int) -> None:

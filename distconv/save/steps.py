@@ -23,7 +23,7 @@ import numpy as np
 import zarr
 
 from distconv._version import __version__
-from distconv.errors import InputReadError, JobFailed, one_line
+from distconv.errors import InputReadError, JobFailed, WorkersLost, one_line
 from distconv.executor import compute_blocks
 from distconv.io import ATTRS_KEY, as_dask_array
 from distconv.ome import output_image
@@ -317,6 +317,19 @@ def write(
             sight.release_now()
             job.location.remove()
         raise
+    except WorkersLost as exc:
+        total = job.plan.units_total()
+        try:
+            found = str(len(units_found(job.location, output.targets[0], job.plan, job.image)))
+        except Exception:  # the store cannot be listed now: the count is no reason to hide this
+            found = "an unknown number"
+        raise WorkersLost(
+            f"all {exc.workers} worker{'s' if exc.workers != 1 else ''} were lost while "
+            f"computing {shown}; {found} of {total} {job.plan.unit_name}s are written; the "
+            "output is partial, not marked complete",
+            workers=exc.workers,
+            waited=exc.waited,
+        ) from exc
     except Exception as exc:
         if storage_failure(exc):
             raise JobFailed(
