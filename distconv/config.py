@@ -26,6 +26,9 @@ DEFAULTS: dict[str, Any] = {
     "halo_source": "auto",
     # Codec pipeline that reads inputs: "auto" (zarrs when installed), "zarrs" or "zarr".
     "read_pipeline": "auto",
+    # Seconds a distributed job waits for a worker that may run it once every such worker is
+    # lost (killed, batch job cancelled) before it stops with WorkersLost (distconv/executor.py).
+    "lost_workers_wait": 120,
 }
 
 dask.config.update_defaults({"distconv": DEFAULTS})
