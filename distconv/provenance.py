@@ -43,6 +43,8 @@ _SOURCES: dict[str, dict[str, Any]] = {}
 _STEPS: dict[str, dict[str, Any]] = {}
 # Dask array name → the stored layout its values belong in: {"shape", "chunks", "shards"}.
 _LAYOUTS: dict[str, dict[str, Any]] = {}
+# Working stores a graph's tasks read and write besides its sources (deconvolution's scratch).
+_SCRATCH: dict[str, dict[str, Any]] = {}
 # Dask array name of a saturating cast → the name and (empty) meta of the float array it casts.
 # Not the array: its graph would keep in-memory inputs alive.
 _SATURATING: dict[str, tuple[str, Any]] = {}
@@ -226,6 +228,19 @@ def engines_used(x: da.Array) -> list[str]:
         if isinstance(engine, str) and engine not in names:
             names.append(engine)
     return names
+
+
+def remember_scratch(x: da.Array, record: dict[str, Any]) -> da.Array:
+    """Record that the tasks of ``x`` read and write the working store ``record["path"]``
+    (an object ``record["key"]`` the client wrote lies in it): the workers that run them must
+    see it (:mod:`distconv.save.sight`), though it is neither an input nor the output."""
+    _SCRATCH[x.name] = dict(record)
+    return x
+
+
+def scratch_stores(x: da.Array) -> list[dict[str, Any]]:
+    """Records of the working stores :func:`remember_scratch` gave any layer of ``x``."""
+    return _graph_records(x, _SCRATCH)
 
 
 def _graph_records(x: da.Array, registry: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -362,9 +362,12 @@ class Location:
             else:
                 fs, root = self.filesystem()
                 path = f"{root.rstrip('/')}/{key}"
-                size = int(fs.size(path))
+                info = fs.info(path)
+                if info.get("type") != "file":
+                    return None
+                size = int(info["size"])
                 head = fs.cat_file(path, start=0, end=min(size, limit)) if size else b""
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         return hashlib.sha256(str(size).encode() + b":" + head).hexdigest()
 

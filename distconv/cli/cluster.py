@@ -29,6 +29,20 @@ def cluster_group() -> None:
     show_default=True,
     help="Wait for this many workers first (a cluster file's jobs start later).",
 )
+@click.option(
+    "--check",
+    "check_paths",
+    multiple=True,
+    metavar="PATH",
+    help="Say whether each worker sees this path or URL as this machine does (repeatable).",
+)
+@click.option(
+    "--storage-option",
+    "storage_option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="fsspec option for the --check URLs, e.g. endpoint_url=http://host:9000.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info_command(
     cluster_spec: str | None,
@@ -36,6 +50,8 @@ def info_command(
     threads_per_worker: int | None,
     rmm_pool_size: str | None,
     wait_workers: int,
+    check_paths: tuple[str, ...],
+    storage_option: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Start or connect to the cluster SPEC names and list its workers: threads, memory,
@@ -46,6 +62,7 @@ def info_command(
       distconv cluster info                                  # the local cluster (auto)
       distconv cluster info --cluster tcp://10.0.0.5:8786
       distconv cluster info --cluster slurm.yaml             # job script + scaling
+      distconv cluster info --cluster tcp://10.0.0.5:8786 --check /data/in.zarr --check s3://b/out
     """
     from distconv.clusters import cluster, describe, parse_spec
     from distconv.clusters.auto import local_threshold
@@ -79,6 +96,8 @@ def info_command(
         if wait_workers:
             client.wait_for_workers(wait_workers)
         description = {"kind": parsed.kind, **describe(client)}
+        if check_paths:
+            description["check"] = _check(client, check_paths, storage_option)
         if auto_note:
             description["auto"] = auto_note
         if parsed.kind == "jobqueue":
@@ -116,3 +135,30 @@ def info_command(
         click.echo(f"{'system:':12}{description['system']} ({description['bounds']})")
         click.echo("job script:")
         click.echo(description["job_script"].rstrip())
+    for path, answers in description.get("check", {}).items():
+        seeing = sum(reason is None for reason in answers.values())
+        click.echo(f"check {path}: {seeing} of {len(answers)} workers see it")
+        for address, reason in answers.items():
+            click.echo(f"  {address}  " + ("sees it" if reason is None else f"cannot: {reason}"))
+
+
+def _check(client, paths, storage_option) -> dict[str, dict[str, str | None]]:
+    """Path → worker address → None (sees it as this machine does) or why not."""
+    from distconv.save.sight import path_probes, see_on_workers
+    from distconv.stores import Location, parse_storage_options
+
+    options = parse_storage_options(storage_option) if storage_option else None
+    found = {}
+    for path in paths:
+        location = Location.parse(path, options)
+        probes, token = path_probes(location)
+        try:
+            answers = see_on_workers(client, probes) if probes else {}
+        finally:
+            if token is not None:
+                probes[0].location.delete(token)
+        found[location.shown] = {
+            address: reasons[0].split(": ", 1)[1] if reasons else None
+            for address, reasons in answers.items()
+        }
+    return found

@@ -40,6 +40,7 @@ from distconv.ops.deconvolve_blocks import (
 )
 from distconv.ops.halo import exchange_halos
 from distconv.plan.deconvolution import DeconvolutionPlan
+from distconv.provenance import remember_scratch, sources
 
 __all__ = ["Scratch", "open_scratch", "pass_markers", "richardson_lucy_passes", "run_passes"]
 
@@ -61,6 +62,15 @@ class Scratch:
 
     def path(self, name: str) -> str:
         return os.path.join(self.root, f"{name}.zarr")
+
+    def record(self) -> dict[str, str]:
+        """This folder as a working store: the job file the client wrote proves a worker
+        sees it (:func:`distconv.save.sight.input_probes`)."""
+        return {"path": self.root, "key": JOB_FILE}
+
+    def remember(self, x: da.Array) -> da.Array:
+        """``x``, recorded as reading and writing this folder: its workers must see it."""
+        return remember_scratch(x, self.record())
 
     def array(self, name: str) -> zarr.Array:
         """The store ``name`` (``image`` or ``estimate-K``), created when missing."""
@@ -143,7 +153,7 @@ def richardson_lucy_passes(x: da.Array, plan: DeconvolutionPlan, scratch=None) -
         Chunked as ``plan.layout.chunks``.
     """
     store = scratch if isinstance(scratch, Scratch) else open_scratch(scratch, plan, x)
-    return pass_markers(x, plan, store, plan.iterations)
+    return store.remember(pass_markers(x, plan, store, plan.iterations))
 
 
 def pass_markers(x: da.Array, plan: DeconvolutionPlan, store: Scratch, last: int) -> da.Array:
@@ -346,6 +356,7 @@ def run_passes(x: da.Array, plan: DeconvolutionPlan, store: Scratch, progress=No
         How many passes ran here.
     """
     from distconv.executor import compute_blocks
+    from distconv.save.sight import check_workers_see, input_probes
 
     image_done = store.complete("image")
     start = next(
@@ -356,10 +367,19 @@ def run_passes(x: da.Array, plan: DeconvolutionPlan, store: Scratch, progress=No
         ),
         0,
     )
-    for k in range(start + 1, plan.iterations):
-        compute_blocks(
-            pass_markers(x, plan, store, k),
-            description=f"iteration {k}/{plan.iterations}",
-            progress=progress,
-        )
-    return max(0, plan.iterations - 1 - start)
+    if start + 1 >= plan.iterations:
+        return 0
+    # The passes' workers must see the image's store and this folder, as save's do.
+    sight = check_workers_see(input_probes([*sources(x), store.record()]))
+    try:
+        for k in range(start + 1, plan.iterations):
+            compute_blocks(
+                pass_markers(x, plan, store, k),
+                description=f"iteration {k}/{plan.iterations}",
+                progress=progress,
+                resources={sight.resource: 1} if sight.resource else None,
+                watchers=[sight.watch] if sight.resource else (),
+            )
+    finally:
+        sight.release_now()
+    return plan.iterations - 1 - start

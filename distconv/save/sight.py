@@ -31,6 +31,7 @@ __all__ = [
     "Sight",
     "check_workers_see",
     "input_probes",
+    "path_probes",
     "remove_stale_tokens",
     "see_on_workers",
 ]
@@ -66,10 +67,14 @@ class Probe:
 
 def input_probes(read: Sequence[dict[str, Any]]) -> list[Probe]:
     """Probes of the stores a result reads (:func:`distconv.provenance.sources` records):
-    each Zarr array's metadata document and first chunk, or a file's first bytes."""
+    each Zarr array's metadata document and first chunk, or a file's first bytes; a working
+    store's record (:func:`distconv.provenance.scratch_stores`) names its own ``key``."""
     probes = []
     for record in read:
         location = Location.parse(record["path"])
+        if "key" in record:  # a working store: the object the client wrote in it
+            probes.append(_probe(location, record["key"], location.shown))
+            continue
         if record.get("zarr_format") is None:  # a TIFF or .npy file
             folder = (
                 location.parent()
@@ -85,6 +90,27 @@ def input_probes(read: Sequence[dict[str, Any]]) -> list[Probe]:
         if first is not None:
             probes.append(_probe(location, first, location.shown))
     return probes
+
+
+def path_probes(location: Location) -> tuple[list[Probe], str | None]:
+    """Probes for any path a user names (``distconv cluster info --check``): a Zarr store's
+    metadata and first chunk, a file's first bytes, or, for a folder (or where one would be
+    made), a token the client writes into it. Returns the probes and the token's key to delete
+    afterwards (None: nothing was written)."""
+    for metadata, record in (("zarr.json", 3), (".zarray", 2), (".zgroup", 2)):
+        if location.fingerprint(metadata) is not None:
+            if metadata == ".zgroup":
+                return [_probe(location, metadata, location.shown)], None
+            return input_probes([{"path": location.url, "zarr_format": record}]), None
+    parent = location.parent() if location.remote else Location.parse(os.path.dirname(location.url))
+    if parent is not None and parent.fingerprint(location.name) is not None:  # a file
+        return [_probe(parent, location.name, location.shown)], None
+    folder = location if location.exists() else parent
+    if folder is None:
+        return [], None
+    key = TOKEN_PREFIX + secrets.token_hex(8)
+    folder.put(key, key.encode())
+    return [Probe(folder, key, folder.fingerprint(key), location.shown)], key
 
 
 def _probe(location: Location, key: str, shown: str) -> Probe:
@@ -115,7 +141,9 @@ def _unseen(probes: Sequence[Probe]) -> list[str]:
             continue
         if found == probe.expected:
             continue
-        if found is None:
+        if found is None and probe.key.startswith(TOKEN_PREFIX):
+            reasons[probe.shown] = f"{probe.shown}: a file the client wrote there is not there"
+        elif found is None:
             reasons[probe.shown] = f"{probe.shown}: {probe.key} not found"
         elif probe.expected is None:
             reasons[probe.shown] = f"{probe.shown}: {probe.key} exists only there"

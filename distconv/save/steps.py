@@ -27,7 +27,7 @@ from distconv.errors import InputReadError, JobFailed, WorkersLost, one_line
 from distconv.executor import compute_blocks
 from distconv.io import ATTRS_KEY, as_dask_array
 from distconv.ome import output_image
-from distconv.provenance import saturating_cast_source, sources, steps
+from distconv.provenance import saturating_cast_source, scratch_stores, sources, steps
 from distconv.save.clipping import clipped_record
 from distconv.save.layout import default_format
 from distconv.save.outputs import check_output_location, create_output
@@ -285,7 +285,7 @@ def check_what_workers_see(job: SaveJob, output: Output) -> Sight:
     """Step 3: every worker that may run a tile shows it sees the inputs and the output; an
     output this call created is removed again when none does."""
     try:
-        return check_workers_see(input_probes(job.read), job.location)
+        return check_workers_see(input_probes(job.read + scratch_stores(job.x)), job.location)
     except BaseException:
         if output.created:
             job.location.remove()
