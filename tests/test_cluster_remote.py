@@ -3,7 +3,8 @@
 One plain-TCP cluster (a scheduler, a worker declaring ``GPU=1`` and a plain worker) serves the
 CLI job, ``distconv cluster info``, the GPU routing test and the fault test; a second scheduler
 speaks TLS with certificates made here by the ``openssl`` command. Every process is started in
-its own session and killed by its own id in the fixture's teardown.
+its own session and its process group is stopped in the fixture's teardown (the helpers live in
+tests/_hosts.py, with the multi-host harness).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,86 +28,15 @@ from scipy import ndimage
 
 import distconv as dc
 from distconv.provenance import remember_provenance, step_of
-
-START_TIMEOUT = 60
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _spawn(args: list[str], log: Path) -> subprocess.Popen:
-    handle = open(log, "wb")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        args, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
-
-
-def _stop(processes: list[subprocess.Popen]) -> None:
-    for proc in processes:  # workers first (listed last), then the scheduler
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for proc in processes:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def scheduler_args(port: int, *tls: str) -> list[str]:
-    protocol = ["--protocol", "tls"] if tls else []
-    return [
-        sys.executable,
-        "-m",
-        "distributed.cli.dask_scheduler",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-dashboard",
-        *protocol,
-        *tls,
-    ]
-
-
-def worker_args(address: str, name: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "distributed.cli.dask_worker",
-        address,
-        "--host",
-        "127.0.0.1",
-        "--nthreads",
-        "1",
-        "--name",
-        name,
-        "--memory-limit",
-        "2GiB",
-        "--no-dashboard",
-        *extra,
-    ]
-
-
-def wait_for(address: str, n_workers: int, processes, security=None) -> None:
-    from distributed import Client
-
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        dead = [p.args for p in processes if p.poll() is not None]
-        assert not dead, f"cluster process exited early: {dead}"
-        try:
-            with Client(address, timeout="3s", security=security) as client:
-                client.wait_for_workers(n_workers, timeout=max(1, deadline - time.monotonic()))
-                return
-        except (OSError, TimeoutError):
-            if time.monotonic() > deadline:
-                raise
+from tests._hosts import (  # shared with test_object_store_faults.py and _hosts.Hosts
+    START_TIMEOUT,
+    free_port,
+    scheduler_args,
+    spawn,
+    stop_processes,
+    wait_for,
+    worker_args,
+)
 
 
 @pytest.fixture(scope="module")
@@ -122,14 +51,14 @@ def tcp_processes(logs: Path, workers: dict[str, list[str]]):
     (its extra arguments; log ``<name>.log`` in ``logs``) once all have joined; stop them after."""
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    processes = [_spawn(scheduler_args(port), logs / "scheduler.log")]
+    processes = [spawn(scheduler_args(port), logs / "scheduler.log")]
     try:
         for name, extra in workers.items():
-            processes.append(_spawn(worker_args(address, name, *extra), logs / f"{name}.log"))
+            processes.append(spawn(worker_args(address, name, *extra), logs / f"{name}.log"))
         wait_for(address, len(workers), processes)
         yield address
     finally:
-        _stop(processes[::-1])
+        stop_processes(processes[::-1])
 
 
 def make_input(folder: Path, shape=(256, 192), chunks=(64, 64), seed=0) -> np.ndarray:
@@ -426,9 +355,9 @@ def tls_cluster(tmp_path_factory):
     )
     port = free_port()
     address = f"tls://127.0.0.1:{port}"
-    processes = [_spawn(scheduler_args(port, *tls), certs / "scheduler.log")]
+    processes = [spawn(scheduler_args(port, *tls), certs / "scheduler.log")]
     try:
-        processes.append(_spawn(worker_args(address, "tls-worker", *tls), certs / "worker.log"))
+        processes.append(spawn(worker_args(address, "tls-worker", *tls), certs / "worker.log"))
         env = {
             "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(certs / "ca.pem"),
             "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": str(certs / "node.pem"),
@@ -448,7 +377,7 @@ def tls_cluster(tmp_path_factory):
         )
         yield address, env
     finally:
-        _stop(processes[::-1])
+        stop_processes(processes[::-1])
 
 
 def test_cli_job_over_tls(tls_cluster, tmp_path):
