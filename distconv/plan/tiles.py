@@ -14,6 +14,11 @@ thinnest (a square tile has the least halo per sample), while
 - a task's estimated peak memory fits its budget
   (:func:`distconv.clusters.resources.detect_resources`).
 
+Then, if that leaves more tiles than the task cap (config ``distconv.max_tasks``, 100,000), tiles
+grow on past the target until it is met, the memory budget still binding
+(:mod:`distconv.plan.tile_growth`): the scheduler's cost per task, not the work, would otherwise
+set the job's time. The plan's ``reason`` says which rule set the tile.
+
 Units already larger than the target stay as they are: a tile is never smaller than one unit,
 since splitting a stored chunk makes several tasks decode it.
 
@@ -23,6 +28,7 @@ Pure: the cluster is asked only when :func:`plan_tiles` gets no ``resources``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +39,7 @@ from dask.utils import format_bytes
 from distconv.clusters.resources import Resources, budget_bytes
 from distconv.config import get_default
 from distconv.errors import DistconvError
+from distconv.plan.tile_growth import MAX_HALO_OVERHEAD, grow_groups, max_tasks, refuse, why_stopped
 
 __all__ = [
     "CHEAP_STRIP_READS",
@@ -50,8 +57,6 @@ __all__ = [
 
 #: Tiles per thread of the cluster the planner keeps at least (when the array has that many units).
 TILES_PER_THREAD = 2
-#: Above this halo share of a tile's samples, tiles may grow past the target (up to 4×).
-MAX_HALO_OVERHEAD = 0.25
 #: Copies of the haloed block (in the compute dtype) an engine holds while computing one tile,
 #: besides the block itself: direct keeps its output, separable one intermediate pass as well,
 #: FFT the block's spectrum, the weights' spectrum and the inverse transform.
@@ -86,7 +91,7 @@ class TilePlan:
     halo_source: str = "exchange"
 
     # -- the tiles --
-    @property
+    @functools.cached_property
     def chunks(self) -> tuple[tuple[int, ...], ...]:
         """The Dask chunks of the tiled array."""
         return tuple(group_chunks(axis, g) for axis, g in zip(self.grid, self.groups))
@@ -158,14 +163,11 @@ class TilePlan:
     @property
     def halo_bytes(self) -> int:
         """Bytes of halo strips cut from tiles and sent to their neighbours."""
-        if not any(self.depth):
-            return 0
-        total = 0
-        for index in np.ndindex(*[len(axis) for axis in self.chunks]):
-            tile = [axis[i] for axis, i in zip(self.chunks, index)]
-            haloed = [t + 2 * d for t, d in zip(tile, self.depth)]
-            total += math.prod(haloed) - math.prod(tile)
-        return total * self.dtype.itemsize
+        # Summed over every tile, prod(tile + 2 depth) factorises into one sum per axis.
+        haloed = math.prod(
+            size + 2 * d * len(axis) for size, d, axis in zip(self.shape, self.depth, self.chunks)
+        )
+        return (haloed - math.prod(self.shape)) * self.dtype.itemsize
 
     @property
     def slab_tiles(self) -> int:
@@ -198,7 +200,7 @@ class TilePlan:
         lines = [
             f"  tiles:             {shape(self.tile_shape)} = {self.units_per_tile} x {unit}"
             f" ({self.reason})",
-            f"  tasks:             {self.tasks} tile(s) for {self.units} {self.unit_kind}(s); "
+            f"  tasks:             {self.tasks:,} tile(s) for {self.units:,} {self.unit_kind}(s); "
             f"{self.resources.parallel_tasks} task(s) at once",
             f"  bytes decoded:     {format_bytes(self.bytes_decoded)} "
             f"({'read by the tasks from the store' if self.from_store else 'from the graph'}, "
@@ -319,6 +321,7 @@ def plan_tiles(
     operands: int = 1,
     resources: Resources | None = None,
     target_bytes: int | str | None = None,
+    task_cap: int | str | None = None,
 ) -> TilePlan:
     """Choose tiles of whole units for an array, for the machine that will compute them.
 
@@ -347,6 +350,9 @@ def plan_tiles(
         Threads and per-task memory; default :func:`~distconv.clusters.resources.detect_resources`.
     target_bytes : int or str, optional
         Target input bytes per tile; default config ``distconv.tile_size``.
+    task_cap : int, optional
+        The most tiles to make: tiles grow past the target until there are no more, as long as
+        a task fits its memory budget; default config ``distconv.max_tasks`` (100,000).
 
     Returns
     -------
@@ -384,38 +390,32 @@ def plan_tiles(
         )
 
     def accept(candidate) -> str | None:
-        return _refuse(candidate, tiles_of, cost, min_tiles, target, resources, tile_of, depth)
+        return refuse(candidate, tiles_of, cost, min_tiles, target, budget, halo_of)
 
-    groups = [1] * len(shape)
-    reason = "one unit per tile: the array has a single unit" if tiles_of(groups) == 1 else ""
-    if not reason and cost(groups)[0] >= target:
-        reason = f"the {unit_kind}s are already at least the {format_bytes(target)} target"
-    while not reason:
-        stopped: set[str] = set()  # why each larger tile was refused, this round
-        tile = tile_of(groups)
-        # Thinnest axis first (ties: the last axis), so tiles stay close to square.
-        order = sorted(
-            (a for a in range(len(shape)) if groups[a] < counts[a]), key=lambda a: (tile[a], -a)
-        )
-        grown = None
-        for axis in order:
-            grown, refused = _grow(groups, axis, counts[axis], accept)
-            stopped |= refused
-            if grown:
-                break
-        if grown is None:
-            whole = all(g >= n for g, n in zip(groups, counts))
-            reason = "the whole array in one tile" if whole else _why(stopped, target, min_tiles)
-            break
-        groups = grown
-    groups_t = tuple(groups)
-    layout = (shape, dtype, grid, groups_t, unit_kind, from_store)  # the first fields, in order
+    def halo_of(groups) -> float:
+        return halo_overhead(tile_of(groups), depth)
+
+    budget = resources.memory_budget
+    one = [1] * len(shape)
+    start = "one unit per tile: the array has a single unit" if tiles_of(one) == 1 else ""
+    if not start and cost(one)[0] >= target:
+        start = f"the {unit_kind}s are already at least the {format_bytes(target)} target"
+    groups, reason = grow_groups(
+        counts,
+        tile_of,
+        accept,
+        lambda candidate: cost(candidate)[1] <= budget,
+        start_reason=start,
+        stopped_reason=lambda stopped: why_stopped(stopped, target, min_tiles),
+        cap=max_tasks(task_cap),
+    )
+    layout = (shape, dtype, grid, groups, unit_kind, from_store)  # the first fields, in order
     plan = TilePlan(
         *layout,
         depth=depth,
         compute_dtype=compute_dtype,
         out_dtype=out_dtype,
-        method=method_for(tile_of(groups_t)),
+        method=method_for(tile_of(groups)),
         operands=operands,
         resources=resources,
         target_bytes=target,
@@ -470,57 +470,6 @@ def choose_halo_source(plan: TilePlan) -> str:
         return "store"
     running = plan.resources.parallel_tasks * plan.peak_task_bytes
     return "store" if plan.exchange_front_bytes > running / 2 else "exchange"
-
-
-def _grow(groups, axis: int, count: int, accept) -> tuple[list[int] | None, set[str]]:
-    """``groups`` with the most units along ``axis`` that ``accept`` takes, up to twice as many
-    (doubling first, then the largest accepted step below it); None when even one more is
-    refused. Returns the reasons of the refusals too."""
-    refused: set[str] = set()
-
-    def trial(g: int) -> list[int] | None:
-        candidate = list(groups)
-        candidate[axis] = g
-        verdict = accept(candidate)
-        if verdict:
-            refused.add(verdict)
-            return None
-        return candidate
-
-    current = groups[axis]
-    top = min(2 * current, count)
-    if (best := trial(top)) is not None:
-        return best, refused
-    low, high, best = current + 1, top - 1, None
-    while low <= high:  # the constraints tighten as the tile grows
-        middle = (low + high) // 2
-        if (found := trial(middle)) is not None:
-            best, low = found, middle + 1
-        else:
-            high = middle - 1
-    return best, refused
-
-
-def _refuse(candidate, tiles_of, cost, min_tiles, target, resources, tile_of, depth) -> str | None:
-    """Why a larger tile is refused (None: accepted)."""
-    if tiles_of(candidate) < min_tiles:
-        return "threads"
-    read, peak = cost(candidate)
-    if peak > resources.memory_budget:
-        return "memory"
-    if read > target:
-        thick_halo = halo_overhead(tile_of(candidate), depth) > MAX_HALO_OVERHEAD
-        if not (thick_halo and read <= 4 * target):
-            return "target"
-    return None
-
-
-def _why(stopped: set[str], target: int, min_tiles: int) -> str:
-    if "memory" in stopped:
-        return "a larger tile would not fit a task's memory budget"
-    if "threads" in stopped:
-        return f"at least {min_tiles} tiles keep every thread busy"
-    return f"target {format_bytes(target)} of input per tile"
 
 
 def _shape_text(shape: Sequence[int]) -> str:
