@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,7 +157,12 @@ def build_cluster(spec: JobqueueSpec):
     cls = getattr(dask_jobqueue, SYSTEMS[spec.system])
     kwargs = {"silence_logs": "error", **spec.cluster}
     try:
-        return cls(**kwargs)
+        with warnings.catch_warnings():
+            # The scheduler's dashboard takes another port when 8787 is taken (another
+            # cluster, another user's job on a login node); the warning would be a second line
+            # under a command's one-line result or error.
+            warnings.filterwarnings("ignore", "Port .* is already in use", UserWarning)
+            return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         message = " ".join(str(exc).split())
         raise DistconvError(

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
+from conftest import DISTCONV, one_stderr_line, start_distconv
 from distributed import Client
 from scipy import ndimage
 
@@ -226,24 +230,10 @@ def _slurm_running() -> str | None:
     return None
 
 
-@pytest.mark.skipif(_slurm_running() is not None, reason=str(_slurm_running()))
-def test_convolve_on_a_real_slurm(tmp_path):
-    """Two single-core worker jobs submitted with sbatch run a convolve that equals SciPy's.
-
-    A single-node SLURM from Debian's packages, as root (how this test was run)::
-
-        apt-get install slurm-wlm            # slurmctld, slurmd, munge (makes /etc/munge/munge.key)
-        mkdir -p /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge
-        chown munge:munge /run/munge && munged --force
-        # /etc/slurm/slurm.conf: ClusterName=distconv, SlurmctldHost=$(hostname)(127.0.0.1),
-        # AuthType=auth/munge, SlurmUser=root, ProctrackType=proctrack/pgid, TaskPlugin=task/none,
-        # SelectType=select/cons_tres, SelectTypeParameters=CR_Core_Memory,
-        # NodeName=$(hostname) NodeAddr=127.0.0.1 CPUs=2 RealMemory=8000 State=UNKNOWN,
-        # PartitionName=debug Nodes=$(hostname) Default=YES MaxTime=INFINITE State=UP
-        slurmctld && slurmd && sinfo          # debug* up infinite 1 idle
-    """
-    path = write(
-        tmp_path,
+def slurm_file(folder: Path, job_name: str = "dask-worker") -> str:
+    """Two single-core worker jobs (one worker each) of this Python, logs in ``folder``."""
+    return write(
+        folder,
         "slurm.yaml",
         f"""\
         system: slurm
@@ -252,13 +242,26 @@ def test_convolve_on_a_real_slurm(tmp_path):
           memory: 1GB
           processes: 1
           walltime: "00:10:00"
+          job_name: {job_name}
           python: {sys.executable}
-          log_directory: {tmp_path / "logs"}
+          log_directory: {folder / "logs"}
           scheduler_options: {{host: 127.0.0.1}}
         scale:
           jobs: 2
     """,
     )
+
+
+# A SLURM is started here by .ci/slurm.sh (Debian's slurmctld, slurmd and munge, as root, one
+# node on loopback); without one these tests skip with the reason.
+SLURM_SKIP = _slurm_running()
+needs_slurm = pytest.mark.skipif(SLURM_SKIP is not None, reason=str(SLURM_SKIP))
+
+
+@needs_slurm
+def test_convolve_on_a_real_slurm(tmp_path):
+    """Two single-core worker jobs submitted with sbatch run a convolve that equals SciPy's."""
+    path = slurm_file(tmp_path)
     data = np.random.default_rng(4).random((200, 150))
     store = zarr.create_array(
         str(tmp_path / "in.zarr"), shape=data.shape, chunks=(50, 50), dtype=data.dtype
@@ -275,3 +278,71 @@ def test_convolve_on_a_real_slurm(tmp_path):
     np.testing.assert_allclose(
         zarr.open_array(str(tmp_path / "out.zarr"))[:], ndimage.convolve(data, w), atol=1e-10
     )
+
+
+def _our_jobs(name: str) -> list[str]:
+    """The ids of the SLURM jobs called ``name`` still queued or running."""
+    done = subprocess.run(
+        ["squeue", "-h", "--name", name, "-o", "%i"], capture_output=True, text=True, timeout=30
+    )
+    return done.stdout.split()
+
+
+@needs_slurm
+def test_cancelled_slurm_workers_end_the_job_and_the_resume_finishes(tmp_path):
+    """``scancel`` every worker job mid-job: the command ends within the bounded wait (5 s
+    here) with exit 1 and the one line naming --resume; the resume's new sbatch workers finish
+    the output, equal to SciPy's."""
+    name = f"distconv-lost-{os.getpid()}"  # scancel only this test's jobs
+    size, chunk = 1024, 64  # 256 one-chunk tiles of 16 KiB: cancelled while most are to do
+    total = (size // chunk) ** 2
+    image = np.random.default_rng(6).random((size, size))
+    zarr.create_array(
+        str(tmp_path / "in.zarr"), shape=image.shape, chunks=(chunk, chunk), dtype=image.dtype
+    )[:] = image
+    w = np.random.default_rng(7).standard_normal((5, 5))
+    np.save(tmp_path / "k.npy", w)
+    args = ["convolve", "in.zarr", "k.npy", "-o", "out.zarr", "--engine", "scipy"]
+    args += ["--cluster", slurm_file(tmp_path, name), "-q"]
+    env = {"DASK_DISTCONV__TILE_SIZE": "16KiB", "DASK_DISTCONV__LOST_WORKERS_WAIT": "5"}
+    output = tmp_path / "out.zarr"
+
+    def written() -> int:
+        return sum(len(files) for _, _, files in os.walk(output / "c"))
+
+    job = start_distconv(args, tmp_path, env=env)
+    try:
+        deadline = time.monotonic() + 180  # two sbatch jobs start, their workers join
+        while written() == 0:
+            assert job.poll() is None, job.communicate()[1]
+            assert time.monotonic() < deadline, "no chunk written in 180 s"
+            time.sleep(0.01)
+        subprocess.run(["scancel", "--name", name], check=True, timeout=30)
+        _, stderr = job.communicate(timeout=180)
+    finally:
+        if job.poll() is None:
+            job.kill()
+        subprocess.run(["scancel", "--name", name], timeout=30, check=False)
+    line = one_stderr_line(stderr, job.returncode, 1)
+    assert "workers were lost while computing out.zarr" in line, line
+    count = int(line.split(" chunks are written")[0].rsplit("; ", 1)[1].split(" of ")[0])
+    assert 0 < count < total and f"{count} of {total} chunks are written" in line
+    assert "the output is partial, not marked complete" in line
+    command = line.split("; finish it with: ", 1)[1]
+    assert shlex.split(command) == ["distconv", *args, "--resume"]
+    assert zarr.open_array(str(output), mode="r").attrs["distconv"]["complete"] is False
+
+    resumed = subprocess.run(
+        [DISTCONV, *shlex.split(command)[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert not _our_jobs(name)  # the resume's cluster cancelled its own jobs on the way out
+    out = zarr.open_array(str(output), mode="r")
+    assert out.attrs["distconv"]["complete"] is True
+    assert out.attrs["distconv"]["resumed"][-1]["chunks_already_written"] >= count
+    np.testing.assert_allclose(out[:], ndimage.convolve(image, w), rtol=0, atol=1e-10)
