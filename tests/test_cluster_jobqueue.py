@@ -218,7 +218,7 @@ def test_cluster_info_prints_the_job_script(tmp_path, capsys):
 def _slurm_running() -> str | None:
     """None when a SLURM controller answers here, else why the test skips."""
     if shutil.which("slurmctld") is None or shutil.which("sbatch") is None:
-        return "no slurmctld/sbatch on this machine (apt-get install slurm-wlm)"
+        return "no slurmctld/sbatch on this machine (.ci/slurm.sh installs and starts one)"
     try:
         done = subprocess.run(
             ["sinfo", "-h", "-o", "%a %t"], capture_output=True, text=True, timeout=10
