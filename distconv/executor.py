@@ -191,9 +191,10 @@ class LostWorkers:
         if now - self.since < self.wait:
             return None
         count = len(self.seen)
+        lost = f"all {count} workers" if count > 1 else "the only worker"
         return WorkersLost(
-            f"all {count} worker{'s' if count != 1 else ''} that could run the job were lost "
-            f"and none came back in {self.wait:g} s",
+            f"{lost} that could run the job {'were' if count > 1 else 'was'} lost and none "
+            f"came back in {self.wait:g} s",
             workers=count,
             waited=now - self.since,
         )

@@ -156,3 +156,41 @@ def test_a_new_worker_within_the_wait_lets_the_job_finish(tmp_path):
     out = zarr.open_array(str(data / "out.zarr"), mode="r")
     assert out.attrs["distconv"]["complete"] is True
     np.testing.assert_allclose(out[:], expected(data), rtol=0, atol=1e-10)
+
+
+def test_the_watcher_counts_only_workers_that_may_run_the_job():
+    """In-process: a watcher stops a job only after it saw a worker that may run it (one with
+    every required resource) and then none for ``wait`` seconds; a worker back resets it."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from distconv.errors import JobFailed, WorkersLost
+    from distconv.executor import LostWorkers
+
+    with dask.config.set({"distconv.lost_workers_wait": 7}):
+        assert LostWorkers().wait == 7.0
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+    )
+    with cluster, Client(cluster) as client:
+        needs_gpu, now = LostWorkers({"GPU": 1}, wait=0), LostWorkers(wait=0)
+        later = LostWorkers(wait=3600)
+        for watcher in (needs_gpu, now, later):
+            assert watcher(client) is None
+        assert not needs_gpu.seen and len(now.seen) == len(later.seen) == 1
+
+        cluster.scale(0)
+        deadline = time.monotonic() + 60
+        while client.scheduler_info(n_workers=-1)["workers"]:
+            assert time.monotonic() < deadline, "the worker did not leave"
+            time.sleep(0.05)
+        lost = now(client)
+        assert isinstance(lost, WorkersLost) and isinstance(lost, JobFailed)
+        assert (lost.workers, lost.exit_code) == (1, 1)
+        assert "the only worker that could run the job was lost" in str(lost)
+        assert later(client) is None and later.since is not None  # waiting, not failed
+        assert needs_gpu(client) is None  # never saw a worker that may run it: a queue's wait
+
+        cluster.scale(1)
+        client.wait_for_workers(1, timeout=60)
+        assert later(client) is None and later.since is None and len(later.seen) == 2

@@ -323,10 +323,10 @@ def write(
             found = str(len(units_found(job.location, output.targets[0], job.plan, job.image)))
         except Exception:  # the store cannot be listed now: the count is no reason to hide this
             found = "an unknown number"
+        lost = f"all {exc.workers} workers were" if exc.workers > 1 else "the only worker was"
         raise WorkersLost(
-            f"all {exc.workers} worker{'s' if exc.workers != 1 else ''} were lost while "
-            f"computing {shown}; {found} of {total} {job.plan.unit_name}s are written; the "
-            "output is partial, not marked complete",
+            f"{lost} lost while computing {shown}; {found} of {total} {job.plan.unit_name}s "
+            "are written; the output is partial, not marked complete",
             workers=exc.workers,
             waited=exc.waited,
         ) from exc
