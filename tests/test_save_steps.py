@@ -16,26 +16,27 @@ from distconv.save.sight import Sight
 from distconv.save.steps import create_or_reopen, plan_save, seal, verify, write
 
 
-def _job(tmp_path):
-    data = np.random.default_rng(5).random((64, 48)).astype(np.float32)
-    zarr.create_array(str(tmp_path / "in.zarr"), data=data, chunks=(16, 16))
+def _plan(tmp_path, resume: bool = False):
+    """save's first step for 3 × the input (12 chunks of 16²), a new output or resumed."""
     options = {"pyramid": None, "method": "mean", "axes_to_halve": None, "ome": None}
     return plan_save(
         dc.multiply(dc.open(tmp_path / "in.zarr"), 3.0),
         tmp_path / "out.zarr",
         overwrite=False,
-        resume=False,
+        resume=resume,
         zarr_format=None,
         chunks=None,
         shards=None,
         attributes=None,
         storage_options=None,
         image_options=options,
-    ), data
+    )
 
 
 def test_a_unit_missing_where_the_client_reads_is_not_sealed(tmp_path):
-    job, data = _job(tmp_path)
+    data = np.random.default_rng(5).random((64, 48)).astype(np.float32)
+    zarr.create_array(str(tmp_path / "in.zarr"), data=data, chunks=(16, 16))
+    job = _plan(tmp_path)
     output = create_or_reopen(job)
     write(job, output, Sight(), description="writing", progress=False)
     os.remove(tmp_path / "out.zarr" / "c" / "2" / "1")  # as if written on another disk
@@ -43,20 +44,8 @@ def test_a_unit_missing_where_the_client_reads_is_not_sealed(tmp_path):
         verify(job, output)
     assert dc.info(tmp_path / "out.zarr")["complete"] is False
     # Written again (what --resume does), it verifies and seals.
-    output = create_or_reopen(
-        plan_save(
-            dc.multiply(dc.open(tmp_path / "in.zarr"), 3.0),
-            tmp_path / "out.zarr",
-            overwrite=False,
-            resume=True,
-            zarr_format=None,
-            chunks=None,
-            shards=None,
-            attributes=None,
-            storage_options=None,
-            image_options={"pyramid": None, "method": "mean", "axes_to_halve": None, "ome": None},
-        )
-    )
+    job = _plan(tmp_path, resume=True)
+    output = create_or_reopen(job)
     assert len(output.done) == 11
     write(job, output, Sight(), description="writing", progress=False)
     verify(job, output)
