@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from numbers import Number
+from operator import getitem, itemgetter
 
 import dask.array as da
 import numpy as np
@@ -93,16 +94,21 @@ def exchange_halos(
 
     graph: dict = {}
     origins = [np.cumsum((0,) + c[:-1]).tolist() for c in chunks]
-    unit = strips_from.unit if strips_from is not None else None
+    if strips_from is not None:
+        unit = strips_from.unit
+        # Which units a read decodes depends on the block's origin modulo the unit only.
+        phases = [[o % u for o in axis] for axis, u in zip(origins, unit)]
     shared: dict = {}  # one object for equal regions and reads, whichever block they belong to
-    for sender, (regions, key) in requests.items():
+    for sender, asked in requests.items():
+        key = tuple(map(itemgetter(2), asked))  # the numbers of the strips asked, in order
+        regions = shared.get(key)
+        if regions is None:
+            regions = shared[key] = tuple(map(itemgetter(1), asked))
         if strips_from is None:
-            task = (partial(_cut_strips, shared.setdefault(key, regions)), (x.name,) + sender)
+            task = (partial(_cut_strips, regions), (x.name,) + sender)
         else:
-            origin = tuple(o[i] for o, i in zip(origins, sender))
-            size = tuple(c[i] for c, i in zip(chunks, sender))
-            # Which units a read decodes depends on the block's origin modulo the unit only.
-            phase = tuple(o % u for o, u in zip(origin, unit))
+            phase = tuple(map(getitem, phases, sender))
+            size = tuple(map(getitem, chunks, sender))
             found = shared.get((key, phase, size))
             if found is None:
                 reads, picks = strip_reads(regions, phase, size, depth, unit)
@@ -110,11 +116,9 @@ def exchange_halos(
                     tuple((r.start - p, r.stop - p) for r, p in zip(read, phase)) for read in reads
                 )
                 found = shared[(key, phase, size)] = (boxes, picks)
-            boxes, picks = found
-            reads = tuple(
-                tuple(slice(o + lo, o + hi) for (lo, hi), o in zip(box, origin)) for box in boxes
-            )
-            task = (partial(_read_strips, strips_from, reads, picks),)
+            # Reads as boxes from the block's origin: slices are made in the task, not here.
+            origin = tuple(map(getitem, origins, sender))
+            task = (partial(_read_strips, strips_from, origin, *found),)
         graph[(cut_name,) + sender] = task
     for receiver, layout in layouts.items():
         cuts = [(cut_name,) + sender for sender in senders[receiver]]
@@ -122,9 +126,9 @@ def exchange_halos(
             graph[(name,) + receiver] = (partial(_assemble, layout), (x.name,) + receiver, *cuts)
         else:
             # The block reads its own units when its strips are ready: nothing decoded waits.
-            region = tuple(slice(o[i], o[i] + c[i]) for o, c, i in zip(origins, chunks, receiver))
+            origin = tuple(map(getitem, origins, receiver))
             graph[(name,) + receiver] = (
-                partial(_read_and_assemble, layout, strips_from, region),
+                partial(_read_and_assemble, layout, strips_from, origin),
                 *cuts,
             )
     # x stays a dependency even when no task reads its blocks: save() finds the input's store
@@ -244,34 +248,39 @@ def normalize_boundary(boundary, cval: float) -> tuple[str | None, float]:
 def _route_strips(grid: _HaloGrid, dtype: np.dtype, pad_mode: str | None, cval: float):
     """Receiver by receiver: which strip of which sender goes where in its buffer.
 
-    Returns ``requests`` (per sender: the regions its neighbours ask of it, in the order they
-    ask, and a hashable key of them), ``layouts`` (per receiver: its :class:`_BlockLayout`) and
-    ``senders`` (per receiver: where each of its strips comes from). A block's geometry depends
-    on a few values per axis (:meth:`_HaloGrid.classes`), so it is worked out once per class of
-    blocks, not once per block: a grid of 100,000 tiles routes in about a second.
+    Returns ``requests`` (per sender: the strips its neighbours ask of it, in the order they
+    ask, each ``(steps, region, number, target)``), ``layouts`` (per receiver: its
+    :class:`_BlockLayout`) and ``senders`` (per receiver: where each of its strips comes from).
+    A block's geometry depends on a few values per axis (:meth:`_HaloGrid.classes`), so it is
+    worked out once per class of blocks, not once per block.
     """
-    classes = grid.classes()
+    classes = [_numbered(row) for row in grid.classes()]  # small ints hash fast
     near = grid.near()
     templates: dict = {}
+    serial = itertools.count()
     shared: dict = {}  # equal layouts are one object
-    requests: dict[tuple[int, ...], tuple[list, list]] = {}
+    requests: dict[tuple[int, ...], list[tuple]] = {}
     layouts: dict[tuple[int, ...], _BlockLayout] = {}
     senders: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
     for receiver in itertools.product(*[range(n) for n in grid.counts]):
-        kind = tuple(row[i] for row, i in zip(classes, receiver))
+        kind = tuple(map(getitem, classes, receiver))
         template = templates.get(kind)
         if template is None:
-            template = templates[kind] = grid.template(receiver)
-        around = [row[i] for row, i in zip(near, receiver)]
+            shape, centre, pad, strips = grid.template(receiver)
+            # Each strip numbered: a sender's requests are keyed by the numbers, cheap to hash.
+            numbered = tuple(
+                (steps, source, next(serial), target) for steps, source, target in strips
+            )
+            template = templates[kind] = (shape, centre, pad, numbered)
+        around = tuple(map(getitem, near, receiver))
         indices, came_from = [], []
-        for steps, source, key, _ in template[3]:
-            sender = tuple(n[s] for n, s in zip(around, steps))
+        for strip in template[3]:
+            sender = tuple(map(getitem, around, strip[0]))
             asked = requests.get(sender)
             if asked is None:
-                asked = requests[sender] = ([], [])
-            asked[0].append(source)
-            asked[1].append(key)
-            indices.append(len(asked[0]) - 1)
+                asked = requests[sender] = []
+            asked.append(strip)
+            indices.append(len(asked) - 1)
             came_from.append(sender)
         senders[receiver] = came_from
         layout = shared.get((kind, tuple(indices)))
@@ -281,8 +290,13 @@ def _route_strips(grid: _HaloGrid, dtype: np.dtype, pad_mode: str | None, cval: 
             layout = _BlockLayout(shape, dtype, centre, placed, pad, pad_mode, cval)
             shared[(kind, tuple(indices))] = layout
         layouts[receiver] = layout
-    routed = {sender: (tuple(asked), tuple(keys)) for sender, (asked, keys) in requests.items()}
-    return routed, layouts, senders
+    return requests, layouts, senders
+
+
+def _numbered(values: list) -> list[int]:
+    """Each value replaced by the number of its first occurrence."""
+    seen: dict = {}
+    return [seen.setdefault(value, len(seen)) for value in values]
 
 
 class _HaloGrid:
@@ -339,10 +353,10 @@ class _HaloGrid:
 
     def template(self, receiver: tuple[int, ...]) -> tuple:
         """A block's (shape, centre, edge padding, strips); a strip is (steps, region of the
-        sender, that region as a hashable key, target), its sender found by ``steps`` into
-        :meth:`near` (0 before, 1 at, 2 after) along each axis."""
+        sender, target), its sender found by ``steps`` into :meth:`near` (0 before, 1 at,
+        2 after) along each axis."""
         strips = tuple(
-            (tuple(o + 1 for o in offset), source, tuple((s.start, s.stop) for s in source), target)
+            (tuple(o + 1 for o in offset), source, target)
             for offset, source, target in self.strips(receiver)
         )
         return (
@@ -430,10 +444,13 @@ def _cut_strips(regions: tuple[tuple[slice, ...], ...], chunk):
     return tuple(chunk[region].copy() for region in regions)
 
 
-def _read_strips(reader: RegionReader, reads, picks):
-    """A block's strips read from the store: each region in ``reads`` once, then every strip
-    copied out of the read that holds it (copies: a view would pin the whole read)."""
-    got = [reader(region) for region in reads]
+def _read_strips(reader: RegionReader, origin, boxes, picks):
+    """A block's strips read from the store: each box (``(start, stop)`` per axis from the
+    block's ``origin``) once, then every strip copied out of the read that holds it (copies: a
+    view would pin the whole read)."""
+    got = [
+        reader(tuple(slice(o + lo, o + hi) for (lo, hi), o in zip(box, origin))) for box in boxes
+    ]
     return tuple(got[index][where].copy() for index, where in picks)
 
 
@@ -481,8 +498,10 @@ def strip_reads(regions, origin, size, depth, unit):
     return reads, tuple(picks)
 
 
-def _read_and_assemble(layout: _BlockLayout, reader: RegionReader, region, *cuts):
-    """:func:`_assemble` of a block read from the store here, once its strips have arrived."""
+def _read_and_assemble(layout: _BlockLayout, reader: RegionReader, origin, *cuts):
+    """:func:`_assemble` of the block at ``origin``, read from the store here once its strips
+    have arrived (its size is that of its place in the buffer)."""
+    region = tuple(slice(o, o + c.stop - c.start) for o, c in zip(origin, layout.centre))
     return _assemble(layout, reader(region), *cuts)
 
 
