@@ -12,10 +12,15 @@ set -euo pipefail
 say() { echo "slurm.sh: $*" >&2; }
 fail() { say "$*"; exit 1; }
 
-if sinfo -h -o "%t" 2>/dev/null | grep -qx idle; then
-    say "a SLURM node is already idle here"; exit 0
+# A node that is up (idle, or running an earlier run's jobs) is all the tests need.
+if sinfo -h -o "%t" 2>/dev/null | grep -qxE "idle|mix|alloc"; then
+    say "a SLURM node is already up here"; exit 0
 fi
 [ "$(id -u)" = 0 ] || fail "needs root (to install packages and run slurmd)"
+marker="Written by distconv's .ci/slurm.sh"
+if [ -f /etc/slurm/slurm.conf ] && ! grep -q "$marker" /etc/slurm/slurm.conf; then
+    fail "/etc/slurm/slurm.conf exists and is not this script's: leaving that SLURM alone"
+fi
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
         || ! command -v sbatch >/dev/null || ! command -v munged >/dev/null; then
     command -v apt-get >/dev/null || fail "no apt-get: install slurm-wlm and munge by hand"
@@ -40,7 +45,7 @@ case "$node" in NodeName=*) ;; *) fail "slurmd -C did not describe this node: $n
 host=$(hostname -s)
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
 cat >/etc/slurm/slurm.conf <<EOF
-# Written by distconv's .ci/slurm.sh: one node, daemons as root, loopback only.
+# ${marker}: one node, daemons as root, loopback only.
 ClusterName=distconv
 SlurmctldHost=${host}(127.0.0.1)
 AuthType=auth/munge
@@ -71,7 +76,7 @@ pgrep -x slurmd >/dev/null || slurmd || fail "slurmd did not start (/var/log/slu
 
 for _ in $(seq 60); do
     state=$(sinfo -h -o "%t" 2>/dev/null || true)
-    if [ "$state" = idle ]; then
+    if [[ "$state" =~ ^(idle|mix|alloc)$ ]]; then
         say "node ${host} idle: $(sinfo -h -o '%P %a %D %c CPUs %m MB')"; exit 0
     fi
     # A node left down or drained by an earlier run of this script comes back.

@@ -142,8 +142,13 @@ def _reject_unknown(path: str, what: str, mapping: dict, allowed: tuple[str, ...
         )
 
 
-def build_cluster(spec: JobqueueSpec):
+def build_cluster(spec: JobqueueSpec, worker_logs: bool = False):
     """The dask-jobqueue cluster a spec describes, not yet scaled (no job submitted).
+
+    Its scheduler runs in this process and logs as a local cluster's does
+    (:func:`distconv.clusters.local.worker_log_level`: errors only with ``worker_logs``, the
+    CLI's ``--debug``): a lost worker's "Couldn't gather keys" would otherwise be a line
+    beside the job's own one-line error. The file's ``silence_logs`` wins.
 
     Raises
     ------
@@ -155,7 +160,9 @@ def build_cluster(spec: JobqueueSpec):
     import dask_jobqueue
 
     cls = getattr(dask_jobqueue, SYSTEMS[spec.system])
-    kwargs = {"silence_logs": "error", **spec.cluster}
+    from distconv.clusters.local import worker_log_level
+
+    kwargs = {"silence_logs": worker_log_level(worker_logs), **spec.cluster}
     try:
         with warnings.catch_warnings():
             # The scheduler's dashboard takes another port when 8787 is taken (another
@@ -179,10 +186,11 @@ def apply_bounds(cluster, spec: JobqueueSpec) -> None:
         cluster.adapt(**spec.adapt)
 
 
-def jobqueue_cluster(path: str):
-    """Build the cluster a YAML file describes and scale or adapt it; returns the cluster."""
+def jobqueue_cluster(path: str, worker_logs: bool = False):
+    """Build the cluster a YAML file describes and scale or adapt it; returns the cluster
+    (``worker_logs``: its scheduler logs errors too, see :func:`build_cluster`)."""
     spec = load_spec(path)
-    cluster = build_cluster(spec)
+    cluster = build_cluster(spec, worker_logs)
     try:
         apply_bounds(cluster, spec)
     except (TypeError, ValueError) as exc:
