@@ -216,7 +216,7 @@ def cluster(
             )
         from distconv.clusters.jobqueue import jobqueue_cluster
 
-        made = jobqueue_cluster(parsed.path)
+        made = jobqueue_cluster(parsed.path, worker_logs=worker_logs)
     with made, Client(made) as client:
         register_plugins(client, rmm=rmm_pool_size is not None)
         if not quiet and client.dashboard_link:
