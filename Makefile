@@ -9,7 +9,7 @@ TEST_EXTRAS := test,tensorflow
 # `make gpu-check` runs with this Python as it is (it installs nothing): .venv's when present.
 GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
 
-.PHONY: demo test install bench gpu-check clean
+.PHONY: demo test test-latest constraints install bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,11 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[demo]'
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[$(TEST_EXTRAS)]'
+# Tests install the versions known to pass (constraints/test.txt), so a new release of a test
+# tool cannot turn CI red unseen; `make test-latest` runs the suite on the newest releases, and
+# `make constraints` refreshes the pins on purpose, recording what changed.
+$(VENV)/.installed-test: pyproject.toml constraints/test.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -c constraints/test.txt -e '.[$(TEST_EXTRAS)]'
 	touch $@
 
 install: $(VENV)/.installed-demo
@@ -34,6 +37,18 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
+# The suite against the newest releases pyproject's ranges allow, in a venv of its own: a failure
+# here and not in `make test` is a new release, not our change.
+test-latest:
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q --upgrade pip
+	.venv-latest/bin/python -m pip install -q -e '.[$(TEST_EXTRAS)]'
+	.venv-latest/bin/python -m pytest
+
+constraints:
+	PYTHON=$(PYTHON) EXTRAS=$(TEST_EXTRAS) constraints/refresh.sh
+
 # The whole benchmark suite (≤ 20 min on 2 cores): rewrites benchmarks/RESULTS.md.
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/run_all.py
@@ -45,4 +60,4 @@ gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu_check.py --out gpu-check
 
 clean:
-	rm -rf $(VENV) demo-output gpu-check build dist *.egg-info
+	rm -rf $(VENV) .venv-latest demo-output gpu-check build dist *.egg-info
