@@ -21,8 +21,8 @@ DEFAULTS: dict[str, Any] = {
     # Target input bytes of one task's tile of stored chunks (distconv/plan/tiles.py).
     "tile_size": "16MiB",
     # Most tiles (tasks per stage) a job's plan makes: tiles grow past tile_size until there are
-    # at most this many, memory permitting. The distributed scheduler spends about 1 ms per task
-    # (benchmarks/scheduler_cost.py), so 100,000 tasks is ~2 minutes of scheduling per stage.
+    # at most this many, memory permitting. The distributed scheduler spends milliseconds per
+    # task whatever it holds (benchmarks/scheduler_cost.py: 3.7 ms on a busy 2-core machine).
     "max_tasks": 100_000,
     # Where tiles' halos come from: "exchange" (cut from decoded neighbours), "store" (read
     # again: memory independent of the image's width) or "auto" (store when an exchange would
