@@ -14,8 +14,8 @@ import zarr
 
 import distconv as dc
 from distconv.clusters.resources import Resources
-from distconv.save.layout import Layout, TileWriter, aligned_chunks, output_layout, write_tiles
 from distconv.plan.tiles import TILES_PER_THREAD, plan_tiles, regular_grid
+from distconv.save.layout import Layout, TileWriter, aligned_chunks, output_layout, write_tiles
 
 TWO_THREADS = Resources(2, 1, 2**30, "test: 2 threads, 1 GiB per task")
 
