@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import contextmanager
 
 import dask
 from distributed import LocalCluster
 
-from distconv.clusters.resources import machine_memory
+from distconv.clusters.resources import local_sizes
 
 # distributed's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which also switches off
 # glibc's adaptive mmap threshold: every chunk-sized array is then a fresh mmap, paid in page
@@ -53,10 +52,7 @@ def local_cluster(
     for cores; memory is split equally between workers. Workers log critical messages only,
     or errors too with ``worker_logs`` (:func:`worker_log_level`).
     """
-    cores = os.cpu_count() or 1
-    threads = threads_per_worker or 1
-    n_workers = workers or max(1, cores // threads)
-    limit = memory_limit or int(machine_memory() * 0.9 / n_workers)
+    n_workers, threads, limit = local_sizes(workers, threads_per_worker, memory_limit)
     with chunk_job_settings(threads):
         return LocalCluster(
             n_workers=n_workers,

@@ -24,7 +24,9 @@ __all__ = [
     "current_client",
     "detect_resources",
     "gpu_count",
+    "local_sizes",
     "machine_memory",
+    "planned_resources",
     "scheduler_info",
     "worker_gpu",
     "worker_infos",
@@ -215,6 +217,36 @@ def machine_memory() -> int:
     except (ImportError, OSError):  # pragma: no cover - Windows
         pass
     return int(limit)
+
+
+def local_sizes(
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | int | None = None,
+) -> tuple[int, int, int | str]:
+    """(workers, threads per worker, memory limit per worker) of the local cluster
+    (:func:`distconv.clusters.local.local_cluster`) these options start."""
+    cores = os.cpu_count() or 1
+    threads = threads_per_worker or 1
+    n_workers = workers or max(1, cores // threads)
+    return n_workers, threads, memory_limit or int(machine_memory() * 0.9 / n_workers)
+
+
+def planned_resources(
+    workers: int | None = None, threads_per_worker: int | None = None
+) -> Resources:
+    """What :func:`distconv.clusters.resources.detect_resources` would find on the local
+    cluster these options start, without starting it (a dry run plans from arithmetic)."""
+    n_workers, threads, limit = local_sizes(workers, threads_per_worker)
+    parallel = n_workers * threads
+    per_thread = int(limit) / threads
+    return Resources(
+        parallel,
+        max(1, (os.cpu_count() or 1) // parallel),
+        int(per_thread * SAFETY_FRACTION),
+        f"{SAFETY_FRACTION} x the local cluster's memory_limit per thread, "
+        f"{format_bytes(int(per_thread))} (planned, not started)",
+    )
 
 
 def _client_resources(client) -> tuple[int, int, int, str] | None:

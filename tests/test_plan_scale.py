@@ -49,13 +49,17 @@ def test_dry_run_of_16_7_million_stored_chunks_is_arithmetic(huge):
     assert seconds < DRY_RUN_SECONDS, f"{seconds:.1f} s"
 
 
-def test_cli_dry_run_of_16_7_million_stored_chunks(huge):
+@pytest.mark.parametrize("cluster", [["--cluster", "threads"], []])
+def test_cli_dry_run_of_16_7_million_stored_chunks(huge, cluster):
+    """On threads, and on the default (auto: a 4 TiB job goes to the local cluster), whose
+    workers are planned for from the machine without starting them."""
     start = time.perf_counter()
     out = huge.parent / "out.zarr"
-    done = distconv(
-        "convolve", huge, huge.parent / "k.npy", "-o", out, "--dry-run", "--cluster", "threads"
-    )
+    done = distconv("convolve", huge, huge.parent / "k.npy", "-o", out, "--dry-run", *cluster)
     seconds = time.perf_counter() - start
+    if not cluster:
+        assert "the local cluster's memory_limit per thread" in done.stdout
+        assert "(planned, not started)" in done.stdout
     assert done.returncode == 0, done.stderr
     tasks = int(re.search(r"tasks: +([\d,]+) tile", done.stdout).group(1).replace(",", ""))
     assert tasks <= CAP, done.stdout

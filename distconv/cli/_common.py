@@ -283,6 +283,21 @@ class JobOptions:
 
         return dc.open(path, level=self.level, storage_options=self.storage_options)
 
+    def planned_resources(self, work: Any = None) -> Any:
+        """What a job's tiles are planned for when it would run on threads or on a local
+        cluster it starts (known without starting it: a dry run), else None (a running
+        cluster must be asked)."""
+        from distconv.clusters import resolve
+        from distconv.clusters.resources import detect_resources, planned_resources
+
+        sized = bool(self.workers or self.threads_per_worker)
+        parsed, _ = resolve(self.cluster_spec, work, sized=sized)
+        if parsed.kind == "threads":
+            return detect_resources()
+        if parsed.kind == "local":
+            return planned_resources(self.workers, self.threads_per_worker)
+        return None
+
     def cluster(
         self, quiet: bool | None = None, work: Any = None
     ) -> contextlib.AbstractContextManager[str]:

@@ -116,8 +116,12 @@ def _dry_run(operation: str, job: JobOptions, x, w, arguments: dict, output: str
     function = dc.convolve if operation == "convolve" else dc.correlate
     layout = job.layout(x if layout_of(x) is not None else function(x, w, **arguments))
     work = (x.nbytes, x.size * checked.correlation.out_dtype.itemsize)  # input and output
-    with job.cluster(quiet=True, work=work):  # the workers' threads and memory size the tiles
-        described = plan(x, w, **arguments).describe()
+    resources = job.planned_resources(work)
+    if resources is not None:  # threads, or the local cluster this job would start
+        described = plan(x, w, resources=resources, **arguments).describe()
+    else:
+        with job.cluster(quiet=True, work=work):  # the workers' threads and memory size tiles
+            described = plan(x, w, **arguments).describe()
     click.echo(f"{described}\n{output_text(output, layout, x.shape)}")
 
 
