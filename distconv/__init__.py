@@ -23,18 +23,37 @@ from distconv.errors import (
     OutputError,
     WeightsRankError,
 )
-from distconv.io import info, open
-from distconv.ops.convolve import convolve, correlate
-from distconv.ops.deconvolve import richardson_lucy, wiener
+from distconv.io import info
+from distconv.io import open as _open
+from distconv.labelled import (
+    labelled_map_chunks,
+    labelled_open,
+    labelled_operation,
+    labelled_pair,
+    labelled_save,
+)
+from distconv.ops import convolve as _convolve
+from distconv.ops import deconvolve as _deconvolve
+from distconv.ops import map_chunks as _map_chunks
+from distconv.ops import matmul as _matmul
+from distconv.ops import multiply as _multiply
 from distconv.ops.filter_plan import plan_convolve, plan_correlate
-from distconv.ops.map_chunks import map_chunks
-from distconv.ops.matmul import matmul
-from distconv.ops.multiply import multiply
+from distconv.save import steps as _steps
+from distconv.weights import load_weights
 
+# xarray in and out (distconv.labelled): a DataArray given to these is unwrapped, its dims
+# named in axes=, the result wrapped back; xarray is imported only when one is passed.
+open = labelled_open(_open)
+convolve = labelled_operation(_convolve.convolve, axes=True)
+correlate = labelled_operation(_convolve.correlate, axes=True)
+richardson_lucy = labelled_operation(_deconvolve.richardson_lucy, axes=False)
+wiener = labelled_operation(_deconvolve.wiener, axes=False)
+map_chunks = labelled_map_chunks(_map_chunks.map_chunks)
+matmul = labelled_pair(_matmul.matmul, matrix=True)
+multiply = labelled_pair(_multiply.multiply, matrix=False)
 # Bound last: ``distconv.save`` is also the package of the save steps, and this name must be
 # the function (Python binds a subpackage's name on its parent only when first importing it).
-from distconv.save.steps import save
-from distconv.weights import load_weights
+save = labelled_save(_steps.save)
 
 __all__ = [
     "__version__",

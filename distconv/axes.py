@@ -15,7 +15,18 @@ import dask.array as da
 from distconv.errors import DistconvError
 from distconv.provenance import source_of, sources
 
-__all__ = ["axes_record", "axis_names", "default_filter_ndim", "resolve_axes"]
+__all__ = [
+    "axes_record",
+    "axis_names",
+    "axis_type",
+    "data_variable",
+    "default_filter_ndim",
+    "dims_of",
+    "resolve_axes",
+]
+
+_AXIS_TYPES = {"z": "space", "y": "space", "x": "space", "t": "time", "time": "time"}
+_AXIS_TYPES.update({"c": "channel", "channel": "channel"})
 
 
 def axes_record(x: da.Array) -> list[dict[str, Any]] | None:
@@ -105,3 +116,35 @@ def default_filter_ndim(x: da.Array) -> int:
         return x.ndim
     spatial = sum(1 for axis in record if axis.get("type") == "space")
     return spatial or x.ndim
+
+
+def axis_type(name: str) -> str | None:
+    """The OME-Zarr type of a dim named ``name`` (``x, y, z``: space; ``t``: time; ``c``:
+    channel), or None."""
+    return _AXIS_TYPES.get(str(name).lower())
+
+
+def dims_of(array) -> list[str] | None:
+    """The dim names a Zarr array stores (``dimension_names`` in v3, ``_ARRAY_DIMENSIONS`` in
+    v2, as xarray writes them), or None."""
+    names = getattr(array.metadata, "dimension_names", None)
+    if names and all(n is not None for n in names):
+        return [str(n) for n in names]
+    names = dict(array.attrs).get("_ARRAY_DIMENSIONS")
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
+def data_variable(group, shown: str) -> str:
+    """The one array of ``group`` that is not a coordinate (xarray's Dataset of one variable)."""
+    arrays = dict(group.arrays())
+    dims = {d for a in arrays.values() for d in (dims_of(a) or ())}
+    named = set()
+    for a in arrays.values():
+        named.update(str(dict(a.attrs).get("coordinates", "")).split())
+    data = [n for n in arrays if n not in dims and n not in named]
+    if len(data) != 1:
+        raise DistconvError(
+            f"{shown} holds {len(data)} data variables ({', '.join(data) or 'none'}); "
+            "open one of them as path/name"
+        )
+    return data[0]

@@ -62,3 +62,44 @@ kernels.resolve_engine("auto", "correlate_direct", 2, np.float32)
 kernels.chunk_runner("numpy")
 assert kernels.GPU_ENGINES == tuple(n for n, s in kernels.ENGINES.items() if s.device == "gpu")
 """)
+
+
+# dask.array itself imports xarray when it is installed, so "not imported" is checked as "not
+# needed": with xarray made unimportable, importing distconv and planning jobs still work.
+_NO_XARRAY = """
+import sys
+class _Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name == "xarray" or name.startswith("xarray."):
+            raise ImportError("xarray blocked")
+sys.meta_path.insert(0, _Blocked())
+"""
+
+
+def test_xarray_is_optional_for_import_and_planning():
+    _run(
+        _NO_XARRAY
+        + """
+import distconv as dc, numpy as np, dask.array as da
+x = da.random.random((64, 64), chunks=32)
+y = dc.convolve(x, np.ones((3, 3)))
+m = dc.multiply(x, x)
+assert isinstance(y, da.Array) and isinstance(m, da.Array)
+assert "xarray" not in sys.modules
+"""
+    )
+
+
+def test_distconv_imports_xarray_only_inside_functions():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "distconv"
+    for path in root.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:  # module level only
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(n.split(".")[0] == "xarray" for n in names), path

@@ -8,6 +8,7 @@ array itself when bare), as for every distconv output.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import zarr
@@ -18,6 +19,7 @@ from distconv.save.pyramid import Tiling, level_shapes
 from distconv.stores import Location, bucket_missing, remote_error, storage_failure
 
 __all__ = [
+    "OUTPUT_DIMENSIONS",
     "check_output_location",
     "check_same_image",
     "check_same_job",
@@ -29,6 +31,12 @@ __all__ = [
 # Every chunk becomes an object, so "chunk object exists" means "chunk written" for resume and
 # for info's count, even where the result is all zeros.
 _WRITE_ALL = {"write_empty_chunks": True}
+
+# The dim names a bare output records (a DataArray's dims, set by distconv.labelled's save):
+# ``dimension_names`` in Zarr v3, the ``_ARRAY_DIMENSIONS`` attribute in v2, as xarray reads them.
+OUTPUT_DIMENSIONS: ContextVar[tuple[str, ...] | None] = ContextVar(
+    "distconv_output_dimensions", default=None
+)
 
 
 def level_paths(image: OutputImage | None) -> list[str]:
@@ -55,8 +63,15 @@ def create_output(
         The store refuses (read-only, no space, access denied, no bucket); nothing is left.
     """
     store = location.zarr_store(read_only=False)
+    dimension_names: dict[str, Any] = {}
     try:
         if image is None:
+            dims = OUTPUT_DIMENSIONS.get()
+            if dims is not None and len(dims) == len(shape):
+                if zarr_format == 2:
+                    attributes = {**attributes, "_ARRAY_DIMENSIONS": list(dims)}
+                else:
+                    dimension_names = {"dimension_names": list(dims)}
             return [
                 zarr.create_array(
                     store=store,
@@ -67,6 +82,7 @@ def create_output(
                     zarr_format=zarr_format,
                     attributes=attributes,
                     config=_WRITE_ALL,
+                    **dimension_names,
                 )
             ]
         paths = level_paths(image)

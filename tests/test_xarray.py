@@ -1,0 +1,173 @@
+"""xarray in and out: DataArrays through every operation, labels kept, values as scipy.ndimage's.
+
+Random data (never zeros), float64 references; stores written by distconv read back by xarray
+and stores written by xarray read by distconv.
+"""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+
+import distconv as dc
+from distconv.errors import DistconvError
+
+xr = pytest.importorskip("xarray")
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261206)
+
+
+def _image(rng, shape, dims, chunks=None, name="img"):
+    values = rng.random(shape) + 0.5
+    data = values if chunks is None else da.from_array(values, chunks=chunks)
+    coords = {d: 0.25 + 0.37 * np.arange(n) for d, n in zip(dims, shape, strict=True) if d != "c"}
+    return values, xr.DataArray(data, dims=dims, coords=coords, name=name, attrs={"units": "au"})
+
+
+def _same_labels(y, x):
+    assert isinstance(y, xr.DataArray)
+    assert y.dims == x.dims and y.name == x.name
+    assert y.attrs["units"] == x.attrs["units"] and "distconv" in y.attrs
+    for k in x.coords:
+        np.testing.assert_array_equal(y[k].values, x[k].values)
+
+
+def test_2d_numpy_backed_convolve(rng):
+    values, x = _image(rng, (37, 29), ("y", "x"))
+    w = rng.random((5, 3)) - 0.3
+    y = dc.convolve(x, w, mode="nearest")
+    _same_labels(y, x)
+    np.testing.assert_allclose(y.values, ndi.convolve(values, w, mode="nearest"), rtol=1e-10)
+    assert y.attrs["distconv"]["applied"][-1]["operation"] == "convolve"
+
+
+def test_3d_dask_backed_correlate_keeps_chunks(rng):
+    values, x = _image(rng, (12, 30, 26), ("z", "y", "x"), chunks=(6, 15, 13))
+    w = rng.random((3, 5, 3))
+    y = dc.correlate(x, w)
+    _same_labels(y, x)
+    assert y.chunks == x.chunks
+    np.testing.assert_allclose(y.values, ndi.correlate(values, w), rtol=1e-10)
+
+
+def test_5d_tczyx_filters_z_y_x_by_default_and_by_name(rng):
+    values, x = _image(rng, (2, 2, 6, 14, 12), ("t", "c", "z", "y", "x"), chunks=(1, 1, 3, 7, 6))
+    w = rng.random((3, 3, 3))
+    reference = ndi.convolve(values, w[None, None])
+    y = dc.convolve(x, w)
+    _same_labels(y, x)
+    np.testing.assert_allclose(y.values, reference, rtol=1e-10)
+    named = dc.convolve(x, w, axes=("z", "y", "x"))
+    np.testing.assert_allclose(named.values, reference, rtol=1e-10)
+    assert y.attrs["distconv"]["applied"][-1]["dims"] == ["z", "y", "x"]
+
+
+def test_unusual_dim_order_by_name_and_weights_dataarray(rng):
+    values, x = _image(rng, (16, 3, 18), ("x", "c", "y"), chunks=(8, 1, 9))
+    w = rng.random((5, 3))  # (y, x)
+    reference = ndi.correlate(values, w.T[:, None, :])  # the array's order: x, c, y
+    y = dc.correlate(x, w, axes=("y", "x"))
+    _same_labels(y, x)
+    np.testing.assert_allclose(y.values, reference, rtol=1e-10)
+    labelled_w = xr.DataArray(w, dims=("y", "x"))
+    np.testing.assert_allclose(dc.correlate(x, labelled_w).values, reference, rtol=1e-10)
+    with pytest.raises(DistconvError, match="no dim 'q'.*x, c, y"):
+        dc.correlate(x, w, axes=("q", "x"))
+
+
+def test_deconvolution_of_a_dataarray(rng):
+    values, x = _image(rng, (4, 20, 22), ("z", "y", "x"), chunks=(2, 10, 11))
+    psf = rng.random((3, 3)) + 0.1
+    psf /= psf.sum()
+    y = dc.richardson_lucy(x, psf, 4)  # a 2-D PSF over the last space dims: y, x
+    _same_labels(y, x)
+    reference = dc.richardson_lucy(values, psf[None], 4).compute()
+    np.testing.assert_allclose(y.values, reference, rtol=1e-8)
+    wz = dc.wiener(x, np.full((3, 3, 3), 1 / 27), 0.1)
+    _same_labels(wz, x)
+    np.testing.assert_allclose(
+        wz.values, dc.wiener(values, np.full((3, 3, 3), 1 / 27), 0.1).compute(), rtol=1e-8
+    )
+
+
+def test_multiply_broadcasts_by_dim_name(rng):
+    _, a = _image(rng, (10, 12), ("y", "x"), chunks=(5, 6), name="a")
+    bv = rng.random((12, 3)) + 0.5
+    b = xr.DataArray(bv, dims=("x", "c"), coords={"x": a.x.values}, name="b")
+    y = dc.multiply(a, b)
+    expected = a * b
+    assert y.dims == expected.dims == ("y", "x", "c")
+    np.testing.assert_allclose(y.values, expected.values, rtol=1e-12)
+    np.testing.assert_array_equal(y.x.values, a.x.values)
+
+
+def test_multiply_aligns_coords_as_xarray(rng):
+    _, a = _image(rng, (6, 8), ("y", "x"), name="a")
+    b = a.isel(x=slice(2, 7)) + 1.0
+    y = dc.multiply(a, b)
+    expected = a * b  # the inner join of the x coords
+    np.testing.assert_array_equal(y.x.values, expected.x.values)
+    np.testing.assert_allclose(y.values, expected.values, rtol=1e-12)
+
+
+def test_matmul_by_dim_names_and_a_refusal_naming_them(rng):
+    av, bv = rng.random((3, 8, 6)) + 0.5, rng.random((6, 5)) + 0.5
+    a = xr.DataArray(da.from_array(av, chunks=(1, 4, 3)), dims=("t", "i", "k"), name="a")
+    b = xr.DataArray(bv, dims=("k", "j"), coords={"j": np.linspace(0.1, 0.9, 5)})
+    y = dc.matmul(a, b)
+    assert y.dims == ("t", "i", "j")
+    np.testing.assert_allclose(y.values, np.matmul(av, bv), rtol=1e-12)
+    np.testing.assert_array_equal(y.j.values, b.j.values)
+    wrong = b.rename(k="m")
+    with pytest.raises(DistconvError, match="'k' and 'm'"):
+        dc.matmul(a, wrong)
+
+
+def test_map_chunks_keeps_labels(rng):
+    values, x = _image(rng, (20, 16), ("y", "x"), chunks=(10, 8))
+    y = dc.map_chunks(np.sqrt, x)
+    _same_labels(y, x)
+    np.testing.assert_allclose(y.values, np.sqrt(values))
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_save_is_read_back_labelled_by_xarray(rng, tmp_path, zarr_format):
+    values, x = _image(rng, (6, 20, 18), ("z", "y", "x"), chunks=(3, 10, 9))
+    w = rng.random((3, 3))
+    out = tmp_path / "out.zarr"
+    dc.save(dc.convolve(x, w), out, zarr_format=zarr_format)
+    reference = ndi.convolve(values, w[None])
+    ds = xr.open_zarr(out)
+    assert ds["img"].dims == ("z", "y", "x")
+    np.testing.assert_allclose(ds["img"].values, reference, rtol=1e-10)
+    np.testing.assert_array_equal(ds["x"].values, x.x.values)
+    assert ds["img"].attrs["units"] == "au"
+    one = xr.open_dataarray(out, engine="zarr")
+    assert one.dims == ("z", "y", "x") and one.name == "img"
+    back = dc.open(out, xarray=True)
+    assert back.dims == ("z", "y", "x") and isinstance(back.data, da.Array)
+    np.testing.assert_allclose(back.values, reference, rtol=1e-10)
+    np.testing.assert_array_equal(back.y.values, x.y.values)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_open_a_store_written_by_xarray(rng, tmp_path, zarr_format):
+    values, x = _image(rng, (5, 16, 14), ("z", "y", "x"), chunks=(5, 8, 7), name="stack")
+    path = tmp_path / "stack.zarr"
+    x.to_dataset().to_zarr(path, zarr_format=zarr_format)
+    back = dc.open(path, xarray=True)
+    assert back.dims == x.dims and back.name == "stack"
+    np.testing.assert_array_equal(back.values, values)
+    for d in x.dims:
+        np.testing.assert_array_equal(back[d].values, x[d].values)
+    plain = dc.open(path)  # the group's one variable; axes by name, as the CLI's --axes
+    w = rng.random((3, 3))
+    y = dc.convolve(plain, w, axes=("y", "x"))
+    np.testing.assert_allclose(y.compute(), ndi.convolve(values, w[None]), rtol=1e-10)
