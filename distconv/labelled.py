@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -286,7 +287,7 @@ def labelled_save(save: Callable) -> Callable:
 def _save_dataarray(save: Callable, x, path, **kwargs):
     import zarr
 
-    from distconv.provenance import sources
+    from distconv.provenance import source_paths, sources
     from distconv.save.outputs import OUTPUT_DIMENSIONS
     from distconv.save.steps import check_output_path
     from distconv.stores import Location
@@ -299,11 +300,13 @@ def _save_dataarray(save: Callable, x, path, **kwargs):
     )
     location = Location.parse(os.fspath(path), options)
     overwrite, resume = kwargs.get("overwrite", False), kwargs.get("resume", False)
-    check_output_path(location, [], overwrite, resume)
+    check_output_path(location, source_paths(data), overwrite, resume)
     if overwrite and location.exists():
         location.remove()
     group = zarr.open_group(location.zarr_store(read_only=False), mode="a", zarr_format=zarr_format)
-    kwargs["overwrite"] = False if not resume else kwargs["overwrite"]
+    kwargs["overwrite"] = False  # the group was removed above; the values are new in it
+    if not kwargs.get("pyramid"):
+        kwargs.setdefault("ome", False)  # a bare array beside its coords, as xarray reads
     token = OUTPUT_DIMENSIONS.set(labels.dims)
     try:
         array = save(data, location.child(name).url, zarr_format=zarr_format, **kwargs)
@@ -313,7 +316,9 @@ def _save_dataarray(save: Callable, x, path, **kwargs):
     user = {k: v for k, v in labels.attrs.items() if k != RECORD_KEY}
     if user:
         array.attrs.update(user)
-    zarr.consolidate_metadata(group.store, zarr_format=zarr_format)
+    with warnings.catch_warnings():  # zarr: consolidated metadata is not in the v3 spec
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(group.store, zarr_format=zarr_format)
     return array
 
 
@@ -324,12 +329,14 @@ def _write_coords(labels: Labels, location, zarr_format: int) -> None:
     coords = {k: v.variable for k, v in labels.coords.items()}
     if not coords:
         return
-    xr.Dataset(coords=coords).to_zarr(
-        location.zarr_store(read_only=False),
-        mode="a",
-        consolidated=False,
-        zarr_format=zarr_format,
-    )
+    with warnings.catch_warnings():  # zarr: a string coord's dtype has no v3 spec yet
+        warnings.simplefilter("ignore", UserWarning)
+        xr.Dataset(coords=coords).to_zarr(
+            location.zarr_store(read_only=False),
+            mode="a",
+            consolidated=False,
+            zarr_format=zarr_format,
+        )
 
 
 def labelled_open(open_array: Callable) -> Callable:

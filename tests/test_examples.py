@@ -29,6 +29,7 @@ ARGS = {
     "pipeline": ["--size", "256", "--chunk", "128", "--workers", "1", "--check"],
     "multi_gpu": ["--size", "256", "--chunk", "128"],
     "deconvolve": ["--size", "192", "--chunk", "64", "--iterations", "15", "--check"],
+    "xarray_pipeline": ["--size", "64", "--chunk", "32", "--iterations", "5", "--check"],
 }
 NEEDS = {
     "tf_matmul": "tensorflow",
@@ -38,6 +39,7 @@ NEEDS = {
     "pipeline": None,
     "multi_gpu": None,
     "deconvolve": None,
+    "xarray_pipeline": "xarray",
 }
 
 
@@ -78,6 +80,7 @@ def runs(tmp_path_factory):
         "rgb_to_gray",
         "multi_gpu",
         "deconvolve",
+        "xarray_pipeline",
     ]
     with ThreadPoolExecutor(max_workers=3) as pool:
         return {name: (proc, folder) for name, proc, folder in pool.map(run, order)}
@@ -161,3 +164,13 @@ def test_deconvolve(runs):
     result = zarr.open_array(folder / "restored.zarr")
     assert result.shape == (192, 192) and result.attrs["distconv"]["complete"] is True
     assert (folder / "deconvolve.png").stat().st_size > 10_000
+
+
+def test_xarray_pipeline(runs):
+    out, folder = _result(runs, "xarray_pipeline")
+    assert _number(r"check: max relative difference vs in memory (\S+)", out) < 1e-5
+    import xarray as xr
+
+    back = xr.open_zarr(folder / "restored.zarr")["stack"]
+    assert back.dims == ("z", "y", "x") and back.attrs["units"] == "photons"
+    np.testing.assert_allclose(back.z.values, 0.5 * np.arange(8))
