@@ -200,6 +200,12 @@ def labelled_pair(function: Callable, *, matrix: bool) -> Callable:
     def wrapper(a, b, **kwargs):
         if not (is_labelled(a) or is_labelled(b)):
             return function(a, b, **kwargs)
+        if not matrix and (is_labelled(a) != is_labelled(b)):
+            labelled, other = (a, b) if is_labelled(a) else (b, a)
+            if _is_scalar(other):  # a DataArray times a number keeps its labels
+                x, labels = unwrap(labelled)
+                y = function(x, other, **kwargs) if labelled is a else function(other, x, **kwargs)
+                return wrap(y, labels, {"operation": function.__name__, "scalar": float(other)})
         if not (is_labelled(a) and is_labelled(b)):
             raise DistconvError(
                 f"{function.__name__} of a DataArray and an unlabelled array: give both as "
@@ -237,6 +243,13 @@ def labelled_pair(function: Callable, *, matrix: bool) -> Callable:
         return wrap(y, labels, {"operation": function.__name__, "dims": list(dims)})
 
     return wrapper
+
+
+def _is_scalar(value) -> bool:
+    """Whether ``value`` is a plain number (0-d)."""
+    import numpy as np
+
+    return not hasattr(value, "chunks") and np.ndim(value) == 0
 
 
 def _expanded(x, dims, batch: Sequence[str], core: int):

@@ -108,6 +108,15 @@ def test_multiply_broadcasts_by_dim_name(rng):
     np.testing.assert_array_equal(y.x.values, a.x.values)
 
 
+def test_multiply_by_a_number_and_refusing_an_unlabelled_array(rng):
+    values, a = _image(rng, (6, 8), ("y", "x"), chunks=(3, 4))
+    y = dc.multiply(a, 2.5)
+    _same_labels(y, a)
+    np.testing.assert_allclose(y.values, values * 2.5)
+    with pytest.raises(DistconvError, match="both as DataArrays"):
+        dc.multiply(a, values)
+
+
 def test_multiply_aligns_coords_as_xarray(rng):
     _, a = _image(rng, (6, 8), ("y", "x"), name="a")
     b = a.isel(x=slice(2, 7)) + 1.0
@@ -171,3 +180,16 @@ def test_open_a_store_written_by_xarray(rng, tmp_path, zarr_format):
     w = rng.random((3, 3))
     y = dc.convolve(plain, w, axes=("y", "x"))
     np.testing.assert_allclose(y.compute(), ndi.convolve(values, w[None]), rtol=1e-10)
+
+
+def test_open_xarray_of_a_plain_distconv_output_and_an_unnamed_dataarray(rng, tmp_path):
+    values = rng.random((12, 10)) + 0.5
+    dc.save(da.from_array(values, chunks=6), tmp_path / "plain.zarr")
+    plain = dc.open(tmp_path / "plain.zarr", xarray=True)
+    assert plain.dims == ("dim_0", "dim_1")
+    np.testing.assert_array_equal(plain.values, values)
+    unnamed = xr.DataArray(values, dims=("y", "x"), coords={"x": np.linspace(-1, 1, 10)})
+    dc.save(unnamed, tmp_path / "unnamed.zarr")
+    back = dc.open(tmp_path / "unnamed.zarr", xarray=True)
+    assert back.name == "data" and back.dims == ("y", "x")
+    np.testing.assert_array_equal(back.x.values, unnamed.x.values)
