@@ -19,6 +19,7 @@ from dask.threaded import get as threaded_get
 from distconv.clusters.resources import current_client, scheduler_info
 from distconv.config import get_default
 from distconv.errors import WorkersLost
+from distconv.ops._blas import restore_blas_threads
 
 
 def compute_blocks(
@@ -232,26 +233,36 @@ def _compute_on_threads(pieces: list, counter: Callback) -> tuple:
     running tasks finish before the exception leaves: a task stopped by the interpreter's exit
     halfway through writing a tile leaves Zarr's event loop with writes it cannot finish (and a
     screen of their tracebacks); a finished one leaves whole chunks."""
-    pool = ThreadPoolExecutor(dask.system.CPU_COUNT, thread_name_prefix="distconv-task")
-    try:
-        with counter:
-            # The threaded scheduler's function, not its name: given "threads", dask imports
-            # distributed (~0.3 s) to look for a client first.
-            return dask.compute(*pieces, scheduler=threaded_get, pool=pool)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    # BLAS limits put back once the pool's threads are gone: OpenBLAS ignores a raise of its
+    # thread count while the threads that ran limited calls still exist.
+    with restore_blas_threads():
+        pool = ThreadPoolExecutor(dask.system.CPU_COUNT, thread_name_prefix="distconv-task")
+        try:
+            with counter:
+                # The threaded scheduler's function, not its name: given "threads", dask imports
+                # distributed (~0.3 s) to look for a client first.
+                return dask.compute(*pieces, scheduler=threaded_get, pool=pool)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _bar:
-    """Context manager yielding ``advance()``; draws nothing when quiet or for tiny jobs."""
+    """Context manager yielding ``advance()``; draws nothing when quiet or for tiny jobs.
+
+    Jobs that run at once in one process (two threads of a notebook) share one live display,
+    one row each: rich allows a single live display per console, and two would garble the
+    terminal. The display stops when the last job leaves.
+    """
+
+    _lock = threading.Lock()
+    _shared: dict[str, Any] = {"progress": None, "users": 0}
 
     def __init__(self, description: str, total: int, show: bool):
         self.description, self.total, self.show = description, total, show
-        self.progress = None
+        self.task = None
 
-    def __enter__(self):
-        if not self.show:
-            return lambda: None
+    @staticmethod
+    def _new_progress():
         # rich is imported only to draw a bar (it adds ~0.1 s to every command's start).
         from rich.console import Console
         from rich.progress import (
@@ -263,7 +274,7 @@ class _bar:
             TimeRemainingColumn,
         )
 
-        self.progress = Progress(
+        return Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -273,13 +284,33 @@ class _bar:
             console=Console(stderr=True),
             redirect_stdout=False,
         )
-        self.progress.start()
-        task = self.progress.add_task(self.description, total=self.total)
-        return lambda: self.progress.advance(task)
+
+    def __enter__(self):
+        if not self.show:
+            return lambda: None
+        shared = self._shared
+        with self._lock:
+            if shared["progress"] is None:
+                shared["progress"] = self._new_progress()
+                shared["progress"].start()
+            shared["users"] += 1
+            progress = shared["progress"]
+            self.task = progress.add_task(self.description, total=self.total)
+        task = self.task
+        return lambda: progress.advance(task)
 
     def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.stop()
+        if self.task is None:
+            return False
+        shared = self._shared
+        with self._lock:
+            progress = shared["progress"]
+            shared["users"] -= 1
+            if shared["users"] == 0:
+                progress.stop()
+                shared["progress"] = None
+            else:
+                progress.remove_task(self.task)  # the others' rows go on
         return False
 
 

@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,16 +87,20 @@ class _UnclosedSessionFilter(logging.Filter):
 logging.getLogger("asyncio").addFilter(_UnclosedSessionFilter())
 
 
-def quiet_abandoned_store_reads() -> None:
+def quiet_abandoned_store_reads() -> Callable[[], None]:
     """Drop the "Exception ignored in <coroutine StorePath.get>" reports of a failed store.
 
     When one of zarr's concurrent metadata reads fails (an unreachable endpoint), the others are
     abandoned; collected later, each prints a traceback through ``sys.unraisablehook``, after
     the one-line error. Other unraisable exceptions still reach the previous hook.
+
+    Returns a function that takes both back out (the hook only while it is still the one in
+    place): the ``distconv`` program keeps them for its life, a caller's process gets them for
+    one in-process command only.
     """
     previous = sys.unraisablehook
     if getattr(previous, "distconv_quiet", False):
-        return
+        return lambda: None
 
     def hook(unraisable) -> None:
         code = getattr(unraisable.object, "cr_code", None)
@@ -110,6 +114,13 @@ def quiet_abandoned_store_reads() -> None:
     # without cancelling them): asyncio logs each as it is destroyed, pending or with its own
     # error never retrieved (a denied store fails all three metadata reads of zarr.open).
     logging.getLogger("asyncio").addFilter(_not_an_abandoned_zarr_task)
+
+    def undo() -> None:
+        logging.getLogger("asyncio").removeFilter(_not_an_abandoned_zarr_task)
+        if sys.unraisablehook is hook:
+            sys.unraisablehook = previous
+
+    return undo
 
 
 _ABANDONED_TASK_REPORTS = (

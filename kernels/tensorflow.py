@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.fft
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep INFO banners out of worker logs
-import tensorflow as tf
 
 from distconv.kernels._cache import KeyedCache
 from distconv.kernels.registry import CORRELATE_OPS, LINALG_OPS
@@ -48,6 +46,17 @@ from distconv.kernels.registry import (
 from distconv.kernels.registry import (
     TENSORFLOW_MULTIPLY_WIDEN as _MULTIPLY_WIDEN,
 )
+
+# Keep INFO banners out of worker logs: set for TensorFlow's import only, so a caller's
+# process that imports this module keeps its environment as it was.
+_LOG_LEVEL_SET = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+if _LOG_LEVEL_SET:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
+try:
+    import tensorflow as tf
+finally:
+    if _LOG_LEVEL_SET:
+        os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
 
 __all__ = [
     "DIRECT_TILE",
@@ -67,19 +76,26 @@ TRACES: collections.Counter = collections.Counter()
 MAX_SPATIAL = 3  # tf.nn.convolution and tf.signal.rfft{,2d,3d} handle 1 to 3 spatial axes
 
 
-def _worker_threads() -> int:
-    """Threads this process may use: the Dask worker's ``nthreads``, else every core."""
+def _worker_threads() -> int | None:
+    """Threads this process may use: the Dask worker's ``nthreads``; None outside a worker."""
+    if "distributed" not in sys.modules:
+        return None
     try:
         from distributed import get_worker
 
         return max(1, int(get_worker().state.nthreads))
     except Exception:  # not running inside a Dask worker (client, tests, plain scripts)
-        return os.cpu_count() or 1
+        return None
 
 
 def _configure_runtime() -> int:
-    """Size the thread pools and tame the GPU; a no-op once TensorFlow's runtime has started."""
+    """Size the thread pools and tame the GPU in a Dask worker; a no-op once TensorFlow's
+    runtime has started. In any other process (a caller's script on local threads) TensorFlow's
+    threading and devices are the caller's: they are left as they are (they cannot be put back
+    once an op ran)."""
     threads = _worker_threads()
+    if threads is None:
+        return os.cpu_count() or 1
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)

@@ -406,8 +406,18 @@ def run_command_line(group: click.Group, argv: Sequence[str] | None) -> None:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    if not debug:
-        quiet_abandoned_store_reads()  # one line on stderr, even when a store is unreachable
+    # One line on stderr, even when a store is unreachable. Run as the program (no argv: the
+    # console script, python -m), the quieting stays for the process's life, exit included; an
+    # in-process call with its own argv leaves the caller's hook and logging as it found them.
+    undo = quiet_abandoned_store_reads() if not debug else (lambda: None)
+    try:
+        _run_group(group, args, debug)
+    finally:
+        if argv is not None:
+            undo()
+
+
+def _run_group(group: click.Group, args: list[str], debug: bool) -> None:
     CommandState.argv, CommandState.resume_command, CommandState.ran_on = args, None, None
     try:
         group.main(args=args, prog_name="distconv", standalone_mode=False)
