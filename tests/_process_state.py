@@ -157,9 +157,7 @@ def diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
             created = {
                 name: state
                 for name, state in after[what].items()
-                if name not in old
-                and state != old_default
-                and name.partition(".")[0] == "distconv"
+                if name not in old and state != old_default and name.partition(".")[0] == "distconv"
             }
             lines = _mapping_diff(old, new) + [
                 f"new logger {name!r} configured: {state!r}" for name, state in created.items()

@@ -204,3 +204,13 @@ def test_two_progress_bars_at_once_share_one_display():
         (task,) = _bar._shared["progress"].tasks  # the other job's row left with it
         assert task.description == "first" and task.completed == 1
     assert _bar._shared["progress"] is None
+
+
+@pytest.mark.xfail(
+    reason="matmul tasks on dask's own threaded pool: OpenBLAS 0.3.30/0.3.31 ignores the raise "
+    "back while that pool's threads live (the caller's thread cannot restore it either); "
+    "dc.save's own pool is fixed",
+    strict=False,
+)
+def test_matmul_compute_on_dasks_pool_leaves_blas_threads(inputs):
+    _unchanged(lambda: dc.matmul(dc.open(inputs["a"]), dc.open(inputs["b"])).compute())
