@@ -580,5 +580,7 @@ def test_matmul_names_a_damaged_input_chunk(rng, tmp_path):
     (tmp_path / "b.zarr" / "c" / "1" / "0").write_bytes(b"not zstd at all")
     x, y = dc.open(tmp_path / "a.zarr"), dc.open(tmp_path / "b.zarr")
     assert plan_for(x, y).reads_in_tasks
-    with pytest.raises(dc.errors.InputReadError, match=r"b\.zarr: the panel .* the input is damaged"):
+    with pytest.raises(
+        dc.errors.InputReadError, match=r"b\.zarr: the panel .* the input is damaged"
+    ):
         dc.matmul(x, y).compute(scheduler="sync")
