@@ -137,6 +137,9 @@ def dims_of(array) -> list[str] | None:
 def data_variable(group, shown: str) -> str:
     """The one array of ``group`` that is not a coordinate (xarray's Dataset of one variable)."""
     arrays = dict(group.arrays())
+    if not arrays or any(dims_of(a) is None for a in arrays.values()):
+        # Not xarray's layout (every array of a Dataset names its dims): a plain group.
+        raise DistconvError(f"{shown} is a Zarr group whose arrays do not all name their dims")
     dims = {d for a in arrays.values() for d in (dims_of(a) or ())}
     named = set()
     for a in arrays.values():

@@ -78,7 +78,7 @@ def compute_blocks(
     pieces = [grid[index] for index in np.ndindex(*grid.shape) if index not in skip]
     if not pieces:
         return 0
-    with _bar(description, len(pieces), show) as advance:
+    with ProgressBar(description, len(pieces), show) as advance:
         client = current_client()
         if client is None:
             values = _compute_on_threads(pieces, _BlockCounter(blocks.name, advance))
@@ -246,7 +246,7 @@ def _compute_on_threads(pieces: list, counter: Callback) -> tuple:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-class _bar:
+class ProgressBar:
     """Context manager yielding ``advance()``; draws nothing when quiet or for tiny jobs.
 
     Jobs that run at once in one process (two threads of a notebook) share one live display,

@@ -21,6 +21,7 @@ from distconv.reading import (
     MissingChunksAreErrors,
     RegionReader,
     read_pipeline,
+    reading_config,
     remember_store,
 )
 from distconv.save.layout import (
@@ -151,7 +152,7 @@ def _open_level(location: Location, level: int | None) -> tuple[zarr.Array, dict
 def _missing_chunks_are_errors(array: zarr.Array) -> zarr.Array:
     """The same array read through :class:`MissingChunksAreErrors`: every unit of a complete
     distconv output was written and checked, so one missing later is damage, not zeros."""
-    with zarr.config.set(read_pipeline()):
+    with reading_config(read_pipeline()):
         return zarr.open_array(store=MissingChunksAreErrors(array.store), path=array.path, mode="r")
 
 
@@ -195,7 +196,7 @@ def _open_node(location: Location, mode: str) -> zarr.Array | zarr.Group:
     try:
         # Absolute (or a URL): the array object is pickled into tasks, and a remote worker's
         # working directory is not ours. The codec pipeline is chosen here and travels with it.
-        with zarr.config.set(read_pipeline() if mode == "r" else {}):
+        with reading_config(read_pipeline() if mode == "r" else {}):
             return zarr.open(location.zarr_store(read_only=mode == "r"), mode=mode)
     except Exception as exc:  # zarr raises several types for missing or unreadable metadata
         if location.remote:

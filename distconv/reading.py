@@ -3,7 +3,10 @@ chunk, and any region of a store an array was opened from (for halos read from t
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import threading
+from collections.abc import Iterator
 
 import dask.array as da
 import zarr
@@ -22,6 +25,7 @@ __all__ = [
     "RegionReader",
     "damaged_chunk",
     "read_pipeline",
+    "reading_config",
     "region_reader",
     "remember_store",
 ]
@@ -55,6 +59,18 @@ def read_pipeline() -> dict[str, str]:
     if choice == "zarr" or not installed:
         return {}
     return {"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}
+
+
+_CONFIG_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def reading_config(settings: dict[str, str]) -> Iterator[None]:
+    """``zarr.config.set(settings)`` for one open, one thread at a time: zarr's config is
+    process-wide, and two threads' overlapping ``with zarr.config.set`` blocks restore each
+    other's values (one thread's pipeline would be left set for the whole process)."""
+    with _CONFIG_LOCK, zarr.config.set(settings):
+        yield
 
 
 def damaged_chunk(array: zarr.Array, index: tuple, error: Exception) -> tuple[str, Exception]:

@@ -182,9 +182,9 @@ def test_two_jobs_from_two_threads_match_one_after_the_other(inputs):
 def test_two_progress_bars_at_once_share_one_display():
     """Two jobs' bars at once (two threads) are two rows of one live display: rich allows one
     per console, and a second raised LiveError (or two would garble the terminal)."""
-    from distconv.executor import _bar
+    from distconv.executor import ProgressBar
 
-    first, second = _bar("first", 3, True), _bar("second", 2, True)
+    first, second = ProgressBar("first", 3, True), ProgressBar("second", 2, True)
     with first as advance_first:
         errors = []
 
@@ -192,7 +192,7 @@ def test_two_progress_bars_at_once_share_one_display():
             try:
                 with second as advance_second:
                     advance_second()
-                    assert len(_bar._shared["progress"].tasks) == 2
+                    assert len(ProgressBar._shared["progress"].tasks) == 2
             except BaseException as exc:
                 errors.append(exc)
 
@@ -201,9 +201,9 @@ def test_two_progress_bars_at_once_share_one_display():
         thread.join()
         advance_first()
         assert not errors, errors
-        (task,) = _bar._shared["progress"].tasks  # the other job's row left with it
+        (task,) = ProgressBar._shared["progress"].tasks  # the other job's row left with it
         assert task.description == "first" and task.completed == 1
-    assert _bar._shared["progress"] is None
+    assert ProgressBar._shared["progress"] is None
 
 
 @pytest.mark.xfail(
