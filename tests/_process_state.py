@@ -95,6 +95,12 @@ def _dask_config() -> dict:
     return copy.deepcopy(dask.config.config)
 
 
+def _zarr_config() -> dict:
+    import zarr
+
+    return copy.deepcopy(zarr.config.config)
+
+
 def snapshot() -> dict[str, Any]:
     """The process-wide settings a public call must leave as it found them."""
     return {
@@ -107,6 +113,7 @@ def snapshot() -> dict[str, Any]:
         "signal handlers": _signals(),
         "os.environ": dict(os.environ),
         "dask.config": _dask_config(),
+        "zarr.config": _zarr_config(),
         "sys.excepthook": sys.excepthook,
         "sys.unraisablehook": sys.unraisablehook,
         "threading.excepthook": threading.excepthook,
