@@ -9,7 +9,7 @@ TEST_EXTRAS := test,tensorflow
 # `make gpu-check` runs with this Python as it is (it installs nothing): .venv's when present.
 GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
 
-.PHONY: demo test test-latest constraints install bench gpu-check clean
+.PHONY: demo test test-latest constraints install bench gpu-check gpu-wheels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ bench: $(VENV)/.installed-test
 # Needs CuPy (cupy-cuda12x or cupy-cuda13x) and numba-cuda in GPU_PYTHON; TensorFlow optional.
 gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu_check.py --out gpu-check
+
+# The wheels a lent GPU machine lacks (no network there), into .whl/ for the run call's carry:
+# `make gpu-wheels KIND=h200` (or h100); docs/gpu.md gives the command to run there.
+KIND ?= h100
+gpu-wheels:
+	$(PYTHON) benchmarks/device_wheels.py --kind $(KIND)
 
 clean:
 	rm -rf $(VENV) .venv-latest demo-output gpu-check build dist *.egg-info
