@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
+import io
 import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, ClassVar
 
 import dask
 import dask.array as da
@@ -72,7 +74,8 @@ def compute_blocks(
         back within ``distconv.lost_workers_wait`` seconds.
     """
     show = get_default("progress") if progress is None else progress
-    show = show and sys.stderr.isatty()  # a bar in a log file is noise; the summary line stays
+    # A bar in a log file is noise (the summary line stays): a terminal or a notebook only.
+    show = show and ProgressBar.where() is not None
     grid = blocks.to_delayed()
     skip = set(skip)
     pieces = [grid[index] for index in np.ndindex(*grid.shape) if index not in skip]
@@ -247,22 +250,61 @@ def _compute_on_threads(pieces: list, counter: Callback) -> tuple:
 
 
 class ProgressBar:
-    """Context manager yielding ``advance()``; draws nothing when quiet or for tiny jobs.
+    """Context manager yielding ``advance()``; draws nothing when quiet.
 
-    Jobs that run at once in one process (two threads of a notebook) share one live display,
-    one row each: rich allows a single live display per console, and two would garble the
+    Jobs ask :meth:`where` first and show a bar only on stderr's terminal (a bar in a log file
+    is noise; the summary line stays) or in a Jupyter notebook. In a notebook (when
+    ``rich.get_console().is_jupyter``: an IPython kernel, Colab, Databricks) the bar is one
+    HTML output of the cell, updated in place through ``IPython.display`` (a display id), at
+    most :attr:`NOTEBOOK_REFRESH` times a second and once at the end. It needs neither
+    ipywidgets nor a terminal: rich's own live display needs ipywidgets in a notebook, and
+    without them warns and shows nothing. IPython is imported only inside a notebook, where it
+    is already loaded.
+
+    Jobs that run at once in one process (two threads of a notebook) share one display, one
+    row each: rich allows a single live display per console, and two would garble the
     terminal. The display stops when the last job leaves.
+
+    Parameters
+    ----------
+    description : str
+        The row's label.
+    total : int
+        Blocks the job computes.
+    show : bool
+        Draw at all (in the notebook when :meth:`where` says so, else on stderr).
     """
 
+    #: A rich ``Console`` to draw on instead of the detected one (None: stderr's terminal, or
+    #: the notebook when ``rich.get_console().is_jupyter``); a console with ``is_jupyter`` set
+    #: draws the notebook's bar (tests force one with ``Console(force_jupyter=True)``).
+    console: ClassVar[Any] = None
+    #: Updates of a notebook's bar per second, at most.
+    NOTEBOOK_REFRESH = 4.0
+
     _lock = threading.Lock()
-    _shared: dict[str, Any] = {"progress": None, "users": 0}
+    _shared: dict[str, Any] = {"progress": None, "users": 0, "notebook": None}
 
     def __init__(self, description: str, total: int, show: bool):
         self.description, self.total, self.show = description, total, show
         self.task = None
 
-    @staticmethod
-    def _new_progress():
+    @classmethod
+    def where(cls) -> str | None:
+        """Where a bar would be drawn now: ``"jupyter"``, ``"terminal"`` or None (nowhere)."""
+        console = cls.console
+        if console is None and hasattr(builtins, "get_ipython"):  # only inside IPython
+            import rich
+
+            console = rich.get_console()
+        if console is not None and console.is_jupyter:
+            return "jupyter"
+        if cls.console is not None:
+            return "terminal" if cls.console.is_terminal else None
+        return "terminal" if sys.stderr.isatty() else None
+
+    @classmethod
+    def _new_progress(cls, where: str):
         # rich is imported only to draw a bar (it adds ~0.1 s to every command's start).
         from rich.console import Console
         from rich.progress import (
@@ -281,37 +323,101 @@ class ProgressBar:
             TextColumn("tiles"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
+            console=cls.console or Console(stderr=True),
             redirect_stdout=False,
+            # In a notebook the progress only counts; _NotebookBar draws it.
+            disable=where == "jupyter",
         )
 
-    def __enter__(self):
+    def __enter__(self) -> Callable[[], None]:
         if not self.show:
             return lambda: None
+        where = self.where() or "terminal"  # asked to show: stderr even when not a terminal
         shared = self._shared
         with self._lock:
             if shared["progress"] is None:
-                shared["progress"] = self._new_progress()
+                shared["progress"] = self._new_progress(where)
                 shared["progress"].start()
+                shared["notebook"] = (
+                    _NotebookBar(shared["progress"]) if where == "jupyter" else None
+                )
             shared["users"] += 1
-            progress = shared["progress"]
+            progress, notebook = shared["progress"], shared["notebook"]
             self.task = progress.add_task(self.description, total=self.total)
         task = self.task
-        return lambda: progress.advance(task)
+        if notebook is None:
+            return lambda: progress.advance(task)
+        notebook.refresh(force=True)
 
-    def __exit__(self, *exc):
+        def advance() -> None:
+            progress.advance(task)
+            notebook.refresh()
+
+        return advance
+
+    def __exit__(self, *exc: object) -> bool:
         if self.task is None:
             return False
         shared = self._shared
         with self._lock:
-            progress = shared["progress"]
+            progress, notebook = shared["progress"], shared["notebook"]
             shared["users"] -= 1
+            if notebook is not None:
+                notebook.refresh(force=True)  # the final count stays in the cell
             if shared["users"] == 0:
                 progress.stop()
-                shared["progress"] = None
+                shared["progress"] = shared["notebook"] = None
             else:
                 progress.remove_task(self.task)  # the others' rows go on
         return False
+
+
+class _NotebookBar:
+    """A rich ``Progress`` drawn as HTML in one notebook output, updated in place.
+
+    Rendered by a recording console (rich's HTML export, styles inline) and shown as rich's
+    ``JupyterRenderable`` (text/html and text/plain) through ``IPython.display.display`` with a
+    display id; each refresh replaces that output. Without IPython nothing is drawn.
+    """
+
+    def __init__(self, progress: Any):
+        from rich.console import Console
+
+        self.progress = progress
+        self.renderer = Console(
+            file=io.StringIO(),
+            record=True,
+            width=100,
+            color_system="truecolor",
+            force_terminal=True,
+            force_jupyter=False,
+        )
+        self.handle: Any = None
+        self.last = 0.0
+        self.lock = threading.Lock()
+
+    def refresh(self, force: bool = False) -> None:
+        """Redraw, unless the last redraw was under 1/:attr:`ProgressBar.NOTEBOOK_REFRESH` s ago."""
+        now = time.monotonic()
+        if not force and now - self.last < 1 / ProgressBar.NOTEBOOK_REFRESH:
+            return
+        with self.lock:
+            self.last = now
+            from rich.jupyter import JUPYTER_HTML_FORMAT, JupyterRenderable
+
+            self.renderer.print(self.progress.get_renderable())
+            html = self.renderer.export_html(
+                inline_styles=True, code_format=JUPYTER_HTML_FORMAT, clear=False
+            )
+            renderable = JupyterRenderable(html, self.renderer.export_text(clear=True).rstrip())
+            try:
+                from IPython.display import display
+            except ImportError:  # a forced Jupyter console outside IPython: nowhere to draw
+                return
+            if self.handle is None:
+                self.handle = display(renderable, display_id=True)
+            else:
+                self.handle.update(renderable)
 
 
 class _BlockCounter(Callback):

@@ -221,7 +221,7 @@ def as_dask_array(input) -> da.Array:
     raise DistconvError(f"cannot use {type(input).__name__} as an array")
 
 
-def info(path, *, level: int | None = None, storage_options=None) -> dict[str, Any]:
+def info(path, *, level: int | None = None, storage_options=None) -> StoreInfo:
     """Describe a stored array: shape, dtype, chunks, codecs, bytes, provenance, completeness.
 
     Parameters
@@ -236,31 +236,103 @@ def info(path, *, level: int | None = None, storage_options=None) -> dict[str, A
 
     Returns
     -------
-    dict
-        ``image`` describes an OME-Zarr image or a TIFF (axes, levels, scale); ``complete`` is
-        None for what distconv did not write.
+    StoreInfo
+        A dict (shown as a table in a notebook): ``image`` describes an OME-Zarr image or a
+        TIFF (axes, levels, scale); ``complete`` is None for what distconv did not write.
     """
     location = Location.parse(path, storage_options)
     if is_tiff(location.url):
-        return describe_tiff(open_tiff(location, level), location.url)
+        return StoreInfo(describe_tiff(open_tiff(location, level), location.url))
     array, image = _open_level(location, level)
     produced = dict(array.attrs).get(ATTRS_KEY)
-    return {
-        "path": location.url,
-        "zarr_format": array.metadata.zarr_format,
-        "shape": tuple(array.shape),
-        "dtype": str(array.dtype),
-        "chunks": tuple(array.chunks),
-        "shards": tuple(array.shards) if getattr(array, "shards", None) else None,
-        "codecs": [_codec_name(c) for c in (*array.filters, *array.compressors)],
-        "nbytes": int(array.nbytes),
-        "nbytes_stored": _stored_bytes(array, location, image),
-        "chunks_initialized": _chunks_initialized(array, location, image),
-        "chunks_total": int(array.nchunks),
-        "image": describe_image(location, image),
-        "provenance": produced,
-        "complete": None if not isinstance(produced, dict) else bool(produced.get("complete")),
-    }
+    return StoreInfo(
+        {
+            "path": location.url,
+            "zarr_format": array.metadata.zarr_format,
+            "shape": tuple(array.shape),
+            "dtype": str(array.dtype),
+            "chunks": tuple(array.chunks),
+            "shards": tuple(array.shards) if getattr(array, "shards", None) else None,
+            "codecs": [_codec_name(c) for c in (*array.filters, *array.compressors)],
+            "nbytes": int(array.nbytes),
+            "nbytes_stored": _stored_bytes(array, location, image),
+            "chunks_initialized": _chunks_initialized(array, location, image),
+            "chunks_total": int(array.nchunks),
+            "image": describe_image(location, image),
+            "provenance": produced,
+            "complete": None if not isinstance(produced, dict) else bool(produced.get("complete")),
+        }
+    )
+
+
+class StoreInfo(dict):
+    """What :func:`info` returns: a plain dict of the store's facts that a notebook shows as a
+    table (``_repr_html_``); ``json.dumps`` and every dict use see only the dict."""
+
+    __slots__ = ()
+
+    def table_rows(self) -> list[tuple[str, Any]]:
+        """(field, value) rows: the keys ``distconv info`` prints, in its order.
+
+        Returns
+        -------
+        list of (str, object)
+            Keys absent or None are left out; an image's axes and levels and a distconv
+            store's status and steps get a row each.
+        """
+        from distconv._html import cell_text
+
+        rows: list[tuple[str, Any]] = []
+        for key in ("path", "format", "zarr_format", "shape", "dtype", "chunks", "shards"):
+            if self.get(key) is not None:
+                rows.append((key, self[key]))
+        if self.get("codecs") is not None:
+            rows.append(("codecs", ", ".join(map(str, self["codecs"])) or "none"))
+        image = self.get("image")
+        if image:
+            kind = f"OME-Zarr {image['ngff']}" if image.get("ngff") else "TIFF"
+            rows.append(("image", f"{kind}, level {image['level']} of {len(image['levels'])}"))
+            axes = [f"{a} ({u})" if u else str(a) for a, u in zip(image["axes"], image["units"])]
+            rows.append(("axes", ", ".join(axes)))
+            for index, each in enumerate(image["levels"]):
+                scale = f", scale {cell_text(each['scale'])}" if each.get("scale") else ""
+                shape = cell_text(each["shape"]) if each["shape"] else "missing"
+                rows.append((f"level {index}", f"{each['path']}: {shape}{scale}"))
+        stored = self.get("nbytes_stored")
+        rows.append(
+            ("bytes", f"{self['nbytes']:,}" + ("" if stored is None else f" ({stored:,} stored)"))
+        )
+        if "chunks_total" in self:
+            rows.append(
+                (
+                    "chunks written",
+                    f"{self['chunks_initialized']:,} of {self['chunks_total']:,}",
+                )
+            )
+        produced = self.get("provenance")
+        if not isinstance(produced, dict):
+            if "nbytes_stored" in self:
+                rows.append(("provenance", "none (not written by distconv)"))
+            return rows
+        rows.append(("status", "complete" if self.get("complete") else "partial"))
+        for step in produced.get("steps", []):
+            params = ", ".join(f"{k}={v}" for k, v in step.get("parameters", {}).items())
+            rows.append(
+                (
+                    "operation",
+                    f"{step.get('operation')} ({params}); method {step.get('method')}, "
+                    f"engine {step.get('engine')}",
+                )
+            )
+        for key in ("inputs", "command", "version", "created", "finished"):
+            if key in produced:
+                rows.append((key, produced[key]))
+        return rows
+
+    def _repr_html_(self) -> str:
+        from distconv._html import html_table
+
+        return html_table(self.table_rows(), title="distconv.info")
 
 
 def _stored_bytes(array: zarr.Array, location: Location, image: dict | None) -> int:

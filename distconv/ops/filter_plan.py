@@ -83,6 +83,46 @@ class FilterPlan:
         ]
         return "\n".join(lines)
 
+    def table_rows(self) -> list[tuple[str, str]]:
+        """(field, value) rows of the facts :meth:`describe` prints, for a notebook's table."""
+        text = _shape_text
+        plan = self.correlation
+        per_tile = self.per_tile()
+        rows = [("operation", self.operation)]
+        if self.source:
+            rows.append(("source", self.source))
+        rows += [
+            ("input shape", text(self.input_shape)),
+            ("input dtype", str(self.input_dtype)),
+            ("weights shape", text(self.weights_shape)),
+            ("output dtype", str(plan.out_dtype)),
+            ("compute dtype", str(plan.compute_dtype)),
+            ("mode", str(plan.mode)),
+            *self.tiles.table_rows(),
+            ("engine", ", ".join(sorted({engine for *_, engine in per_tile}))),
+            (
+                "method per tile",
+                "; ".join(
+                    f"{text(shape)} x{count}: {method} on {engine}"
+                    for shape, count, method, engine in per_tile
+                ),
+            ),
+        ]
+        return rows
+
+    def _repr_html_(self) -> str:
+        from distconv._html import html_table
+
+        return html_table(self.table_rows(), title=f"{self.operation} plan")
+
+    def __repr__(self) -> str:
+        where = f" of {self.source}" if self.source else ""
+        return (
+            f"<FilterPlan {self.operation}{where}: {_shape_text(self.input_shape)} "
+            f"{self.input_dtype} with {_shape_text(self.weights_shape)} weights, "
+            f"{self.tasks:,} tile(s) of {_shape_text(self.tile_shape)}>"
+        )
+
     def summary(self) -> dict[str, Any]:
         """The plan as plain values."""
         return {

@@ -161,6 +161,58 @@ class DeconvolutionPlan:
             lines.append(f"    {name:<28} {when}{chosen}")
         return "\n".join(lines)
 
+    def table_rows(self) -> list[tuple[str, str]]:
+        """(field, value) rows of the facts :meth:`describe` prints, for a notebook's table."""
+        rows = [
+            ("algorithm", self.algorithm),
+            ("PSF shape", _shape_text(self.psf.shape)),
+        ]
+        if self.algorithm == "richardson-lucy":
+            rows.append(("iterations", str(self.iterations)))
+        exact_needs = (
+            _shape_text(self.dependence) if self.algorithm == "richardson-lucy" else "one tile"
+        )
+        rows += [
+            ("mode", self.mode),
+            ("halo requested", repr(self.requested_halo)),
+            ("strategy", f"{self.strategy} ({'exact' if self.exact else 'approximate'})"),
+            ("halo per axis", f"{_shape_text(self.halo)} (exact needs {exact_needs})"),
+            (
+                "tasks",
+                f"{self.layout.tasks}"
+                + (f" per pass, {self.iterations} passes" if self.strategy == "passes" else ""),
+            ),
+            ("tile", _shape_text([max(c) for c in self.layout.chunks]) + " + halo"),
+            ("compute dtype", str(self.compute_dtype)),
+            (
+                "peak memory/task",
+                f"{format_bytes(self.layout.peak_bytes)} "
+                f"(budget {format_bytes(self.resources.memory_budget)})",
+            ),
+            ("engine", ", ".join(self.engines_used())),
+        ]
+        for name, layout in self.candidates.items():
+            when = "n/a (does not fit)" if math.isinf(layout.seconds) else f"{layout.seconds:.3g} s"
+            chosen = " (chosen)" if layout is self.layout else ""
+            rows.append((f"time if {name}", f"{when}{chosen}"))
+        return rows
+
+    def _repr_html_(self) -> str:
+        from distconv._html import html_table
+
+        return html_table(self.table_rows(), title=f"{self.algorithm} plan")
+
+    def __repr__(self) -> str:
+        return (
+            f"<DeconvolutionPlan {self.algorithm}: {_shape_text(self.psf.shape)} PSF, "
+            f"{self.strategy} strategy, {self.layout.tasks} task(s), "
+            f"halo {_shape_text(self.halo)}>"
+        )
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "×".join(map(str, shape)) if len(shape) else "()"
+
 
 def dependence_depth(psf_shape: Sequence[int], iterations: int) -> tuple[int, ...]:
     """The halo per axis that makes every tile's Richardson–Lucy result exact.

@@ -329,6 +329,51 @@ class MatmulPlan:
         ]
         return "\n".join(lines)
 
+    def table_rows(self) -> list[tuple[str, str]]:
+        """(field, value) rows of the facts :meth:`describe` prints, for a notebook's table."""
+        shape = _shape_text
+        fits = "" if self.fits_budget else " (OVER the budget: no smaller blocks exist)"
+        return [
+            ("A", f"{shape(self.a_shape)} {self.a_dtype}"),
+            ("B", f"{shape(self.b_shape)} {self.b_dtype}"),
+            ("output shape", shape(self.out_shape)),
+            ("output dtype", str(self.dtype)),
+            ("engine", self.engine),
+            ("threads", f"{self._threads_text()}, {self.resources.parallel_tasks} task(s) at once"),
+            (
+                "memory budget",
+                f"{format_bytes(self.resources.memory_budget)} per task "
+                f"({self.resources.budget_source})",
+            ),
+            (
+                "blocks",
+                f"batch {shape(self.batch_chunks)}, n {self.block_n}, k {self.block_k}, "
+                f"m {self.block_m}",
+            ),
+            ("k panels", f"{self.k_panels} (tree fan-in {self.fan_in})"),
+            (
+                "output chunks",
+                f"{shape(self.output_chunks)}: {self.output_blocks} block(s) computed",
+            ),
+            ("tasks", f"{self.matmul_tasks} matmul + {self.sum_tasks} tree-sum"),
+            ("bytes read", f"{format_bytes(self.bytes_read)} ({self._reads_text()})"),
+            ("peak memory/task", f"{format_bytes(self.peak_task_bytes)}{fits}"),
+            ("FLOPs", f"{self.flops:.3e}"),
+            ("estimated time", f"{self.estimated_seconds:.1f} s (cost model)"),
+        ]
+
+    def _repr_html_(self) -> str:
+        from distconv._html import html_table
+
+        return html_table(self.table_rows(), title="matmul plan")
+
+    def __repr__(self) -> str:
+        return (
+            f"<MatmulPlan {_shape_text(self.a_shape)} @ {_shape_text(self.b_shape)} -> "
+            f"{_shape_text(self.out_shape)} {self.dtype} on {self.engine}: blocks n "
+            f"{self.block_n}, k {self.block_k}, m {self.block_m}>"
+        )
+
     def _step_bytes(self, panel_bytes: int) -> int:
         return panel_bytes * self.stream_k // self.block_k
 

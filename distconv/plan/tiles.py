@@ -227,6 +227,61 @@ class TilePlan:
         )
         return "\n".join(lines)
 
+    def table_rows(self) -> list[tuple[str, str]]:
+        """(field, value) rows of the facts :meth:`describe` prints, for a notebook's table."""
+        shape = _shape_text
+        rows = [
+            (
+                "tile",
+                f"{shape(self.tile_shape)} = {self.units_per_tile} x {self.unit_kind} "
+                f"{shape(self.unit_shape)}",
+            ),
+            ("tile chosen by", self.reason),
+            ("units", f"{self.unit_kind} {shape(self.unit_shape)}"),
+            ("tasks", f"{self.tasks:,} tile(s) for {self.units:,} {self.unit_kind}(s)"),
+            ("tasks at once", str(self.resources.parallel_tasks)),
+            (
+                "bytes decoded",
+                f"{format_bytes(self.bytes_decoded)} "
+                f"({self.decode_factor:.2f}x the input, "
+                f"{'read by the tasks from the store' if self.from_store else 'from the graph'})",
+            ),
+        ]
+        if any(self.depth):
+            where = (
+                f"strips read again from the store ({self.strip_read_factor:.2f}x decoded)"
+                if self.halo_source == "store"
+                else f"exchanged between tiles: {format_bytes(self.halo_bytes)} of strips "
+                f"({self.halo_overhead:.1%} per tile)"
+            )
+            rows.append(("halo", f"depth {shape(self.depth)}, {where}"))
+        else:
+            rows.append(("halo", "none"))
+        fits = self.peak_task_bytes <= self.resources.memory_budget
+        rows.append(
+            (
+                "peak memory/task",
+                f"{format_bytes(self.peak_task_bytes)} of a "
+                f"{format_bytes(self.resources.memory_budget)} budget "
+                f"({self.resources.budget_source})" + ("" if fits else " (OVER the budget)"),
+            )
+        )
+        return rows
+
+    def _repr_html_(self) -> str:
+        from distconv._html import html_table
+
+        return html_table(
+            [("shape", _shape_text(self.shape)), ("dtype", str(self.dtype)), *self.table_rows()],
+            title="tile plan",
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<TilePlan {_shape_text(self.shape)} {self.dtype}: {self.tasks:,} tile(s) of "
+            f"{_shape_text(self.tile_shape)}, peak {format_bytes(self.peak_task_bytes)}/task>"
+        )
+
     def summary(self) -> dict:
         """The plan as plain values, for provenance."""
         return {
