@@ -119,7 +119,7 @@ def test_info_counts_the_chunks_of_a_partial_output(image):
     assert "status:       partial: 10 of 12 chunks written" in described.stdout
     resumed = distconv(*job, "--resume", cwd=folder)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed p.zarr: 10 of 12 chunks were already written" in resumed.stdout
+    assert "2 of 12 chunks computed now, 10 were already written" in resumed.stdout
     assert "status:       complete" in distconv("info", "p.zarr", cwd=folder).stdout
     expected = ndimage.correlate(data.astype(np.float64), np.load(folder / "kernel.npy"))
     np.testing.assert_allclose(zarr.open_array(str(folder / "p.zarr"))[:], expected, atol=1e-4)

@@ -246,7 +246,7 @@ def test_resume_computes_only_the_missing_chunks(tmp_path, operation):
         operation, "a.zarr", "b.zarr", "-o", "c.zarr", "--resume", *THREADS, cwd=tmp_path
     )
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed c.zarr: 10 of 12 chunks were already written" in resumed.stdout
+    assert "2 of 12 chunks computed now, 10 were already written" in resumed.stdout
     out = zarr.open_array(str(tmp_path / "c.zarr"), mode="r")
     record = out.attrs["distconv"]
     assert record["complete"] is True and record["resumed"][-1]["chunks_already_written"] == 10

@@ -26,6 +26,7 @@ from distconv.cli._common import (
     output_option,
     resume_command,
     run_job,
+    summary_line,
 )
 from distconv.errors import DistconvError, InputReadError
 
@@ -168,13 +169,17 @@ def _deconvolve_job(job: JobOptions, **a) -> None:
             raise
     shutil.rmtree(scratch, ignore_errors=True)
     if not job.quiet:
+        halo = "exact" if plan.exact else f"halo {max(plan.halo)}"
+        what = f"{plan.iterations} iterations" if rl else f"balance {plan.balance}"
         click.echo(
-            f"wrote {output}: {'×'.join(map(str, y.shape))} {y.dtype}, {y.npartitions} chunks, "
-            f"{a['method']}"
-            + (f" {plan.iterations} iterations" if rl else f" balance {plan.balance}")
-            + f", strategy {plan.strategy} ({'exact' if plan.exact else 'halo '}"
-            + ("" if plan.exact else f"{max(plan.halo)}")
-            + f"), engine {','.join(plan.engines_used())}; {seconds:.2f} s"
+            summary_line(
+                y.shape,
+                y.dtype,
+                f"{a['method']} {what}, strategy {plan.strategy} ({halo}), "
+                f"engine {','.join(plan.engines_used())}",
+                seconds=seconds,  # the passes before the last one count too
+                tiles=plan.layout.tasks,
+            )
         )
 
 

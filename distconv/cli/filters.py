@@ -7,7 +7,6 @@ from typing import Any
 import click
 
 from distconv.cli._common import (
-    CommandState,
     JobOptions,
     default_output,
     engine_option,
@@ -16,6 +15,7 @@ from distconv.cli._common import (
     output_option,
     output_text,
     run_job,
+    summary_line,
 )
 from distconv.errors import DistconvError
 from distconv.plan import (
@@ -84,19 +84,23 @@ def _filter_job(
     function = dc.convolve if operation == "convolve" else dc.correlate
     y = function(x, w, **arguments)
     check_weights_fit(w.shape, x.shape, axes_t)  # the API accepts these, as scipy.ndimage does
-    written, seconds = job.write(  # checked, then saved
+    written, _ = job.write(  # checked, then saved
         y, output, operation, source_paths(y), work=(x, y)
     )
     if not job.quiet:
         produced = written.attrs["distconv"]
         record = produced["steps"][-1]
-        pixels = float(x.size)
         click.echo(
-            f"wrote {output}: {'×'.join(map(str, y.shape))} {y.dtype}, "
-            f"{written.nchunks} chunks in {y.npartitions} tiles, method {record['method']}, "
-            f"engine {record['engine']}; {seconds:.2f} s, {pixels / seconds / 1e6:.1f} Mpx/s, "
-            f"{x.nbytes / seconds / 2**20:.0f} MiB/s read{_clipped_note(produced, x.dtype)}; "
-            f"on {CommandState.ran_on}"
+            summary_line(
+                y.shape,
+                y.dtype,
+                f"method {record['method']}, engine {record['engine']}",
+                lambda report: (
+                    f"{report.rate(x.size) / 1e6:.1f} Mpx/s, "
+                    f"{report.rate(x.nbytes) / 2**20:.0f} MiB/s read"
+                ),
+                notes=_clipped_note(produced, x.dtype),
+            )
         )
 
 

@@ -13,7 +13,6 @@ from typing import Any
 import click
 
 from distconv.cli._common import (
-    CommandState,
     JobOptions,
     default_output,
     engine_option,
@@ -21,6 +20,7 @@ from distconv.cli._common import (
     options,
     output_option,
     run_job,
+    summary_line,
 )
 
 # The options of every command that writes a store, in the order --help lists them.
@@ -83,19 +83,25 @@ def _matmul_job(
     if not dry_run:
         job.check_output(output, source_paths(x) + source_paths(y))
     work = (x, y, _matmul_result_bytes(x, y))
-    with job.cluster(quiet=job.quiet or dry_run, work=work) as where:
+    with job.cluster(quiet=job.quiet or dry_run, work=work):
         if dry_run:  # planned where it would run: the workers' memory sets the budget
             click.echo(plan_for(x, y, engine=engine, memory_budget=memory_budget).describe())
             return
         product = dc.matmul(x, y, engine=engine, memory_budget=memory_budget)
-        seconds = job.save(product, output, "matmul")[1]
+        job.save(product, output, "matmul")
+        # The blocks the plan computes (the result is rechunked to the stored chunks).
+        blocks = plan_for(x, y, engine=engine, memory_budget=memory_budget).output_blocks
     if not job.quiet:
         flops = 2 * int(product.size) * x.shape[-1]  # one multiply-add per k per element
         step = dc.info(output, storage_options=job.storage_options)["provenance"]["steps"][-1]
         click.echo(
-            f"wrote {output}: {_shape(product.shape)} {product.dtype}, "
-            f"{product.npartitions} chunks, engine {step['engine']}, {step['method']}; "
-            f"{seconds:.2f} s, {flops / seconds / 1e9:.1f} GFLOP/s; on {where}"
+            summary_line(
+                product.shape,
+                product.dtype,
+                f"engine {step['engine']}, {step['method']}",
+                lambda report: f"{report.rate(flops) / 1e9:.1f} GFLOP/s",
+                tiles=blocks,
+            )
         )
 
 
@@ -131,12 +137,15 @@ def _multiply_job(job: JobOptions, a: str, b: str, output: str | None, engine: s
     product = dc.multiply(x, y, engine=engine)  # NumPy's broadcasting error, before a cluster
     output = output or default_output(a, "multiply")
     work = (x, y, product) if hasattr(y, "nbytes") else (x, product)
-    seconds = job.write(product, output, "multiply", source_paths(product), work=work)[1]
+    job.write(product, output, "multiply", source_paths(product), work=work)
     if not job.quiet:
         click.echo(
-            f"wrote {output}: {_shape(product.shape)} {product.dtype}, "
-            f"{product.npartitions} chunks; {seconds:.2f} s, "
-            f"{product.nbytes / seconds / 2**20:.0f} MiB/s written; on {CommandState.ran_on}"
+            summary_line(
+                product.shape,
+                product.dtype,
+                "",
+                lambda report: f"{report.rate(product.nbytes) / 2**20:.0f} MiB/s written",
+            )
         )
 
 
@@ -163,7 +172,3 @@ def _number(text: str) -> int | float | None:
         except ValueError:
             continue
     return None
-
-
-def _shape(shape) -> str:
-    return "×".join(map(str, shape)) if len(shape) else "scalar"
