@@ -37,6 +37,7 @@ from distconv.ops import deconvolve as _deconvolve
 from distconv.ops import map_chunks as _map_chunks
 from distconv.ops import matmul as _matmul
 from distconv.ops import multiply as _multiply
+from distconv.ops.apply import apply, plan_apply
 from distconv.ops.filter_plan import plan_convolve, plan_correlate
 from distconv.save import steps as _steps
 from distconv.weights import load_weights
@@ -65,6 +66,7 @@ __all__ = [
     "InputValueError",
     "OutputError",
     "WeightsRankError",
+    "apply",
     "cluster",
     "convolve",
     "correlate",
@@ -74,6 +76,7 @@ __all__ = [
     "matmul",
     "multiply",
     "open",
+    "plan_apply",
     "plan_convolve",
     "plan_correlate",
     "richardson_lucy",

@@ -24,7 +24,9 @@ import dask.array as da
 
 __all__ = [
     "engines_used",
+    "images",
     "layout_of",
+    "remember_image",
     "remember_layout",
     "remember_provenance",
     "remember_saturating_cast",
@@ -45,6 +47,9 @@ _STEPS: dict[str, dict[str, Any]] = {}
 _LAYOUTS: dict[str, dict[str, Any]] = {}
 # Working stores a graph's tasks read and write besides its sources (deconvolution's scratch).
 _SCRATCH: dict[str, dict[str, Any]] = {}
+# Dask array name → the OME-Zarr image a result of another shape belongs in (a model's output
+# with its own channel count): the input's image record with the result's shape.
+_IMAGES: dict[str, dict[str, Any]] = {}
 # Dask array name of a saturating cast → the name and (empty) meta of the float array it casts.
 # Not the array: its graph would keep in-memory inputs alive.
 _SATURATING: dict[str, tuple[str, Any]] = {}
@@ -99,6 +104,18 @@ def remember_layout(x: da.Array, record: dict[str, Any]) -> da.Array:
     with by default; return ``x`` itself."""
     _LAYOUTS[x.name] = dict(record)
     return x
+
+
+def remember_image(x: da.Array, record: dict[str, Any]) -> da.Array:
+    """Record the OME-Zarr image ``x`` is written as (a source record's image fields with
+    ``x``'s shape), for a result whose shape no source has; return ``x`` itself."""
+    _IMAGES[x.name] = dict(record)
+    return x
+
+
+def images(x: da.Array) -> list[dict[str, Any]]:
+    """The image records of :func:`remember_image` in ``x``'s graph, nearest first."""
+    return _graph_records(x, _IMAGES)
 
 
 def layout_of(x: da.Array) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import click
 
-from distconv.cli import bench, cluster, deconvolve, filters, info, linalg
+from distconv.cli import apply, bench, cluster, deconvolve, filters, info, linalg
 from distconv.cli._common import CommandState, run_command_line
 
 __all__ = ["cli", "main"]
@@ -29,6 +29,7 @@ def cli(debug: bool) -> None:
       distconv convolve big.zarr kernel.npy      # writes big.convolved.zarr
       distconv info big.convolved.zarr           # shape, chunks, provenance, complete?
       distconv engines                           # which engines run here
+      distconv apply unet.keras big.zarr         # a trained model over the whole image
     """
     CommandState.debug = debug
 
@@ -37,6 +38,7 @@ for _command in (
     filters.convolve_command,
     filters.correlate_command,
     deconvolve.deconvolve_command,
+    apply.apply_command,
     info.info_command,
     info.engines_command,
     linalg.matmul_command,

@@ -27,7 +27,7 @@ from distconv.errors import InputReadError, JobFailed, WorkersLost, one_line
 from distconv.executor import compute_blocks
 from distconv.io import ATTRS_KEY, as_dask_array
 from distconv.ome import output_image
-from distconv.provenance import saturating_cast_source, scratch_stores, sources, steps
+from distconv.provenance import images, saturating_cast_source, scratch_stores, sources, steps
 from distconv.save.clipping import clipped_record
 from distconv.save.layout import default_format
 from distconv.save.outputs import check_output_location, create_output
@@ -225,7 +225,7 @@ def plan_save(
     # An image's other levels are the input too: nothing is written inside an input image.
     protected = [s["path"] for s in read] + [s["image"] for s in read if s.get("image")]
     check_output_path(location, protected, overwrite, resume)
-    image = output_image(read, x.shape, zarr_format=zarr_format, **image_options)
+    image = output_image(read + images(x), x.shape, zarr_format=zarr_format, **image_options)
     zarr_format = zarr_format or (image.zarr_format if image else default_format(x))
     plan = plan_writes(x, unclipped, chunks, shards, zarr_format, image)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
