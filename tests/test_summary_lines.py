@@ -148,3 +148,24 @@ def test_resume_of_multiply_names_the_chunks_computed_now(folder, capsys):
     assert f"3 of {total} chunks computed now, {already} were already written" in line
     expected = np.asarray(zarr.open_array(str(folder / "a.zarr"))[:]) * np.float32(0.5)
     np.testing.assert_array_equal(zarr.open_array(str(folder / "half.zarr"))[:], expected)
+
+
+def test_engines_leaves_the_environment_and_stderr_quiet(capfd, monkeypatch):
+    """``distconv engines`` imports each engine once with TensorFlow's INFO log off for the
+    import and the device probe, and leaves this process's environment as it found it."""
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    import os
+
+    # TensorFlow's own import sets variables of its own (TF2_BEHAVIOR...): imported first,
+    # as tests/test_process_state.py does, so only what the command does is compared.
+    pytest.importorskip("tensorflow")
+    capfd.readouterr()  # what that import logged is not the command's
+    before = dict(os.environ)
+    try:
+        main(["engines"])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    assert dict(os.environ) == before
+    out, err = capfd.readouterr()
+    assert "scipy" in out
+    assert not [line for line in err.splitlines() if re.match(r"I\d{4} ", line)], err

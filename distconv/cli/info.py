@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
+from collections.abc import Iterator
 
 import click
 
@@ -117,19 +116,7 @@ def engines_command() -> None:
     from rich.table import Table
     from rich.text import Text
 
-    # TensorFlow's probe starts first, in its own process, and runs while the others are
-    # probed here (its import is most of this command's time).
-    apart = {
-        name: TensorFlowProbe()
-        for name in _PROBED_APART
-        if name not in sys.modules and kernels.is_installed(name)
-    }
-    found = {
-        name: _probe_here(name)
-        for name in kernels.ENGINES
-        if name not in apart and kernels.is_installed(name)
-    }
-    found.update((name, probe.result()) for name, probe in apart.items())
+    found = {name: _probe_here(name) for name in kernels.ENGINES if kernels.is_installed(name)}
 
     # Short cells in the table (it fits 80 columns); each engine's long description of its
     # device (versions, CPU, GPUs) goes below it, where lines wrap as text.
@@ -158,76 +145,32 @@ def engines_command() -> None:
         console.print(f"{name}: {detail}", highlight=False, markup=False)
 
 
-# Engines probed in a child process unless this process already imported them: TensorFlow's
-# import takes seconds and its C++ runtime logs on stderr (the child's stderr is kept, shown
-# with --debug), and an import that crashes (an unsupported CPU) takes only the child down.
-_PROBED_APART = ("tensorflow",)
-PROBE_TIMEOUT = 300.0  # seconds; a first import from a cold disk can take a minute
-
-# What kernels/tensorflow.py's device_info reports, from a fresh process: the device TF
-# computes on and its intra-op threads (its compiled functions are none in a fresh process).
-_TENSORFLOW_PROBE = """
-import json, os
-import tensorflow as tf
-gpus = tf.config.get_visible_devices("GPU")
-threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count() or 1
-print(json.dumps({"version": tf.__version__, "gpus": [g.name for g in gpus], "threads": threads}))
-"""
-
-
 def _probe_here(name: str) -> tuple[bool, str | None]:
-    """(usable, device description) of an engine imported in this process."""
+    """(usable, device description) of an engine, imported in this process (once: the
+    registry caches it) with TensorFlow's C++ log quiet for the import and the device probe."""
     try:
-        module = kernels.get_engine(name)
-        usable = bool(getattr(module, "usable", lambda: True)())
-        describe_device = getattr(module, "device_info", None)
-        return usable, describe_device() if describe_device else None
+        with _quiet_tensorflow_log():
+            module = kernels.get_engine(name)
+            usable = bool(getattr(module, "usable", lambda: True)())
+            describe_device = getattr(module, "device_info", None)
+            return usable, describe_device() if describe_device else None
     except Exception as exc:  # an engine whose import fails is reported, not fatal
         return False, f"import failed: {str(exc).splitlines()[0][:200]}"
 
 
-class TensorFlowProbe:
-    """TensorFlow imported in a child process, started at construction.
+@contextlib.contextmanager
+def _quiet_tensorflow_log() -> Iterator[None]:
+    """``TF_CPP_MIN_LOG_LEVEL=1`` (INFO off) while an engine is imported and its device
+    probed, unless the caller set a level; the environment is put back as it was found.
 
-    The child's environment gets ``TF_CPP_MIN_LOG_LEVEL=2`` unless the caller set one (this
-    process's environment is left as it was); its stderr, TensorFlow's start-up log among it,
-    is captured and shown only with ``--debug``.
+    The engine module sets it for TensorFlow's import only; listing GPUs afterwards
+    (``device_info``) starts parts of TensorFlow's runtime that log again without it.
     """
-
-    def __init__(self) -> None:
-        from distconv.cli._common import CommandState
-
-        self.debug = CommandState.debug
-        env = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ}
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _TENSORFLOW_PROBE],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-
-    def result(self, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str | None]:
-        """(usable, device description), as :func:`_probe_here` gives them."""
-        try:
-            out, err = self.process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.communicate()
-            return False, f"import failed: no answer from TensorFlow in {timeout:.0f} s"
-        if self.debug and err.strip():
-            click.echo(err.rstrip(), err=True)
-        code = self.process.returncode
-        if code != 0:
-            lines = [line for line in err.strip().splitlines() if line.strip()]
-            why = lines[-1][:200] if lines else f"exit status {code}"
-            if code < 0:
-                why = f"the import crashed ({signal.Signals(-code).name})"
-            return False, f"import failed: {why}"
-        found = json.loads(out.strip().splitlines()[-1])
-        gpus = found["gpus"]
-        where = f"GPU {gpus[0]}" if gpus else "CPU"
-        return True, (
-            f"{where} (TensorFlow {found['version']}, {found['threads']} intra-op threads)"
-        )
+    added = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    if added:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
+    try:
+        yield
+    finally:
+        if added:
+            os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
