@@ -142,12 +142,14 @@ def measure(payload: ModelPayload, space: int, channels: int, dtype: np.dtype) -
     """
     predict = predictor(payload)
     rng = np.random.default_rng(0)
+    failures: list[str] = []
 
     def run(side: int, batch: np.ndarray | None = None) -> np.ndarray | None:
         data = batch if batch is not None else _background(rng, (1,) + (side,) * space, channels)
         try:
             out = predict(data.astype(dtype, copy=False))
-        except Exception:
+        except Exception as exc:
+            failures.append(f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
             return None
         if out.ndim != space + 2 or out.shape[1:-1] != data.shape[1:-1]:
             return None
@@ -166,7 +168,7 @@ def measure(payload: ModelPayload, space: int, channels: int, dtype: np.dtype) -
             "the model does not return an output of its input's size for inputs of any "
             f"multiple of {', '.join(map(str, _STRIDES))} pixels: it is not fully "
             "convolutional (a model built with a fixed input size runs only at that size), "
-            "or it fails on random input"
+            "or it fails on random input" + (f" (first failure: {failures[0]})" if failures else "")
         )
     side = -(-_PROBE_SIDE[space] // stride) * stride
     while True:

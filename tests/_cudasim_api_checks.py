@@ -25,6 +25,7 @@ API_CHECKS = (
     "zarr_to_zarr",
     "matmul",
     "multiply",
+    "apply_a_numba_cuda_function",
     "no_cupy_and_device_copies_only",
 )
 
@@ -141,6 +142,50 @@ def multiply(dc, da, np, ndimage, rng):
     got = dc.multiply(a32, 0.5, engine="numba-cuda").compute(scheduler="threads")
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, a32 * np.float32(0.5))
+
+
+def _mean_of_three_rows(tile):
+    """A tile function for dc.apply on numba-cuda: each pixel the mean of its row and the rows
+    above and below (the nearest row at the tile's edges), on a Numba device array."""
+    from numba import cuda
+
+    out = cuda.device_array_like(tile)
+    threads = (8, 8)
+    blocks = tuple(-(-n // t) for n, t in zip(tile.shape, threads))
+    _mean_kernel()[blocks, threads](tile, out)
+    return out
+
+
+def _mean_kernel():
+    # The simulator swaps the *module global* ``cuda`` of a kernel's module while it runs: the
+    # kernel must find ``cuda`` among this module's globals, not in a closure.
+    global _KERNEL, cuda
+    if "_KERNEL" not in globals():
+        from numba import cuda
+
+        @cuda.jit
+        def kernel(source, target):
+            i, j = cuda.grid(2)
+            if i < source.shape[0] and j < source.shape[1]:
+                total = 0.0
+                for di in range(-1, 2):
+                    total += source[min(max(i + di, 0), source.shape[0] - 1), j]
+                target[i, j] = total / 3.0
+
+        _KERNEL = kernel
+    return _KERNEL
+
+
+def apply_a_numba_cuda_function(dc, da, np, ndimage, rng):
+    """dc.apply of a Numba CUDA function: the halo is measured by probing (1 row), and the
+    tiled result equals the function on the whole image (scipy's nearest-mode mean filter)."""
+    x = rng.standard_normal((20, 18)).astype(np.float32)
+    plan = dc.plan_apply(_mean_of_three_rows, x, engine="numba-cuda")
+    assert plan.facts.receptive_field == (1, 0), plan.facts
+    got = dc.apply(_mean_of_three_rows, da.from_array(x, chunks=8), engine="numba-cuda", tile=8)
+    got = got.compute(scheduler="threads")
+    expected = ndimage.uniform_filter1d(x.astype(np.float64), 3, axis=0, mode="nearest")
+    np.testing.assert_allclose(got[..., 0], expected, rtol=1e-6, atol=1e-6)
 
 
 def no_cupy_and_device_copies_only(dc, da, np, ndimage, rng):
