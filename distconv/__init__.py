@@ -26,6 +26,7 @@ from distconv.errors import (
 from distconv.io import info
 from distconv.io import open as _open
 from distconv.labelled import (
+    labelled_apply,
     labelled_map_chunks,
     labelled_open,
     labelled_operation,
@@ -37,7 +38,8 @@ from distconv.ops import deconvolve as _deconvolve
 from distconv.ops import map_chunks as _map_chunks
 from distconv.ops import matmul as _matmul
 from distconv.ops import multiply as _multiply
-from distconv.ops.apply import apply, plan_apply
+from distconv.ops.apply import apply as _apply
+from distconv.ops.apply import plan_apply
 from distconv.ops.filter_plan import plan_convolve, plan_correlate
 from distconv.save import steps as _steps
 from distconv.weights import load_weights
@@ -50,6 +52,7 @@ correlate = labelled_operation(_convolve.correlate, axes=True)
 richardson_lucy = labelled_operation(_deconvolve.richardson_lucy, axes=False)
 wiener = labelled_operation(_deconvolve.wiener, axes=False)
 map_chunks = labelled_map_chunks(_map_chunks.map_chunks)
+apply = labelled_apply(_apply)
 matmul = labelled_pair(_matmul.matmul, matrix=True)
 multiply = labelled_pair(_multiply.multiply, matrix=False)
 # Bound last: ``distconv.save`` is also the package of the save steps, and this name must be

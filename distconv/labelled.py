@@ -19,6 +19,7 @@ from distconv.errors import DistconvError
 
 __all__ = [
     "Labels",
+    "labelled_apply",
     "SPACE_DIMS",
     "labelled_map_chunks",
     "labelled_open",
@@ -162,6 +163,40 @@ def labelled_operation(function: Callable, *, axes: bool) -> Callable:
             step["dims"] = [labels.dims[i] for i in chosen]
         step.update({k: _plain(v) for k, v in kwargs.items() if k != "scratch"})
         return wrap(y, labels, step)
+
+    return wrapper
+
+
+CHANNEL_DIMS = ("c", "channel", "channels")
+
+
+def labelled_apply(function: Callable) -> Callable:
+    """:func:`distconv.apply` taking a DataArray: ``axes=`` names dims (default: its ``z, y,
+    x`` dims), a ``c``/``channel`` dim is the model's channels; the result keeps the input's
+    dims and coords, its channel dim (added last, named ``channel``, where the input had none)
+    sized by the model."""
+
+    @functools.wraps(function)
+    def wrapper(model, input, *args, **kwargs):
+        if not is_labelled(input):
+            return function(model, input, *args, **kwargs)
+        channel = next((d for d in input.dims if str(d).lower() in CHANNEL_DIMS), None)
+        ordered = input if channel is None else input.transpose(..., channel)
+        x, labels = unwrap(ordered)
+        given = kwargs.pop("axes", None)
+        if given is None:
+            space = [i for i, d in enumerate(labels.dims) if str(d).lower() in SPACE_DIMS]
+            chosen = tuple(space) or None
+        else:
+            chosen = labels.axes(given)
+        y = function(model, x, *args, axes=chosen, **kwargs)
+        step = {"operation": "apply", "model": str(getattr(model, "name", model))}
+        if chosen is not None:
+            step["dims"] = [labels.dims[i] for i in chosen]
+        if channel is None:
+            labels = Labels((*labels.dims, "channel"), labels.coords, labels.name, labels.attrs)
+        result = wrap(y, labels, step)
+        return result if channel is None else result.transpose(*input.dims)
 
     return wrapper
 

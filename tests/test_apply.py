@@ -328,3 +328,25 @@ def test_dry_run_prints_the_plan_and_writes_nothing(models, tmp_path):
     assert f"±{plan.facts.receptive_field[0]}×" in result.stdout
     assert not (tmp_path / "in.predicted.zarr").exists()
     json.dumps(plan.record)  # provenance-ready
+
+
+def test_xarray_in_and_out(models):
+    xr = pytest.importorskip("xarray")
+    built, paths = models
+    rng = np.random.default_rng(9)
+    image = rng.random((96, 80)).astype(np.float32)
+    labelled = xr.DataArray(
+        image, dims=("y", "x"), coords={"y": np.linspace(0, 9.5, 96)}, name="cells"
+    ).chunk(32)
+    out = dc.apply(paths["unet2"], labelled, tile=32)
+    assert isinstance(out, xr.DataArray) and out.dims == ("y", "x", "channel")
+    np.testing.assert_array_equal(out.coords["y"], labelled.coords["y"])
+    assert out.name == "cells" and out.attrs["distconv"]["applied"][-1]["operation"] == "apply"
+    assert_equal_to_whole(out.values, whole_image(built["unet2"], image[..., None]))
+    # channels first, by name: the model's channels replace them, in place
+    stack = rng.random((2, 64, 48)).astype(np.float32)
+    first = xr.DataArray(stack, dims=("c", "y", "x"))
+    predicted = dc.apply(paths["two_in"], first, tile=32)
+    assert predicted.dims == ("c", "y", "x") and predicted.shape == (3, 64, 48)
+    expected = whole_image(built["two_in"], np.moveaxis(stack, 0, -1))
+    assert_equal_to_whole(predicted.values, np.moveaxis(expected, -1, 0))
