@@ -106,9 +106,28 @@ def _apply(block: Block, marker: str) -> None:
         raise ValueError(f"{block.id}: unknown docs-test marker {marker!r}")
 
 
+def markdown_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def all_blocks() -> list[Block]:
-    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-    return [block for path in files for block in parse(path)]
+    return [block for path in markdown_files() for block in parse(path)]
+
+
+def untagged_fences() -> list[str]:
+    """``file:Lnn`` of every opening fence that names no language (``text``, ``yaml``... for
+    what is not run), so that no shell or Python block escapes the test unnoticed."""
+    found = []
+    for path in markdown_files():
+        inside = False
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            match = _FENCE.match(line)
+            if not match:
+                continue
+            if not inside and not match.group(2):
+                found.append(f"{path.relative_to(ROOT)}:L{n}")
+            inside = not inside
+    return found
 
 
 # --- the files blocks name --------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _doc_blocks import Block, all_blocks, make_files
+from _doc_blocks import Block, all_blocks, make_files, untagged_fences
 
 BLOCKS = all_blocks()
 BIN = Path(sys.executable).parent
@@ -47,6 +47,12 @@ def test_blocks_found():
     """The parser sees the README's blocks (a renamed fence would silently drop them)."""
     assert any(b.file == "README.md" and b.kind == "python" for b in BLOCKS)
     assert any(b.file == "README.md" and b.kind == "shell" for b in BLOCKS)
+
+
+def test_every_fence_names_its_language():
+    """A block without a language would be neither run nor skipped: name it (```bash,
+    ```python, or ```text / ```yaml for what is not run)."""
+    assert untagged_fences() == []
 
 
 @contextlib.contextmanager
