@@ -26,7 +26,6 @@ import json
 import os
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from distconv.errors import DistconvError
 from distconv.kernels.models import ModelPayload, predictor
+from distconv.plan.apply import ModelFacts
 
 __all__ = ["ModelFacts", "describe_signature", "measure", "resolve_model"]
 
@@ -42,26 +42,6 @@ _PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".sav")
 _PROBE_SIDE = {1: 256, 2: 64, 3: 32}
 _LARGEST_PROBE = {1: 65536, 2: 1024, 3: 192}
 _STRIDES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the probe found.
-
-    Parameters
-    ----------
-    stride : int
-        Total stride: tiles start and halos measure in multiples of it.
-    receptive_field : tuple of int
-        Per space axis, how many pixels on each side an output pixel depends on.
-    out_channels : int
-    out_dtype : numpy.dtype
-    """
-
-    stride: int
-    receptive_field: tuple[int, ...]
-    out_channels: int
-    out_dtype: np.dtype
 
 
 def resolve_model(
