@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import click
 
 from distconv.cli import apply, bench, cluster, deconvolve, filters, info, linalg
-from distconv.cli._common import CommandState, run_command_line
+from distconv.cli._common import run_command_line
+from distconv.cli._summary import CommandState
 
 __all__ = ["cli", "main"]
 

@@ -13,8 +13,8 @@ from distconv.cli._common import (
     output_option,
     output_text,
     run_job,
-    summary_line,
 )
+from distconv.cli._summary import summary_line
 from distconv.cli.filters import _axes_list, _int_list
 from distconv.errors import DistconvError
 

@@ -17,7 +17,6 @@ import time
 import click
 
 from distconv.cli._common import (
-    CommandState,
     JobOptions,
     default_output,
     engine_option,
@@ -26,8 +25,8 @@ from distconv.cli._common import (
     output_option,
     resume_command,
     run_job,
-    summary_line,
 )
+from distconv.cli._summary import CommandState, summary_line
 from distconv.errors import DistconvError, InputReadError
 
 __all__ = ["deconvolve_command"]

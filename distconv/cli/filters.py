@@ -15,8 +15,8 @@ from distconv.cli._common import (
     output_option,
     output_text,
     run_job,
-    summary_line,
 )
+from distconv.cli._summary import summary_line
 from distconv.errors import DistconvError
 from distconv.plan import (
     METHODS,

@@ -20,8 +20,8 @@ from distconv.cli._common import (
     options,
     output_option,
     run_job,
-    summary_line,
 )
+from distconv.cli._summary import summary_line
 
 # The options of every command that writes a store, in the order --help lists them.
 _common_options = options(

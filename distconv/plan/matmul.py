@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from dask.utils import format_bytes
 
 from distconv import kernels
 from distconv.clusters.resources import SAFETY_FRACTION, Resources
@@ -269,127 +268,28 @@ class MatmulPlan:
 
     def describe(self) -> str:
         """Several lines for ``distconv matmul --dry-run``."""
-        shape = _shape_text
-        k_line = (
-            "one k panel: each output block is one engine call, no partial sums"
-            if self.k_panels == 1 and self.stream_steps == 1
-            else f"one task per output block reads k in {self.stream_steps} steps of "
-            f"{self.stream_k} (the next step is read while the engine multiplies) and "
-            "adds them up in place: no partial sums between tasks"
-            if self.k_panels == 1
-            else f"{self.k_panels} k panels of {self.block_k}: partial products summed in a "
-            f"tree of fan-in {self.fan_in}"
-        )
-        if self.reads_in_tasks:
-            sources = "each task reads its panels from the Zarr stores"
-        else:
-            sources = " and ".join(
-                f"{name} {'read from Zarr in panels' if direct else 'rechunked to panels'}"
-                for name, direct in zip("AB", self.panels_from_zarr)
-            )
-        lines = [
-            f"matmul plan: {shape(self.a_shape)} {self.a_dtype} @ {shape(self.b_shape)} "
-            f"{self.b_dtype} -> {shape(self.out_shape)} {self.dtype}",
-            f"  engine:            {self.engine}, {self._threads_text()}, "
-            f"{self.resources.parallel_tasks} task(s) at once",
-            f"  memory budget:     {format_bytes(self.resources.memory_budget)} per task "
-            f"({self.resources.budget_source})",
-            f"  blocks:            batch {shape(self.batch_chunks)}, n {self.block_n}, "
-            f"k {self.block_k}, m {self.block_m}",
-            f"  contraction:       {k_line}",
-            f"  panels:            A {format_bytes(self.a_panel_bytes)}, "
-            f"B {format_bytes(self.b_panel_bytes)}"
-            + (
-                ""
-                if self.stream_steps == 1
-                else f", read in steps of A {format_bytes(self._step_bytes(self.a_panel_bytes))}, "
-                f"B {format_bytes(self._step_bytes(self.b_panel_bytes))}"
-            )
-            + f"; {sources}",
-            f"  output chunks:     {self.output_blocks} block(s) computed, written as "
-            f"{_count_chunks(self.out_shape, self.output_chunks)} chunk(s) of "
-            f"{shape(self.output_chunks)}",
-            f"  tasks:             {self.matmul_tasks} matmul + {self.sum_tasks} tree-sum",
-            f"  bytes read:        {format_bytes(self.bytes_read)} from the inputs "
-            f"({self._reads_text()})"
-            + (
-                ""
-                if self.reads_in_tasks
-                else f"; {format_bytes(self.panel_bytes_moved)} of panels into tasks"
-            ),
-            f"  peak memory/task:  {format_bytes(self.peak_task_bytes)}"
-            + ("" if self.fits_budget else "  (OVER the budget: no smaller blocks exist)")
-            + (
-                ""
-                if self.reads_in_tasks
-                else " (a worker also holds shared panels waiting for their other tasks)"
-            ),
-            f"  FLOPs:             {self.flops:.3e}",
-            f"  estimated time:    {self.estimated_seconds:.1f} s (cost model, not a measurement)",
-        ]
-        return "\n".join(lines)
+        from distconv.plan.matmul_text import describe_matmul
+
+        return describe_matmul(self)
 
     def table_rows(self) -> list[tuple[str, str]]:
         """(field, value) rows of the facts :meth:`describe` prints, for a notebook's table."""
-        shape = _shape_text
-        fits = "" if self.fits_budget else " (OVER the budget: no smaller blocks exist)"
-        return [
-            ("A", f"{shape(self.a_shape)} {self.a_dtype}"),
-            ("B", f"{shape(self.b_shape)} {self.b_dtype}"),
-            ("output shape", shape(self.out_shape)),
-            ("output dtype", str(self.dtype)),
-            ("engine", self.engine),
-            ("threads", f"{self._threads_text()}, {self.resources.parallel_tasks} task(s) at once"),
-            (
-                "memory budget",
-                f"{format_bytes(self.resources.memory_budget)} per task "
-                f"({self.resources.budget_source})",
-            ),
-            (
-                "blocks",
-                f"batch {shape(self.batch_chunks)}, n {self.block_n}, k {self.block_k}, "
-                f"m {self.block_m}",
-            ),
-            ("k panels", f"{self.k_panels} (tree fan-in {self.fan_in})"),
-            (
-                "output chunks",
-                f"{shape(self.output_chunks)}: {self.output_blocks} block(s) computed",
-            ),
-            ("tasks", f"{self.matmul_tasks} matmul + {self.sum_tasks} tree-sum"),
-            ("bytes read", f"{format_bytes(self.bytes_read)} ({self._reads_text()})"),
-            ("peak memory/task", f"{format_bytes(self.peak_task_bytes)}{fits}"),
-            ("FLOPs", f"{self.flops:.3e}"),
-            ("estimated time", f"{self.estimated_seconds:.1f} s (cost model)"),
-        ]
+        from distconv.plan.matmul_text import matmul_rows
+
+        return matmul_rows(self)
 
     def _repr_html_(self) -> str:
-        from distconv._html import html_table
+        from distconv.plan.matmul_text import matmul_html
 
-        return html_table(self.table_rows(), title="matmul plan")
+        return matmul_html(self)
 
     def __repr__(self) -> str:
-        return (
-            f"<MatmulPlan {_shape_text(self.a_shape)} @ {_shape_text(self.b_shape)} -> "
-            f"{_shape_text(self.out_shape)} {self.dtype} on {self.engine}: blocks n "
-            f"{self.block_n}, k {self.block_k}, m {self.block_m}>"
-        )
+        from distconv.plan.matmul_text import matmul_repr
+
+        return matmul_repr(self)
 
     def _step_bytes(self, panel_bytes: int) -> int:
         return panel_bytes * self.stream_k // self.block_k
-
-    def _reads_text(self) -> str:
-        """How often each input is read: re-reads cost decode time, so the plan keeps them few."""
-        parts = []
-        for name, read, size in zip("AB", self.operand_bytes_read, self.input_bytes):
-            parts.append(f"{name} {read / size:.2f}x" if size else f"{name} empty")
-        total = sum(self.input_bytes)
-        ratio = f"{self.bytes_read / total:.2f}x" if total else "-"
-        return f"{ratio} the inputs' {format_bytes(total)}: " + ", ".join(parts)
-
-    def _threads_text(self) -> str:
-        if self.engine == "tensorflow":  # its pools are fixed when TensorFlow starts
-            return "TensorFlow's intra-op pool sized to the worker's threads"
-        return f"{self.blas_threads} BLAS thread(s) per task"
 
     def summary(self) -> dict[str, Any]:
         """The plan as plain values, for provenance."""
@@ -555,11 +455,3 @@ def _chunk_sizes(chunks: Sequence[Sequence[int]] | None) -> tuple[int, ...]:
 def _split_size(block: int, natural: int) -> int:
     """Write a block as the inputs' chunk size when that divides it (cheap slicing), else whole."""
     return natural if 0 < natural < block and block % natural == 0 else block
-
-
-def _count_chunks(shape: Sequence[int], chunks: Sequence[int]) -> int:
-    return math.prod(block_count(s, c) for s, c in zip(shape, chunks))
-
-
-def _shape_text(shape: Sequence[int]) -> str:
-    return "×".join(map(str, shape)) if len(shape) else "()"
