@@ -30,6 +30,7 @@ ARGS = {
     "multi_gpu": ["--size", "256", "--chunk", "128"],
     "deconvolve": ["--size", "192", "--chunk", "64", "--iterations", "15", "--check"],
     "xarray_pipeline": ["--size", "64", "--chunk", "32", "--iterations", "5", "--check"],
+    "segment": ["--size", "256", "--chunk", "64"],
 }
 NEEDS = {
     "tf_matmul": "tensorflow",
@@ -40,6 +41,7 @@ NEEDS = {
     "multi_gpu": None,
     "deconvolve": None,
     "xarray_pipeline": "xarray",
+    "segment": "tensorflow",
 }
 
 
@@ -74,6 +76,7 @@ def runs(tmp_path_factory):
     # The slowest (a cluster start, TensorFlow imports) first, so the pool ends together.
     order = [
         "pipeline",
+        "segment",
         "convolve_engines",
         "multiply_engines",
         "tf_matmul",
@@ -174,3 +177,15 @@ def test_xarray_pipeline(runs):
     back = xr.open_zarr(folder / "restored.zarr")["stack"]
     assert back.dims == ("z", "y", "x") and back.attrs["units"] == "photons"
     np.testing.assert_allclose(back.z.values, 0.5 * np.arange(8))
+
+
+def test_segment(runs):
+    out, folder = _result(runs, "segment")
+    # Seeded training (4 epochs) reaches a Dice of about 0.92-0.94; 0.5 means it learned blobs.
+    assert _number(r"dice vs the true mask: (\S+)", out) > 0.5, out
+    import distconv as dc
+
+    assert dc.info(folder / "blobs.prediction.zarr")["complete"] is True
+    assert zarr.open_array(folder / "blobs.prediction.zarr").shape == (256, 256, 1)
+    assert (folder / "blobs.keras").is_file()
+    assert (folder / "segment.png").stat().st_size > 10_000
