@@ -42,6 +42,7 @@ FULL = {
     "memory": "memory.py --sizes 8192,16384,32768 --kernel 9 --chunk 2048",
     "scaling": "scaling.py --size 8192 --chunk 2048 --kernel-sizes 3,31 --repeats 3",
     "gpu": "gpu.py --size 8192 --kernel-sizes 3,9,31,127 --repeats 3",
+    "apply": "apply.py --size 2048 --chunk 256 --repeats 3",
     # Optional (scikit-image alone takes several minutes at these sizes): --only deconvolve.
     "deconvolve": "deconvolve.py",
     "stores": "stores.py --size 16384 --chunk 256 --levels 4 --repeats 2",
@@ -57,6 +58,7 @@ QUICK = {
     "memory": "--sizes 1024,2048,4096 --kernel 31 --chunk 512",
     "scaling": "--size 2048 --chunk 512 --repeats 2",
     "gpu": "--size 1024 --kernel-sizes 3,31 --repeats 2",
+    "apply": "--size 256 --chunk 64 --repeats 1",
     "deconvolve": "--size 1024 --chunk 256 --iterations 10 --size3d 64 --chunk3d 32 "
     "--iterations3d 5",
     "stores": "--size 2048 --repeats 1",
