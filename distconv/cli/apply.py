@@ -37,6 +37,13 @@ its total stride, and the image's true edges get no padding beyond the model's o
 """
 
 
+_HELP = (
+    "Run MODEL over INPUT (a Zarr array, an OME-Zarr image, a TIFF; local or s3://...) tile by "
+    "tile, equal to the model run on the whole image, and write a Zarr array (an OME-Zarr image "
+    "for an image input).\n" + _EXAMPLES
+)
+
+
 def _apply_job(
     job: JobOptions,
     *,
@@ -110,7 +117,7 @@ def _batch_argument(text: str) -> Any:
         raise DistconvError(f"--batch must be auto or a positive integer, got {text!r}") from None
 
 
-@click.command("apply")
+@click.command("apply", help=_HELP)
 @click.argument("model", metavar="MODEL")
 @click.argument("input", metavar="INPUT")
 @output_option("INPUT.predicted.zarr beside it")
@@ -157,6 +164,3 @@ def apply_command(**params: Any) -> None:
     by tile, equal to the model run on the whole image, and write a Zarr array (an OME-Zarr
     image for an image input)."""
     run_job(_apply_job, **params)
-
-
-apply_command.help = (apply_command.help or "") + _EXAMPLES
