@@ -1,8 +1,10 @@
-"""BLAS threads for matmul tasks: one process-wide limit shared by the tasks running at once."""
+"""BLAS threads for matmul tasks: one process-wide limit shared by the tasks running at once,
+set only where the process's BLAS settings are distconv's to change."""
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +14,36 @@ __all__ = ["limit_blas_threads", "restore_blas_threads"]
 _BLAS_LOCK = threading.Lock()
 # "pending": library path -> thread count still to restore on a caller's thread (see below).
 _BLAS_STATE: dict[str, Any] = {"users": 0, "limit": None, "pending": {}}
+# Threads of distconv's own job pool (distconv.executor._compute_on_threads names them so):
+# its job ends with restore_blas_threads on the caller's thread, after the pool is gone.
+_OWN_POOL_PREFIX = "distconv-task"
+
+
+def _may_limit() -> bool:
+    """Whether a task on this thread may change the process-wide BLAS limit.
+
+    Yes on distconv's own job pool (restored after the pool is gone), on the main thread (dask's
+    synchronous scheduler: set and put back on one thread, no other thread ran limited calls)
+    and in a Dask worker (a worker's process is the cluster's). No on any other thread of the
+    caller's process, such as dask's own threaded scheduler under ``.compute()``: OpenBLAS
+    (0.3.30/0.3.31, pthreads)
+    ignores a raise of its thread count while threads that ran limited calls still exist, and
+    dask's pool outlives the call, so a limit set there would stay with the caller (its ``a @ b``
+    on one thread). ``openblas_set_num_threads_local`` is no way out: in the pthreads build it
+    sets the same process-wide count. Unlimited tasks share the cores with BLAS's own threads
+    instead; on 2 cores a 4096² float32 product ran as fast either way.
+    """
+    thread = threading.current_thread()
+    if thread is threading.main_thread() or thread.name.startswith(_OWN_POOL_PREFIX):
+        return True
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return False
+    try:
+        distributed.get_worker()
+    except ValueError:
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -20,7 +52,8 @@ def limit_blas_threads(threads: int) -> Iterator[None]:
 
     BLAS thread pools are process-wide, so concurrent tasks share one limit: the first task in
     sets it, the last one out restores the previous setting. Inside a Dask worker this keeps
-    ``nthreads`` tasks from each starting a pool of every core.
+    ``nthreads`` tasks from each starting a pool of every core. On a thread where the caller's
+    settings could not be put back (see :func:`_may_limit`) nothing is limited.
 
     Parameters
     ----------
@@ -31,6 +64,9 @@ def limit_blas_threads(threads: int) -> Iterator[None]:
     ------
     None
     """
+    if not _may_limit():
+        yield
+        return
     with _BLAS_LOCK:
         if _BLAS_STATE["users"] == 0:
             # A fresh controller each time: libraries loaded since the last task (another
