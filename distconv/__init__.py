@@ -31,6 +31,7 @@ from distconv.labelled import (
     labelled_open,
     labelled_operation,
     labelled_pair,
+    labelled_plan,
     labelled_save,
 )
 from distconv.ops import convolve as _convolve
@@ -40,7 +41,8 @@ from distconv.ops import matmul as _matmul
 from distconv.ops import multiply as _multiply
 from distconv.ops.apply import apply as _apply
 from distconv.ops.apply import plan_apply
-from distconv.ops.filter_plan import plan_convolve, plan_correlate
+from distconv.ops.filter_plan import plan_convolve as _plan_convolve
+from distconv.ops.filter_plan import plan_correlate as _plan_correlate
 from distconv.save import steps as _steps
 from distconv.weights import load_weights
 
@@ -51,6 +53,8 @@ convolve = labelled_operation(_convolve.convolve, axes=True)
 correlate = labelled_operation(_convolve.correlate, axes=True)
 richardson_lucy = labelled_operation(_deconvolve.richardson_lucy, axes=False)
 wiener = labelled_operation(_deconvolve.wiener, axes=False)
+plan_convolve = labelled_plan(_plan_convolve)
+plan_correlate = labelled_plan(_plan_correlate)
 map_chunks = labelled_map_chunks(_map_chunks.map_chunks)
 apply = labelled_apply(_apply)
 matmul = labelled_pair(_matmul.matmul, matrix=True)

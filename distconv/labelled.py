@@ -24,10 +24,12 @@ __all__ = [
     "labelled_map_chunks",
     "labelled_open",
     "labelled_operation",
+    "labelled_plan",
     "labelled_pair",
     "labelled_save",
     "is_labelled",
     "open_dataarray",
+    "store_labels",
     "unwrap",
     "wrap",
 ]
@@ -147,12 +149,7 @@ def labelled_operation(function: Callable, *, axes: bool) -> Callable:
             return function(input, weights, *args, **kwargs)
         import numpy as np
 
-        x, labels = unwrap(input)
-        given = kwargs.pop("axes", None) if axes else None
-        if is_labelled(weights):
-            given = tuple(map(str, weights.dims)) if given is None else given
-            weights = np.asarray(weights.data)
-        chosen = labels.axes(given, np.ndim(weights))
+        x, labels, weights, chosen = _filter_arguments(input, weights, kwargs, axes)
         if axes:
             y = function(x, weights, *args, axes=chosen, **kwargs)
         else:
@@ -163,6 +160,34 @@ def labelled_operation(function: Callable, *, axes: bool) -> Callable:
             step["dims"] = [labels.dims[i] for i in chosen]
         step.update({k: _plain(v) for k, v in kwargs.items() if k != "scratch"})
         return wrap(y, labels, step)
+
+    return wrapper
+
+
+def _filter_arguments(input, weights, kwargs: dict, axes: bool = True):
+    """A DataArray ``input`` (and ``weights``) as the Dask array, its :class:`Labels`, NumPy
+    weights and ``axes=`` (popped from ``kwargs``) as numbers: names its dims, default the
+    last ``z, y, x`` dims for smaller weights."""
+    import numpy as np
+
+    x, labels = unwrap(input)
+    given = kwargs.pop("axes", None) if axes else None
+    if is_labelled(weights):
+        given = tuple(map(str, weights.dims)) if given is None else given
+        weights = np.asarray(weights.data)
+    return x, labels, weights, labels.axes(given, np.ndim(weights))
+
+
+def labelled_plan(function: Callable) -> Callable:
+    """plan_convolve / plan_correlate taking a DataArray: the plan of the unwrapped array with
+    ``axes=`` as numbers, chosen as :func:`labelled_operation` chooses them."""
+
+    @functools.wraps(function)
+    def wrapper(input, weights, *args, **kwargs):
+        if not is_labelled(input):
+            return function(input, weights, *args, **kwargs)
+        x, _, weights, chosen = _filter_arguments(input, weights, kwargs)
+        return function(x, weights, *args, axes=chosen, **kwargs)
 
     return wrapper
 
@@ -298,8 +323,9 @@ def _expanded(x, dims, batch: Sequence[str], core: int):
 
 
 def labelled_map_chunks(function: Callable) -> Callable:
-    """map_chunks taking DataArrays: the result keeps the first one's labels where its shape
-    allows (the dims of unchanged size keep their coords)."""
+    """map_chunks taking DataArrays: ``depth={"y": 2, "x": 1}`` and ``drop_axis`` name the
+    first one's dims; the result keeps its labels where its shape allows (the dims of unchanged
+    size keep their coords; a dropped dim leaves the others labelled)."""
 
     @functools.wraps(function)
     def wrapper(fn, *arrays, **kwargs):
@@ -308,8 +334,20 @@ def labelled_map_chunks(function: Callable) -> Callable:
         first = next(a for a in arrays if is_labelled(a))
         _, labels = unwrap(first)
         plain = [unwrap(a)[0] if is_labelled(a) else a for a in arrays]
+        depth = kwargs.get("depth")
+        if isinstance(depth, dict):  # {"y": 2, "x": 1}: widths by dim name
+            kwargs["depth"] = {labels.axes([k])[0]: v for k, v in depth.items()}
+        dropped: tuple[int, ...] = ()
+        if kwargs.get("drop_axis") is not None:  # names or numbers of the dims fn removes
+            dropped = labels.axes(kwargs["drop_axis"]) or ()
+            kwargs["drop_axis"] = list(dropped)
         y = function(fn, *plain, **kwargs)
         step = {"operation": "map_chunks", "function": getattr(fn, "__name__", str(fn))}
+        if dropped and kwargs.get("new_axis") is None:  # the other dims keep their labels
+            gone = {a % len(labels.dims) for a in dropped}
+            step["dropped"] = [labels.dims[a] for a in sorted(gone)]
+            dims = tuple(d for i, d in enumerate(labels.dims) if i not in gone)
+            labels = Labels(dims, labels.coords, labels.name, labels.attrs)
         if y.ndim == len(labels.dims):
             return wrap(y, labels, step)
         import xarray as xr
@@ -450,8 +488,32 @@ def open_dataarray(open_array: Callable, path, storage_options=None, **kwargs):
             if record["axes"][i].get("type") == "space"
         }
     attrs = {} if not isinstance(node, zarr.Array) else dict(node.attrs)
-    attrs.pop("_ARRAY_DIMENSIONS", None)
+    for encoding in ("_ARRAY_DIMENSIONS", "_FillValue"):  # xarray's encoding, not attrs
+        attrs.pop(encoding, None)
     return xr.DataArray(x, dims=dims, coords=coords, name=location.name, attrs=attrs)
+
+
+def store_labels(open_array: Callable, path, storage_options=None, **kwargs) -> Labels | None:
+    """The :class:`Labels` of a store xarray wrote (a Zarr group of one data variable, not an
+    OME-Zarr image) as :func:`open_dataarray` reads them; None for any other input, or without
+    xarray."""
+    import importlib.util
+
+    if importlib.util.find_spec("xarray") is None:
+        return None
+    import zarr
+
+    from distconv.ome import multiscale_of
+    from distconv.stores import Location
+
+    try:
+        location = Location.parse(os.fspath(path), storage_options)
+        node = zarr.open(location.zarr_store(read_only=True), mode="r")
+    except Exception:  # not a Zarr store (a TIFF): no labels
+        return None
+    if not isinstance(node, zarr.Group) or multiscale_of(dict(node.attrs)) is not None:
+        return None
+    return unwrap(open_dataarray(open_array, path, storage_options, **kwargs))[1]
 
 
 def _coords_of(group, node, dims: Sequence[str], name: str) -> dict[str, Any]:

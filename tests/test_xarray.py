@@ -193,3 +193,81 @@ def test_open_xarray_of_a_plain_distconv_output_and_an_unnamed_dataarray(rng, tm
     back = dc.open(tmp_path / "unnamed.zarr", xarray=True)
     assert back.name == "data" and back.dims == ("y", "x")
     np.testing.assert_array_equal(back.x.values, unnamed.x.values)
+
+
+def _same_plan(plan, expected):
+    assert plan.describe() == expected.describe()
+    assert plan.operation == expected.operation and plan.input_shape == expected.input_shape
+    assert plan.weights_shape == expected.weights_shape
+    assert plan.tile_shape == expected.tile_shape and plan.tasks == expected.tasks
+    assert plan.correlation.depth == expected.correlation.depth
+
+
+def test_plan_of_a_dataarray_is_the_plan_of_its_values(rng):
+    values, x = _image(rng, (2, 6, 28, 24), ("c", "z", "y", "x"), chunks=(1, 3, 14, 12))
+    w = rng.random((5, 3))
+    plain = da.from_array(values, chunks=(1, 3, 14, 12))
+    for plan, numeric in ((dc.plan_convolve, (2, 3)), (dc.plan_correlate, (2, 3))):
+        expected = plan(plain, w, axes=numeric, mode="nearest")
+        _same_plan(plan(x, w, axes=("y", "x"), mode="nearest"), expected)
+        _same_plan(plan(x, w, mode="nearest"), expected)  # a smaller kernel: the last y, x
+        _same_plan(plan(x, xr.DataArray(w, dims=("y", "x")), mode="nearest"), expected)
+    across = dc.plan_correlate(x, w, axes=("z", "x"))
+    _same_plan(across, dc.plan_correlate(plain, w, axes=(1, 3)))
+    assert across.correlation.depth != dc.plan_correlate(plain, w, axes=(2, 3)).correlation.depth
+    with pytest.raises(DistconvError, match="no dim 'q'"):
+        dc.plan_convolve(x, w, axes=("q", "x"))
+
+
+def test_map_chunks_depth_by_dim_name(rng):
+    values, x = _image(rng, (3, 30, 26), ("z", "y", "x"), chunks=(3, 10, 9))
+    plain = da.from_array(values, chunks=(3, 10, 9))
+    size = (1, 5, 3)  # a halo of 2 on y and 1 on x
+
+    def smooth(block):
+        return ndi.uniform_filter(block, size=size, mode="nearest")
+
+    y = dc.map_chunks(smooth, x, depth={"y": 2, "x": 1}, boundary="nearest")
+    _same_labels(y, x)
+    numeric = dc.map_chunks(smooth, plain, depth={1: 2, 2: 1}, boundary="nearest")
+    np.testing.assert_array_equal(y.values, numeric.compute())
+    reference = ndi.uniform_filter(values, size=size, mode="nearest")
+    np.testing.assert_allclose(y.values, reference, rtol=1e-12)
+    assert y.chunks == x.chunks
+    with pytest.raises(DistconvError, match="no dim 'q'"):
+        dc.map_chunks(smooth, x, depth={"q": 2})
+
+
+def test_map_chunks_drop_axis_by_dim_name(rng):
+    values, x = _image(rng, (4, 12, 10), ("z", "y", "x"), chunks=(2, 6, 5))
+    y = dc.map_chunks(lambda b: b.sum(axis=0), x, drop_axis="z")
+    assert y.dims == ("y", "x") and y.name == x.name
+    np.testing.assert_allclose(y.values, values.sum(axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(y.x.values, x.x.values)
+    assert "z" not in y.coords and y.attrs["distconv"]["applied"][-1]["dropped"] == ["z"]
+
+
+@pytest.mark.parametrize(("zarr_format", "dims"), [(2, ("z", "y", "x")), (3, ("y", "x"))])
+def test_cli_on_a_store_written_by_xarray_keeps_dims_and_coords(rng, tmp_path, zarr_format, dims):
+    from conftest import distconv
+
+    shape = (4, 22, 18)[-len(dims) :]
+    values, x = _image(rng, shape, dims, chunks=tuple(max(1, n // 2) for n in shape), name="cells")
+    x.to_dataset().to_zarr(tmp_path / "in.zarr", zarr_format=zarr_format)
+    w = rng.random((3, 5))
+    np.save(tmp_path / "k.npy", w)
+    args = ("convolve", "in.zarr", "k.npy", "-o", "out.zarr", "--axes", "y,x")
+    result = distconv(*args, "--mode", "nearest", "--cluster", "threads", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    reference = ndi.convolve(values, w.reshape((1,) * (len(dims) - 2) + w.shape), mode="nearest")
+    ds = xr.open_zarr(tmp_path / "out.zarr")
+    assert list(ds.data_vars) == ["cells"] and ds["cells"].dims == dims
+    np.testing.assert_allclose(ds["cells"].values, reference, rtol=1e-10)
+    assert ds["cells"].attrs["units"] == "au"
+    back = dc.open(tmp_path / "out.zarr", xarray=True)
+    assert back.dims == dims and back.name == "cells" and "_FillValue" not in back.attrs
+    np.testing.assert_allclose(back.values, reference, rtol=1e-10)
+    for d in dims:
+        np.testing.assert_array_equal(ds[d].values, x[d].values)
+        np.testing.assert_array_equal(back[d].values, x[d].values)
+    assert back.attrs["distconv"]["complete"] is True

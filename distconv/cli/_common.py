@@ -37,6 +37,7 @@ from distconv.cli._options import (  # noqa: F401 - the options live there, used
 )
 from distconv.cli._summary import CommandState, SaveReport
 from distconv.errors import DistconvError, JobFailed
+from distconv.labelled import is_labelled
 from distconv.stores import quiet_abandoned_store_reads, redact
 
 EXIT_USAGE = 2
@@ -158,7 +159,7 @@ def save_resumable(
     CommandState.saved = SaveReport(
         output=output,
         chunks=int(written.nchunks),
-        tiles=int(y.npartitions),
+        tiles=int((y.data if is_labelled(y) else y).npartitions),  # a DataArray: its values
         seconds=seconds,
         unit=last.get("unit", "chunk"),
         units_total=int(last.get("chunks_total", 0)),
@@ -280,6 +281,14 @@ class JobOptions:
 
         return dc.open(path, level=self.level, storage_options=self.storage_options)
 
+    def labels(self, path: str) -> Any:
+        """The dims, coords, name and attrs of an input xarray wrote (a group of one data
+        variable), for the output to keep (:func:`distconv.labelled.wrap`); else None."""
+        from distconv.io import open as open_array
+        from distconv.labelled import store_labels
+
+        return store_labels(open_array, path, self.storage_options, level=self.level)
+
     def planned_resources(self, work: Any = None) -> Any:
         """What a job's tiles are planned for when it would run on threads or on a local
         cluster it starts (known without starting it: a dry run), else None (a running
@@ -357,7 +366,7 @@ class JobOptions:
         Where the job ran is left in ``CommandState.ran_on`` for the summary line.
         """
         self.check_output(output, sources)
-        self.layout(y)
+        self.layout(y.data if is_labelled(y) else y)  # a DataArray: laid out as its values
         with self.cluster(work=(y,) if work is None else work):
             return self.save(y, output, operation)
 

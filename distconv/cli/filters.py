@@ -64,10 +64,12 @@ def _filter_job(
     import distconv as dc
     from distconv.axes import default_filter_ndim, resolve_axes
     from distconv.clusters import parse_spec
+    from distconv.labelled import wrap
     from distconv.provenance import source_paths
 
     parse_spec(job.cluster_spec)  # a bad spec fails before any work
     x = job.open(input)
+    labels = job.labels(input)  # an input xarray wrote: the output keeps its dims and coords
     axes_t = _axes_list(axes)
     origins = _int_list(origin, "--origin")
     origin_arg: Any = origins[0] if origins and len(origins) == 1 else origins
@@ -84,8 +86,9 @@ def _filter_job(
     function = dc.convolve if operation == "convolve" else dc.correlate
     y = function(x, w, **arguments)
     check_weights_fit(w.shape, x.shape, axes_t)  # the API accepts these, as scipy.ndimage does
+    out = y if labels is None else wrap(y, labels, {"operation": operation})
     written, _ = job.write(  # checked, then saved
-        y, output, operation, source_paths(y), work=(x, y)
+        out, output, operation, source_paths(y), work=(x, y)
     )
     if not job.quiet:
         produced = written.attrs["distconv"]
