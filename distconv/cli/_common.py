@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import shlex
 import signal
@@ -414,12 +415,25 @@ def run_command_line(group: click.Group, argv: Sequence[str] | None) -> None:
     # One line on stderr, even when a store is unreachable. Run as the program (no argv: the
     # console script, python -m), the quieting stays for the process's life, exit included; an
     # in-process call with its own argv leaves the caller's hook and logging as it found them.
-    undo = quiet_abandoned_store_reads() if not debug else (lambda: None)
+    undo = [quiet_abandoned_store_reads(), _quiet_client_warnings()] if not debug else []
     try:
         _run_group(group, args, debug)
     finally:
         if argv is not None:
-            undo()
+            for step in undo:
+                step()
+
+
+def _quiet_client_warnings() -> Callable[[], None]:
+    """Raise the Dask client's log level to ERROR; return what sets it back.
+
+    When a worker dies under a result the client warns ("Couldn't gather 1 keys, rescheduling")
+    on stderr; the job reports lost workers itself, in its one line (``--debug`` shows both).
+    """
+    logger = logging.getLogger("distributed.client")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    return lambda: logger.setLevel(level)
 
 
 def _run_group(group: click.Group, args: list[str], debug: bool) -> None:
