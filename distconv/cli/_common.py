@@ -425,15 +425,19 @@ def run_command_line(group: click.Group, argv: Sequence[str] | None) -> None:
 
 
 def _quiet_client_warnings() -> Callable[[], None]:
-    """Raise the Dask client's log level to ERROR; return what sets it back.
+    """Keep the Dask client's warnings off stderr; return what takes the filter back.
 
-    When a worker dies under a result the client warns ("Couldn't gather 1 keys, rescheduling")
-    on stderr; the job reports lost workers itself, in its one line (``--debug`` shows both).
+    When a worker dies under a result the client warns ("Couldn't gather 1 keys, rescheduling");
+    the job reports lost workers itself, in its one line (``--debug`` shows both). A filter, not
+    a level: importing distributed sets its loggers' levels from its config, later.
     """
     logger = logging.getLogger("distributed.client")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    return lambda: logger.setLevel(level)
+    logger.addFilter(_errors_only)
+    return lambda: logger.removeFilter(_errors_only)
+
+
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
 
 
 def _run_group(group: click.Group, args: list[str], debug: bool) -> None:
